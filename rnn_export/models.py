@@ -1,0 +1,88 @@
+"""The two RNNs of the notes, behind one interface.
+
+Both map (tokens, state, lengths) to (log_probs, new_state):
+    tokens   int64 (B, T)
+    state    float32, (B, H) for "cell", (L, B, H) for "stacked"; None means zeros
+    lengths  int64 (B), 1 <= lengths <= T, for padded batches; None means all T
+    log_probs (B, C) and new_state are those after each row's own last real token,
+    exactly as if the row were run alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from rnn_export.config import ModelConfig
+
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}
+
+
+class CellRNN(nn.Module):
+    """The notes' hand-built single-hidden-layer RNN (the 单隐藏层 version).
+
+    h_t = f(i2h([embed(x_t), h_{t-1}])), log_probs = log_softmax(h2o(h_T)).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.embed = nn.Embedding(config.vocab_size, H)
+        self.i2h = nn.Linear(2 * H, H)
+        self.h2o = nn.Linear(H, config.num_classes)  # the notes had (H, H): ignored output_size
+        self.activation = _ACTIVATIONS[config.nonlinearity]
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros(batch_size, self.config.hidden_size)  # (B, H)
+
+    def forward(self, tokens, state=None, lengths=None):
+        B, T = tokens.shape
+        h = self.initial_state(B) if state is None else state  # (B, H)
+        x = self.embed(tokens)  # (B, T, H)
+        for t in range(T):
+            h_next = self.activation(self.i2h(torch.cat((x[:, t], h), dim=1)))  # (B, H)
+            if lengths is None:
+                h = h_next
+            else:
+                # Rows already past their last real token keep their state: padding never counts.
+                h = torch.where((t < lengths).unsqueeze(1), h_next, h)  # (B, H)
+        return F.log_softmax(self.h2o(h), dim=-1), h  # (B, C), (B, H)
+
+
+class StackedRNN(nn.Module):
+    """The notes' multi-layer nn.RNN wrapper (the 多隐藏层 version).
+
+    log_probs = log_softmax(fc(top layer's output at the last real step)).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.embedding = nn.Embedding(config.vocab_size, H)
+        self.rnn = nn.RNN(
+            H, H, config.num_layers, nonlinearity=config.nonlinearity, batch_first=True
+        )
+        self.fc = nn.Linear(H, config.num_classes)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size)  # (L, B, H)
+
+    def forward(self, tokens, state=None, lengths=None):
+        B, T = tokens.shape
+        h0 = self.initial_state(B) if state is None else state  # (L, B, H)
+        x = self.embedding(tokens)  # (B, T, H)
+        if lengths is not None:
+            # Packing stops each row at its own length; PyTorch restores the row order of hn.
+            x = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, hn = self.rnn(x, h0)  # hn (L, B, H)
+        # The top layer's state after the last real step is the notes' output[:, -1, :].
+        return F.log_softmax(self.fc(hn[-1]), dim=-1), hn  # (B, C), (L, B, H)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised model of config.arch (in train mode)."""
+    return {"cell": CellRNN, "stacked": StackedRNN}[config.arch](config)
