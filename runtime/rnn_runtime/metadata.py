@@ -1,0 +1,372 @@
+"""The contract inside every .onnx file that `rnn-export convert` writes.
+
+Everything a runner needs travels in the model's `metadata_props` as JSON values
+under one versioned schema. `build_metadata` writes it (used by the exporter),
+`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`).
+This module needs nothing but the standard library, so it runs on a device.
+
+Keys (all values are JSON text):
+    rnn_export.schema      1
+    rnn_export.model       {"arch", "vocab_size", "num_classes", "hidden_size",
+                            "num_layers", "nonlinearity"}
+    rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int}
+    rnn_export.labels      [str, ...] (index = class id)
+    rnn_export.io          {"tokens": tensor, "lengths": tensor, "log_probs": tensor,
+                            "states": [{"input", "output", "shape", "dtype", "initial"}]}
+                           where tensor = {"name", "shape", "dtype"}; a shape lists
+                           ints and the symbols "B" (batch) and "T" (time).
+    rnn_export.provenance  {"checkpoint_sha256", "tool_version", "opset", "libraries": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+PREFIX = "rnn_export."
+KEYS = ("schema", "model", "vocab", "labels", "io", "provenance")
+_DTYPES = ("int64", "float32")
+_INITIALS = ("zeros",)
+
+
+class MetadataError(ValueError):
+    """A file without our metadata, with an unknown schema, or with metadata that lies."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its name, shape ("B"/"T" symbolic) and dtype."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A recurrent state: fed in as `input`, returned as `output`, same shape and dtype."""
+
+    input: str
+    output: str
+    shape: tuple
+    dtype: str
+    initial: str = "zeros"
+
+    def to_dict(self) -> dict:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "initial": self.initial,
+        }
+
+    def concrete_shape(self, batch_size: int) -> tuple[int, ...]:
+        """The shape with the symbolic batch "B" replaced by batch_size."""
+        return tuple(batch_size if d == "B" else d for d in self.shape)
+
+    @property
+    def batch_axis(self) -> int:
+        return self.shape.index("B")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The validated metadata of one exported model."""
+
+    arch: str
+    vocab_size: int
+    num_classes: int
+    hidden_size: int
+    num_layers: int
+    nonlinearity: str
+    vocab: tuple[str, ...]
+    unk_id: int
+    labels: tuple[str, ...]
+    tokens: TensorSpec
+    lengths: TensorSpec
+    log_probs: TensorSpec
+    states: tuple[StateSpec, ...]
+    provenance: dict
+
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    @property
+    def opset(self) -> int:
+        return self.provenance["opset"]
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return self.provenance["checkpoint_sha256"]
+
+    def to_dict(self) -> dict:
+        """The metadata as one JSON-ready dict (what `inspect --json` prints)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": {
+                "arch": self.arch,
+                "vocab_size": self.vocab_size,
+                "num_classes": self.num_classes,
+                "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers,
+                "nonlinearity": self.nonlinearity,
+            },
+            "vocab": {"tokens": list(self.vocab), "unk_id": self.unk_id},
+            "labels": list(self.labels),
+            "io": {
+                "tokens": self.tokens.to_dict(),
+                "lengths": self.lengths.to_dict(),
+                "log_probs": self.log_probs.to_dict(),
+                "states": [s.to_dict() for s in self.states],
+            },
+            "provenance": dict(self.provenance),
+        }
+
+
+def build_metadata(
+    *,
+    arch: str,
+    hidden_size: int,
+    num_layers: int,
+    nonlinearity: str,
+    vocab: list[str] | tuple[str, ...],
+    unk_id: int,
+    labels: list[str] | tuple[str, ...],
+    states: list[StateSpec] | tuple[StateSpec, ...],
+    checkpoint_sha256: str,
+    opset: int,
+    libraries: Mapping[str, str],
+    tool_version: str,
+    tokens_name: str = "tokens",
+    lengths_name: str = "lengths",
+    log_probs_name: str = "log_probs",
+) -> dict[str, str]:
+    """The metadata_props entries (key -> JSON text) for one exported model.
+
+    The result is read back through `read_metadata` before it is returned, so a
+    writer can never produce metadata that the reader rejects.
+    """
+    props = {
+        PREFIX + "schema": json.dumps(SCHEMA_VERSION),
+        PREFIX + "model": json.dumps(
+            {
+                "arch": arch,
+                "vocab_size": len(vocab),
+                "num_classes": len(labels),
+                "hidden_size": hidden_size,
+                "num_layers": num_layers,
+                "nonlinearity": nonlinearity,
+            }
+        ),
+        PREFIX + "vocab": json.dumps({"tokens": list(vocab), "unk_id": unk_id}, ensure_ascii=False),
+        PREFIX + "labels": json.dumps(list(labels), ensure_ascii=False),
+        PREFIX + "io": json.dumps(
+            {
+                "tokens": {"name": tokens_name, "shape": ["B", "T"], "dtype": "int64"},
+                "lengths": {"name": lengths_name, "shape": ["B"], "dtype": "int64"},
+                "log_probs": {
+                    "name": log_probs_name,
+                    "shape": ["B", len(labels)],
+                    "dtype": "float32",
+                },
+                "states": [s.to_dict() for s in states],
+            }
+        ),
+        PREFIX + "provenance": json.dumps(
+            {
+                "checkpoint_sha256": checkpoint_sha256,
+                "tool_version": tool_version,
+                "opset": opset,
+                "libraries": dict(libraries),
+            }
+        ),
+    }
+    read_metadata(props)
+    return props
+
+
+def _load(props: Mapping[str, str], key: str):
+    full = PREFIX + key
+    if full not in props:
+        raise MetadataError(f"metadata key {full!r} is missing")
+    try:
+        return json.loads(props[full])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise MetadataError(f"metadata key {full!r} is not valid JSON: {e}") from None
+
+
+def _expect(cond: bool, what: str, got) -> None:
+    if not cond:
+        raise MetadataError(f"metadata: expected {what}; got {got!r}")
+
+
+def _is_int(x, minimum: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+def _shape(raw, where: str) -> tuple:
+    _expect(isinstance(raw, list), f"{where}.shape to be a list", raw)
+    for d in raw:
+        _expect(d in ("B", "T") or _is_int(d, 1), f"{where}.shape of ints, 'B' or 'T'", raw)
+    return tuple(raw)
+
+
+def _tensor(raw, where: str, dtype: str) -> TensorSpec:
+    _expect(isinstance(raw, dict), f"{where} to be an object", raw)
+    _expect(isinstance(raw.get("name"), str) and raw["name"], f"{where}.name", raw.get("name"))
+    _expect(raw.get("dtype") == dtype, f"{where}.dtype {dtype!r}", raw.get("dtype"))
+    return TensorSpec(raw["name"], _shape(raw.get("shape"), where), dtype)
+
+
+def _state(raw, i: int) -> StateSpec:
+    where = f"io.states[{i}]"
+    _expect(isinstance(raw, dict), f"{where} to be an object", raw)
+    for key in ("input", "output"):
+        _expect(isinstance(raw.get(key), str) and raw[key], f"{where}.{key}", raw.get(key))
+    shape = _shape(raw.get("shape"), where)
+    _expect(shape.count("B") == 1 and "T" not in shape, f"{where}.shape with one 'B'", shape)
+    _expect(raw.get("dtype") in _DTYPES, f"{where}.dtype in {_DTYPES}", raw.get("dtype"))
+    _expect(raw.get("initial") in _INITIALS, f"{where}.initial in {_INITIALS}", raw.get("initial"))
+    return StateSpec(raw["input"], raw["output"], shape, raw["dtype"], raw["initial"])
+
+
+def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
+    """Read and validate our metadata from a model's metadata_props.
+
+    Args:
+        props: key -> value, e.g. onnxruntime's `session.get_modelmeta().custom_metadata_map`
+            or `{p.key: p.value for p in onnx_model.metadata_props}`.
+
+    Returns:
+        The validated ModelMetadata.
+
+    Raises:
+        MetadataError: no rnn-export metadata, an unknown schema version, or
+            values of the wrong type or inconsistent with each other.
+    """
+    if not any(k.startswith(PREFIX) for k in props):
+        raise MetadataError(
+            "this file has no rnn-export metadata (was it made by `rnn-export convert`?)"
+        )
+    version = _load(props, "schema")
+    if version != SCHEMA_VERSION:
+        raise MetadataError(
+            f"unknown metadata schema version {version!r}; this runtime reads "
+            f"version {SCHEMA_VERSION}"
+        )
+    model = _load(props, "model")
+    _expect(isinstance(model, dict), "model to be an object", model)
+    for key in ("vocab_size", "num_classes", "hidden_size", "num_layers"):
+        _expect(_is_int(model.get(key), 1), f"model.{key} to be a positive int", model.get(key))
+    _expect(model.get("arch") in ("cell", "stacked"), "model.arch cell|stacked", model.get("arch"))
+    _expect(
+        isinstance(model.get("nonlinearity"), str), "model.nonlinearity", model.get("nonlinearity")
+    )
+
+    vocab = _load(props, "vocab")
+    _expect(isinstance(vocab, dict), "vocab to be an object", vocab)
+    tokens = vocab.get("tokens")
+    _expect(
+        isinstance(tokens, list) and all(isinstance(t, str) for t in tokens),
+        "vocab.tokens to be a list of strings",
+        tokens,
+    )
+    _expect(len(tokens) == model["vocab_size"], f"{model['vocab_size']} vocab tokens", len(tokens))
+    _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", tokens)
+    unk = vocab.get("unk_id")
+    _expect(_is_int(unk) and unk < len(tokens), f"vocab.unk_id in [0, {len(tokens)})", unk)
+
+    labels = _load(props, "labels")
+    _expect(
+        isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+        "labels to be a list of strings",
+        labels,
+    )
+    _expect(len(labels) == model["num_classes"], f"{model['num_classes']} labels", len(labels))
+
+    io = _load(props, "io")
+    _expect(isinstance(io, dict), "io to be an object", io)
+    states = io.get("states")
+    _expect(isinstance(states, list) and states, "io.states to be a non-empty list", states)
+    state_specs = tuple(_state(s, i) for i, s in enumerate(states))
+    names = [io.get(k, {}).get("name") for k in ("tokens", "lengths", "log_probs")]
+    names += [n for s in state_specs for n in (s.input, s.output)]
+    _expect(len(set(names)) == len(names), "distinct input and output names", names)
+
+    provenance = _load(props, "provenance")
+    _expect(isinstance(provenance, dict), "provenance to be an object", provenance)
+    _expect(_is_int(provenance.get("opset"), 1), "provenance.opset", provenance.get("opset"))
+    sha = provenance.get("checkpoint_sha256")
+    _expect(isinstance(sha, str) and len(sha) == 64, "provenance.checkpoint_sha256", sha)
+
+    return ModelMetadata(
+        arch=model["arch"],
+        vocab_size=model["vocab_size"],
+        num_classes=model["num_classes"],
+        hidden_size=model["hidden_size"],
+        num_layers=model["num_layers"],
+        nonlinearity=model["nonlinearity"],
+        vocab=tuple(tokens),
+        unk_id=unk,
+        labels=tuple(labels),
+        tokens=_tensor(io.get("tokens"), "io.tokens", "int64"),
+        lengths=_tensor(io.get("lengths"), "io.lengths", "int64"),
+        log_probs=_tensor(io.get("log_probs"), "io.log_probs", "float32"),
+        states=state_specs,
+        provenance=provenance,
+    )
+
+
+_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
+
+
+def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
+    """Check that the graph's inputs and outputs are those the metadata promises.
+
+    Args:
+        inputs, outputs: onnxruntime NodeArg lists (`session.get_inputs()`,
+            `session.get_outputs()`); each has .name, .shape and .type.
+
+    Raises:
+        MetadataError: naming the first input or output that contradicts the metadata.
+    """
+    got_in = {a.name: a for a in inputs}
+    got_out = {a.name: a for a in outputs}
+    want_in = [meta.tokens, meta.lengths] + [
+        TensorSpec(s.input, s.shape, s.dtype) for s in meta.states
+    ]
+    want_out = [meta.log_probs] + [TensorSpec(s.output, s.shape, s.dtype) for s in meta.states]
+    for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
+        if sorted(got) != sorted(w.name for w in want):
+            raise MetadataError(
+                f"graph {kind}s are {sorted(got)}; the metadata promises "
+                f"{sorted(w.name for w in want)}"
+            )
+        for spec in want:
+            arg = got[spec.name]
+            dtype = _ORT_DTYPES.get(arg.type, arg.type)
+            if dtype != spec.dtype:
+                raise MetadataError(
+                    f"graph {kind} {spec.name!r} has type {dtype}; the metadata promises {spec.dtype}"
+                )
+            shape = list(arg.shape)
+            if len(shape) != len(spec.shape):
+                raise MetadataError(
+                    f"graph {kind} {spec.name!r} has rank {len(shape)} {tuple(shape)}; "
+                    f"the metadata promises {spec.shape}"
+                )
+            for got_dim, want_dim in zip(shape, spec.shape):
+                # A symbolic metadata dim must be symbolic in the graph; a fixed one must match.
+                fixed = isinstance(got_dim, int)
+                if (want_dim in ("B", "T")) == fixed or (fixed and got_dim != want_dim):
+                    raise MetadataError(
+                        f"graph {kind} {spec.name!r} has shape {tuple(shape)}; "
+                        f"the metadata promises {spec.shape}"
+                    )
