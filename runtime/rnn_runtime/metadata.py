@@ -354,7 +354,8 @@ def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
             dtype = _ORT_DTYPES.get(arg.type, arg.type)
             if dtype != spec.dtype:
                 raise MetadataError(
-                    f"graph {kind} {spec.name!r} has type {dtype}; the metadata promises {spec.dtype}"
+                    f"graph {kind} {spec.name!r} has type {dtype}; "
+                    f"the metadata promises {spec.dtype}"
                 )
             shape = list(arg.shape)
             if len(shape) != len(spec.shape):
@@ -362,7 +363,7 @@ def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
                     f"graph {kind} {spec.name!r} has rank {len(shape)} {tuple(shape)}; "
                     f"the metadata promises {spec.shape}"
                 )
-            for got_dim, want_dim in zip(shape, spec.shape):
+            for got_dim, want_dim in zip(shape, spec.shape, strict=True):
                 # A symbolic metadata dim must be symbolic in the graph; a fixed one must match.
                 fixed = isinstance(got_dim, int)
                 if (want_dim in ("B", "T")) == fixed or (fixed and got_dim != want_dim):
