@@ -15,6 +15,17 @@ _LAZY = {
     "build_model": "rnn_export.models",
     "CellRNN": "rnn_export.models",
     "StackedRNN": "rnn_export.models",
+    # H1: data, checkpoints, training
+    "Vocabulary": "rnn_export.data",
+    "DataError": "rnn_export.data",
+    "embedded_dataset": "rnn_export.data",
+    "load_dataset": "rnn_export.data",
+    "load_splits": "rnn_export.data",
+    "encode_batch": "rnn_export.data",
+    "Checkpoint": "rnn_export.checkpoint",
+    "CheckpointError": "rnn_export.checkpoint",
+    "load_checkpoint": "rnn_export.checkpoint",
+    "save_checkpoint": "rnn_export.checkpoint",
 }
 
 

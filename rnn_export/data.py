@@ -1,0 +1,245 @@
+"""Datasets for the classifiers: the embedded default task, folder datasets, the vocabulary.
+
+A dataset is described by a small dict (the same one every checkpoint stores), enough
+to rebuild its splits exactly:
+    {"source": "embedded" | "folder", "path": str | None, "seed": int, "val_fraction": float}
+A sample is (text, label_id); label ids index the dataset's sorted labels.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+UNK = "<unk>"
+DEFAULT_SEED = 0
+DEFAULT_VAL_FRACTION = 0.2
+
+# The embedded task: strings of noise letters with a few marker letters scattered
+# through them; the label is the marker that occurs most often. No window of the last
+# few characters decides it, so the model must count along the whole string, and its
+# prediction changes as the leading marker changes while characters stream in.
+EMBEDDED_MARKERS = ("A", "B", "C", "D")
+EMBEDDED_NOISE = "abcdefghijklmnopqrstuvwxyz"
+EMBEDDED_SIZE = 6000
+EMBEDDED_LENGTHS = (12, 32)  # inclusive range of string lengths
+EMBEDDED_MARKER_COUNTS = (3, 9)  # inclusive range of marker occurrences per string
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read: the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Single-character tokens; a token's id is its index; id 0 is the unknown token.
+
+    Args:
+        tokens: tokens[0] == "<unk>", then distinct single characters.
+    """
+
+    tokens: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(self.tokens))
+        if not self.tokens or self.tokens[0] != UNK:
+            first = self.tokens[0] if self.tokens else None
+            raise DataError(f"vocabulary must start with {UNK!r}; got {first!r}")
+        chars = self.tokens[1:]
+        bad = [t for t in chars if not isinstance(t, str) or len(t) != 1]
+        if bad:
+            raise DataError(f"vocabulary tokens must be single characters; got {bad[:5]}")
+        if len(set(chars)) != len(chars):
+            dup = sorted(t for t, n in Counter(chars).items() if n > 1)
+            raise DataError(f"vocabulary tokens must be distinct; repeated: {dup[:5]}")
+        object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens) if i > 0})
+
+    unk_id = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def build(cls, texts) -> Vocabulary:
+        """The vocabulary of every character in texts, sorted, after "<unk>"."""
+        return cls((UNK, *sorted({c for text in texts for c in text})))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text's characters; characters never seen map to unk_id (0)."""
+        return [self._ids.get(c, self.unk_id) for c in text]
+
+    def to_dict(self) -> dict:
+        return {"tokens": list(self.tokens), "unk_id": self.unk_id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocabulary:
+        if not isinstance(d, dict) or not isinstance(d.get("tokens"), list):
+            raise DataError(f"a vocabulary is a JSON object with a 'tokens' list; got {d!r:.80}")
+        if d.get("unk_id", 0) != 0:
+            raise DataError(f"vocabulary unk_id must be 0; got {d.get('unk_id')!r}")
+        return cls(tuple(d["tokens"]))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled splits of one dataset.
+
+    Args:
+        labels: class names, index = label id.
+        train, val: lists of (text, label_id).
+        spec: the dict that rebuilds this dataset (see the module docstring).
+    """
+
+    labels: tuple[str, ...]
+    train: list
+    val: list
+    spec: dict
+
+
+def embedded_spec(seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION) -> dict:
+    return {"source": "embedded", "path": None, "seed": seed, "val_fraction": val_fraction}
+
+
+def folder_spec(
+    path: str | Path, seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> dict:
+    return {
+        "source": "folder",
+        "path": str(Path(path).resolve()),
+        "seed": seed,
+        "val_fraction": val_fraction,
+    }
+
+
+def embedded_dataset(seed: int = DEFAULT_SEED, size: int = EMBEDDED_SIZE) -> dict[str, list[str]]:
+    """The default task, generated from seed alone: {label: [text, ...]}.
+
+    Each text has EMBEDDED_LENGTHS characters; EMBEDDED_MARKER_COUNTS of them are
+    marker letters (A-D) and the rest lowercase noise. The label is the marker that
+    occurs most often, and it always wins strictly (no ties).
+    """
+    rng = random.Random(f"rnn-export-embedded:{seed}")
+    samples: dict[str, list[str]] = {m: [] for m in EMBEDDED_MARKERS}
+    per_class = size // len(EMBEDDED_MARKERS)
+    for winner in EMBEDDED_MARKERS:
+        while len(samples[winner]) < per_class:
+            length = rng.randint(*EMBEDDED_LENGTHS)
+            n_markers = rng.randint(*EMBEDDED_MARKER_COUNTS)
+            markers = [rng.choice(EMBEDDED_MARKERS) for _ in range(n_markers)]
+            counts = Counter(markers).most_common()
+            if counts[0][0] != winner or (len(counts) > 1 and counts[1][1] == counts[0][1]):
+                continue
+            chars = markers + [rng.choice(EMBEDDED_NOISE) for _ in range(length - n_markers)]
+            rng.shuffle(chars)
+            samples[winner].append("".join(chars))
+    return samples
+
+
+def read_folder(path: str | Path) -> dict[str, list[str]]:
+    """A folder dataset: one UTF-8 `*.txt` file per class, label = file stem, one sample a line.
+
+    Leading and trailing white space is stripped from each line; blank lines are ignored.
+
+    Raises:
+        DataError: a missing or empty folder, an empty class file, a file that is not
+            UTF-8 (naming the line and byte), fewer than two classes.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: expected a folder with one .txt file per class; not found")
+    files = sorted(p for p in folder.glob("*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"{folder}: expected one .txt file per class; the folder has none")
+    samples: dict[str, list[str]] = {}
+    for file in files:
+        raw = file.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(
+                f"{file}:{line}: expected UTF-8 text; byte {e.start} (0x{raw[e.start]:02x}) "
+                f"is not valid UTF-8 ({e.reason})"
+            ) from None
+        lines = [s.strip() for s in text.splitlines()]
+        lines = [s for s in lines if s]
+        if not lines:
+            raise DataError(f"{file}: expected at least one sample (non-blank line); file is empty")
+        samples[file.stem] = lines
+    if len(samples) < 2:
+        raise DataError(
+            f"{folder}: a classifier needs at least 2 classes (.txt files); got {len(samples)}: "
+            f"{', '.join(f.name for f in files)}"
+        )
+    return samples
+
+
+def split(
+    samples: dict[str, list[str]], seed: int, val_fraction: float
+) -> tuple[tuple[str, ...], list, list]:
+    """A deterministic stratified split: (labels, train, val), each class shuffled by seed.
+
+    Each class gives round(n * val_fraction) samples to val, but always keeps one for train.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    labels = tuple(sorted(samples))
+    train, val = [], []
+    for label_id, label in enumerate(labels):
+        texts = list(samples[label])
+        random.Random(f"rnn-export-split:{seed}:{label}").shuffle(texts)
+        n_val = min(round(len(texts) * val_fraction), len(texts) - 1)
+        val += [(t, label_id) for t in texts[:n_val]]
+        train += [(t, label_id) for t in texts[n_val:]]
+    return labels, train, val
+
+
+def load_dataset(data: dict) -> Dataset:
+    """The dataset a spec dict describes (see the module docstring), split deterministically."""
+    source = data.get("source")
+    seed = data.get("seed", DEFAULT_SEED)
+    val_fraction = data.get("val_fraction", DEFAULT_VAL_FRACTION)
+    if source == "embedded":
+        samples = embedded_dataset(seed)
+    elif source == "folder":
+        if not data.get("path"):
+            raise DataError("a folder dataset needs a 'path'; got none")
+        samples = read_folder(data["path"])
+    else:
+        raise DataError(f"data source must be 'embedded' or 'folder'; got {source!r}")
+    labels, train, val = split(samples, seed, val_fraction)
+    return Dataset(labels, train, val, dict(data))
+
+
+def load_splits(data: dict) -> tuple[list, list]:
+    """(train, val): lists of (text, label_id) for a spec dict such as Checkpoint.data."""
+    dataset = load_dataset(data)
+    return dataset.train, dataset.val
+
+
+def encode_batch(texts, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode texts into one padded batch.
+
+    Args:
+        texts: B non-empty strings.
+        vocab: maps characters to ids (unknown -> 0).
+
+    Returns:
+        tokens: int64 (B, T), T = the longest text, padded with 0 (masked by lengths).
+        lengths: int64 (B), each text's length.
+    """
+    texts = list(texts)
+    if not texts:
+        raise DataError("encode_batch needs at least one text; got none")
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(f"texts must be non-empty; texts at positions {empty[:5]} are empty")
+    lengths = torch.tensor([len(t) for t in texts], dtype=torch.int64)  # (B,)
+    tokens = torch.zeros(len(texts), int(lengths.max()), dtype=torch.int64)  # (B, T)
+    for i, text in enumerate(texts):
+        tokens[i, : len(text)] = torch.tensor(vocab.encode(text), dtype=torch.int64)
+    return tokens, lengths
