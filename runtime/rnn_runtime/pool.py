@@ -1,0 +1,284 @@
+"""Many independent streams advanced together: one onnxruntime call per step for all.
+
+A stream that joins a pool hands its state to the pool, which keeps the states of all
+its members concatenated along each state's batch axis (StateSpec.batch_axis) on the
+provider's device. `step` with one token per member runs the batch through prebuilt
+IOBindings, ping-ponging two batched state buffers, like a single stream does. Joining
+and leaving reallocate the buffers (once per membership change, not per step). Steps
+for a subset of the members, and `feed` with chunks of different lengths (padded, with
+the `lengths` input), gather the rows concerned and scatter them back.
+
+Thread safety: a pool (and its member streams) must not be used from two threads at
+once; distinct pools on one shared StreamModel may run concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from rnn_runtime.model import StreamError, StreamModel
+from rnn_runtime.stream import Prediction, StreamSession, _bind, _StateBuffers
+
+
+class BatchPrediction:
+    """The predictions of several streams after one pool call, in `streams` order.
+
+    Attributes:
+        streams: the streams advanced, row i = streams[i].
+        log_probs: float32 (N, C), a private copy.
+    """
+
+    __slots__ = ("streams", "log_probs", "_labels")
+
+    def __init__(self, streams: tuple, log_probs: np.ndarray, labels: tuple[str, ...]):
+        self.streams = streams
+        self.log_probs = log_probs
+        self._labels = labels
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return Prediction(self.log_probs[i], self._labels)
+
+    def get(self, stream: StreamSession) -> Prediction:
+        """The prediction of one of the streams advanced."""
+        return self[self.streams.index(stream)]
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """int64 (N,) top class id of each stream."""
+        return np.argmax(self.log_probs, axis=1)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self._labels[i] for i in self.label_ids]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float32 (N,) probability of each stream's top label."""
+        return np.exp(self.log_probs.max(axis=1))
+
+
+class StreamPool:
+    """Advance N streams of one model in one onnxruntime call per step.
+
+    Args:
+        model: the StreamModel all member streams run on.
+
+    Each member's results are those it would get alone (see the README for how
+    exactly onnxruntime's batched results match unbatched ones).
+    """
+
+    def __init__(self, model: StreamModel):
+        self.model = model
+        self._members: list[StreamSession] = []
+        self._slot: dict[int, int] = {}
+        self._allocate(self.model.initial_state(0), np.zeros((0, self._C)))
+
+    @property
+    def _C(self) -> int:
+        return self.model.metadata.num_classes
+
+    @property
+    def streams(self) -> tuple[StreamSession, ...]:
+        """The members, in row order: row i of `step`'s tokens goes to streams[i]."""
+        return tuple(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, stream: StreamSession) -> bool:
+        return id(stream) in self._slot
+
+    def _allocate(self, state: dict[str, np.ndarray], last: np.ndarray) -> None:
+        """(Re)build the batched buffers and bindings for the current members."""
+        n = len(self._members)
+        self._slot = {id(s): i for i, s in enumerate(self._members)}
+        # Row i holds member i's last log-probs; NaN marks "no prediction yet".
+        self._last = np.array(last, dtype=np.float32).reshape(n, self._C)
+        if n == 0:
+            self._buffers = None
+            self._bindings = ()
+            return
+        self._buffers = _StateBuffers(self.model, n)
+        self._buffers.write(self.model, state)
+        self._tokens = np.zeros((n, 1), dtype=np.int64)
+        self._log_probs = np.zeros((n, self._C), dtype=np.float32)
+        tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
+        ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
+        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)
+        a, b = self._buffers.sets
+        self._bindings = (
+            _bind(self.model, tokens, ones, a, b, log_probs),
+            _bind(self.model, tokens, ones, b, a, log_probs),
+        )
+
+    def _state(self) -> dict[str, np.ndarray]:
+        if self._buffers is None:
+            return self.model.initial_state(0)
+        return self._buffers.read(self.model)
+
+    def join(self, stream: StreamSession | None = None) -> StreamSession:
+        """Add a stream (a new one at the initial state if None); returns it.
+
+        The stream keeps its state and prediction; until it leaves, it is advanced
+        only through the pool.
+        """
+        if stream is None:
+            stream = StreamSession(self.model)
+        if not isinstance(stream, StreamSession):
+            raise StreamError(f"a pool takes StreamSession objects; got {type(stream).__name__}")
+        if stream.model is not self.model:
+            raise StreamError(
+                f"this pool runs {self.model.path}; the stream runs {stream.model.path} "
+                "(a different StreamModel object)"
+            )
+        if stream._pool is not None:
+            raise StreamError("this stream is already in a pool")
+        joining = stream.get_state()
+        last = np.full((1, self._C), np.nan, dtype=np.float32)
+        if stream._last is not None:
+            last[0] = stream._last
+        state = {
+            spec.input: np.concatenate(
+                [self._state()[spec.input], joining[spec.input]], axis=spec.batch_axis
+            )
+            for spec in self.model.metadata.states
+        }
+        self._members.append(stream)
+        self._allocate(state, np.concatenate([self._last, last]))
+        stream._pool = self
+        return stream
+
+    def leave(self, stream: StreamSession) -> StreamSession:
+        """Remove a member; it takes its state and prediction with it and runs alone again."""
+        i = self._index(stream)
+        state = self._state()
+        own = {
+            spec.input: np.take(state[spec.input], [i], axis=spec.batch_axis)
+            for spec in self.model.metadata.states
+        }
+        rest = {
+            spec.input: np.delete(state[spec.input], i, axis=spec.batch_axis)
+            for spec in self.model.metadata.states
+        }
+        last = self._last[i].copy()
+        del self._members[i]
+        self._allocate(rest, np.delete(self._last, i, axis=0))
+        stream._pool = None
+        stream._buffers.write(self.model, own)
+        stream._last = None if np.isnan(last).any() else last
+        return stream
+
+    def _index(self, stream: StreamSession) -> int:
+        i = self._slot.get(id(stream))
+        if i is None:
+            raise StreamError(f"{stream!r} is not a member of this pool")
+        return i
+
+    def prediction_of(self, stream: StreamSession) -> Prediction | None:
+        """A member's prediction after its last step (None if it has none yet)."""
+        row = self._last[self._index(stream)]
+        return None if np.isnan(row).any() else Prediction(row.copy(), self.model.labels)
+
+    def step(
+        self, tokens: Sequence[str | int] | np.ndarray | Mapping[StreamSession, str | int]
+    ) -> BatchPrediction:
+        """Advance members by one token each, in one onnxruntime call.
+
+        Args:
+            tokens: one character or token id per member, in `streams` order (a
+                sequence, or an int64 (N,) array of ids); or a mapping
+                {member: token} to advance only some members.
+
+        Returns:
+            The predictions of the members advanced.
+        """
+        if isinstance(tokens, Mapping):
+            return self.feed(
+                {
+                    s: [self.model.token_id(t, strict=s.strict)]
+                    for s, t in self._checked_items(tokens)
+                }
+            )
+        n = len(self._members)
+        ids = self._ids_per_member(tokens)
+        if n == 0:
+            return BatchPrediction((), np.zeros((0, self._C), np.float32), self.model.labels)
+        self._tokens[:, 0] = ids
+        self.model.session.run_with_iobinding(self._bindings[self._buffers.current])
+        self._buffers.current ^= 1
+        self._last[:] = self._log_probs
+        return BatchPrediction(self.streams, self._log_probs.copy(), self.model.labels)
+
+    def _ids_per_member(self, tokens) -> np.ndarray:
+        n = len(self._members)
+        if isinstance(tokens, np.ndarray):
+            if tokens.shape != (n,) or not np.issubdtype(tokens.dtype, np.integer):
+                raise StreamError(
+                    f"pool step tokens have shape {tokens.shape}, dtype {tokens.dtype}; "
+                    f"expected an integer array of shape ({n},), one id per member"
+                )
+            return self.model.token_ids(tokens)
+        tokens = list(tokens)
+        if len(tokens) != n:
+            raise StreamError(f"pool step got {len(tokens)} tokens; the pool has {n} members")
+        return np.array(
+            [
+                self.model.token_id(t, strict=s.strict)
+                for s, t in zip(self._members, tokens, strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def _checked_items(self, inputs: Mapping) -> list:
+        items = list(inputs.items())
+        for s, _ in items:
+            self._index(s)
+        return items
+
+    def feed(
+        self, inputs: Mapping[StreamSession, str | Iterable[int] | np.ndarray]
+    ) -> BatchPrediction:
+        """Advance some members by chunks of possibly different lengths, in one call.
+
+        Args:
+            inputs: {member: text or token ids}; each chunk is non-empty. Chunks are
+                padded to the longest and the `lengths` input stops each row at its
+                own last token.
+
+        Returns:
+            The predictions of the members advanced, in `inputs` order.
+        """
+        items = self._checked_items(inputs)
+        ids = [self.model.token_ids(x, strict=s.strict) for s, x in items]
+        for (s, _), x in zip(items, ids, strict=True):
+            if x.size == 0:
+                raise StreamError(f"pool feed needs at least one token per stream; {s!r} got none")
+        streams = tuple(s for s, _ in items)
+        if not items:
+            return BatchPrediction((), np.zeros((0, self._C), np.float32), self.model.labels)
+        rows = [self._slot[id(s)] for s in streams]
+        if len(set(rows)) != len(rows):
+            raise StreamError("pool feed got the same stream twice")
+        lengths = np.array([x.size for x in ids], dtype=np.int64)
+        tokens = np.zeros((len(ids), int(lengths.max())), dtype=np.int64)
+        for r, x in enumerate(ids):
+            tokens[r, : x.size] = x
+        state = self._state()
+        sub = {
+            spec.input: np.ascontiguousarray(np.take(state[spec.input], rows, axis=spec.batch_axis))
+            for spec in self.model.metadata.states
+        }
+        log_probs, new = self.model.run(tokens, sub, lengths)
+        for spec in self.model.metadata.states:
+            index = [slice(None)] * state[spec.input].ndim
+            index[spec.batch_axis] = rows
+            state[spec.input][tuple(index)] = new[spec.input]
+        self._buffers.write(self.model, state)
+        self._last[rows] = log_probs
+        return BatchPrediction(streams, log_probs, self.model.labels)
