@@ -125,6 +125,8 @@ class StreamSession:
         self.model = model
         self.strict = strict
         self._labels = model.metadata.labels
+        self._char_ids = model._char_ids
+        self._vocab_size = model.metadata.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)
         self._buffers = _StateBuffers(model, 1)
@@ -160,7 +162,13 @@ class StreamSession:
     def step(self, token: str | int) -> Prediction:
         """Advance by one character or token id and return the new prediction."""
         self._check_free()
-        self._token[0, 0] = self.model.token_id(token, strict=self.strict)
+        # Fast paths for the common cases; anything else goes through full validation.
+        if type(token) is str and token in self._char_ids:
+            self._token[0, 0] = self._char_ids[token]
+        elif type(token) is int and 0 <= token < self._vocab_size:
+            self._token[0, 0] = token
+        else:
+            self._token[0, 0] = self.model.token_id(token, strict=self.strict)
         self.model.session.run_with_iobinding(self._bindings[self._buffers.current])
         self._buffers.current ^= 1
         self._last = self._log_probs[0].copy()
