@@ -26,6 +26,10 @@ _LAZY = {
     "CheckpointError": "rnn_export.checkpoint",
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
+    # H2: export
+    "export_onnx": "rnn_export.export",
+    "export_model": "rnn_export.export",
+    "ExportError": "rnn_export.export",
 }
 
 
