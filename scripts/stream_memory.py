@@ -4,7 +4,9 @@
 
 Steps one StreamSession through the model's vocabulary over and over, reading the
 process's RSS (psutil) after the warm-up and at the end, and prints one JSON object:
-{"steps", "warmup", "rss_start_bytes", "rss_end_bytes", "growth_bytes", "rss_peak_bytes"}.
+{"steps", "warmup", "rss_start_bytes", "rss_end_bytes", "growth_bytes", "rss_peak_bytes",
+"rss_kib_every_10000"} (the last: RSS in KiB after each 10,000 steps, to tell a one-time
+allocator step from a leak, which grows with the step count).
 Imports only the runtime (no torch, no onnx).
 """
 
@@ -26,11 +28,11 @@ def measure(model_path: str, steps: int, warmup: int) -> dict:
     for i in range(warmup):
         stream.step(i % vocab)
     start = process.memory_info().rss
-    peak = start
-    for i in range(steps):
+    samples = []
+    for i in range(1, steps + 1):
         stream.step(i % vocab)
         if i % 10_000 == 0:
-            peak = max(peak, process.memory_info().rss)
+            samples.append(process.memory_info().rss // 1024)
     end = process.memory_info().rss
     return {
         "steps": steps,
@@ -38,7 +40,8 @@ def measure(model_path: str, steps: int, warmup: int) -> dict:
         "rss_start_bytes": start,
         "rss_end_bytes": end,
         "growth_bytes": end - start,
-        "rss_peak_bytes": max(peak, end),
+        "rss_peak_bytes": max([start, end] + [k * 1024 for k in samples]),
+        "rss_kib_every_10000": samples,
     }
 
 
