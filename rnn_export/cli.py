@@ -100,5 +100,132 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 # --- end stream (H3) ---
 
 
+# --- convert, inspect (H2): convert imports torch and onnx; inspect only rnn_runtime ---
+_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
+
+
+def _signature(args) -> list[dict]:
+    """onnxruntime NodeArgs as [{"name", "shape", "dtype"}]; symbolic dims stay strings."""
+    return [
+        {"name": a.name, "shape": list(a.shape), "dtype": _ORT_DTYPES.get(a.type, a.type)}
+        for a in args
+    ]
+
+
+def _describe_model(path: Path) -> dict:
+    """Open a model file with the torch-free runtime: its metadata and I/O signature."""
+    import rnn_runtime
+
+    model = rnn_runtime.open_model(path)
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "metadata": model.metadata.to_dict(),
+        "inputs": _signature(model.session.get_inputs()),
+        "outputs": _signature(model.session.get_outputs()),
+    }
+
+
+def _tensors_line(tensors: list[dict]) -> str:
+    return "; ".join(
+        f"{t['name']} {t['dtype']} ({', '.join(str(d) for d in t['shape'])})" for t in tensors
+    )
+
+
+@main.command("convert")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The .onnx file to write (replaced atomically, only on success).",
+)
+@click.option(
+    "--opset",
+    type=int,
+    default=None,
+    help="ONNX opset to write, 14 or newer [default: 18].",
+)
+def convert_command(run_dir, out_path, opset):
+    """Export a trained RUN_DIR to one self-contained ONNX file.
+
+    The file takes tokens (B, T), the hidden state h0 and per-row lengths, and
+    returns log_probs (B, C) and the new state hn; B and T are dynamic. Its
+    metadata carries the vocabulary, labels and state layout (see `inspect`).
+    """
+    import onnx
+
+    from rnn_export.export import DEFAULT_OPSET, ExportError, export_onnx
+
+    opset = DEFAULT_OPSET if opset is None else opset
+    try:
+        path = export_onnx(run_dir, out_path, opset=opset)
+    except ExportError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    info = _describe_model(path)
+    click.echo(f"wrote {path}")
+    click.echo(f"  size     {info['size_bytes']:,} bytes")
+    click.echo(f"  nodes    {len(onnx.load(path).graph.node)}")
+    click.echo(f"  opset    {info['metadata']['provenance']['opset']}")
+    click.echo(f"  inputs   {_tensors_line(info['inputs'])}")
+    click.echo(f"  outputs  {_tensors_line(info['outputs'])}")
+
+
+@main.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for programs.")
+def inspect_command(model_path, as_json):
+    """Print a model file's metadata and input/output signature.
+
+    Needs only onnxruntime (no torch, no onnx). Exits 2 for a file that is not
+    an ONNX model, has no rnn-export metadata, or has an unknown schema version.
+    """
+    import json
+
+    import rnn_runtime
+
+    try:
+        info = _describe_model(model_path)
+    except (rnn_runtime.ModelFileError, rnn_runtime.MetadataError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    meta = info["metadata"]
+    model, vocab, prov = meta["model"], meta["vocab"], meta["provenance"]
+    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != vocab["unk_id"])
+    unk = vocab["tokens"][vocab["unk_id"]]
+    libraries = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
+    lines = [
+        f"{info['path']}: rnn-export model, schema {meta['schema_version']}, "
+        f"opset {prov['opset']}, {info['size_bytes']:,} bytes",
+        f"model       {model['arch']}, L={model['num_layers']}, H={model['hidden_size']}, "
+        f"nonlinearity {model['nonlinearity']}, V={model['vocab_size']}, "
+        f"C={model['num_classes']}",
+        f"vocab       {len(vocab['tokens'])} tokens, unknown id {vocab['unk_id']} ({unk!r}), "
+        f"characters {json.dumps(chars, ensure_ascii=False)}",
+        "labels      " + ", ".join(f"{i} {label}" for i, label in enumerate(meta["labels"])),
+    ]
+    for s in meta["io"]["states"]:
+        shape = ", ".join(str(d) for d in s["shape"])
+        lines.append(
+            f"state       {s['input']} -> {s['output']}  ({shape}) {s['dtype']}, "
+            f"initial {s['initial']}"
+        )
+    lines += [
+        f"inputs      {_tensors_line(info['inputs'])}",
+        f"outputs     {_tensors_line(info['outputs'])}",
+        f"checkpoint  sha256 {prov['checkpoint_sha256']}",
+        f"made by     rnn-export {prov.get('tool_version')} with {libraries}",
+    ]
+    click.echo("\n".join(lines))
+
+
+# --- end convert, inspect (H2) ---
+
+
 if __name__ == "__main__":
     main()
