@@ -57,7 +57,7 @@ def main() -> None:
     multiple=True,
     default=("CPUExecutionProvider",),
     show_default=True,
-    help="onnxruntime execution provider (repeat for a "
+    help="onnxruntime execution provider, full name or cpu/cuda/tensorrt/dml (repeat for a "
     "priority list); an unavailable one is an error, never a silent fallback.",
 )
 def stream_command(model_path, every_step, as_json, top_k, strict, carry, threads, providers):

@@ -532,7 +532,7 @@ def test_open_errors(exported, tmp_path):
 
 
 def test_open_sets_providers_and_threads(exported):
-    model = open_model(exported[1], threads=2)
+    model = open_model(exported[1], threads=2, providers=["cpu"])
     assert model.session.get_providers() == ["CPUExecutionProvider"]
     assert model.session.get_session_options().intra_op_num_threads == 2
     assert rnn_runtime.load_metadata(exported[1]).to_dict() == model.metadata.to_dict()
@@ -591,6 +591,7 @@ def test_cli_json_and_carry(exported):
     [
         (["--strict"], "aq\n", r"character 'q' at position 1"),
         (["--provider", "NoSuchExecutionProvider"], "", r"not available"),
+        (["--provider", "cuda"], "", r"\['CUDAExecutionProvider'\] not available"),
     ],
 )
 def test_cli_errors_exit_2(exported, args, stdin, message):

@@ -27,6 +27,13 @@ _PROVIDER_DEVICES = {
     "TensorrtExecutionProvider": "cuda",
     "DmlExecutionProvider": "dml",
 }
+# Short names accepted for providers (as `rnn-export verify --providers` spells them).
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
 _LOAD_ERRORS = (
     _ort_errors.Fail,
     _ort_errors.InvalidArgument,
@@ -61,7 +68,8 @@ def open_model(
 
     Args:
         path: a .onnx file made by `rnn-export convert`.
-        providers: onnxruntime execution providers in priority order; each must be
+        providers: onnxruntime execution providers in priority order (full names or
+            the short names of PROVIDER_ALIASES: cpu, cuda, tensorrt, dml); each must be
             available, or ProviderError is raised (no silent fallback).
         threads: onnxruntime intra-op thread count, >= 1.
 
@@ -98,6 +106,7 @@ class StreamModel:
         providers = tuple(providers)
         if not providers or not all(isinstance(p, str) for p in providers):
             raise ProviderError(f"providers must be a non-empty list of names; got {providers!r}")
+        providers = tuple(PROVIDER_ALIASES.get(p.lower(), p) for p in providers)
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
         if missing:
