@@ -30,6 +30,11 @@ _LAZY = {
     "export_onnx": "rnn_export.export",
     "export_model": "rnn_export.export",
     "ExportError": "rnn_export.export",
+    # H4: parity
+    "verify_parity": "rnn_export.parity",
+    "ParityReport": "rnn_export.parity",
+    "ParityError": "rnn_export.parity",
+    "ParityUsageError": "rnn_export.parity",
 }
 
 

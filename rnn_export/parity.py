@@ -1,0 +1,868 @@
+"""Parity checks: does an exported .onnx file compute what its checkpoint's PyTorch model computes?
+
+`verify_parity` runs the PyTorch model (the reference) and onnxruntime, under each
+execution provider asked for, over a matrix of cases: batch sizes x lengths with random
+initial states, zero initial states, mixed lengths in one padded batch, the run's own
+validation split, the model driven one token at a time and in random chunks with its
+state fed back, and a long stream whose error is recorded against the step index (drift).
+
+Tolerance, per element, with a = onnxruntime and b = PyTorch:  |a - b| <= atol + rtol * |b|.
+For every case and output the report gives the max absolute error, the max relative error
+(|a - b| / |b| over elements where b != 0), and the smallest atol that would have passed
+at the given rtol: max(|a - b| - rtol * |b|), clipped at 0 (pass <=> that value <= atol).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+BATCH_SIZES = (1, 8, 17)
+# A traced export fixes T to its example's length (7 tokens in the issue's example);
+# verify tries that length, much longer ones and 1.
+EXAMPLE_LENGTH = 7
+LONG_LENGTH = 1000
+STREAM_STEPS = 10_000
+DRIFT_WINDOWS = 20
+OUTPUTS = ("log_probs", "hn")
+
+
+class ParityUsageError(ValueError):
+    """Bad input to a parity check: unreadable files, a model and checkpoint that do not
+    belong together, an unknown provider name."""
+
+
+class ParityError(Exception):
+    """At least one parity case failed; `.report` holds every case's figures."""
+
+    def __init__(self, report: ParityReport):
+        self.report = report
+        failed = report.failures()
+        names = ", ".join(f"{c.provider}/{c.name}" for c in failed[:5])
+        more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+        bad = [p for p in report.providers if p.status == "unavailable"]
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {len(report.cases)} cases failed: {names}{more}")
+        parts += [f"provider {p.name} asked for but unavailable: {p.reason}" for p in bad]
+        super().__init__(
+            f"parity check failed (atol {report.atol:g}, rtol {report.rtol:g}): " + "; ".join(parts)
+        )
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """How far one output of onnxruntime (a) is from PyTorch's (b) in one case."""
+
+    output: str
+    max_abs: float
+    max_rel: float
+    min_atol: float
+    atol: float
+    rtol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.min_atol <= self.atol
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "max_abs": _num(self.max_abs),
+            "max_rel": _num(self.max_rel),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "min_atol": _num(self.min_atol),
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case under one provider.
+
+    Args:
+        provider: "cpu" or "cuda".
+        name: unique within a provider, e.g. "B=17 T=1000 random h0".
+        family: shapes | zero-state | mixed-lengths | validation | step-by-step | chunks | stream.
+        batch_size: B.
+        length: T, or "min..max" for cases whose rows have different lengths.
+        outputs: the errors of log_probs and hn (empty when `error` is set).
+        agreement: on real inputs, the fraction of rows whose top label is the same.
+        error: why the case produced no comparable outputs (onnxruntime raised, shapes differ).
+    """
+
+    provider: str
+    name: str
+    family: str
+    batch_size: int
+    length: int | str
+    outputs: tuple[OutputError, ...] = ()
+    agreement: float | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {
+            "provider": self.provider,
+            "name": self.name,
+            "family": self.family,
+            "batch_size": self.batch_size,
+            "length": self.length,
+            "passed": self.passed,
+            "error": self.error,
+            "agreement": self.agreement,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """Whether a provider was run, skipped (under "all") or unavailable (asked for explicitly)."""
+
+    name: str
+    execution_provider: str
+    status: str  # "ran" | "skipped" | "unavailable"
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "execution_provider": self.execution_provider,
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class DriftCurve:
+    """Error against step index over one long stream under one provider.
+
+    Args:
+        provider: "cpu" or "cuda".
+        steps: number of single-token steps.
+        window: steps per window; window i covers steps [i * window, (i + 1) * window).
+        max_abs: output -> max absolute error in each window.
+        min_atol: output -> smallest passing atol (at the report's rtol) in each window.
+        per_step: output -> (steps,) max absolute error at each step (for plots; not in JSON).
+    """
+
+    provider: str
+    steps: int
+    window: int
+    max_abs: dict[str, list[float]]
+    min_atol: dict[str, list[float]]
+    per_step: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "provider": self.provider,
+            "steps": self.steps,
+            "window": self.window,
+            "window_starts": list(range(0, self.steps, self.window)),
+            "max_abs": {k: [_num(x) for x in v] for k, v in self.max_abs.items()},
+            "min_atol": {k: [_num(x) for x in v] for k, v in self.min_atol.items()},
+        }
+
+
+@dataclass
+class ParityReport:
+    """Every figure of one verify run; `passed` is the verdict."""
+
+    model: str
+    checkpoint: str
+    checkpoint_sha256: str
+    model_info: dict
+    atol: float
+    rtol: float
+    providers: list[ProviderStatus]
+    cases: list[CaseResult]
+    drift: list[DriftCurve]
+    wall_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        ran = any(p.status == "ran" for p in self.providers)
+        unavailable = any(p.status == "unavailable" for p in self.providers)
+        return ran and not unavailable and all(c.passed for c in self.cases)
+
+    def failures(self) -> list[CaseResult]:
+        return [c for c in self.cases if not c.passed]
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "model_info": self.model_info,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "tolerance": "|onnx - torch| <= atol + rtol * |torch|, elementwise",
+            "providers": [p.to_dict() for p in self.providers],
+            "summary": self.summary(),
+            "cases": [c.to_dict() for c in self.cases],
+            "drift": [d.to_dict() for d in self.drift],
+            "wall_s": round(self.wall_s, 3),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+
+    def summary(self) -> list[dict]:
+        """Per provider, family and output: the worst errors over the family's cases."""
+        rows: dict[tuple, dict] = {}
+        for case in self.cases:
+            key = (case.provider, case.family)
+            row = rows.setdefault(
+                key,
+                {"provider": case.provider, "family": case.family, "cases": 0, "failed": 0},
+            )
+            row["cases"] += 1
+            row["failed"] += not case.passed
+            for o in case.outputs:
+                for stat in ("max_abs", "max_rel", "min_atol"):
+                    k = f"{o.output}_{stat}"
+                    row[k] = max(row.get(k, 0.0), getattr(o, stat))
+        return [
+            {k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows.values()
+        ]
+
+    def format_table(self) -> str:
+        """The report as a plain-text table for people."""
+        info = self.model_info
+        lines = [
+            f"model       {self.model}",
+            f"checkpoint  {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}...)",
+            f"arch        {info['arch']}, H={info['hidden_size']}, L={info['num_layers']}, "
+            f"{info['nonlinearity']}, opset {info['opset']}",
+            f"tolerance   |onnx - torch| <= atol + rtol*|torch|  "
+            f"(atol {self.atol:g}, rtol {self.rtol:g})",
+        ]
+        for p in self.providers:
+            why = f": {p.reason}" if p.reason else ""
+            lines.append(f"provider    {p.name} ({p.execution_provider}) {p.status.upper()}{why}")
+        lines.append("")
+        header = (
+            f"{'prov':<5} {'family':<13} {'case':<26} {'B':>4} {'T':>9}  {'output':<9} "
+            f"{'max abs':>9} {'max rel':>9} {'min atol':>9}  result"
+        )
+        lines += [header, "-" * len(header)]
+        for c in self.cases:
+            head = f"{c.provider:<5} {c.family:<13} {c.name:<26} {c.batch_size:>4} {c.length!s:>9}"
+            if c.error is not None:
+                lines.append(f"{head}  ERROR: {c.error}")
+                continue
+            for i, o in enumerate(c.outputs):
+                prefix = head if i == 0 else " " * len(head)
+                verdict = "ok" if o.passed else "FAIL"
+                lines.append(
+                    f"{prefix}  {o.output:<9} {_fmt(o.max_abs)} {_fmt(o.max_rel)} "
+                    f"{_fmt(o.min_atol)}  {verdict}"
+                )
+            if c.agreement is not None:
+                lines.append(f"{'':<{len(head)}}  decision agreement {c.agreement:.2%}")
+        for d in self.drift:
+            lines += ["", f"drift ({d.provider}): max abs error per window of {d.window} steps"]
+            lines.append(f"  {'steps':<13} " + " ".join(f"{o:>10}" for o in d.max_abs))
+            for i in range(len(next(iter(d.max_abs.values())))):
+                span = f"{i * d.window}-{min((i + 1) * d.window, d.steps) - 1}"
+                lines.append(
+                    f"  {span:<13} " + " ".join(f"{_fmt(v[i]):>10}" for v in d.max_abs.values())
+                )
+        failed = self.failures()
+        lines.append("")
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines.append(
+            f"{verdict}: {len(self.cases) - len(failed)} of {len(self.cases)} cases within "
+            f"tolerance; wall time {self.wall_s:.1f} s"
+        )
+        for p in self.providers:
+            if p.status == "unavailable":
+                lines.append(f"FAILED: provider {p.name} was asked for but is unavailable")
+        return "\n".join(lines)
+
+    def plot_drift(self, path: str | Path) -> Path:
+        """Draw the drift curves (error against step index) to a PNG file."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        fig, axes = plt.subplots(len(OUTPUTS), 1, figsize=(9, 6), sharex=True)
+        for ax, output in zip(axes, OUTPUTS, strict=True):
+            for d in self.drift:
+                if output in d.per_step:
+                    ax.plot(d.per_step[output], lw=0.4, alpha=0.5, label=f"{d.provider} per step")
+                starts = np.arange(0, d.steps, d.window)
+                label = f"{d.provider} window max"
+                ax.step(starts, d.max_abs[output], where="post", lw=1.5, label=label)
+            ax.axhline(self.atol, color="red", ls="--", lw=1, label=f"atol {self.atol:g}")
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{output}\nmax |onnx - torch|")
+            ax.legend(fontsize=7, loc="upper left")
+        if not self.drift:
+            axes[0].set_title("no drift stream was run (no provider available)")
+        else:
+            axes[0].set_title(f"drift over a {self.drift[0].steps}-step stream, one token per call")
+        axes[-1].set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def parse_providers(spec: str | Sequence[str]) -> list[tuple[str, bool]]:
+    """Provider names from "cpu", "cuda", "all" or "cpu,cuda" (or a sequence of names).
+
+    Returns:
+        [(name, explicit)]: explicit is False under "all", where an unavailable provider
+        is skipped instead of failing.
+
+    Raises:
+        ParityUsageError: an unknown name, or "all" mixed with other names.
+    """
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip().lower() for n in names if n.strip()]
+    if not names:
+        raise ParityUsageError(
+            f"expected a provider list such as 'cpu' or 'cpu,cuda'; got {spec!r}"
+        )
+    if "all" in names:
+        if names != ["all"]:
+            raise ParityUsageError(f"'all' cannot be combined with other providers; got {spec!r}")
+        return [(name, False) for name in PROVIDERS]
+    unknown = [n for n in names if n not in PROVIDERS]
+    if unknown:
+        raise ParityUsageError(
+            f"unknown provider {unknown[0]!r}; expected one of {', '.join(PROVIDERS)} or 'all'"
+        )
+    return [(n, True) for n in dict.fromkeys(names)]
+
+
+def compare(got, want, atol: float, rtol: float, output: str) -> OutputError:
+    """The errors of `got` (onnxruntime) against `want` (PyTorch), same shape.
+
+    NaN anywhere, or an infinity not matched by the same infinity, counts as an infinite error.
+    """
+    a = np.asarray(got, dtype=np.float64)
+    b = np.asarray(want, dtype=np.float64)
+    if a.shape != b.shape:
+        raise CaseFailure(f"{output} has shape {a.shape}; PyTorch gives {b.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+    diff[a == b] = 0.0  # equal infinities
+    diff[np.isnan(diff)] = np.inf
+    if diff.size == 0:
+        return OutputError(output, 0.0, 0.0, 0.0, atol, rtol)
+    scale = np.abs(b)
+    nonzero = scale > 0
+    with np.errstate(invalid="ignore"):
+        rel = diff[nonzero] / scale[nonzero]
+        excess = diff - rtol * np.where(np.isfinite(scale), scale, 0.0)
+    max_rel = float(rel.max()) if rel.size else (0.0 if diff.max() == 0 else math.inf)
+    return OutputError(
+        output=output,
+        max_abs=float(diff.max()),
+        max_rel=max_rel,
+        min_atol=max(0.0, float(np.nan_to_num(excess, nan=np.inf).max())),
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+def verify_parity(
+    onnx_path: str | Path,
+    checkpoint,
+    providers: str | Sequence[str] = ("cpu",),
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    *,
+    example_length: int = EXAMPLE_LENGTH,
+    stream_steps: int = STREAM_STEPS,
+    seed: int = 0,
+    threads: int = 1,
+) -> ParityReport:
+    """Run the PyTorch model and the ONNX file side by side over the parity cases.
+
+    Args:
+        onnx_path: a file written by `rnn-export convert`.
+        checkpoint: its RUN_DIR (str or Path) or a loaded Checkpoint.
+        providers: "cpu", "cuda", "all", "cpu,cuda" or a sequence of names.
+        atol, rtol: the float32 tolerance: |onnx - torch| <= atol + rtol * |torch|.
+        example_length: the "export example" length: one of the lengths tried, with
+            16x it as the "many times longer" one. A file whose T was fixed at export
+            passes at its own length and fails at the others.
+        stream_steps: length of the drift stream (one token per call).
+        seed: seeds every random token, state and length.
+        threads: intra-op threads for PyTorch and onnxruntime. The cases are many small
+            calls, for which one thread is fastest (spinning thread pools cost more than
+            they save, badly so on a busy machine); results do not depend on it.
+
+    Returns:
+        The ParityReport (report.passed is True).
+
+    Raises:
+        ParityUsageError: unreadable files, a model and checkpoint that do not belong
+            together (the checkpoint's sha256 differs from the file's provenance), an
+            unknown provider name.
+        ParityError: any case out of tolerance, or a provider asked for explicitly that
+            is unavailable; `.report` holds everything.
+    """
+    started = time.perf_counter()
+    if atol < 0 or rtol < 0:
+        raise ParityUsageError(f"tolerances must be >= 0; got atol {atol}, rtol {rtol}")
+    if stream_steps < 1:
+        raise ParityUsageError(f"stream_steps must be >= 1; got {stream_steps}")
+    if threads < 1:
+        raise ParityUsageError(f"threads must be >= 1; got {threads}")
+    wanted = parse_providers(providers)
+    ckpt = _load_checkpoint(checkpoint)
+    onnx_path = Path(onnx_path)
+    meta, meta_session = _open_model(onnx_path, threads)
+    _check_belongs(meta, ckpt, onnx_path)
+    if example_length < 1:
+        raise ParityUsageError(f"example_length must be >= 1; got {example_length}")
+
+    reference = _TorchReference(ckpt.model, threads)
+    rng = np.random.default_rng(seed)
+    cases = _plan_cases(ckpt, meta, example_length, rng)
+    stream_tokens = rng.integers(0, ckpt.config.vocab_size, size=(1, stream_steps))
+    stream_ref = None
+
+    statuses, results, drift = [], [], []
+    for name, explicit in wanted:
+        runner, status = _open_runner(onnx_path, meta, name, explicit, meta_session, threads)
+        statuses.append(status)
+        if runner is None:
+            continue
+        for case in cases:
+            results.append(case.run(runner, reference, atol, rtol))
+        if stream_ref is None:
+            stream_ref = _stream_reference(reference, stream_tokens, ckpt.model)
+        result, curve = _run_stream(runner, stream_tokens, stream_ref, atol, rtol)
+        results.append(result)
+        if curve is not None:
+            drift.append(curve)
+
+    report = ParityReport(
+        model=str(onnx_path),
+        checkpoint=str(ckpt.run_dir),
+        checkpoint_sha256=ckpt.sha256,
+        model_info={
+            "arch": meta.arch,
+            "hidden_size": meta.hidden_size,
+            "num_layers": meta.num_layers,
+            "nonlinearity": meta.nonlinearity,
+            "vocab_size": meta.vocab_size,
+            "num_classes": meta.num_classes,
+            "opset": meta.opset,
+            "example_length": example_length,
+            "stream_steps": stream_steps,
+        },
+        atol=atol,
+        rtol=rtol,
+        providers=statuses,
+        cases=results,
+        drift=drift,
+    )
+    report.wall_s = time.perf_counter() - started
+    if not report.passed:
+        raise ParityError(report)
+    return report
+
+
+# --- loading and matching -------------------------------------------------------------
+
+
+def _load_checkpoint(checkpoint):
+    if not isinstance(checkpoint, str | Path):
+        return checkpoint
+    from rnn_export.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise ParityUsageError(f"cannot load the checkpoint: {e}") from None
+
+
+def _open_model(path: Path, threads: int):
+    """Read and validate the file's metadata and signature through a CPU session."""
+    from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+
+    if not path.is_file():
+        raise ParityUsageError(
+            f"{path}: expected an .onnx file made by `rnn-export convert`; not found"
+        )
+    try:
+        session = _session(path, PROVIDERS["cpu"], threads)
+    except _ort_errors() as e:
+        raise ParityUsageError(f"{path}: onnxruntime cannot load it: {e}") from None
+    try:
+        meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        check_signature(meta, session.get_inputs(), session.get_outputs())
+    except MetadataError as e:
+        raise ParityUsageError(f"{path}: {e}") from None
+    if len(meta.states) != 1:
+        raise ParityUsageError(
+            f"{path}: expected one state tensor; the metadata lists {len(meta.states)}"
+        )
+    return meta, session
+
+
+def _check_belongs(meta, ckpt, path: Path) -> None:
+    if meta.checkpoint_sha256 != ckpt.sha256:
+        raise ParityUsageError(
+            f"{path} was exported from a checkpoint with sha256 {meta.checkpoint_sha256}; "
+            f"{ckpt.run_dir} has sha256 {ckpt.sha256}: model and checkpoint do not belong together"
+        )
+    cfg = ckpt.config
+    pairs = {
+        "arch": (meta.arch, cfg.arch),
+        "hidden_size": (meta.hidden_size, cfg.hidden_size),
+        "num_layers": (meta.num_layers, cfg.num_layers),
+        "nonlinearity": (meta.nonlinearity, cfg.nonlinearity),
+        "labels": (meta.labels, cfg.labels),
+        "vocab": (meta.vocab, tuple(ckpt.vocab.tokens)),
+    }
+    for key, (in_file, in_ckpt) in pairs.items():
+        if in_file != in_ckpt:
+            raise ParityUsageError(
+                f"{path} metadata says {key} {in_file!r:.80}; the checkpoint has {in_ckpt!r:.80}"
+            )
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as s
+
+    return (
+        s.Fail,
+        s.InvalidArgument,
+        s.InvalidGraph,
+        s.InvalidProtobuf,
+        s.NoSuchFile,
+        s.NotImplemented,
+        s.RuntimeException,
+        s.EPFail,
+    )
+
+
+def _session(path: Path, execution_provider: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=[execution_provider])
+
+
+def _open_runner(path: Path, meta, name: str, explicit: bool, cpu_session, threads: int):
+    """A runner on provider `name`, or None with the reason it is unavailable."""
+    import onnxruntime as ort
+
+    ep = PROVIDERS[name]
+    status = "unavailable" if explicit else "skipped"
+    available = ort.get_available_providers()
+    if ep not in available:
+        reason = (
+            f"{ep} is not available in this onnxruntime build (available: "
+            f"{', '.join(available)}); CUDA needs the gpu extra (onnxruntime-gpu) and a CUDA GPU"
+        )
+        return None, ProviderStatus(name, ep, status, reason)
+    if ep == PROVIDERS["cpu"]:
+        session = cpu_session
+    else:
+        try:
+            session = _session(path, ep, threads)
+        except _ort_errors() as e:
+            return None, ProviderStatus(name, ep, status, f"{ep} failed to start: {e}")
+    # onnxruntime may fall back to the CPU when a provider fails to initialise: refuse it.
+    running = session.get_providers()
+    if not running or running[0] != ep:
+        reason = f"asked for {ep}, but the session runs on {running}"
+        return None, ProviderStatus(name, ep, status, reason)
+    return _OrtRunner(session, meta, name), ProviderStatus(name, ep, "ran")
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class CaseFailure(Exception):
+    """A case that produced no comparable outputs; the message is recorded in the report."""
+
+
+class _OrtRunner:
+    """Calls one onnxruntime session with the names the metadata gives."""
+
+    def __init__(self, session, meta, provider: str):
+        self.session = session
+        self.provider = provider
+        self.errors = _ort_errors()
+        state = meta.states[0]
+        self.inputs = (meta.tokens.name, state.input, meta.lengths.name)
+        self.outputs = [meta.log_probs.name, state.output]
+
+    def __call__(self, tokens, state, lengths):
+        """(B, T) tokens, state, (B,) lengths -> (log_probs, new state) as numpy arrays."""
+        feed = dict(zip(self.inputs, (tokens, state, lengths), strict=True))
+        try:
+            log_probs, new_state = self.session.run(self.outputs, feed)
+        except self.errors as e:
+            raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
+        return log_probs, new_state
+
+
+class _TorchReference:
+    """The PyTorch model on numpy inputs, with results cached per case."""
+
+    def __init__(self, model, threads: int):
+        self.model = model
+        self.threads = threads
+
+    def __call__(self, tokens, state, lengths):
+        import torch
+
+        with torch.inference_mode(), _torch_threads(self.threads):
+            log_probs, new_state = self.model(
+                torch.from_numpy(tokens),
+                None if state is None else torch.from_numpy(state),
+                None if lengths is None else torch.from_numpy(lengths),
+            )
+        return log_probs.numpy(), new_state.numpy()
+
+
+# --- the cases ------------------------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    """Inputs of one case; the PyTorch result is computed once for every provider.
+
+    torch_state / torch_lengths are what PyTorch gets (None: zeros / all of T), while
+    onnxruntime always gets explicit tensors. `chunks` drives onnxruntime in pieces with
+    the state fed back; labels give the decision agreement.
+    """
+
+    name: str
+    family: str
+    tokens: np.ndarray
+    state: np.ndarray
+    lengths: np.ndarray
+    torch_state: np.ndarray | None
+    torch_lengths: np.ndarray | None
+    chunks: list[int] | None = None
+    agreement: bool = False
+    _want: tuple | None = None
+
+    def reference(self, torch_ref):
+        if self._want is None:
+            self._want = torch_ref(self.tokens, self.torch_state, self.torch_lengths)
+        return self._want
+
+    @property
+    def length(self):
+        lo, hi = int(self.lengths.min()), int(self.lengths.max())
+        return hi if lo == hi else f"{lo}..{hi}"
+
+    def run(self, runner, torch_ref, atol, rtol) -> CaseResult:
+        B = self.tokens.shape[0]
+        want = self.reference(torch_ref)
+        base = dict(provider=runner.provider, name=self.name, family=self.family, batch_size=B)
+        try:
+            if not all(np.isfinite(w).all() for w in want):
+                raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
+            got = self._drive(runner)
+            outputs = tuple(
+                compare(g, w, atol, rtol, name)
+                for g, w, name in zip(got, want, OUTPUTS, strict=True)
+            )
+        except CaseFailure as e:
+            return CaseResult(**base, length=self.length, error=str(e))
+        agreement = None
+        if self.agreement:
+            agreement = float(np.mean(got[0].argmax(axis=1) == want[0].argmax(axis=1)))
+        return CaseResult(**base, length=self.length, outputs=outputs, agreement=agreement)
+
+    def _drive(self, runner):
+        if self.chunks is None:
+            return runner(self.tokens, self.state, self.lengths)
+        state, start = self.state, 0
+        B = self.tokens.shape[0]
+        for size in self.chunks:
+            piece = np.ascontiguousarray(self.tokens[:, start : start + size])
+            log_probs, state = runner(piece, state, np.full(B, size, dtype=np.int64))
+            start += size
+        return log_probs, state
+
+
+def _plan_cases(ckpt, meta, example_length: int, rng) -> list[_Case]:
+    cfg = ckpt.config
+    cases = []
+
+    def add(name, family, B, T, *, random_h0=True, lengths=None, **kwargs):
+        """A case on random tokens; PyTorch gets state=None for zeros, lengths=None for full."""
+        tokens = rng.integers(0, cfg.vocab_size, size=(B, T), dtype=np.int64)
+        if random_h0:
+            h0 = rng.uniform(-1.0, 1.0, size=cfg.state_shape(B)).astype(np.float32)
+        else:
+            h0 = np.zeros(cfg.state_shape(B), dtype=np.float32)
+        ort_lengths = np.full(B, T, dtype=np.int64) if lengths is None else lengths
+        torch_state = h0 if random_h0 else None
+        cases.append(_Case(name, family, tokens, h0, ort_lengths, torch_state, lengths, **kwargs))
+
+    for B in BATCH_SIZES:
+        for T in sorted({1, 2, example_length, 16 * example_length, LONG_LENGTH}):
+            add(f"B={B} T={T} random h0", "shapes", B, T)
+    for B, T in [(1, example_length), (17, example_length), (8, LONG_LENGTH)]:
+        add(f"B={B} T={T} zero h0", "zero-state", B, T, random_h0=False)
+    for B, T, random_h0 in [
+        (8, 16 * example_length, True),
+        (17, LONG_LENGTH, True),
+        (17, 64, False),
+    ]:
+        lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+        lengths[0], lengths[-1] = T, 1  # both extremes in every batch
+        kind = "random" if random_h0 else "zero"
+        add(f"B={B} T<={T} {kind} h0", "mixed-lengths", B, T, random_h0=random_h0, lengths=lengths)
+    cases += _validation_cases(ckpt, cfg)
+    T = 256
+    for B in (1, 3):
+        add(f"B={B} T={T} 1 token/call", "step-by-step", B, T, chunks=[1] * T)
+        # The same tokens and state in random chunks: reuse the last case's inputs.
+        last = cases[-1]
+        chunks = _random_chunks(T, max(2, 4 * example_length), rng)
+        cases.append(
+            _Case(
+                f"B={B} T={T} {len(chunks)} chunks",
+                "chunks",
+                last.tokens,
+                last.state,
+                last.lengths,
+                last.torch_state,
+                None,
+                chunks=chunks,
+            )
+        )
+    return cases
+
+
+def _random_chunks(T: int, largest: int, rng) -> list[int]:
+    chunks = []
+    while sum(chunks) < T:
+        chunks.append(int(min(rng.integers(1, largest + 1), T - sum(chunks))))
+    return chunks
+
+
+def _validation_cases(ckpt, cfg, batch_size: int = 256) -> list[_Case]:
+    """The run's own validation split, rebuilt from the checkpoint's data spec."""
+    from rnn_export.data import DataError, encode_batch, load_splits
+
+    try:
+        _, val = load_splits(ckpt.data)
+    except DataError as e:
+        raise ParityUsageError(
+            f"cannot rebuild the validation split of {ckpt.run_dir}: {e}"
+        ) from None
+    cases = []
+    for start in range(0, len(val), batch_size):
+        texts = [text for text, _ in val[start : start + batch_size]]
+        tokens, lengths = encode_batch(texts, ckpt.vocab)
+        B = len(texts)
+        h0 = np.zeros(cfg.state_shape(B), dtype=np.float32)
+        name = f"rows {start}-{start + B - 1}"
+        lengths = lengths.numpy()
+        cases.append(
+            _Case(name, "validation", tokens.numpy(), h0, lengths, None, lengths, agreement=True)
+        )
+    return cases
+
+
+# --- the long stream ------------------------------------------------------------------
+
+
+def _stream_reference(torch_ref, tokens, model):
+    """PyTorch stepped one token at a time from zeros: per-step log_probs and state."""
+    steps = tokens.shape[1]
+    state = None
+    log_probs_all = np.empty((steps, model.config.num_classes), dtype=np.float32)
+    states = np.empty((steps, *model.config.state_shape(1)), dtype=np.float32)
+    for t in range(steps):
+        log_probs, state = torch_ref(np.ascontiguousarray(tokens[:, t : t + 1]), state, None)
+        log_probs_all[t] = log_probs[0]
+        states[t] = state
+    return log_probs_all, states
+
+
+def _run_stream(runner, tokens, ref, atol, rtol):
+    """onnxruntime stepped one token at a time; errors recorded at every step."""
+    steps = tokens.shape[1]
+    name = f"B=1 {steps} steps 1 token/call"
+    base = dict(provider=runner.provider, name=name, family="stream", batch_size=1, length=steps)
+    ref_log_probs, ref_states = ref
+    state = np.zeros_like(ref_states[0])
+    one = np.ones(1, dtype=np.int64)
+    got_log_probs = np.empty_like(ref_log_probs)
+    got_states = np.empty_like(ref_states)
+    try:
+        if not (np.isfinite(ref_log_probs).all() and np.isfinite(ref_states).all()):
+            raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
+        for t in range(steps):
+            log_probs, state = runner(np.ascontiguousarray(tokens[:, t : t + 1]), state, one)
+            if state.shape != ref_states[t].shape or log_probs.shape[1:] != ref_log_probs.shape[1:]:
+                raise CaseFailure(
+                    f"step {t}: onnxruntime gives log_probs {log_probs.shape}, state "
+                    f"{state.shape}; PyTorch gives {(1, *ref_log_probs.shape[1:])}, "
+                    f"{ref_states[t].shape}"
+                )
+            got_log_probs[t] = log_probs[0]
+            got_states[t] = state
+    except CaseFailure as e:
+        return CaseResult(**base, error=str(e)), None
+    window = max(1, math.ceil(steps / DRIFT_WINDOWS))
+    pairs = {"log_probs": (got_log_probs, ref_log_probs), "hn": (got_states, ref_states)}
+    outputs, curve = [], DriftCurve(runner.provider, steps, window, {}, {})
+    for output, (got, want) in pairs.items():
+        outputs.append(compare(got, want, atol, rtol, output))
+        per_step = np.abs(got.astype(np.float64) - want).reshape(steps, -1)
+        excess = per_step - rtol * np.abs(want.astype(np.float64)).reshape(steps, -1)
+        curve.per_step[output] = per_step.max(axis=1)
+        curve.max_abs[output] = [
+            float(per_step[i : i + window].max()) for i in range(0, steps, window)
+        ]
+        curve.min_atol[output] = [
+            max(0.0, float(excess[i : i + window].max())) for i in range(0, steps, window)
+        ]
+    return CaseResult(**base, outputs=tuple(outputs)), curve
+
+
+def _num(x: float):
+    """A float for JSON: infinities and NaN become strings."""
+    return x if math.isfinite(x) else str(x)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:>9.2e}" if math.isfinite(x) else f"{x!s:>9}"
