@@ -16,6 +16,7 @@ import argparse
 import json
 
 import psutil
+
 import rnn_runtime
 
 

@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import rnn_runtime
 import torch
 from click.testing import CliRunner
+
+import rnn_runtime
+from rnn_export.cli import main
+from rnn_export.config import ModelConfig
+from rnn_export.models import build_model
 from rnn_runtime import (
     MetadataError,
     ModelFileError,
@@ -25,10 +29,6 @@ from rnn_runtime import (
     UnknownCharError,
     open_model,
 )
-
-from rnn_export.cli import main
-from rnn_export.config import ModelConfig
-from rnn_export.models import build_model
 
 # The parity tolerance of the project (issue 4): runtime against PyTorch.
 ATOL, RTOL = 1e-5, 1e-4
