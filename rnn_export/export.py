@@ -113,6 +113,7 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     """
     import onnx
     import onnxruntime as ort
+
     from rnn_runtime.metadata import MetadataError, StateSpec, build_metadata
 
     _check_opset(opset)
@@ -330,6 +331,7 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
     import numpy as np
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
 
     version = ".".join(ort.__version__.split(".")[:2])

@@ -1,0 +1,432 @@
+"""Export: ONNX outputs and new state equal PyTorch's, B and T dynamic, metadata, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper
+
+from rnn_export.checkpoint import load_checkpoint, save_checkpoint
+from rnn_export.cli import main
+from rnn_export.config import ModelConfig
+from rnn_export.data import Vocabulary
+from rnn_export.export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    ExportError,
+    _check_runs,
+    _write_atomic,
+    build_onnx,
+    export_model,
+    export_onnx,
+)
+from rnn_export.models import build_model
+from rnn_runtime.metadata import check_signature, read_metadata
+
+ATOL, RTOL = 1e-5, 1e-4  # float32, the issue's tolerances
+BATCHES = (1, 3, 17)
+LENGTHS = (1, 2, 7, 64, 1000)
+VOCAB = Vocabulary(("<unk>", *"abcdefghijklmno"))  # V = 16
+LABELS = ("en", "fr", "de")
+SHA = "ab" * 32
+DATA = {"source": "embedded", "path": None, "seed": 0, "val_fraction": 0.2}
+# (arch, nonlinearity, layers): every nonlinearity of both arches; stacked with L = 1 and L > 1.
+CASES = [
+    ("cell", "tanh", 1),
+    ("cell", "relu", 1),
+    ("cell", "identity", 1),
+    ("stacked", "tanh", 1),
+    ("stacked", "tanh", 2),
+    ("stacked", "relu", 3),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The PyTorch reference loops step by step; extra threads only contend on a busy box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ort_session(model_or_path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model_or_path, options, providers=["CPUExecutionProvider"])
+
+
+def _newest_runnable_opset() -> int:
+    """The newest opset that both onnx knows and onnxruntime loads."""
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any refusal means: not this opset, try the next
+            continue
+        return opset
+    raise AssertionError(f"onnxruntime {ort.__version__} runs no opset >= {MIN_OPSET}")
+
+
+OPSETS = sorted({MIN_OPSET, DEFAULT_OPSET, _newest_runnable_opset()})
+
+
+def _model(arch: str, nonlinearity: str, layers: int, hidden: int = 24, seed: int = 0):
+    torch.manual_seed(seed)
+    config = ModelConfig(arch, len(VOCAB), LABELS, hidden, layers, nonlinearity)
+    return build_model(config).eval()
+
+
+def _session(model, opset: int) -> ort.InferenceSession:
+    return _ort_session(build_onnx(model, VOCAB, SHA, opset=opset).SerializeToString())
+
+
+def _batch(rng, model, B: int, T: int, lengths=None):
+    """Random tokens (B, T), a random non-zero state and mixed lengths (one row full)."""
+    tokens = rng.integers(0, len(VOCAB), size=(B, T), dtype=np.int64)
+    state = rng.normal(0.0, 0.5, size=model.config.state_shape(B)).astype(np.float32)
+    if lengths is None:
+        lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+        lengths[rng.integers(B)] = T
+    return tokens, state, np.asarray(lengths, dtype=np.int64)
+
+
+def _torch(model, tokens, state, lengths):
+    with torch.no_grad():
+        log_probs, hn = model(
+            torch.from_numpy(tokens), torch.from_numpy(state), torch.from_numpy(lengths)
+        )
+    return log_probs.numpy(), hn.numpy()
+
+
+def _onnx(session, tokens, state, lengths):
+    return session.run(["log_probs", "hn"], {"tokens": tokens, "h0": state, "lengths": lengths})
+
+
+def _assert_close(got, want, what: str) -> None:
+    for name, g, w in zip(("log_probs", "hn"), got, want, strict=True):
+        assert g.shape == w.shape, f"{what} {name}: shape {g.shape}; PyTorch {w.shape}"
+        np.testing.assert_allclose(g, w, atol=ATOL, rtol=RTOL, err_msg=f"{what} {name}")
+
+
+def _assert_matches(model, session, rng, shapes) -> None:
+    """ONNX equals PyTorch on a random padded batch of each (B, T) in shapes."""
+    for B, T in shapes:
+        tokens, state, lengths = _batch(rng, model, B, T)
+        want = _torch(model, tokens, state, lengths)
+        _assert_close(_onnx(session, tokens, state, lengths), want, f"B={B} T={T}")
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES)
+def test_onnx_matches_pytorch(arch, nonlinearity, layers):
+    model = _model(arch, nonlinearity, layers)
+    sessions = {opset: _session(model, opset) for opset in OPSETS}
+    rng = np.random.default_rng(1)
+    for B in BATCHES:
+        for T in LENGTHS:
+            tokens, state, lengths = _batch(rng, model, B, T)
+            want = _torch(model, tokens, state, lengths)
+            for opset, session in sessions.items():
+                got = _onnx(session, tokens, state, lengths)
+                _assert_close(
+                    got, want, f"{arch}/{nonlinearity}/L={layers} opset {opset} B={B} T={T}"
+                )
+
+
+@pytest.mark.parametrize(("arch", "layers"), [("cell", 1), ("stacked", 2)])
+def test_default_hidden_size_matches_pytorch(arch, layers):
+    model = _model(arch, "tanh", layers, hidden=128)
+    session = _session(model, DEFAULT_OPSET)
+    _assert_matches(model, session, np.random.default_rng(2), ((3, 64), (17, 1000)))
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[0], CASES[4]])
+def test_padded_row_equals_the_row_alone(arch, nonlinearity, layers):
+    """Y_h is each row's state at its own last step: padding after it never counts."""
+    model = _model(arch, nonlinearity, layers)
+    session = _session(model, DEFAULT_OPSET)
+    rng = np.random.default_rng(3)
+    tokens, state, lengths = _batch(rng, model, 4, 9, lengths=[9, 1, 5, 3])
+    tokens[1:, 5:] = rng.integers(1, len(VOCAB), size=(3, 4))  # non-zero garbage as padding
+    log_probs, hn = _onnx(session, tokens, state, lengths)
+    axis = 0 if arch == "cell" else 1
+    for row, n in enumerate(lengths):
+        alone_state = np.take(state, [row], axis=axis)
+        alone = _onnx(session, tokens[row : row + 1, :n], alone_state, lengths[row : row + 1])
+        np.testing.assert_allclose(log_probs[row : row + 1], alone[0], atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(np.take(hn, [row], axis=axis), alone[1], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[2], CASES[5]])
+def test_one_step_loop_equals_one_call(arch, nonlinearity, layers):
+    model = _model(arch, nonlinearity, layers)
+    session = _session(model, DEFAULT_OPSET)
+    rng = np.random.default_rng(4)
+    B, T = 3, 40
+    tokens, state, lengths = _batch(rng, model, B, T, lengths=[T] * B)
+    whole = _onnx(session, tokens, state, lengths)
+    h = state
+    ones = np.ones(B, dtype=np.int64)
+    for t in range(T):
+        log_probs, h = _onnx(session, tokens[:, t : t + 1], h, ones)
+    np.testing.assert_allclose(log_probs, whole[0], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(h, whole[1], atol=ATOL, rtol=RTOL)
+    _assert_close((log_probs, h), _torch(model, tokens, state, lengths), "loop vs PyTorch")
+
+
+@pytest.mark.parametrize(("arch", "layers"), [("cell", 1), ("stacked", 1), ("stacked", 3)])
+def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
+    """B and T are symbolic; the same file runs T=1 and T=5000 and its size has no T in it."""
+    model = _model(arch, "tanh", layers)
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["B", "T"]
+    assert len(proto.graph.node) <= 8 + 3 * layers  # a handful of nodes, whatever T
+    rnn = [n for n in proto.graph.node if n.op_type == "RNN"]
+    assert len(rnn) == layers
+    assert not [n for n in proto.graph.node if n.op_type in ("Loop", "Scan")]
+    # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
+    again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx")
+    assert path.read_bytes() == again.read_bytes()
+    session = _ort_session(str(path))
+    _assert_matches(model, session, np.random.default_rng(5), ((1, 1), (2, 5000)))
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[1], CASES[4]])
+def test_metadata_round_trip(arch, nonlinearity, layers, tmp_path):
+    model = _model(arch, nonlinearity, layers)
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET)
+    proto = onnx.load(path)
+    assert proto.opset_import[0].version == MIN_OPSET
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props})
+    config = model.config
+    assert (meta.arch, meta.hidden_size, meta.num_layers, meta.nonlinearity) == (
+        arch,
+        config.hidden_size,
+        layers,
+        nonlinearity,
+    )
+    assert (meta.vocab, meta.unk_id, meta.labels) == (VOCAB.tokens, 0, LABELS)
+    assert meta.checkpoint_sha256 == SHA
+    assert meta.opset == MIN_OPSET
+    assert meta.provenance["libraries"] == {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
+    (state,) = meta.states
+    assert (state.input, state.output, state.dtype, state.initial) == (
+        "h0",
+        "hn",
+        "float32",
+        "zeros",
+    )
+    assert state.shape == config.state_shape("B")
+    session = _ort_session(str(path))
+    check_signature(meta, session.get_inputs(), session.get_outputs())
+
+
+# --- RUN_DIRs and the CLI ---
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    model = _model("stacked", "tanh", 2, hidden=16)
+    return save_checkpoint(tmp_path / "run", model, VOCAB, DATA, {}, {"val_accuracy": 0.5})
+
+
+def test_export_onnx_from_run_dir_and_checkpoint(run_dir, tmp_path):
+    ckpt = load_checkpoint(run_dir)
+    from_dir = export_onnx(run_dir, tmp_path / "a.onnx")
+    from_ckpt = export_onnx(ckpt, tmp_path / "b.onnx")
+    assert from_dir.read_bytes() == from_ckpt.read_bytes()
+    meta = read_metadata({p.key: p.value for p in onnx.load(from_dir).metadata_props})
+    assert meta.checkpoint_sha256 == ckpt.sha256
+    assert meta.opset == DEFAULT_OPSET
+
+
+def test_convert_and_inspect(run_dir, tmp_path):
+    out = tmp_path / "model.onnx"
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(run_dir), "--out", str(out), "--opset", "14"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    assert f"{out.stat().st_size:,} bytes" in result.output
+    assert f"nodes    {len(onnx.load(out).graph.node)}" in result.output
+    assert "opset    14" in result.output
+    assert "h0 float32 (2, B, 16)" in result.output
+    assert "log_probs float32 (B, 3)" in result.output
+
+    text = runner.invoke(main, ["inspect", str(out)])
+    assert text.exit_code == 0, text.output
+    for part in ("stacked, L=2, H=16", "h0 -> hn  (2, B, 16) float32", "0 en, 1 fr, 2 de"):
+        assert part in text.output
+    assert load_checkpoint(run_dir).sha256 in text.output
+
+    as_json = runner.invoke(main, ["inspect", str(out), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    info = json.loads(as_json.output)
+    meta = read_metadata({p.key: p.value for p in onnx.load(out).metadata_props})
+    assert info["metadata"] == meta.to_dict()
+    assert info["size_bytes"] == out.stat().st_size
+    assert {"name": "tokens", "shape": ["B", "T"], "dtype": "int64"} in info["inputs"]
+    assert {"name": "hn", "shape": [2, "B", 16], "dtype": "float32"} in info["outputs"]
+
+
+def test_convert_help_names_the_default_opset():
+    result = CliRunner().invoke(main, ["convert", "--help"])
+    assert f"[default: {DEFAULT_OPSET}]" in result.output
+
+
+def _foreign_onnx(path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def _wrong_schema(path: Path) -> Path:
+    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    for prop in proto.metadata_props:
+        if prop.key == "rnn_export.schema":
+            prop.value = "2"
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_foreign_onnx, "no rnn-export metadata"),
+        (_wrong_schema, "unknown metadata schema version 2"),
+        (lambda p: p.write_bytes(b"not a model") and p, "cannot load it as a model"),
+        (lambda p: p, "no such model file"),
+    ],
+    ids=["foreign-onnx", "wrong-schema", "not-onnx", "missing"],
+)
+def test_inspect_rejects(make, message, tmp_path):
+    path = make(tmp_path / "x.onnx")
+    for args in (["inspect", str(path)], ["inspect", str(path), "--json"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+
+
+def _corrupt_config(run_dir: Path) -> None:
+    (run_dir / "config.json").write_text("{ not json")
+
+
+def _truncate_weights(run_dir: Path) -> None:
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+
+
+@pytest.mark.parametrize(
+    ("arrange", "out_name", "opset", "message"),
+    [
+        (lambda r: r.rename(r.with_name("gone")), "m.onnx", None, "expected a run directory"),
+        (_corrupt_config, "m.onnx", None, "config.json: not valid JSON"),
+        (_truncate_weights, "m.onnx", None, "model.safetensors: not a safetensors file"),
+        (None, "no-such-folder/m.onnx", None, "folder .* does not exist"),
+        (None, "run/config.json/m.onnx", None, "does not exist"),
+        (None, "m.onnx", "13", "opset 13 is too old"),
+        (None, "m.onnx", "99", "opset 99 is newer than the installed onnx"),
+    ],
+    ids=[
+        "missing-run-dir",
+        "corrupt-config",
+        "corrupt-weights",
+        "missing-out-folder",
+        "out-folder-is-a-file",
+        "opset-too-old",
+        "opset-too-new",
+    ],
+)
+def test_convert_errors_leave_no_file(run_dir, tmp_path, arrange, out_name, opset, message):
+    if arrange is not None:
+        arrange(run_dir)
+    out = tmp_path / out_name
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"an earlier model")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["convert", str(run_dir), "--out", str(out)] + (["--opset", opset] if opset else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ")
+    assert "Traceback" not in result.output
+    assert re.search(message, result.output), result.output
+    assert existing.read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_out_path_that_is_a_folder(run_dir, tmp_path):
+    with pytest.raises(ExportError, match="is a folder; expected the path of the .onnx file"):
+        export_onnx(run_dir, tmp_path)
+
+
+def test_opset_onnxruntime_cannot_run():
+    """A real onnxruntime refusal (an opset newer than it knows) becomes an ExportError."""
+    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    proto.opset_import[0].version = 99
+    version = ".".join(ort.__version__.split(".")[:2])
+    with pytest.raises(ExportError, match=f"opset 99 cannot be run by onnxruntime {version}: "):
+        _check_runs(proto.SerializeToString(), 99)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, failure):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier model")
+
+    def fail(src, dst):
+        raise failure
+
+    monkeypatch.setattr(os, "replace", fail)
+    expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
+    with pytest.raises(expected):
+        _write_atomic(b"new bytes", out)
+    assert out.read_bytes() == b"an earlier model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_convert_and_inspect_as_processes(run_dir, tmp_path):
+    """The real entry point: convert, then inspect in a process where torch and onnx fail."""
+    out = tmp_path / "model.onnx"
+    convert = subprocess.run(
+        [sys.executable, "-m", "rnn_export.cli", "convert", str(run_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert convert.returncode == 0, convert.stderr
+    assert convert.stdout.startswith(f"wrote {out}")
+    no_torch = (
+        "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+        "from rnn_export.cli import main; main()"
+    )
+    inspect = subprocess.run(
+        [sys.executable, "-c", no_torch, "inspect", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["metadata"]["model"]["arch"] == "stacked"
