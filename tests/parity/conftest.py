@@ -13,13 +13,6 @@ from rnn_export.data import Vocabulary, embedded_spec, folder_spec, load_dataset
 from rnn_export.export import export_onnx
 from rnn_export.models import build_model
 
-ARCH_NONLINEARITIES = [
-    ("cell", "tanh"),
-    ("cell", "relu"),
-    ("cell", "identity"),
-    ("stacked", "tanh"),
-    ("stacked", "relu"),
-]
 TINY_H = 16
 
 
