@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
 from rnn_export.models import CellRNN, StackedRNN
 
 DEFAULT_OPSET = 18
-MIN_OPSET = 14  # the oldest opset tested; older ones lack Squeeze/Unsqueeze axes as inputs
+MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
 _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "identity": "Affine"}
 
 
@@ -120,6 +121,8 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     if not isinstance(model, (CellRNN, StackedRNN)):
         raise ExportError(f"expected a CellRNN or StackedRNN; got {type(model).__name__}")
     config = model.config
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ExportError(f"sha256 must be 64 lowercase hex digits; got {sha256!r}")
     if len(vocab.tokens) != config.vocab_size:
         raise ExportError(
             f"model expects vocab_size {config.vocab_size}; vocabulary has {len(vocab.tokens)}"

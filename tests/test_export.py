@@ -377,6 +377,25 @@ def test_convert_errors_leave_no_file(run_dir, tmp_path, arrange, out_name, opse
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sha256": "abc"}, "sha256 must be 64 lowercase hex digits"),
+        ({"vocab": Vocabulary(("<unk>", "a"))}, "model expects vocab_size 16; vocabulary has 2"),
+        ({"model": torch.nn.Linear(2, 2)}, "expected a CellRNN or StackedRNN; got Linear"),
+        ({"opset": "18"}, "opset must be an integer"),
+    ],
+    ids=["sha256", "vocab", "model", "opset-type"],
+)
+def test_export_model_rejects(change, message, tmp_path):
+    args = {"model": _model("cell", "tanh", 1), "vocab": VOCAB, "sha256": SHA, "opset": 18}
+    args.update(change)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match=message):
+        export_model(args["model"], args["vocab"], args["sha256"], out, opset=args["opset"])
+    assert not out.exists()
+
+
 def test_out_path_that_is_a_folder(run_dir, tmp_path):
     with pytest.raises(ExportError, match="is a folder; expected the path of the .onnx file"):
         export_onnx(run_dir, tmp_path)
