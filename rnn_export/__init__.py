@@ -26,6 +26,7 @@ _LAZY = {
     "CheckpointError": "rnn_export.checkpoint",
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
+    "train": "rnn_export.training",
     # H2: export
     "export_onnx": "rnn_export.export",
     "export_model": "rnn_export.export",

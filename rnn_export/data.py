@@ -3,6 +3,7 @@
 A dataset is described by a small dict (the same one every checkpoint stores), enough
 to rebuild its splits exactly:
     {"source": "embedded" | "folder", "path": str | None, "seed": int, "val_fraction": float}
+and for "embedded" optionally "size" (number of samples, EMBEDDED_SIZE when absent).
 A sample is (text, label_id); label ids index the dataset's sorted labels.
 """
 
@@ -25,7 +26,7 @@ DEFAULT_VAL_FRACTION = 0.2
 # prediction changes as the leading marker changes while characters stream in.
 EMBEDDED_MARKERS = ("A", "B", "C", "D")
 EMBEDDED_NOISE = "abcdefghijklmnopqrstuvwxyz"
-EMBEDDED_SIZE = 6000
+EMBEDDED_SIZE = 16000
 EMBEDDED_LENGTHS = (12, 32)  # inclusive range of string lengths
 EMBEDDED_MARKER_COUNTS = (3, 9)  # inclusive range of marker occurrences per string
 
@@ -100,8 +101,19 @@ class Dataset:
     spec: dict
 
 
-def embedded_spec(seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION) -> dict:
-    return {"source": "embedded", "path": None, "seed": seed, "val_fraction": val_fraction}
+def embedded_spec(
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    size: int = EMBEDDED_SIZE,
+) -> dict:
+    """The spec of the embedded task; a smaller size makes quick test datasets."""
+    return {
+        "source": "embedded",
+        "path": None,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "size": size,
+    }
 
 
 def folder_spec(
@@ -122,6 +134,8 @@ def embedded_dataset(seed: int = DEFAULT_SEED, size: int = EMBEDDED_SIZE) -> dic
     marker letters (A-D) and the rest lowercase noise. The label is the marker that
     occurs most often, and it always wins strictly (no ties).
     """
+    if size < 2 * len(EMBEDDED_MARKERS):
+        raise DataError(f"the embedded task needs size >= {2 * len(EMBEDDED_MARKERS)}; got {size}")
     rng = random.Random(f"rnn-export-embedded:{seed}")
     samples: dict[str, list[str]] = {m: [] for m in EMBEDDED_MARKERS}
     per_class = size // len(EMBEDDED_MARKERS)
@@ -204,7 +218,7 @@ def load_dataset(data: dict) -> Dataset:
     seed = data.get("seed", DEFAULT_SEED)
     val_fraction = data.get("val_fraction", DEFAULT_VAL_FRACTION)
     if source == "embedded":
-        samples = embedded_dataset(seed)
+        samples = embedded_dataset(seed, data.get("size", EMBEDDED_SIZE))
     elif source == "folder":
         if not data.get("path"):
             raise DataError("a folder dataset needs a 'path'; got none")
