@@ -106,7 +106,7 @@ def save_checkpoint(
         )
     if "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
-    _check_replaceable(run_dir)
+    check_replaceable(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
@@ -216,7 +216,12 @@ def _check_weights(weights: dict, model: nn.Module, weights_path: Path, config_p
             raise CheckpointError(f"{weights_path}: tensor {name!r} holds NaN or infinity")
 
 
-def _check_replaceable(run_dir: Path) -> None:
+def check_replaceable(run_dir: str | Path) -> None:
+    """Raise CheckpointError unless run_dir is absent, empty, or holds a checkpoint.
+
+    Training calls it first, so that a bad --out fails before minutes of training.
+    """
+    run_dir = Path(run_dir)
     if not run_dir.exists():
         return
     if not run_dir.is_dir():

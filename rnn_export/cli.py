@@ -21,6 +21,129 @@ def main() -> None:
     verify parity with PyTorch, and stream them one step at a time."""
 
 
+# --- train (H1): imports torch and the training code only when it runs ---
+@main.command("train")
+@click.option(
+    "--arch",
+    required=True,
+    type=click.Choice(["cell", "stacked"]),
+    help="cell: the notes' hand-built RNN; stacked: the notes' nn.RNN wrapper.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder with one UTF-8 .txt file per class (label = file name, one sample a "
+    "line). Default: the embedded task (which marker letter A-D occurs most often).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="RUN_DIR to write; an earlier checkpoint there is replaced only when the new "
+    "one is complete.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Passes over the data [default: 8]."
+)
+@click.option(
+    "--hidden-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="H, the hidden state size.",
+)
+@click.option(
+    "--num-layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="L, stacked RNN layers [default: 2 for stacked; cell has exactly 1].",
+)
+@click.option(
+    "--nonlinearity",
+    type=click.Choice(["tanh", "relu", "identity"]),
+    default="tanh",
+    show_default=True,
+    help="identity (cell only) is the notes' linear recurrence.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per BPTT step [default: 64].",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam learning rate, decayed to 0 by a cosine schedule [default: 0.003].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the weights, the batch order, the split and the embedded task.",
+)
+def train_command(
+    arch, data_dir, out, epochs, hidden_size, num_layers, nonlinearity, batch_size, lr, seed
+):
+    """Train a classifier and write its RUN_DIR (weights, config, vocabulary, metrics,
+    curves.png).
+
+    Without --data it trains on the embedded task. Prints the final validation
+    accuracy. Exit 2 for bad data, options or --out; an interrupted run writes
+    nothing and leaves an earlier checkpoint at --out intact.
+    """
+    from rnn_export import training
+    from rnn_export.checkpoint import CheckpointError
+    from rnn_export.config import ConfigError
+    from rnn_export.data import DataError, embedded_spec, folder_spec
+
+    data = embedded_spec(seed) if data_dir is None else folder_spec(data_dir, seed=seed)
+    options = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    try:
+        ckpt = training.train(
+            arch,
+            out,
+            data=data,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            nonlinearity=nonlinearity,
+            seed=seed,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except (DataError, ConfigError, CheckpointError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"error: {e.filename}: {e.strerror}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: nothing written; {out} is as it was", err=True)
+        sys.exit(130)
+    m = ckpt.metrics
+    click.echo(f"wrote {ckpt.run_dir}")
+    click.echo(f"  model         {_model_line(ckpt.config)}")
+    click.echo(f"  data          {data['source']} ({m['num_train']} train, {m['num_val']} val)")
+    click.echo(f"  val_accuracy  {m['val_accuracy']:.4f}")
+    click.echo(f"  train_loss    {m['train_loss']:.4f}")
+    click.echo(f"  seconds       {m['train_seconds']:.1f}")
+    click.echo(f"  sha256        {ckpt.sha256}")
+
+
+def _model_line(config) -> str:
+    return (
+        f"{config.arch}, L={config.num_layers}, H={config.hidden_size}, "
+        f"{config.nonlinearity}, V={config.vocab_size}, C={config.num_classes}"
+    )
+
+
+# --- end train (H1) ---
+
+
 # --- stream (H3): torch-free, imports only rnn_runtime (numpy, onnxruntime) ---
 @main.command("stream")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
@@ -305,6 +428,69 @@ def inspect_command(model_path, as_json):
 
 
 # --- end convert, inspect (H2) ---
+
+
+# --- bench (H5): imports torch, onnxruntime and the runtime only when it runs ---
+@main.command("bench")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--checkpoint",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The RUN_DIR the model was exported from: PyTorch eager runs this checkpoint.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write every figure as JSON to this file.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Intra-op threads for both onnxruntime and torch (e.g. $(nproc) for all cores).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Timed blocks per measurement, interleaved between the sides; medians are shown.",
+)
+@click.option(
+    "--quick", is_flag=True, help="A smaller grid and short blocks: rough figures in seconds."
+)
+def bench_command(model_path, run_dir, json_path, threads, repeats, quick):
+    """Time the runtime and onnxruntime against PyTorch eager on the same model.
+
+    Prints ratios measured side by side in this one process: streaming latency
+    per step at batch 1 (against PyTorch and against a one-node ONNX model, the
+    floor), offline tokens/s over padded batches (B x T grid), aggregate steps/s
+    of the runtime's pool at 1, 16 and 256 streams, and the cold start and peak
+    RSS of a process that imports only the runtime. Exit 2 when the model and
+    checkpoint cannot be read or do not belong together.
+    """
+    from rnn_export.bench import BenchError, run_bench
+
+    try:
+        report = run_bench(model_path, run_dir, threads=threads, repeats=repeats, quick=quick)
+    except BenchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(report.format_table())
+    if json_path is not None:
+        try:
+            json_path.write_text(report.to_json() + "\n", encoding="utf-8")
+        except OSError as e:
+            click.echo(f"error: cannot write {json_path}: {e.strerror}", err=True)
+            sys.exit(2)
+        click.echo(f"figures written to {json_path}")
+
+
+# --- end bench (H5) ---
 
 
 if __name__ == "__main__":

@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rnn_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rnn_export.checkpoint import (
+    Checkpoint,
+    check_replaceable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rnn_export.config import ModelConfig
 from rnn_export.data import Vocabulary, embedded_spec, encode_batch, load_dataset
 from rnn_export.models import build_model
@@ -71,6 +76,7 @@ def train(
         raise ValueError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr}")
+    check_replaceable(out)
     data = embedded_spec(seed) if data is None else dict(data)
     dataset = load_dataset(data)
     vocab = Vocabulary.build(text for text, _ in dataset.train)
@@ -183,7 +189,7 @@ def _train_epoch(model, optimizer, schedule, train_set, batches, clip: float) ->
         total += loss.item() * len(index)
         count += len(index)
         if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{total / count:.4f}")
+            batches.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / count
 
 
