@@ -36,6 +36,10 @@ _LAZY = {
     "ParityReport": "rnn_export.parity",
     "ParityError": "rnn_export.parity",
     "ParityUsageError": "rnn_export.parity",
+    # H5: benchmarks
+    "run_bench": "rnn_export.bench",
+    "BenchReport": "rnn_export.bench",
+    "BenchError": "rnn_export.bench",
 }
 
 

@@ -1,0 +1,157 @@
+"""Smoke tests of rnn_export.bench and `rnn-export bench`: structure and sane numbers.
+
+No timing assertions: the machine is shared, so only the shape of the report and
+that every figure is a positive, finite number are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rnn_export.bench import (
+    QUICK_GRID_BATCHES,
+    QUICK_GRID_LENGTHS,
+    QUICK_POOL_SIZES,
+    TARGETS,
+    BenchError,
+    run_bench,
+)
+from rnn_export.cli import main
+from rnn_export.config import ModelConfig
+from rnn_export.models import build_model
+
+CHARS = "abcdefgh"
+
+
+def _run_dir_and_model(tmp_path, arch: str, seed: int):
+    from rnn_export.checkpoint import save_checkpoint
+    from rnn_export.data import Vocabulary, embedded_spec
+    from rnn_export.export import export_onnx
+
+    torch.manual_seed(seed)
+    vocab = ("<unk>", *CHARS)
+    config = ModelConfig(
+        arch, len(vocab), ("x", "y", "z"), hidden_size=16, num_layers=1 if arch == "cell" else 2
+    )
+    run_dir = save_checkpoint(
+        tmp_path / f"run-{arch}-{seed}",
+        build_model(config).eval(),
+        Vocabulary(vocab),
+        embedded_spec(),
+        {"epochs": 0},
+        {"val_accuracy": 0.0},
+    )
+    return run_dir, export_onnx(run_dir, tmp_path / f"{arch}-{seed}.onnx")
+
+
+@pytest.fixture(scope="module", params=["cell", "stacked"])
+def exported(request, tmp_path_factory):
+    """(RUN_DIR, .onnx path) of a tiny random model of each arch."""
+    return _run_dir_and_model(tmp_path_factory.mktemp("bench"), request.param, seed=0)
+
+
+def _numbers(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _numbers(v)
+    elif isinstance(x, float):
+        yield x
+
+
+def _check_report(d: dict, run_dir, threads: int) -> None:
+    sections = {"machine", "settings", "streaming", "offline", "pool", "cold_start", "targets"}
+    assert set(d) == sections
+    assert d["targets"] == TARGETS
+    assert d["settings"]["threads"] == threads
+    assert d["settings"]["checkpoint"] == str(run_dir)
+    assert d["machine"]["cpu_count"] >= 1
+    st = d["streaming"]
+    assert set(st) == {"runtime_s", "torch_s", "floor_s", "speedup_vs_torch", "runtime_vs_floor"}
+    assert st["speedup_vs_torch"] == pytest.approx(st["torch_s"] / st["runtime_s"])
+    assert st["runtime_vs_floor"] == pytest.approx(st["runtime_s"] / st["floor_s"])
+    grid = [(r["batch"], r["time"]) for r in d["offline"]]
+    assert sorted(grid) == sorted((B, T) for B in QUICK_GRID_BATCHES for T in QUICK_GRID_LENGTHS)
+    for row in d["offline"]:
+        # Mixed lengths: at least one full row, never more than B * T real tokens.
+        assert row["time"] <= row["real_tokens"] <= row["batch"] * row["time"]
+        assert row["speedup_vs_torch"] == pytest.approx(
+            row["onnxruntime_tokens_per_s"] / row["torch_tokens_per_s"]
+        )
+    assert [r["streams"] for r in d["pool"]] == list(QUICK_POOL_SIZES)
+    for row in d["pool"]:
+        assert row["vs_one_stream"] == pytest.approx(
+            row["steps_per_s"] / row["one_stream_steps_per_s"]
+        )
+    cold = d["cold_start"]
+    assert cold["runs"] == 1
+    assert cold["torch_imported"] is False and cold["onnx_imported"] is False
+    numbers = list(_numbers({k: v for k, v in d.items() if k != "targets"}))
+    assert len(numbers) >= 10
+    assert all(math.isfinite(x) and x > 0 for x in numbers), numbers
+
+
+def test_run_bench_quick_report(exported):
+    run_dir, model_path = exported
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    _check_report(report.to_dict(), run_dir, threads=1)
+    table = report.format_table()
+    for heading in ("1. streaming", "2. offline", "3. many streams", "4. cold start"):
+        assert heading in table
+
+
+def test_cli_bench_writes_json(exported, tmp_path):
+    run_dir, model_path = exported
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(model_path),
+            "--checkpoint",
+            str(run_dir),
+            "--quick",
+            "--repeats",
+            "1",
+            "--threads",
+            "2",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "runtime speedup" in result.output
+    _check_report(json.loads(out.read_text()), run_dir, threads=2)
+
+
+def test_cli_bench_rejects_a_foreign_checkpoint(exported, tmp_path):
+    _, model_path = exported
+    other_run, _ = _run_dir_and_model(tmp_path, "cell", seed=1)
+    result = CliRunner().invoke(
+        main, ["bench", str(model_path), "--checkpoint", str(other_run), "--quick"]
+    )
+    assert result.exit_code == 2
+    assert "sha256" in result.output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"repeats": 0}, "repeats must be"), ({"threads": True}, "threads must be")],
+)
+def test_run_bench_bad_arguments(exported, kwargs, match):
+    run_dir, model_path = exported
+    with pytest.raises(BenchError, match=match):
+        run_bench(model_path, run_dir, **kwargs)
+
+
+def test_run_bench_missing_model(exported, tmp_path):
+    run_dir, _ = exported
+    with pytest.raises(BenchError, match="no such model file"):
+        run_bench(tmp_path / "absent.onnx", run_dir, quick=True)
