@@ -19,6 +19,23 @@ TINY_SIZE = 400  # samples in the tiny embedded dataset
 TINY_HIDDEN = 16
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="Also run tests marked slow (full default trainings, about a minute each).",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: full default training; run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory):
     """Factory: tiny_run_dir(arch="cell", nonlinearity="tanh", hidden_size=16,
