@@ -8,6 +8,7 @@ order comes from a generator seeded per epoch.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def _train(config, vocab, dataset, out, epochs, batch_size, lr, seed, clip, prog
         )
         if progress:
             tqdm.write(
-                f"epoch {epoch}: train loss {train_loss:.4f}, val accuracy {val_accuracy:.4f}"
+                f"epoch {epoch}: train loss {train_loss:.4f}, val accuracy {val_accuracy:.4f}",
+                file=sys.stderr,
             )
     seconds = time.perf_counter() - start
 

@@ -1,0 +1,150 @@
+"""The command line: help everywhere, --version, `train` and its errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from rnn_export import __version__, training
+from rnn_export.checkpoint import load_checkpoint
+from rnn_export.cli import main
+
+COMMANDS = sorted(main.commands)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A small folder dataset: class = first character."""
+    folder = tmp_path_factory.mktemp("cli-data")
+    rng = random.Random(1)
+    for label, first in (("left", "a"), ("right", "b")):
+        lines = [
+            first + "".join(rng.choice("abc") for _ in range(rng.randint(0, 5))) for _ in range(30)
+        ]
+        (folder / f"{label}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"rnn-export, version {__version__}"
+
+
+def test_group_help_lists_train():
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "train" in COMMANDS and "  train " in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_every_option_a_help_text(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: main {command}") or "Usage:" in result.output
+    cmd = main.commands[command]
+    assert cmd.help and cmd.help.strip()
+    undocumented = [
+        p.name
+        for p in cmd.params
+        if isinstance(p, click.Option) and not p.help and p.name != "help"
+    ]
+    assert undocumented == []
+
+
+def test_train_help_defaults_match_the_library():
+    text = run("train", "--help").output
+    assert f"[default: {training.DEFAULT_EPOCHS}]" in text
+    assert f"[default: {training.DEFAULT_BATCH_SIZE}]" in text
+    assert f"[default: {training.DEFAULT_LR}]" in text
+
+
+def test_train(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run(
+        "train", "--arch", "stacked", "--data", data_dir, "--out", out, "--epochs", "2",
+        "--hidden-size", "8", "--num-layers", "3", "--batch-size", "16", "--lr", "0.01",
+        "--seed", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.num_layers == 3 and ckpt.config.hidden_size == 8
+    assert ckpt.config.labels == ("left", "right")
+    assert ckpt.training["epochs"] == 2 and ckpt.training["lr"] == 0.01
+    assert ckpt.training["batch_size"] == 16 and ckpt.training["seed"] == 4
+    assert ckpt.data["path"] == str(data_dir.resolve()) and ckpt.data["seed"] == 4
+    assert f"val_accuracy  {ckpt.metrics['val_accuracy']:.4f}" in result.output
+    assert f"sha256        {ckpt.sha256}" in result.output
+
+
+def write(folder, files):
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+ERRORS = {
+    "no arch": ([], "Missing option '--arch'"),
+    "bad arch": (["--arch", "lstm"], "'lstm' is not one of 'cell', 'stacked'"),
+    "no data folder": (["--arch", "cell", "--data", "{tmp}/nope"], "nope: expected a folder"),
+    "one class": (
+        ["--arch", "cell", "--data", "{one}"],
+        "a classifier needs at least 2 classes (.txt files); got 1: only.txt",
+    ),
+    "not utf-8": (["--arch", "cell", "--data", "{latin}"], "b.txt:2: expected UTF-8 text"),
+    "identity stacked": (
+        ["--arch", "stacked", "--nonlinearity", "identity"],
+        "nonlinearity for arch 'stacked' must be one of ('tanh', 'relu'); got 'identity'",
+    ),
+    "layers for cell": (
+        ["--arch", "cell", "--num-layers", "2"],
+        "arch 'cell' has exactly 1 layer; got num_layers=2",
+    ),
+    "zero epochs": (["--arch", "cell", "--epochs", "0"], "0 is not in the range x>=1"),
+    "zero lr": (["--arch", "cell", "--lr", "0"], "0.0 is not in the range x>0"),
+    "foreign out": (["--arch", "cell", "--out", "{foreign}"], "refusing to replace a non-empty"),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_train_errors_exit_2_without_traceback(tmp_path, case):
+    args, message = ERRORS[case]
+    places = {
+        "tmp": tmp_path,
+        "one": write(tmp_path / "one", {"only.txt": b"a\n"}),
+        "latin": write(tmp_path / "latin", {"a.txt": b"x\n", "b.txt": b"ok\ncaf\xe9\n"}),
+        "foreign": write(tmp_path / "foreign", {"keep.txt": b"mine"}),
+    }
+    args = [a.format(**places) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
+    result = run("train", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "foreign" / "keep.txt").read_bytes() == b"mine"
+
+
+def test_train_as_a_subprocess(tmp_path, data_dir):
+    out = tmp_path / "run"
+    args = ["--arch", "cell", "--data", data_dir, "--out", out, "--epochs", 1, "--hidden-size", 8]
+    cmd = [sys.executable, "-m", "rnn_export.cli", "train", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"wrote {out}\n")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"val_accuracy  {metrics['val_accuracy']:.4f}" in proc.stdout
+    assert "epoch 1: train loss" in proc.stderr
+    assert load_checkpoint(out).config.arch == "cell"
