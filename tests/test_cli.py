@@ -148,3 +148,14 @@ def test_train_as_a_subprocess(tmp_path, data_dir):
     assert f"val_accuracy  {metrics['val_accuracy']:.4f}" in proc.stdout
     assert "epoch 1: train loss" in proc.stderr
     assert load_checkpoint(out).config.arch == "cell"
+
+
+def test_import_and_help_do_not_import_torch():
+    code = (
+        "import sys, rnn_export\n"
+        "from rnn_export.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "[]"
