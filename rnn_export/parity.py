@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,14 @@ class ParityError(Exception):
 
 @dataclass(frozen=True)
 class OutputError:
-    """How far one output of onnxruntime (a) is from PyTorch's (b) in one case."""
+    """How far one output of onnxruntime (a) is from PyTorch's (b) in one case.
+
+    torch_vs_f64 and onnx_vs_f64 (diagnostics, not part of pass/fail) are the max
+    absolute errors of PyTorch float32 and of onnxruntime against the same PyTorch model
+    run in float64: when a case fails, they tell float32 rounding amplified by the model
+    (onnx_vs_f64 close to torch_vs_f64, both large) from an export that computes
+    something else (onnx_vs_f64 far above torch_vs_f64).
+    """
 
     output: str
     max_abs: float
@@ -70,6 +77,8 @@ class OutputError:
     min_atol: float
     atol: float
     rtol: float
+    torch_vs_f64: float | None = None
+    onnx_vs_f64: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -84,6 +93,8 @@ class OutputError:
             "rtol": self.rtol,
             "min_atol": _num(self.min_atol),
             "passed": self.passed,
+            "torch_vs_f64": None if self.torch_vs_f64 is None else _num(self.torch_vs_f64),
+            "onnx_vs_f64": None if self.onnx_vs_f64 is None else _num(self.onnx_vs_f64),
         }
 
 
@@ -157,7 +168,10 @@ class DriftCurve:
         window: steps per window; window i covers steps [i * window, (i + 1) * window).
         max_abs: output -> max absolute error in each window.
         min_atol: output -> smallest passing atol (at the report's rtol) in each window.
-        per_step: output -> (steps,) max absolute error at each step (for plots; not in JSON).
+        torch_vs_f64: output -> max |PyTorch float32 - PyTorch float64| in each window: the
+            float32 noise floor the onnxruntime error can be read against.
+        per_step, per_step_torch_vs_f64: output -> (steps,) the same per step (for plots;
+            not in JSON).
     """
 
     provider: str
@@ -165,7 +179,9 @@ class DriftCurve:
     window: int
     max_abs: dict[str, list[float]]
     min_atol: dict[str, list[float]]
+    torch_vs_f64: dict[str, list[float]]
     per_step: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    per_step_torch_vs_f64: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -175,6 +191,7 @@ class DriftCurve:
             "window_starts": list(range(0, self.steps, self.window)),
             "max_abs": {k: [_num(x) for x in v] for k, v in self.max_abs.items()},
             "min_atol": {k: [_num(x) for x in v] for k, v in self.min_atol.items()},
+            "torch_vs_f64": {k: [_num(x) for x in v] for k, v in self.torch_vs_f64.items()},
         }
 
 
@@ -234,9 +251,9 @@ class ParityReport:
             row["cases"] += 1
             row["failed"] += not case.passed
             for o in case.outputs:
-                for stat in ("max_abs", "max_rel", "min_atol"):
+                for stat in ("max_abs", "max_rel", "min_atol", "torch_vs_f64", "onnx_vs_f64"):
                     k = f"{o.output}_{stat}"
-                    row[k] = max(row.get(k, 0.0), getattr(o, stat))
+                    row[k] = max(row.get(k, 0.0), getattr(o, stat) or 0.0)
         return [
             {k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows.values()
         ]
@@ -258,33 +275,46 @@ class ParityReport:
         lines.append("")
         header = (
             f"{'prov':<5} {'family':<13} {'case':<26} {'B':>4} {'T':>9}  {'output':<9} "
-            f"{'max abs':>9} {'max rel':>9} {'min atol':>9}  result"
+            f"{'max abs':>9} {'max rel':>9} {'min atol':>9}  result  "
+            f"{'torch~f64':>9} {'onnx~f64':>9}"
         )
         lines += [header, "-" * len(header)]
         for c in self.cases:
             head = f"{c.provider:<5} {c.family:<13} {c.name:<26} {c.batch_size:>4} {c.length!s:>9}"
             if c.error is not None:
-                lines.append(f"{head}  ERROR: {c.error}")
+                error = c.error if len(c.error) <= 160 else c.error[:157] + "..."
+                lines.append(f"{head}  ERROR: {error}")
                 continue
             for i, o in enumerate(c.outputs):
                 prefix = head if i == 0 else " " * len(head)
                 verdict = "ok" if o.passed else "FAIL"
                 lines.append(
                     f"{prefix}  {o.output:<9} {_fmt(o.max_abs)} {_fmt(o.max_rel)} "
-                    f"{_fmt(o.min_atol)}  {verdict}"
+                    f"{_fmt(o.min_atol)}  {verdict:<6}  {_fmt(o.torch_vs_f64)} "
+                    f"{_fmt(o.onnx_vs_f64)}"
                 )
             if c.agreement is not None:
                 lines.append(f"{'':<{len(head)}}  decision agreement {c.agreement:.2%}")
         for d in self.drift:
-            lines += ["", f"drift ({d.provider}): max abs error per window of {d.window} steps"]
-            lines.append(f"  {'steps':<13} " + " ".join(f"{o:>10}" for o in d.max_abs))
-            for i in range(len(next(iter(d.max_abs.values())))):
+            lines += [
+                "",
+                f"drift ({d.provider}): max |onnx - torch| per window of {d.window} steps "
+                f"(torch~f64: PyTorch float32's own error against float64)",
+                f"  {'steps':<13} " + " ".join(f"{o:>10} {'torch~f64':>10}" for o in d.max_abs),
+            ]
+            for i in range(len(d.max_abs[OUTPUTS[0]])):
                 span = f"{i * d.window}-{min((i + 1) * d.window, d.steps) - 1}"
-                lines.append(
-                    f"  {span:<13} " + " ".join(f"{_fmt(v[i]):>10}" for v in d.max_abs.values())
-                )
+                cells = [
+                    f"{_fmt(d.max_abs[o][i]):>10} {_fmt(d.torch_vs_f64[o][i]):>10}"
+                    for o in d.max_abs
+                ]
+                lines.append(f"  {span:<13} " + " ".join(cells))
         failed = self.failures()
-        lines.append("")
+        lines += [
+            "",
+            "min atol: the smallest atol that passes at this rtol. torch~f64 / onnx~f64: max "
+            "|PyTorch float32 - float64| and |onnx - float64| (diagnostic, not pass/fail).",
+        ]
         verdict = "PASSED" if self.passed else "FAILED"
         lines.append(
             f"{verdict}: {len(self.cases) - len(failed)} of {len(self.cases)} cases within "
@@ -308,9 +338,14 @@ class ParityReport:
             for d in self.drift:
                 if output in d.per_step:
                     ax.plot(d.per_step[output], lw=0.4, alpha=0.5, label=f"{d.provider} per step")
-                starts = np.arange(0, d.steps, d.window)
+                    floor = d.per_step_torch_vs_f64[output]
+                    label = f"|torch f32 - f64| ({d.provider} run)"
+                    ax.plot(floor, lw=0.4, alpha=0.4, color="gray", label=label)
+                # the last window's value repeated at the end, so that it is drawn too
+                edges = [*range(0, d.steps, d.window), d.steps]
+                values = [*d.max_abs[output], d.max_abs[output][-1]]
                 label = f"{d.provider} window max"
-                ax.step(starts, d.max_abs[output], where="post", lw=1.5, label=label)
+                ax.step(edges, values, where="post", lw=1.5, label=label)
             ax.axhline(self.atol, color="red", ls="--", lw=1, label=f"atol {self.atol:g}")
             ax.set_yscale("log")
             ax.set_ylabel(f"{output}\nmax |onnx - torch|")
@@ -565,9 +600,15 @@ def _session(path: Path, execution_provider: str, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # A failing case raises and is recorded in the report; onnxruntime's own error log
+    # would only repeat it on stderr.
+    options.log_severity_level = 4
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if execution_provider != PROVIDERS["cpu"]:
+        # Without this, onnxruntime quietly places nodes the provider cannot run (e.g. an
+        # RNN activation cuDNN lacks) on the CPU; with it, creating the session fails.
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return ort.InferenceSession(str(path), options, providers=[execution_provider])
 
 
@@ -619,35 +660,49 @@ class _OrtRunner:
     """Calls one onnxruntime session with the names the metadata gives."""
 
     def __init__(self, session, meta, provider: str):
+        import onnxruntime as ort
+
         self.session = session
         self.provider = provider
         self.errors = _ort_errors()
         state = meta.states[0]
         self.inputs = (meta.tokens.name, state.input, meta.lengths.name)
         self.outputs = [meta.log_probs.name, state.output]
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
 
     def __call__(self, tokens, state, lengths):
         """(B, T) tokens, state, (B,) lengths -> (log_probs, new state) as numpy arrays."""
         feed = dict(zip(self.inputs, (tokens, state, lengths), strict=True))
         try:
-            log_probs, new_state = self.session.run(self.outputs, feed)
+            log_probs, new_state = self.session.run(self.outputs, feed, self.run_options)
         except self.errors as e:
             raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
         return log_probs, new_state
 
 
 class _TorchReference:
-    """The PyTorch model on numpy inputs, with results cached per case."""
+    """The PyTorch model on numpy inputs; `exact` runs a float64 copy of it."""
 
     def __init__(self, model, threads: int):
+        import copy
+
         self.model = model
+        self.model64 = copy.deepcopy(model).double()
         self.threads = threads
 
     def __call__(self, tokens, state, lengths):
+        return self._run(self.model, tokens, state, lengths)
+
+    def exact(self, tokens, state, lengths):
+        """The float64 model from the same (explicit) float32 state."""
+        return self._run(self.model64, tokens, state.astype(np.float64), lengths)
+
+    def _run(self, model, tokens, state, lengths):
         import torch
 
         with torch.inference_mode(), _torch_threads(self.threads):
-            log_probs, new_state = self.model(
+            log_probs, new_state = model(
                 torch.from_numpy(tokens),
                 None if state is None else torch.from_numpy(state),
                 None if lengths is None else torch.from_numpy(lengths),
@@ -679,8 +734,12 @@ class _Case:
     _want: tuple | None = None
 
     def reference(self, torch_ref):
+        """(float32 outputs, float64 outputs) of PyTorch, computed once for all providers."""
         if self._want is None:
-            self._want = torch_ref(self.tokens, self.torch_state, self.torch_lengths)
+            self._want = (
+                torch_ref(self.tokens, self.torch_state, self.torch_lengths),
+                torch_ref.exact(self.tokens, self.state, self.torch_lengths),
+            )
         return self._want
 
     @property
@@ -690,15 +749,15 @@ class _Case:
 
     def run(self, runner, torch_ref, atol, rtol) -> CaseResult:
         B = self.tokens.shape[0]
-        want = self.reference(torch_ref)
+        want, exact = self.reference(torch_ref)
         base = dict(provider=runner.provider, name=self.name, family=self.family, batch_size=B)
         try:
             if not all(np.isfinite(w).all() for w in want):
                 raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
             got = self._drive(runner)
             outputs = tuple(
-                compare(g, w, atol, rtol, name)
-                for g, w, name in zip(got, want, OUTPUTS, strict=True)
+                _with_exact(compare(g, w, atol, rtol, name), g, w, x)
+                for g, w, x, name in zip(got, want, exact, OUTPUTS, strict=True)
             )
         except CaseFailure as e:
             return CaseResult(**base, length=self.length, error=str(e))
@@ -805,16 +864,24 @@ def _validation_cases(ckpt, cfg, batch_size: int = 256) -> list[_Case]:
 
 
 def _stream_reference(torch_ref, tokens, model):
-    """PyTorch stepped one token at a time from zeros: per-step log_probs and state."""
+    """PyTorch stepped one token at a time from zeros, in float32 and in float64.
+
+    Returns:
+        (f32, f64): each {"log_probs": (steps, C), "hn": (steps, *state_shape(1))}.
+    """
     steps = tokens.shape[1]
-    state = None
-    log_probs_all = np.empty((steps, model.config.num_classes), dtype=np.float32)
-    states = np.empty((steps, *model.config.state_shape(1)), dtype=np.float32)
+    shapes = {"log_probs": (model.config.num_classes,), "hn": model.config.state_shape(1)}
+    f32 = {k: np.empty((steps, *v), dtype=np.float32) for k, v in shapes.items()}
+    f64 = {k: np.empty((steps, *v), dtype=np.float64) for k, v in shapes.items()}
+    state = np.zeros(model.config.state_shape(1), dtype=np.float32)
+    state64 = state.astype(np.float64)
     for t in range(steps):
-        log_probs, state = torch_ref(np.ascontiguousarray(tokens[:, t : t + 1]), state, None)
-        log_probs_all[t] = log_probs[0]
-        states[t] = state
-    return log_probs_all, states
+        token = np.ascontiguousarray(tokens[:, t : t + 1])
+        log_probs, state = torch_ref(token, state, None)
+        log_probs64, state64 = torch_ref.exact(token, state64, None)
+        f32["log_probs"][t], f32["hn"][t] = log_probs[0], state
+        f64["log_probs"][t], f64["hn"][t] = log_probs64[0], state64
+    return f32, f64
 
 
 def _run_stream(runner, tokens, ref, atol, rtol):
@@ -822,41 +889,51 @@ def _run_stream(runner, tokens, ref, atol, rtol):
     steps = tokens.shape[1]
     name = f"B=1 {steps} steps 1 token/call"
     base = dict(provider=runner.provider, name=name, family="stream", batch_size=1, length=steps)
-    ref_log_probs, ref_states = ref
-    state = np.zeros_like(ref_states[0])
+    want, exact = ref
+    got = {k: np.empty_like(v) for k, v in want.items()}
+    state = np.zeros_like(want["hn"][0])
     one = np.ones(1, dtype=np.int64)
-    got_log_probs = np.empty_like(ref_log_probs)
-    got_states = np.empty_like(ref_states)
     try:
-        if not (np.isfinite(ref_log_probs).all() and np.isfinite(ref_states).all()):
+        if not all(np.isfinite(v).all() for v in want.values()):
             raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
         for t in range(steps):
             log_probs, state = runner(np.ascontiguousarray(tokens[:, t : t + 1]), state, one)
-            if state.shape != ref_states[t].shape or log_probs.shape[1:] != ref_log_probs.shape[1:]:
+            expected = ((1, *want["log_probs"].shape[1:]), want["hn"][t].shape)
+            if (log_probs.shape, state.shape) != expected:
                 raise CaseFailure(
                     f"step {t}: onnxruntime gives log_probs {log_probs.shape}, state "
-                    f"{state.shape}; PyTorch gives {(1, *ref_log_probs.shape[1:])}, "
-                    f"{ref_states[t].shape}"
+                    f"{state.shape}; PyTorch gives {expected[0]}, {expected[1]}"
                 )
-            got_log_probs[t] = log_probs[0]
-            got_states[t] = state
+            got["log_probs"][t], got["hn"][t] = log_probs[0], state
     except CaseFailure as e:
         return CaseResult(**base, error=str(e)), None
     window = max(1, math.ceil(steps / DRIFT_WINDOWS))
-    pairs = {"log_probs": (got_log_probs, ref_log_probs), "hn": (got_states, ref_states)}
-    outputs, curve = [], DriftCurve(runner.provider, steps, window, {}, {})
-    for output, (got, want) in pairs.items():
-        outputs.append(compare(got, want, atol, rtol, output))
-        per_step = np.abs(got.astype(np.float64) - want).reshape(steps, -1)
-        excess = per_step - rtol * np.abs(want.astype(np.float64)).reshape(steps, -1)
+    curve = DriftCurve(runner.provider, steps, window, {}, {}, {})
+    outputs = []
+    for output in OUTPUTS:
+        g, w, x = got[output], want[output], exact[output]
+        outputs.append(_with_exact(compare(g, w, atol, rtol, output), g, w, x))
+        per_step = np.abs(g.astype(np.float64) - w).reshape(steps, -1)
+        excess = per_step - rtol * np.abs(w.astype(np.float64)).reshape(steps, -1)
+        floor = np.abs(w - x).reshape(steps, -1)
         curve.per_step[output] = per_step.max(axis=1)
-        curve.max_abs[output] = [
-            float(per_step[i : i + window].max()) for i in range(0, steps, window)
-        ]
-        curve.min_atol[output] = [
-            max(0.0, float(excess[i : i + window].max())) for i in range(0, steps, window)
-        ]
+        curve.per_step_torch_vs_f64[output] = floor.max(axis=1)
+        starts = range(0, steps, window)
+        curve.max_abs[output] = [float(per_step[i : i + window].max()) for i in starts]
+        curve.min_atol[output] = [max(0.0, float(excess[i : i + window].max())) for i in starts]
+        curve.torch_vs_f64[output] = [float(floor[i : i + window].max()) for i in starts]
     return CaseResult(**base, outputs=tuple(outputs)), curve
+
+
+def _with_exact(error: OutputError, got, want, exact) -> OutputError:
+    """error plus the float64 diagnostics (max |torch32 - f64|, max |onnx - f64|)."""
+
+    def max_abs(a, b) -> float:
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(np.asarray(a, dtype=np.float64) - b)
+        return float(np.nan_to_num(d, nan=np.inf).max()) if d.size else 0.0
+
+    return replace(error, torch_vs_f64=max_abs(want, exact), onnx_vs_f64=max_abs(got, exact))
 
 
 def _num(x: float):
@@ -864,5 +941,7 @@ def _num(x: float):
     return x if math.isfinite(x) else str(x)
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return f"{'-':>9}"
     return f"{x:>9.2e}" if math.isfinite(x) else f"{x!s:>9}"

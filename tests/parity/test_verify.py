@@ -186,8 +186,22 @@ def test_report_json_table_and_plot(make_export, tmp_path):
     assert data["atol"] == DEFAULT_ATOL and data["rtol"] == DEFAULT_RTOL
     assert len(data["cases"]) == len(report.cases)
     first = data["cases"][0]["outputs"][0]
-    assert set(first) == {"output", "max_abs", "max_rel", "atol", "rtol", "min_atol", "passed"}
+    assert set(first) == {
+        "output",
+        "max_abs",
+        "max_rel",
+        "atol",
+        "rtol",
+        "min_atol",
+        "passed",
+        "torch_vs_f64",
+        "onnx_vs_f64",
+    }
     assert first["max_abs"] == report.cases[0].outputs[0].max_abs
+    for case in report.cases:
+        for o in case.outputs:
+            # float64 diagnostics: both float32 results sit within rounding of the exact one
+            assert 0.0 <= o.torch_vs_f64 < 1e-5 and 0.0 <= o.onnx_vs_f64 < 1e-5, (case.name, o)
     assert {row["family"] for row in data["summary"]} == FAMILIES
     assert data["drift"][0]["steps"] == SHORT_STREAM
     table = report.format_table()
