@@ -159,3 +159,21 @@ def test_import_and_help_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_train_interrupted_keeps_the_earlier_run(tmp_path, data_dir, monkeypatch):
+    out = tmp_path / "run"
+    assert (
+        run("train", "--arch", "cell", "--data", data_dir, "--out", out, "--epochs", 1).exit_code
+        == 0
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_train_epoch", interrupt)
+    result = run("train", "--arch", "cell", "--data", data_dir, "--out", out, "--seed", 3)
+    assert result.exit_code == 130
+    assert f"interrupted: nothing written; {out} is as it was" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
