@@ -1,23 +1,29 @@
 """Export a trained RNN to one self-contained ONNX file with explicit state and dynamic B, T.
 
-The recurrence is the native ONNX `RNN` operator, one per layer, so B and T stay
-symbolic: one file runs at any batch size and any length, and its size and node
-count do not depend on T (tracing would unroll the loop into the example's T steps).
-The graph is written with onnx.helper straight from the model's weights; the parity
+The graph is written with onnx.helper straight from the model's weights; B and T stay
+symbolic: one file runs at any batch size and any length, and its size and node count do
+not depend on T (tracing would unroll the loop into the example's T steps). The parity
 suite (rnn_export.parity) proves it computes what the PyTorch model computes.
 
-Graph (B, T symbolic; "cell" has L=1 and its state has no layer axis):
-    tokens (B, T) -> Transpose -> Gather(embedding) -> x (T, B, H)
-    lengths (B) -> Cast int32 -> sequence_lens (B)
-    h0 -> Split (stacked) / Unsqueeze (cell) -> per-layer initial_h (1, B, H)
-    layer l: RNN(x, W_l, R_l, B_l, sequence_lens, initial_h_l) -> Y (T, 1, B, H), Y_h (1, B, H)
-        Y_h is each row's state after its own last real step; Squeeze(Y) feeds layer l+1
-    hn = Concat(Y_h) (L, B, H) (cell: Squeeze -> (B, H))
-    log_probs = LogSoftmax(Gemm(top layer's Y_h, out_weight^T, out_bias)) (B, C)
+Both arches are the same recurrence, h_t = f(x_t W_l^T + Wb_l + h_{t-1} R_l^T + Rb_l) per
+layer l: the hand-built cell h = f(i2h([x, h])) is one layer with W = i2h.weight[:, :H],
+R = i2h.weight[:, H:], Wb = i2h.bias, Rb = 0. Layer 0's input term depends only on the
+token, so it is folded at export into a table (V, H) = embedding @ W_0^T + Wb_0 + Rb_0:
+layer 0 needs no input matrix product, only a Gather.
 
-The hand-built cell h = f(i2h([x, h])) is exactly one RNN layer with
-W = i2h.weight[:, :H], R = i2h.weight[:, H:], Wb = i2h.bias, Rb = 0; its "identity"
-nonlinearity is the RNN activation Affine(alpha=1, beta=0), which is exact.
+Graph (B, T symbolic; "cell" has L=1 and its state has no layer axis). A top-level If
+picks the fastest of three paths, each the same math (issue 6 has the measurements):
+    T == 1 (streams, pools): per layer Gemm(h0_l, R_l, x) + f, no loop, as few nodes
+        as possible (at batch 1 each onnxruntime node costs about as much as its math);
+        lengths is not read: 1 <= lengths <= T makes every row's length 1.
+    T > 1, B == 1: one ONNX RNN operator per layer (layer 0 with W = identity, exact):
+        a single kernel runs every step, with no per-step executor cost.
+    T > 1, B > 1: rows sorted by length (TopK), then a Scan over time whose step t
+        computes only the rows still running (Slice, Gemm + f, Concat per layer), as
+        PyTorch's packed sequences do; rows return to their order at the end. The
+        RNN operator's CPU kernel is ~5x slower than Gemm at large B, hence the Scan.
+    hn (B, H) or (L, B, H): each row's state after its own last real step.
+    log_probs = LogSoftmax(Gemm(top layer's state, out_weight^T, out_bias)) (B, C).
 
 Layers of the API: `export_onnx` (a RUN_DIR or Checkpoint) -> `export_model` (a model
 object, writes atomically) -> `build_onnx` (graph + metadata, checked and run in
@@ -216,76 +222,39 @@ def onnx_weights(model: nn.Module) -> dict:
 
 
 def _rnn_graph(config, weights: dict, opset: int):
-    """Tokens -> Gather -> one ONNX RNN per layer -> Gemm -> LogSoftmax, B and T symbolic."""
-    from onnx import TensorProto, helper, numpy_helper
+    """One graph for every (B, T): a top-level If picks the fastest of three paths.
 
-    L, C = len(weights["layers"]), config.num_classes
-    activation = {"activations": [_ACTIVATIONS[config.nonlinearity]]}
-    if config.nonlinearity == "identity":
-        activation.update(activation_alpha=[1.0], activation_beta=[0.0])
-    inits = [
-        numpy_helper.from_array(weights["embedding"], "embedding"),
-        numpy_helper.from_array(weights["out_weight"], "out_weight"),
-        numpy_helper.from_array(weights["out_bias"], "out_bias"),
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
-    ]
-    if L > 1:
-        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
-    nodes = [
-        helper.make_node("Transpose", [TOKENS], ["tokens_tb"], perm=[1, 0]),  # (T, B)
-        helper.make_node("Gather", ["embedding", "tokens_tb"], ["x0"], axis=0),  # (T, B, H)
-        helper.make_node("Cast", [LENGTHS], ["sequence_lens"], to=TensorProto.INT32),  # (B,)
-    ]
-    # Per-layer initial states (1, B, H).
-    if config.arch == "cell":
-        nodes.append(helper.make_node("Unsqueeze", [STATE_IN, "axis0"], ["h0_0"]))
-        h0s = ["h0_0"]
-    elif L == 1:
-        h0s = [STATE_IN]
+    T == 1           -> _step_branch: one step, no loop (streams and pools).
+    T > 1 and B == 1 -> _rnn_branch: the ONNX RNN operator, one per layer.
+    T > 1 and B > 1  -> _sorted_scan_branch: a Scan over rows sorted by length.
+    All three start from the same folded table (embedding @ W_0^T + both layer-0 biases),
+    so layer 0 needs no input matrix product.
+    """
+    from onnx import TensorProto, helper
+
+    g = _Graph(config, "", weights=weights)
+    step = _step_branch(_Graph(config, "s_", g.inits))
+    one_row = _rnn_branch(_Graph(config, "r_", g.inits))
+    many_rows = _sorted_scan_branch(_Graph(config, "q_", g.inits))
+    e = _Graph(config, "e_", g.inits)
+    rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
+    is_one_row = e("Equal", [rows, g.const("one1", [1])])
+    picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
+    longer = e.branch("longer", picked)
+
+    if opset >= 15:
+        steps = g("Shape", [TOKENS], start=1, end=2)  # [T]
     else:
-        inits.append(numpy_helper.from_array(np.ones(L, dtype=np.int64), "split"))
-        h0s = [f"h0_{layer}" for layer in range(L)]
-        nodes.append(helper.make_node("Split", [STATE_IN, "split"], h0s, axis=0))
-    x, hns = "x0", []
-    for layer, (W, R, B) in enumerate(weights["layers"]):
-        inits += [
-            numpy_helper.from_array(W, f"W{layer}"),
-            numpy_helper.from_array(R, f"R{layer}"),
-            numpy_helper.from_array(B, f"B{layer}"),
-        ]
-        top = layer == L - 1
-        y = "" if top else f"y{layer}"  # the top layer's Y is not needed: not computed
-        hn = STATE_OUT if config.arch == "stacked" and L == 1 else f"hn{layer}"
-        nodes.append(
-            helper.make_node(
-                "RNN",
-                [x, f"W{layer}", f"R{layer}", f"B{layer}", "sequence_lens", h0s[layer]],
-                [y, hn],  # Y (T, 1, B, H), Y_h (1, B, H): each row's state at its last step
-                hidden_size=W.shape[1],
-                **activation,
-            )
-        )
-        if not top:
-            x = f"x{layer + 1}"
-            nodes.append(helper.make_node("Squeeze", [y, "axis1"], [x]))  # (T, B, H)
-        hns.append(hn)
-    if config.arch == "cell":
-        nodes.append(helper.make_node("Squeeze", [hns[0], "axis0"], [STATE_OUT]))  # (B, H)
-        top_state = STATE_OUT
-    else:
-        if L > 1:
-            nodes.append(helper.make_node("Concat", hns, [STATE_OUT], axis=0))  # (L, B, H)
-        top_state = "h_top"
-        nodes.append(helper.make_node("Squeeze", [hns[-1], "axis0"], [top_state]))  # (B, H)
-    nodes += [
+        steps = g("Gather", [g("Shape", [TOKENS]), g.const("axis1", [1])])
+    is_step = g("Equal", [steps, g.const("one1", [1])])
+    g.nodes.append(
         helper.make_node(
-            "Gemm", [top_state, "out_weight", "out_bias"], ["logits"], transB=1
-        ),  # (B, C)
-        helper.make_node("LogSoftmax", ["logits"], [LOG_PROBS], axis=-1),  # (B, C)
-    ]
+            "If", [is_step], [LOG_PROBS, STATE_OUT], then_branch=step, else_branch=longer
+        )
+    )
     state_shape = list(config.state_shape("B"))
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         f"rnn_export_{config.arch}",
         inputs=[
             helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"]),
@@ -293,10 +262,10 @@ def _rnn_graph(config, weights: dict, opset: int):
             helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]),
         ],
         outputs=[
-            helper.make_tensor_value_info(LOG_PROBS, TensorProto.FLOAT, ["B", C]),
+            helper.make_tensor_value_info(LOG_PROBS, TensorProto.FLOAT, ["B", config.num_classes]),
             helper.make_tensor_value_info(STATE_OUT, TensorProto.FLOAT, state_shape),
         ],
-        initializer=inits,
+        initializer=list(g.inits.values()),
     )
     opsets = [helper.make_opsetid("", opset)]
     # The oldest IR version that carries this opset: older runtimes on devices can load it.
@@ -307,6 +276,202 @@ def _rnn_graph(config, weights: dict, opset: int):
         producer_name="rnn-export",
         producer_version=__version__,
     )
+
+
+class _Graph:
+    """Nodes of one (sub)graph; initializers are shared by all graphs of one export.
+
+    g(op, inputs, n_out=1, **attrs) appends a node and returns its output name(s),
+    made unique by the graph's prefix. Weight initializers (made on first use):
+        table (V, H)  embedding @ W_0^T + Wb_0 + Rb_0: layer 0's input term for a token
+        R{l} (H, H)   recurrent weight; W{l} (H, H), b{l} = Wb_l + Rb_l (H,) for l > 0
+        B{l} (1, 2H)  [Wb_l, Rb_l] for the RNN operator; out_weight (C, H), out_bias (C,)
+    """
+
+    def __init__(self, config, prefix: str, inits: dict | None = None, weights=None):
+        self.config, self.prefix = config, prefix
+        self.L, self.H = config.num_layers, config.hidden_size
+        self.act = {"tanh": "Tanh", "relu": "Relu", "identity": None}[config.nonlinearity]
+        self.nodes: list = []
+        self.inits = {} if inits is None else inits
+        if weights is not None:
+            self._add_weights(weights)
+
+    def _add_weights(self, weights: dict) -> None:
+        W0, _, B0 = weights["layers"][0]
+        H = W0.shape[1]
+        # Folded in float64, rounded once: the table is what PyTorch's layer 0 adds per token.
+        table = weights["embedding"].astype(np.float64) @ W0[0].T.astype(np.float64)
+        table += B0[0, :H].astype(np.float64) + B0[0, H:].astype(np.float64)
+        self.const("table", table, np.float32)
+        for layer, (W, R, B) in enumerate(weights["layers"]):
+            self.const(f"R{layer}", R[0], np.float32)
+            if layer:
+                self.const(f"W{layer}", W[0], np.float32)
+                self.const(f"b{layer}", B[0, :H] + B[0, H:], np.float32)
+                self.const(f"B{layer}", B, np.float32)
+        self.const("out_weight", weights["out_weight"], np.float32)
+        self.const("out_bias", weights["out_bias"], np.float32)
+
+    def const(self, name: str, value, dtype=np.int64) -> str:
+        from onnx import numpy_helper
+
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+        return name
+
+    def __call__(self, op: str, inputs: list, n_out: int = 1, **attrs):
+        from onnx import helper
+
+        outputs = [f"{self.prefix}{op}{len(self.nodes)}_{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+    def activation(self, x: str) -> str:
+        return x if self.act is None else self(self.act, [x])
+
+    def layer_states(self, state: str) -> list[str]:
+        """Each layer's (B, H) state from a state of the model's shape."""
+        if self.config.arch == "cell":
+            return [state]
+        parts = self.split_layers(state)
+        return [self("Squeeze", [p, self.const("axis0", [0])]) for p in parts]
+
+    def split_layers(self, state: str) -> list[str]:
+        """(L, B, H) -> L tensors (1, B, H)."""
+        parts = self("Split", [state, self.const("ones_L", np.ones(self.L))], self.L, axis=0)
+        return parts if self.L > 1 else [parts]
+
+    def head(self, finals: list[str]) -> tuple[str, str]:
+        """(log_probs (B, C), hn) from each layer's final (B, H) state."""
+        if self.config.arch == "cell":
+            hn = finals[0]
+        elif self.L == 1:
+            hn = self("Unsqueeze", [finals[0], self.const("axis0", [0])])
+        else:  # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
+            shape = self.const("state_shape", [self.L, -1, self.H])
+            hn = self("Reshape", [self("Concat", finals, axis=0), shape])
+        logits = self("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)  # (B, C)
+        return self("LogSoftmax", [logits], axis=-1), hn
+
+    def branch(self, name: str, outputs: tuple[str, str]):
+        """This graph as an If branch with outputs (log_probs, hn)."""
+        from onnx import TensorProto, helper
+
+        log_probs, hn = outputs
+        return helper.make_graph(
+            self.nodes,
+            name,
+            [],
+            [
+                helper.make_tensor_value_info(
+                    log_probs, TensorProto.FLOAT, ["B", self.config.num_classes]
+                ),
+                helper.make_tensor_value_info(
+                    hn, TensorProto.FLOAT, list(self.config.state_shape("B"))
+                ),
+            ],
+        )
+
+
+def _step_branch(g: _Graph):
+    """T == 1: h_l = f(x W_l^T + b_l + h0_l R_l^T) once per layer; lengths is 1 here.
+
+    Every node costs ~1-2 us at batch 1, so this path has the fewest nodes possible.
+    """
+    # Reshape to (B,), not Squeeze: a Squeeze of axis 1 would fail shape inference at load
+    # for a graph whose T is fixed (a traced graph, or the parity suite's broken copy).
+    x = g("Gather", ["table", g("Reshape", [TOKENS, g.const("minus1", [-1])])])  # (B, H)
+    finals = []
+    for layer, h in enumerate(g.layer_states(STATE_IN)):
+        if layer:
+            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)  # (B, H)
+        x = g.activation(g("Gemm", [h, f"R{layer}", x], transB=1))  # (B, H)
+        finals.append(x)
+    return g.branch("one_step", g.head(finals))
+
+
+def _rnn_branch(g: _Graph):
+    """B == 1, T > 1: the RNN operator runs all steps in one kernel (no per-step cost).
+
+    Layer 0's input is already projected (the table), so its W is the identity, exact.
+    """
+    from onnx import TensorProto
+
+    axis0, axis1 = g.const("axis0", [0]), g.const("axis1", [1])
+    attrs = {"hidden_size": g.H, "activations": [g.act or "Affine"]}
+    if g.act is None:
+        attrs.update(activation_alpha=[1.0], activation_beta=[0.0])  # Affine(1, 0) = identity
+    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
+    lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
+    if g.config.arch == "cell":
+        h0s = [g("Unsqueeze", [STATE_IN, axis0])]
+    else:
+        h0s = g.split_layers(STATE_IN)  # (1, B, H) each
+    finals = []
+    for layer in range(g.L):
+        W = g("EyeLike", ["R0"]) if layer == 0 else f"W{layer}"
+        B = "" if layer == 0 else f"B{layer}"
+        W, R = (g("Unsqueeze", [w, axis0]) for w in (W, f"R{layer}"))  # (1, H, H)
+        y, y_h = g("RNN", [x, W, R, B, lengths, h0s[layer]], 2, **attrs)
+        if layer < g.L - 1:
+            x = g("Squeeze", [y, axis1])  # (T, B, H)
+        else:
+            g.nodes[-1].output[0] = ""  # the top layer's per-step outputs are not needed
+        finals.append(g("Squeeze", [y_h, axis0]))  # (B, H): each row after its last step
+    return g.branch("one_row", g.head(finals))
+
+
+def _sorted_scan_branch(g: _Graph):
+    """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
+
+    Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
+    longest row. The scan body slices the first n_t rows (n_t = rows with length > t),
+    steps them, and concatenates the finished rows back unchanged.
+    """
+    from onnx import TensorProto, helper
+
+    L, H = g.L, g.H
+    axis0, axis1, zero1 = g.const("axis0", [0]), g.const("axis1", [1]), g.const("zero1", [0])
+    zero, one = g.const("zero", 0), g.const("one", 1)
+    n_rows = g("Gather", [g("Shape", [TOKENS]), axis0])  # [B]
+    lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
+    longest = g("Gather", [lengths, axis0])  # [T']
+    tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
+    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, H)
+    t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
+    running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
+    counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
+    axis = 1 if g.config.arch == "stacked" else 0
+    h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
+
+    b = _Graph(g.config, g.prefix + "b_", g.inits)
+    hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
+    x_run = b("Slice", [x_t, zero1, n])  # (n, H)
+    outs = []
+    for layer, h in enumerate(hs):
+        if layer:
+            x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
+        h_run = b("Slice", [h, zero1, n])  # (n, H)
+        x_run = b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))  # (n, H)
+        done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])  # (B-n, H)
+        outs.append(b("Concat", [x_run, done], axis=0))  # (B, H)
+    f32 = TensorProto.FLOAT
+    body = helper.make_graph(
+        b.nodes,
+        "step_running_rows",
+        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in hs]
+        + [
+            helper.make_tensor_value_info(x_t, f32, ["B", H]),
+            helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
+    )
+    finals = g("Scan", [*h0s, x, counts], L, body=body, num_scan_inputs=2)
+    finals = finals if L > 1 else [finals]
+    row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
+    unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order
+    return g.branch("many_rows", g.head([g("Gather", [f, unsort]) for f in finals]))
 
 
 # --- end of the graph ---

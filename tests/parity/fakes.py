@@ -13,32 +13,34 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rnn_export.config import STATE_IN, STATE_OUT, TOKENS
+from rnn_export.config import LENGTHS, STATE_IN, STATE_OUT, TOKENS
 
 
-def _rnn_nodes(model: onnx.ModelProto) -> list:
-    nodes = [n for n in model.graph.node if n.op_type == "RNN"]
-    assert nodes, "expected an exported graph with at least one RNN node"
-    return nodes
+def _recurrent_weight(model: onnx.ModelProto):
+    """Layer 0's recurrent weight: the initializer the exporter names "R0"."""
+    found = [t for t in model.graph.initializer if t.name == "R0"]
+    assert found, "expected an exported graph with the recurrent weight initializer 'R0'"
+    return found[0]
 
 
-def _rename_uses(graph, old: str, new: str, skip=()) -> None:
+def _rename_uses(graph, old: str, new: str) -> None:
+    """Rename every use of old, in subgraphs too (If branches, Scan bodies read outer names)."""
     for node in graph.node:
-        if node in skip:
-            continue
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_uses(attr.g, old, new)
 
 
 def perturb_weight(model: onnx.ModelProto, delta: float = 1e-3) -> onnx.ModelProto:
-    """One recurrent weight (element [0, 0, 0] of the first RNN node's R) moved by delta."""
+    """One recurrent weight (the first element of layer 0's R) moved by delta."""
     model = copy.deepcopy(model)
-    name = _rnn_nodes(model)[0].input[2]
-    (init,) = [t for t in model.graph.initializer if t.name == name]
+    init = _recurrent_weight(model)
     weights = numpy_helper.to_array(init).copy()
     weights.flat[0] += np.float32(delta)
-    init.CopyFrom(numpy_helper.from_array(weights, name))
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
     return model
 
 
@@ -69,11 +71,20 @@ def fixed_length(model: onnx.ModelProto, length: int) -> onnx.ModelProto:
 
 
 def ignore_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The RNN nodes lose their sequence_lens input: padding is run as if it were real."""
+    """Every use of lengths sees T for every row: padding is run as if it were real."""
     model = copy.deepcopy(model)
-    for node in _rnn_nodes(model):
-        node.input[4] = ""
-    # `lengths` stays a graph input, so the signature is unchanged; nothing uses it now.
+    graph = model.graph
+    _rename_uses(graph, LENGTHS, "full_lengths")
+    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "fake_axis1"))
+    full = [
+        helper.make_node("Shape", [TOKENS], ["fake_tokens_shape"]),
+        helper.make_node("Gather", ["fake_tokens_shape", "fake_axis1"], ["fake_T"]),  # [T]
+        helper.make_node("Shape", [LENGTHS], ["fake_B"]),  # [B]
+        helper.make_node("Expand", ["fake_T", "fake_B"], ["full_lengths"]),  # (B,) all T
+    ]
+    # `lengths` stays a graph input, so the signature is unchanged; only its shape is used.
+    for i, node in enumerate(full):
+        graph.node.insert(i, node)
     return model
 
 
