@@ -142,12 +142,17 @@ class CaseResult:
 
 @dataclass(frozen=True)
 class ProviderStatus:
-    """Whether a provider was run, skipped (under "all") or unavailable (asked for explicitly)."""
+    """Whether a provider was run, skipped (under "all") or unavailable (asked for explicitly).
+
+    placement: for a provider that ran, execution provider -> op types of the kernels
+    that ran there, from one profiled call per graph branch (T=1, B=1, B>1).
+    """
 
     name: str
     execution_provider: str
     status: str  # "ran" | "skipped" | "unavailable"
     reason: str | None = None
+    placement: dict[str, list[str]] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -155,6 +160,7 @@ class ProviderStatus:
             "execution_provider": self.execution_provider,
             "status": self.status,
             "reason": self.reason,
+            "placement": self.placement,
         }
 
 
@@ -272,6 +278,8 @@ class ParityReport:
         for p in self.providers:
             why = f": {p.reason}" if p.reason else ""
             lines.append(f"provider    {p.name} ({p.execution_provider}) {p.status.upper()}{why}")
+            for ep, ops in (p.placement or {}).items():
+                lines.append(f"            kernels on {ep}: {', '.join(ops)}")
         lines.append("")
         header = (
             f"{'prov':<5} {'family':<13} {'case':<26} {'B':>4} {'T':>9}  {'output':<9} "
@@ -605,10 +613,6 @@ def _session(path: Path, execution_provider: str, threads: int):
     options.log_severity_level = 4
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if execution_provider != PROVIDERS["cpu"]:
-        # Without this, onnxruntime quietly places nodes the provider cannot run (e.g. an
-        # RNN activation cuDNN lacks) on the CPU; with it, creating the session fails.
-        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return ort.InferenceSession(str(path), options, providers=[execution_provider])
 
 
@@ -637,7 +641,51 @@ def _open_runner(path: Path, meta, name: str, explicit: bool, cpu_session, threa
     if not running or running[0] != ep:
         reason = f"asked for {ep}, but the session runs on {running}"
         return None, ProviderStatus(name, ep, status, reason)
-    return _OrtRunner(session, meta, name), ProviderStatus(name, ep, "ran")
+    placement = _placement(path, ep, threads, meta)
+    # Shape bookkeeping may run on the CPU by design; the arithmetic must not.
+    on_cpu = set(placement.get(PROVIDERS["cpu"], [])) & _COMPUTE_OPS
+    if ep != PROVIDERS["cpu"] and on_cpu:
+        reason = f"asked for {ep}, but these kernels ran on the CPU: {', '.join(sorted(on_cpu))}"
+        return None, ProviderStatus(name, ep, status, reason, placement)
+    return _OrtRunner(session, meta, name), ProviderStatus(name, ep, "ran", None, placement)
+
+
+# Kernels that do the model's arithmetic: on a non-CPU provider none may run on the CPU.
+_COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Add", "Tanh", "Relu"}
+
+
+def _placement(path: Path, ep: str, threads: int, meta) -> dict[str, list[str]]:
+    """Execution provider -> op types of the kernels that ran there, read from onnxruntime's
+    profile of one call per graph branch (T=1; T>1 at B=1; T>1 at B>1)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.intra_op_num_threads = threads
+    state = meta.states[0]
+    with tempfile.TemporaryDirectory(prefix="rnn-export-profile-") as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=[ep])
+        for B, T in ((1, 1), (1, 3), (2, 3)):
+            feed = {
+                meta.tokens.name: np.zeros((B, T), dtype=np.int64),
+                state.input: np.zeros(state.concrete_shape(B), dtype=np.float32),
+                meta.lengths.name: np.full(B, T, dtype=np.int64),
+            }
+            try:
+                session.run(None, feed)
+            except _ort_errors():
+                continue  # a broken model: its cases record the error
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    placement: dict[str, set[str]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and "provider" in event.get("args", {}):
+            args = event["args"]
+            placement.setdefault(args["provider"], set()).add(args.get("op_name", "?"))
+    return {k: sorted(v) for k, v in sorted(placement.items())}
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import fakes
 import numpy as np
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+from rnn_export import parity
 from rnn_export.checkpoint import load_checkpoint
 from rnn_export.cli import main
 from rnn_export.data import load_splits
@@ -256,14 +258,10 @@ def test_cli_passes_with_report_and_plot(make_export, tmp_path):
     assert "PASSED" in result.output and "drift (cpu)" in result.output
     data = json.loads(report_path.read_text())
     assert data["passed"] is True
-    assert data["providers"] == [
-        {
-            "name": "cpu",
-            "execution_provider": "CPUExecutionProvider",
-            "status": "ran",
-            "reason": None,
-        }
-    ]
+    (cpu,) = data["providers"]
+    assert cpu["name"] == "cpu" and cpu["execution_provider"] == "CPUExecutionProvider"
+    assert cpu["status"] == "ran" and cpu["reason"] is None
+    assert list(cpu["placement"]) == ["CPUExecutionProvider"]
     for case in data["cases"]:
         for o in case["outputs"]:
             assert o["passed"] and 0.0 <= o["max_abs"] <= DEFAULT_ATOL + 20 * DEFAULT_RTOL
@@ -401,3 +399,64 @@ def test_cli_fails_on_broken_models(make_export, tmp_path, arch, fake, failing_f
             if c["family"] == "shapes" and c["name"] == f"B=1 T={EXAMPLE_LENGTH} random h0"
         ]
         assert own["passed"], own  # right at its own length, wrong everywhere else
+
+
+# --- no silent fallback ---------------------------------------------------------------
+
+
+def test_placement_lists_the_kernels_per_provider(make_export):
+    run_dir, path = make_export("stacked", "tanh")
+    report = verify_parity(path, run_dir, stream_steps=SHORT_STREAM)
+    (cpu,) = report.providers
+    assert list(cpu.placement) == ["CPUExecutionProvider"]
+    assert {"LogSoftmax", "Gather"} <= set(cpu.placement["CPUExecutionProvider"])
+    assert "kernels on CPUExecutionProvider:" in report.format_table()
+
+
+class _FakeSession:
+    def __init__(self, providers):
+        self.providers = providers
+
+    def get_providers(self):
+        return self.providers
+
+
+@pytest.mark.parametrize(
+    "running, placement, match",
+    [
+        # onnxruntime fell back to the CPU when CUDA failed to initialise
+        (["CPUExecutionProvider"], None, r"but the session runs on \['CPUExecutionProvider'\]"),
+        # CUDA first, but the recurrence ran on the CPU
+        (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            {"CPUExecutionProvider": ["RNN", "Shape"], "CUDAExecutionProvider": ["Gemm"]},
+            r"but these kernels ran on the CPU: RNN$",
+        ),
+    ],
+)
+@pytest.mark.parametrize("explicit, status", [(True, "unavailable"), (False, "skipped")])
+def test_cuda_fallback_is_refused(monkeypatch, running, placement, match, explicit, status):
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(parity, "_session", lambda *args: _FakeSession(running))
+    monkeypatch.setattr(parity, "_placement", lambda *args: placement)
+    runner, got = parity._open_runner(None, None, "cuda", explicit, None, 1)
+    assert runner is None
+    assert got.status == status and got.execution_provider == "CUDAExecutionProvider"
+    assert re.search(match, got.reason), got.reason
+
+
+def test_cuda_with_only_bookkeeping_on_cpu_runs(monkeypatch):
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    running = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    placement = {"CPUExecutionProvider": ["Equal", "Shape"], "CUDAExecutionProvider": ["RNN"]}
+    monkeypatch.setattr(parity, "_session", lambda *args: _FakeSession(running))
+    monkeypatch.setattr(parity, "_placement", lambda *args: placement)
+    meta = type("Meta", (), {})()
+    meta.states = [type("State", (), {"input": "h0", "output": "hn"})()]
+    meta.tokens = meta.lengths = meta.log_probs = type("T", (), {"name": "x"})()
+    runner, got = parity._open_runner(None, meta, "cuda", True, None, 1)
+    assert runner is not None and got.status == "ran" and got.placement == placement
