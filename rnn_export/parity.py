@@ -651,7 +651,8 @@ def _open_runner(path: Path, meta, name: str, explicit: bool, cpu_session, threa
 
 
 # Kernels that do the model's arithmetic: on a non-CPU provider none may run on the CPU.
-_COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Add", "Tanh", "Relu"}
+# (Integer shape arithmetic such as Add or Gather may legitimately stay on the CPU.)
+_COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Tanh", "Relu", "LogSoftmax"}
 
 
 def _placement(path: Path, ep: str, threads: int, meta) -> dict[str, list[str]]:
