@@ -473,13 +473,13 @@ def verify_parity(
         raise ParityUsageError(f"stream_steps must be >= 1; got {stream_steps}")
     if threads < 1:
         raise ParityUsageError(f"threads must be >= 1; got {threads}")
+    if example_length < 1:
+        raise ParityUsageError(f"example_length must be >= 1; got {example_length}")
     wanted = parse_providers(providers)
     ckpt = _load_checkpoint(checkpoint)
     onnx_path = Path(onnx_path)
     meta, meta_session = _open_model(onnx_path, threads)
     _check_belongs(meta, ckpt, onnx_path)
-    if example_length < 1:
-        raise ParityUsageError(f"example_length must be >= 1; got {example_length}")
 
     reference = _TorchReference(ckpt.model, threads)
     rng = np.random.default_rng(seed)
