@@ -24,6 +24,7 @@ from rnn_export.parity import (
     LONG_LENGTH,
     STREAM_STEPS,
     CaseFailure,
+    OutputError,
     ParityError,
     ParityUsageError,
     compare,
@@ -135,7 +136,7 @@ def test_default_size_model_passes_every_case(make_export, arch, nonlinearity):
     """The full default verify on an H=128 model: every family, every shape, 10,000 steps."""
     run_dir, path = make_export(arch, nonlinearity, hidden_size=128)
     report = verify_parity(path, run_dir)
-    assert report.passed
+    assert report.passed and report.diagnosis() is None
     assert {c.family for c in report.cases} == FAMILIES
     shapes = [c for c in report.cases if c.family == "shapes"]
     assert {c.batch_size for c in shapes} == set(BATCH_SIZES)
@@ -210,6 +211,23 @@ def test_report_json_table_and_plot(make_export, tmp_path):
     assert "PASSED" in table and "max abs" in table and "decision agreement 100.00%" in table
     png = report.plot_drift(tmp_path / "drift.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _report_with(*outputs):
+    case = parity.CaseResult("cpu", "c", "shapes", 1, 1, outputs=outputs)
+    return parity.ParityReport("m", "r", "0" * 64, {}, 1e-5, 1e-4, [], [case], [])
+
+
+def test_diagnosis_tells_rounding_from_a_different_computation():
+    ok = OutputError("hn", 1e-6, 1e-6, 0.0, 1e-5, 1e-4, torch_vs_f64=1e-6, onnx_vs_f64=1e-6)
+    assert _report_with(ok).diagnosis() is None
+    rounding = OutputError("hn", 5e-5, 1e-3, 4e-5, 1e-5, 1e-4, torch_vs_f64=3e-5, onnx_vs_f64=6e-5)
+    assert "consistent with float32 rounding" in _report_with(ok, rounding).diagnosis()
+    wrong = OutputError("hn", 5e-4, 1e-2, 4e-4, 1e-5, 1e-4, torch_vs_f64=3e-5, onnx_vs_f64=5e-4)
+    assert _report_with(rounding, wrong).diagnosis() == (
+        "1 of 2 failing outputs are further from float64 than 4x PyTorch float32's own "
+        "error: the file computes something else"
+    )
 
 
 # --- usage errors ---------------------------------------------------------------------
@@ -389,6 +407,8 @@ def test_cli_fails_on_broken_models(make_export, tmp_path, arch, fake, failing_f
             for o in case["outputs"]:
                 if not o["passed"]:
                     assert o["onnx_vs_f64"] > 10 * o["torch_vs_f64"], (case["name"], o)
+        assert data["diagnosis"].endswith("the file computes something else")
+        assert "diagnosis: " in result.output
     if fake == "ignored-lengths":
         # rows of one length are untouched: the fake fails only where padding exists
         assert failed == {"mixed-lengths", "validation"}
