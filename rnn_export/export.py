@@ -233,11 +233,11 @@ def _rnn_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(config, "", weights=weights)
-    step = _step_branch(_Graph(config, "s_", g.inits))
-    one_row = _rnn_branch(_Graph(config, "r_", g.inits))
-    many_rows = _sorted_scan_branch(_Graph(config, "q_", g.inits))
-    e = _Graph(config, "e_", g.inits)
+    g = _Graph(config, opset, "", weights=weights)
+    step = _step_branch(_Graph(config, opset, "s_", g.inits))
+    one_row = _rnn_branch(_Graph(config, opset, "r_", g.inits))
+    many_rows = _sorted_scan_branch(_Graph(config, opset, "q_", g.inits))
+    e = _Graph(config, opset, "e_", g.inits)
     rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
     is_one_row = e("Equal", [rows, g.const("one1", [1])])
     picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
@@ -289,8 +289,8 @@ class _Graph:
         B{l} (1, 2H)  [Wb_l, Rb_l] for the RNN operator; out_weight (C, H), out_bias (C,)
     """
 
-    def __init__(self, config, prefix: str, inits: dict | None = None, weights=None):
-        self.config, self.prefix = config, prefix
+    def __init__(self, config, opset: int, prefix: str, inits: dict | None = None, weights=None):
+        self.config, self.opset, self.prefix = config, opset, prefix
         self.L, self.H = config.num_layers, config.hidden_size
         self.act = {"tanh": "Tanh", "relu": "Relu", "identity": None}[config.nonlinearity]
         self.nodes: list = []
@@ -341,13 +341,16 @@ class _Graph:
         """Each layer's (B, H) state from a state of the model's shape."""
         if self.config.arch == "cell":
             return [state]
-        parts = self.split_layers(state)
-        return [self("Squeeze", [p, self.const("axis0", [0])]) for p in parts]
+        # (L, B, H) -> (L * B, H) -> L x (B, H): one node fewer than Split + L Squeeze.
+        rows = self("Reshape", [state, self.const("rows_of_H", [-1, self.H])])
+        return self.split_layers(rows)
 
-    def split_layers(self, state: str) -> list[str]:
-        """(L, B, H) -> L tensors (1, B, H)."""
-        parts = self("Split", [state, self.const("ones_L", np.ones(self.L))], self.L, axis=0)
-        return parts if self.L > 1 else [parts]
+    def split_layers(self, x: str) -> list[str]:
+        """x split along axis 0 into L equal parts."""
+        if self.L == 1:
+            return [x]
+        attrs = {"num_outputs": self.L} if self.opset >= 18 else {}  # older: equal parts
+        return self("Split", [x], self.L, axis=0, **attrs)
 
     def head(self, finals: list[str]) -> tuple[str, str]:
         """(log_probs (B, C), hn) from each layer's final (B, H) state."""
@@ -452,7 +455,7 @@ def _sorted_scan_branch(g: _Graph):
     axis = 1 if g.config.arch == "stacked" else 0
     h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
 
-    b = _Graph(g.config, g.prefix + "b_", g.inits)
+    b = _Graph(g.config, g.opset, g.prefix + "b_", g.inits)
     hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
     x_run = b("Slice", [x_t, zero1, n])  # (n, H)
     outs = []
