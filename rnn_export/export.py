@@ -222,6 +222,19 @@ def onnx_weights(model: nn.Module) -> dict:
     }
 
 
+def count_nodes(graph) -> int:
+    """Nodes of an onnx GraphProto, those inside If/Scan subgraphs included."""
+    import onnx
+
+    total = 0
+    for node in graph.node:
+        total += 1
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                total += count_nodes(attr.g)
+    return total
+
+
 def _rnn_graph(config, weights: dict, opset: int):
     """One graph for every (B, T): a top-level If picks the fastest of three paths.
 
