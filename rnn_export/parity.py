@@ -6,10 +6,30 @@ initial states, zero initial states, mixed lengths in one padded batch, the run'
 validation split, the model driven one token at a time and in random chunks with its
 state fed back, and a long stream whose error is recorded against the step index (drift).
 
-Tolerance, per element, with a = onnxruntime and b = PyTorch:  |a - b| <= atol + rtol * |b|.
-For every case and output the report gives the max absolute error, the max relative error
-(|a - b| / |b| over elements where b != 0), and the smallest atol that would have passed
-at the given rtol: max(|a - b| - rtol * |b|), clipped at 0 (pass <=> that value <= atol).
+Tolerance. With a = onnxruntime, b = PyTorch float32 and x = the same PyTorch model run
+in float64 from the same inputs, per case and output:
+
+    min_atol = max(|a - b| - rtol * |b|), clipped at 0   (the smallest atol that passes)
+    noise    = max |b - x|                               (PyTorch float32's own error)
+    eff_atol = max(atol, 2 * noise)                      (atol alone with strict=True)
+    pass    <=> min_atol <= eff_atol
+
+PyTorch float32 is itself only an approximation of the model's function; a trained
+recurrence amplifies rounding, so two correct float32 implementations that round
+differently can be further apart than atol. By the triangle inequality, an export no less
+accurate than PyTorch float32 (|a - x| <= noise) is within 2 * noise of PyTorch, so that
+is the error a correct export may have. When noise <= atol / 2 (every well-conditioned
+model) the rule is the plain |a - b| <= atol + rtol * |b|. The long stream is one case
+(noise over all its steps); its windows show their own noise and 2 * noise as a drift
+diagnostic only: which library rounds worse within a given window is chance (measured on
+the trained stacked tanh run: onnxruntime 12x PyTorch's error against float64 in steps
+0-499, PyTorch the worse one later; 1.25x over the whole stream), so a per-window rule
+would fail correct exports.
+
+Non-finite values: an element where a and b are the same infinity counts as equal (as in
+numpy.testing.assert_allclose); a NaN in either (also in both), or an infinity the other
+does not match, is an infinite error and fails. An infinite noise (PyTorch float32
+overflowed where float64 did not) gives no allowance: the effective atol is atol.
 """
 
 from __future__ import annotations
@@ -19,7 +39,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +78,19 @@ class ParityError(Exception):
         if failed:
             parts.append(f"{len(failed)} of {len(report.cases)} cases failed: {names}{more}")
         parts += [f"provider {p.name} asked for but unavailable: {p.reason}" for p in bad]
-        super().__init__(
-            f"parity check failed (atol {report.atol:g}, rtol {report.rtol:g}): " + "; ".join(parts)
-        )
+        super().__init__(f"parity check failed ({report.rule()}): " + "; ".join(parts))
 
 
 @dataclass(frozen=True)
 class OutputError:
     """How far one output of onnxruntime (a) is from PyTorch's (b) in one case.
 
-    torch_vs_f64 and onnx_vs_f64 (diagnostics, not part of pass/fail) are the max
-    absolute errors of PyTorch float32 and of onnxruntime against the same PyTorch model
-    run in float64: when a case fails, they tell float32 rounding amplified by the model
-    (onnx_vs_f64 close to torch_vs_f64, both large) from an export that computes
-    something else (onnx_vs_f64 far above torch_vs_f64).
+    torch_vs_f64 is the noise: max |PyTorch float32 - PyTorch float64| (the same model in
+    float64 from the same inputs); onnx_vs_f64 is max |onnxruntime - PyTorch float64|.
+    eff_atol = max(atol, 2 * noise) (atol under strict; None: atol) is what min_atol is
+    held to. When a case fails, onnx_vs_f64 against torch_vs_f64 tells float32 rounding
+    amplified by the model (close) from an export that computes something else (far above).
+
     """
 
     output: str
@@ -82,10 +101,19 @@ class OutputError:
     rtol: float
     torch_vs_f64: float | None = None
     onnx_vs_f64: float | None = None
+    eff_atol: float | None = None
+
+    @property
+    def noise(self) -> float | None:
+        return self.torch_vs_f64
+
+    @property
+    def effective_atol(self) -> float:
+        return self.atol if self.eff_atol is None else self.eff_atol
 
     @property
     def passed(self) -> bool:
-        return self.min_atol <= self.atol
+        return self.min_atol <= self.effective_atol
 
     def to_dict(self) -> dict:
         return {
@@ -95,9 +123,11 @@ class OutputError:
             "atol": self.atol,
             "rtol": self.rtol,
             "min_atol": _num(self.min_atol),
+            "noise": _opt(self.noise),
+            "eff_atol": _num(self.effective_atol),
             "passed": self.passed,
-            "torch_vs_f64": None if self.torch_vs_f64 is None else _num(self.torch_vs_f64),
-            "onnx_vs_f64": None if self.onnx_vs_f64 is None else _num(self.onnx_vs_f64),
+            "torch_vs_f64": _opt(self.torch_vs_f64),
+            "onnx_vs_f64": _opt(self.onnx_vs_f64),
         }
 
 
@@ -178,7 +208,10 @@ class DriftCurve:
         max_abs: output -> max absolute error in each window.
         min_atol: output -> smallest passing atol (at the report's rtol) in each window.
         torch_vs_f64: output -> max |PyTorch float32 - PyTorch float64| in each window: the
-            float32 noise floor the onnxruntime error can be read against.
+            window's noise.
+        eff_atol: output -> max(atol, 2 * the window's noise) (atol if strict): a
+            diagnostic; the stream passes or fails as one case (see the module docstring).
+        onnx_vs_f64: output -> max |onnxruntime - PyTorch float64| in each window.
         per_step, per_step_torch_vs_f64: output -> (steps,) the same per step (for plots;
             not in JSON).
     """
@@ -189,6 +222,8 @@ class DriftCurve:
     max_abs: dict[str, list[float]]
     min_atol: dict[str, list[float]]
     torch_vs_f64: dict[str, list[float]]
+    eff_atol: dict[str, list[float]] = field(default_factory=dict)
+    onnx_vs_f64: dict[str, list[float]] = field(default_factory=dict)
     per_step: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     per_step_torch_vs_f64: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
@@ -201,7 +236,15 @@ class DriftCurve:
             "max_abs": {k: [_num(x) for x in v] for k, v in self.max_abs.items()},
             "min_atol": {k: [_num(x) for x in v] for k, v in self.min_atol.items()},
             "torch_vs_f64": {k: [_num(x) for x in v] for k, v in self.torch_vs_f64.items()},
+            "noise": {k: [_num(x) for x in v] for k, v in self.torch_vs_f64.items()},
+            "eff_atol": {k: [_num(x) for x in v] for k, v in self.eff_atol.items()},
+            "onnx_vs_f64": {k: [_num(x) for x in v] for k, v in self.onnx_vs_f64.items()},
+            "within_window_eff_atol": {k: self.within_window(k) for k in self.min_atol},
         }
+
+    def within_window(self, output: str) -> list[bool]:
+        """Per window: min_atol <= the window's own eff_atol (diagnostic)."""
+        return [m <= e for m, e in zip(self.min_atol[output], self.eff_atol[output], strict=True)]
 
 
 @dataclass
@@ -218,6 +261,7 @@ class ParityReport:
     cases: list[CaseResult]
     drift: list[DriftCurve]
     wall_s: float = 0.0
+    strict: bool = False
 
     @property
     def passed(self) -> bool:
@@ -227,6 +271,18 @@ class ParityReport:
 
     def failures(self) -> list[CaseResult]:
         return [c for c in self.cases if not c.passed]
+
+    def rule(self) -> str:
+        """The acceptance rule in one line."""
+        if self.strict:
+            return (
+                f"strict: |onnx - torch| <= atol + rtol*|torch|, atol {self.atol:g}, "
+                f"rtol {self.rtol:g}"
+            )
+        return (
+            f"|onnx - torch| <= eff_atol + rtol*|torch|, eff_atol = max(atol, 2*noise), "
+            f"noise = max|torch f32 - torch f64|; atol {self.atol:g}, rtol {self.rtol:g}"
+        )
 
     def diagnosis(self) -> str | None:
         """What the float64 diagnostics say about the failing outputs (None if none failed).
@@ -258,7 +314,14 @@ class ParityReport:
             "model_info": self.model_info,
             "atol": self.atol,
             "rtol": self.rtol,
-            "tolerance": "|onnx - torch| <= atol + rtol * |torch|, elementwise",
+            "strict": self.strict,
+            "tolerance": (
+                "|onnx - torch| <= atol + rtol * |torch|, elementwise"
+                if self.strict
+                else "|onnx - torch| <= eff_atol + rtol * |torch|, elementwise, with "
+                "eff_atol = max(atol, 2 * noise) and noise = max |torch float32 - torch "
+                "float64| per case and output (the 10,000-step stream is one case)"
+            ),
             "providers": [p.to_dict() for p in self.providers],
             "summary": self.summary(),
             "diagnosis": self.diagnosis(),
@@ -282,9 +345,11 @@ class ParityReport:
             row["cases"] += 1
             row["failed"] += not case.passed
             for o in case.outputs:
-                for stat in ("max_abs", "max_rel", "min_atol", "torch_vs_f64", "onnx_vs_f64"):
+                stats = ("max_abs", "max_rel", "min_atol", "noise", "eff_atol", "onnx_vs_f64")
+                for stat in stats:
                     k = f"{o.output}_{stat}"
-                    row[k] = max(row.get(k, 0.0), getattr(o, stat) or 0.0)
+                    value = o.effective_atol if stat == "eff_atol" else getattr(o, stat)
+                    row[k] = max(row.get(k, 0.0), value or 0.0)
         return [
             {k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows.values()
         ]
@@ -297,8 +362,7 @@ class ParityReport:
             f"checkpoint  {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]}...)",
             f"arch        {info['arch']}, H={info['hidden_size']}, L={info['num_layers']}, "
             f"{info['nonlinearity']}, opset {info['opset']}",
-            f"tolerance   |onnx - torch| <= atol + rtol*|torch|  "
-            f"(atol {self.atol:g}, rtol {self.rtol:g})",
+            f"tolerance   {self.rule()}",
         ]
         for p in self.providers:
             why = f": {p.reason}" if p.reason else ""
@@ -308,8 +372,8 @@ class ParityReport:
         lines.append("")
         header = (
             f"{'prov':<5} {'family':<13} {'case':<26} {'B':>4} {'T':>9}  {'output':<9} "
-            f"{'max abs':>9} {'max rel':>9} {'min atol':>9}  result  "
-            f"{'torch~f64':>9} {'onnx~f64':>9}"
+            f"{'max abs':>9} {'max rel':>9} {'min atol':>9} {'eff atol':>9}  result  "
+            f"{'noise':>9} {'onnx~f64':>9}"
         )
         lines += [header, "-" * len(header)]
         for c in self.cases:
@@ -323,35 +387,50 @@ class ParityReport:
                 verdict = "ok" if o.passed else "FAIL"
                 lines.append(
                     f"{prefix}  {o.output:<9} {_fmt(o.max_abs)} {_fmt(o.max_rel)} "
-                    f"{_fmt(o.min_atol)}  {verdict:<6}  {_fmt(o.torch_vs_f64)} "
-                    f"{_fmt(o.onnx_vs_f64)}"
+                    f"{_fmt(o.min_atol)} {_fmt(o.effective_atol)}  {verdict:<6}  "
+                    f"{_fmt(o.noise)} {_fmt(o.onnx_vs_f64)}"
                 )
             if c.agreement is not None:
                 lines.append(f"{'':<{len(head)}}  decision agreement {c.agreement:.2%}")
         for d in self.drift:
             lines += [
                 "",
-                f"drift ({d.provider}): max |onnx - torch| per window of {d.window} steps "
-                f"(torch~f64: PyTorch float32's own error against float64)",
-                f"  {'steps':<13} " + " ".join(f"{o:>10} {'torch~f64':>10}" for o in d.max_abs),
+                f"drift ({d.provider}): per window of {d.window} steps, max |onnx - torch|, "
+                "the window's noise (PyTorch float32's own error against float64) and "
+                "max(atol, 2 * that noise); * marks a window over it (a diagnostic: the "
+                "stream passes or fails as one case)",
+                f"  {'steps':<13} "
+                + " ".join(
+                    f"{o:>10} {'noise':>9} {'eff atol':>9}  {'onnx~f64':>9}" for o in d.max_abs
+                ),
             ]
+            within = {o: d.within_window(o) for o in d.max_abs}
             for i in range(len(d.max_abs[OUTPUTS[0]])):
-                span = f"{i * d.window}-{min((i + 1) * d.window, d.steps) - 1}"
                 cells = [
-                    f"{_fmt(d.max_abs[o][i]):>10} {_fmt(d.torch_vs_f64[o][i]):>10}"
+                    f"{_fmt(d.max_abs[o][i]):>10} {_fmt(d.torch_vs_f64[o][i])} "
+                    f"{_fmt(d.eff_atol[o][i])}{' ' if within[o][i] else '*'} "
+                    f"{_fmt(d.onnx_vs_f64[o][i])}"
                     for o in d.max_abs
                 ]
-                lines.append(f"  {span:<13} " + " ".join(cells))
+                lines.append(f"  {_span(d, i):<13} " + " ".join(cells))
         failed = self.failures()
         lines += [
             "",
-            "min atol: the smallest atol that passes at this rtol. torch~f64 / onnx~f64: max "
-            "|PyTorch float32 - float64| and |onnx - float64| (diagnostic, not pass/fail).",
+            "min atol: the smallest atol that passes at this rtol. noise: max |PyTorch "
+            "float32 - PyTorch float64| (torch~f64); onnx~f64: max |onnx - float64|.",
+            "eff atol: "
+            + (
+                "atol (--strict: no allowance for PyTorch's own rounding)."
+                if self.strict
+                else "max(atol, 2 * noise): an export no less accurate than PyTorch float32 "
+                "is within 2 * noise of it. An output passes when min atol <= eff atol."
+            ),
+            "inf: a NaN, or an infinity the other side does not match.",
         ]
         verdict = "PASSED" if self.passed else "FAILED"
         lines.append(
             f"{verdict}: {len(self.cases) - len(failed)} of {len(self.cases)} cases within "
-            f"tolerance; wall time {self.wall_s:.1f} s"
+            f"tolerance{' (strict)' if self.strict else ''}; wall time {self.wall_s:.1f} s"
         )
         for p in self.providers:
             if p.status == "unavailable":
@@ -381,6 +460,10 @@ class ParityReport:
                 values = [*d.max_abs[output], d.max_abs[output][-1]]
                 label = f"{d.provider} window max"
                 ax.step(edges, values, where="post", lw=1.5, label=label)
+                if not self.strict and output in d.eff_atol:
+                    eff = [*d.eff_atol[output], d.eff_atol[output][-1]]
+                    label = f"{d.provider} eff atol = max(atol, 2 noise)"
+                    ax.step(edges, eff, where="post", lw=1, ls=":", color="darkred", label=label)
             ax.axhline(self.atol, color="red", ls="--", lw=1, label=f"atol {self.atol:g}")
             ax.set_yscale("log")
             ax.set_ylabel(f"{output}\nmax |onnx - torch|")
@@ -424,35 +507,78 @@ def parse_providers(spec: str | Sequence[str]) -> list[tuple[str, bool]]:
     return [(n, True) for n in dict.fromkeys(names)]
 
 
-def compare(got, want, atol: float, rtol: float, output: str) -> OutputError:
-    """The errors of `got` (onnxruntime) against `want` (PyTorch), same shape.
+def compare(
+    got, want, atol: float, rtol: float, output: str, exact=None, *, strict: bool = False
+) -> OutputError:
+    """The errors of `got` (onnxruntime) against `want` (PyTorch float32), same shape.
 
-    NaN anywhere, or an infinity not matched by the same infinity, counts as an infinite error.
+    Args:
+        got, want: the two float32 results.
+        atol, rtol: the tolerance.
+        output: the output's name, for the report.
+        exact: the same output of the PyTorch model run in float64, or None. Given, it
+            sets noise = max |want - exact| and eff_atol = max(atol, 2 * noise).
+        strict: eff_atol = atol whatever the noise.
+
+    An element where got and want are the same infinity counts as equal; a NaN in either,
+    or an infinity not matched by the same infinity, is an infinite error (it fails).
     """
     a = np.asarray(got, dtype=np.float64)
     b = np.asarray(want, dtype=np.float64)
     if a.shape != b.shape:
         raise CaseFailure(f"{output} has shape {a.shape}; PyTorch gives {b.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(a - b)
-    diff[a == b] = 0.0  # equal infinities
-    diff[np.isnan(diff)] = np.inf
+    diff = _abs_diff(a, b)
+    noise = onnx_vs_f64 = None
+    eff_atol = atol
+    if exact is not None:
+        x = np.asarray(exact, dtype=np.float64)
+        noise, onnx_vs_f64 = _max(_abs_diff(b, x)), _max(_abs_diff(a, x))
+        eff_atol = effective_atol(atol, noise, strict)
     if diff.size == 0:
-        return OutputError(output, 0.0, 0.0, 0.0, atol, rtol)
+        return OutputError(output, 0.0, 0.0, 0.0, atol, rtol, noise, onnx_vs_f64, eff_atol)
     scale = np.abs(b)
     nonzero = scale > 0
     with np.errstate(invalid="ignore"):
         rel = diff[nonzero] / scale[nonzero]
         excess = diff - rtol * np.where(np.isfinite(scale), scale, 0.0)
     max_rel = float(rel.max()) if rel.size else (0.0 if diff.max() == 0 else math.inf)
+    if math.isinf(diff.max()):
+        max_rel = math.inf  # also where the reference is 0
     return OutputError(
         output=output,
         max_abs=float(diff.max()),
         max_rel=max_rel,
-        min_atol=max(0.0, float(np.nan_to_num(excess, nan=np.inf).max())),
+        min_atol=max(0.0, float(np.nan_to_num(excess, nan=np.inf, posinf=np.inf).max())),
         atol=atol,
         rtol=rtol,
+        torch_vs_f64=noise,
+        onnx_vs_f64=onnx_vs_f64,
+        eff_atol=eff_atol,
     )
+
+
+def effective_atol(atol: float, noise: float, strict: bool = False) -> float:
+    """max(atol, 2 * noise): what a correct export may be off by, given PyTorch float32's
+    own error `noise` against float64. atol when strict, or when noise is not finite (an
+    overflow in PyTorch float32 excuses nothing)."""
+    if strict or not math.isfinite(noise):
+        return atol
+    return max(atol, 2.0 * noise)
+
+
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| as float64; 0 where both are the same infinity, inf where either is NaN."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+    diff[a == b] = 0.0  # equal infinities (NaN == NaN is False: stays NaN)
+    diff[np.isnan(diff)] = np.inf
+    return diff
+
+
+def _max(x: np.ndarray) -> float:
+    return float(x.max()) if x.size else 0.0
 
 
 def verify_parity(
@@ -462,6 +588,7 @@ def verify_parity(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     *,
+    strict: bool = False,
     example_length: int = EXAMPLE_LENGTH,
     stream_steps: int = STREAM_STEPS,
     seed: int = 0,
@@ -473,7 +600,12 @@ def verify_parity(
         onnx_path: a file written by `rnn-export convert`.
         checkpoint: its RUN_DIR (str or Path) or a loaded Checkpoint.
         providers: "cpu", "cuda", "all", "cpu,cuda" or a sequence of names.
-        atol, rtol: the float32 tolerance: |onnx - torch| <= atol + rtol * |torch|.
+        atol, rtol: the float32 tolerance: an output passes when
+            max(|onnx - torch| - rtol * |torch|) <= eff_atol = max(atol, 2 * noise), where
+            noise = max |torch float32 - torch float64| in that case (per window on the
+            stream): an export no less accurate than PyTorch float32 is within 2 * noise
+            of it. See the module docstring.
+        strict: eff_atol = atol: no allowance for PyTorch float32's own rounding.
         example_length: the "export example" length: one of the lengths tried, with
             16x it as the "many times longer" one. A file whose T was fixed at export
             passes at its own length and fails at the others.
@@ -521,10 +653,10 @@ def verify_parity(
         if runner is None:
             continue
         for case in cases:
-            results.append(case.run(runner, reference, atol, rtol))
+            results.append(case.run(runner, reference, atol, rtol, strict))
         if stream_ref is None:
             stream_ref = _stream_reference(reference, stream_tokens, ckpt.model)
-        result, curve = _run_stream(runner, stream_tokens, stream_ref, atol, rtol)
+        result, curve = _run_stream(runner, stream_tokens, stream_ref, atol, rtol, strict)
         results.append(result)
         if curve is not None:
             drift.append(curve)
@@ -549,6 +681,7 @@ def verify_parity(
         providers=statuses,
         cases=results,
         drift=drift,
+        strict=strict,
     )
     report.wall_s = time.perf_counter() - started
     if not report.passed:
@@ -823,16 +956,14 @@ class _Case:
         lo, hi = int(self.lengths.min()), int(self.lengths.max())
         return hi if lo == hi else f"{lo}..{hi}"
 
-    def run(self, runner, torch_ref, atol, rtol) -> CaseResult:
+    def run(self, runner, torch_ref, atol, rtol, strict=False) -> CaseResult:
         B = self.tokens.shape[0]
         want, exact = self.reference(torch_ref)
         base = dict(provider=runner.provider, name=self.name, family=self.family, batch_size=B)
         try:
-            if not all(np.isfinite(w).all() for w in want):
-                raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
             got = self._drive(runner)
             outputs = tuple(
-                _with_exact(compare(g, w, atol, rtol, name), g, w, x)
+                compare(g, w, atol, rtol, name, x, strict=strict)
                 for g, w, x, name in zip(got, want, exact, OUTPUTS, strict=True)
             )
         except CaseFailure as e:
@@ -960,8 +1091,11 @@ def _stream_reference(torch_ref, tokens, model):
     return f32, f64
 
 
-def _run_stream(runner, tokens, ref, atol, rtol):
-    """onnxruntime stepped one token at a time; errors recorded at every step."""
+def _run_stream(runner, tokens, ref, atol, rtol, strict=False):
+    """onnxruntime stepped one token at a time; errors recorded at every step.
+
+    The stream is judged as one case; per window, its noise and 2 * noise are recorded
+    as the drift diagnostic."""
     steps = tokens.shape[1]
     name = f"B=1 {steps} steps 1 token/call"
     base = dict(provider=runner.provider, name=name, family="stream", batch_size=1, length=steps)
@@ -970,8 +1104,6 @@ def _run_stream(runner, tokens, ref, atol, rtol):
     state = np.zeros_like(want["hn"][0])
     one = np.ones(1, dtype=np.int64)
     try:
-        if not all(np.isfinite(v).all() for v in want.values()):
-            raise CaseFailure("the PyTorch reference is not finite; nothing to compare")
         for t in range(steps):
             log_probs, state = runner(np.ascontiguousarray(tokens[:, t : t + 1]), state, one)
             expected = ((1, *want["log_probs"].shape[1:]), want["hn"][t].shape)
@@ -988,33 +1120,38 @@ def _run_stream(runner, tokens, ref, atol, rtol):
     outputs = []
     for output in OUTPUTS:
         g, w, x = got[output], want[output], exact[output]
-        outputs.append(_with_exact(compare(g, w, atol, rtol, output), g, w, x))
-        per_step = np.abs(g.astype(np.float64) - w).reshape(steps, -1)
-        excess = per_step - rtol * np.abs(w.astype(np.float64)).reshape(steps, -1)
-        floor = np.abs(w - x).reshape(steps, -1)
+        per_step = _abs_diff(g, w).reshape(steps, -1)
+        scale = np.abs(w.astype(np.float64)).reshape(steps, -1)
+        with np.errstate(invalid="ignore"):
+            excess = per_step - rtol * np.where(np.isfinite(scale), scale, 0.0)
+        floor = _abs_diff(w, x).reshape(steps, -1)
         curve.per_step[output] = per_step.max(axis=1)
         curve.per_step_torch_vs_f64[output] = floor.max(axis=1)
         starts = range(0, steps, window)
         curve.max_abs[output] = [float(per_step[i : i + window].max()) for i in starts]
         curve.min_atol[output] = [max(0.0, float(excess[i : i + window].max())) for i in starts]
         curve.torch_vs_f64[output] = [float(floor[i : i + window].max()) for i in starts]
+        onnx_floor = _abs_diff(g, x).reshape(steps, -1)
+        curve.onnx_vs_f64[output] = [float(onnx_floor[i : i + window].max()) for i in starts]
+        curve.eff_atol[output] = [
+            effective_atol(atol, noise, strict) for noise in curve.torch_vs_f64[output]
+        ]
+        outputs.append(compare(g, w, atol, rtol, output, x, strict=strict))
     return CaseResult(**base, outputs=tuple(outputs)), curve
 
 
-def _with_exact(error: OutputError, got, want, exact) -> OutputError:
-    """error plus the float64 diagnostics (max |torch32 - f64|, max |onnx - f64|)."""
-
-    def max_abs(a, b) -> float:
-        with np.errstate(invalid="ignore", over="ignore"):
-            d = np.abs(np.asarray(a, dtype=np.float64) - b)
-        return float(np.nan_to_num(d, nan=np.inf).max()) if d.size else 0.0
-
-    return replace(error, torch_vs_f64=max_abs(want, exact), onnx_vs_f64=max_abs(got, exact))
+def _span(curve: DriftCurve, i: int) -> str:
+    """Steps of window i, e.g. "500-999"."""
+    return f"{i * curve.window}-{min((i + 1) * curve.window, curve.steps) - 1}"
 
 
 def _num(x: float):
     """A float for JSON: infinities and NaN become strings."""
     return x if math.isfinite(x) else str(x)
+
+
+def _opt(x: float | None):
+    return None if x is None else _num(x)
 
 
 def _fmt(x: float | None) -> str:

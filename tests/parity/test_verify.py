@@ -170,14 +170,16 @@ def test_smallest_passing_atol_is_exact(make_export):
     """With atol 0 a run fails; with atol = the worst reported min_atol, the same run passes."""
     run_dir, path = make_export("stacked", "relu")
     with pytest.raises(ParityError) as info:
-        verify_parity(path, run_dir, atol=0.0, rtol=0.0, stream_steps=SHORT_STREAM)
+        verify_parity(path, run_dir, atol=0.0, rtol=0.0, strict=True, stream_steps=SHORT_STREAM)
     report = info.value.report
     assert not report.passed and report.failures()
     worst = max(o.min_atol for c in report.cases for o in c.outputs)
     assert 0.0 < worst < DEFAULT_ATOL
     # at rtol 0 the smallest passing atol is the max abs error itself
     assert worst == max(o.max_abs for c in report.cases for o in c.outputs)
-    again = verify_parity(path, run_dir, atol=worst, rtol=0.0, stream_steps=SHORT_STREAM)
+    again = verify_parity(
+        path, run_dir, atol=worst, rtol=0.0, strict=True, stream_steps=SHORT_STREAM
+    )
     assert again.passed
 
 
@@ -196,6 +198,8 @@ def test_report_json_table_and_plot(make_export, tmp_path):
         "atol",
         "rtol",
         "min_atol",
+        "noise",
+        "eff_atol",
         "passed",
         "torch_vs_f64",
         "onnx_vs_f64",
