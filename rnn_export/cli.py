@@ -372,7 +372,7 @@ def convert_command(run_dir, out_path, opset):
     """
     import onnx
 
-    from rnn_export.export import DEFAULT_OPSET, ExportError, export_onnx
+    from rnn_export.export import DEFAULT_OPSET, ExportError, count_nodes, export_onnx
 
     opset = DEFAULT_OPSET if opset is None else opset
     try:
@@ -383,7 +383,7 @@ def convert_command(run_dir, out_path, opset):
     info = _describe_model(path)
     click.echo(f"wrote {path}")
     click.echo(f"  size     {info['size_bytes']:,} bytes")
-    click.echo(f"  nodes    {len(onnx.load(path).graph.node)}")
+    click.echo(f"  nodes    {count_nodes(onnx.load(path).graph)} (subgraphs included)")
     click.echo(f"  opset    {info['metadata']['provenance']['opset']}")
     click.echo(f"  inputs   {_tensors_line(info['inputs'])}")
     click.echo(f"  outputs  {_tensors_line(info['outputs'])}")
