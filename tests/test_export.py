@@ -277,7 +277,8 @@ def test_convert_and_inspect(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
     assert f"{out.stat().st_size:,} bytes" in result.output
-    assert f"nodes    {len(onnx.load(out).graph.node)}" in result.output
+    nodes = sum(1 for _ in _all_nodes(onnx.load(out).graph))
+    assert f"nodes    {nodes} (subgraphs included)" in result.output
     assert "opset    14" in result.output
     assert "h0 float32 (2, B, 16)" in result.output
     assert "log_probs float32 (B, 3)" in result.output
