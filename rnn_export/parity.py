@@ -462,8 +462,13 @@ class ParityReport:
                 ax.step(edges, values, where="post", lw=1.5, label=label)
                 if not self.strict and output in d.eff_atol:
                     eff = [*d.eff_atol[output], d.eff_atol[output][-1]]
-                    label = f"{d.provider} eff atol = max(atol, 2 noise)"
+                    label = f"{d.provider} window's max(atol, 2 noise) (diagnostic)"
                     ax.step(edges, eff, where="post", lw=1, ls=":", color="darkred", label=label)
+                for case in self.cases:
+                    if case.family == "stream" and case.provider == d.provider and case.outputs:
+                        (o,) = [o for o in case.outputs if o.output == output]
+                        label = f"{d.provider} stream eff atol {o.effective_atol:.2g} (pass/fail)"
+                        ax.axhline(o.effective_atol, color="black", ls="-.", lw=1, label=label)
             ax.axhline(self.atol, color="red", ls="--", lw=1, label=f"atol {self.atol:g}")
             ax.set_yscale("log")
             ax.set_ylabel(f"{output}\nmax |onnx - torch|")
