@@ -70,10 +70,12 @@ def run_demo(
         (out / f"{arch}.parity.json").write_text(report.to_json())
         report.plot_drift(out / f"{arch}.drift.png")
         seconds["verify"] = _lap(clock)
-        worst = max((o.max_abs for case in report.cases for o in case.outputs), default=0.0)
+        outputs = [o for case in report.cases for o in case.outputs]
+        worst = max((o.max_abs for o in outputs), default=0.0)
+        widest = max((o.eff_atol or o.atol for o in outputs), default=report.atol)
         echo(
-            f"[{arch}] verify: {len(report.cases)} cases passed on CPU "
-            f"(atol {report.atol:g}, rtol {report.rtol:g}); worst abs error {worst:.2e}"
+            f"[{arch}] verify: {len(report.cases)} cases passed on CPU, worst abs error "
+            f"{worst:.2e}; rule: {report.rule()} (largest eff_atol {widest:.2e})"
         )
 
         clock = time.perf_counter()
@@ -86,6 +88,7 @@ def run_demo(
             "val_accuracy": ckpt.metrics["val_accuracy"],
             "parity_cases": len(report.cases),
             "parity_worst_abs_error": worst,
+            "parity_largest_eff_atol": widest,
             "streamed_accuracy": streamed,
             "seconds": seconds,
         }
