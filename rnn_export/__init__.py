@@ -15,7 +15,7 @@ _LAZY = {
     "build_model": "rnn_export.models",
     "CellRNN": "rnn_export.models",
     "StackedRNN": "rnn_export.models",
-    # H1: data, checkpoints, training
+    # data, checkpoints, training
     "Vocabulary": "rnn_export.data",
     "DataError": "rnn_export.data",
     "embedded_dataset": "rnn_export.data",
@@ -27,19 +27,21 @@ _LAZY = {
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
     "train": "rnn_export.training",
-    # H2: export
+    # export
     "export_onnx": "rnn_export.export",
     "export_model": "rnn_export.export",
     "ExportError": "rnn_export.export",
-    # H4: parity
+    # parity
     "verify_parity": "rnn_export.parity",
     "ParityReport": "rnn_export.parity",
     "ParityError": "rnn_export.parity",
     "ParityUsageError": "rnn_export.parity",
-    # H5: benchmarks
+    # benchmarks
     "run_bench": "rnn_export.bench",
     "BenchReport": "rnn_export.bench",
     "BenchError": "rnn_export.bench",
+    # the main job
+    "run_demo": "rnn_export.demo",
 }
 
 

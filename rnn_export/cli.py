@@ -21,7 +21,7 @@ def main() -> None:
     verify parity with PyTorch, and stream them one step at a time."""
 
 
-# --- train (H1): imports torch and the training code only when it runs ---
+# --- train: imports torch and the training code only when it runs ---
 @main.command("train")
 @click.option(
     "--arch",
@@ -141,10 +141,10 @@ def _model_line(config) -> str:
     )
 
 
-# --- end train (H1) ---
+# --- end train ---
 
 
-# --- stream (H3): torch-free, imports only rnn_runtime (numpy, onnxruntime) ---
+# --- stream: torch-free, imports only rnn_runtime (numpy, onnxruntime) ---
 @main.command("stream")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option("--every-step", is_flag=True, help="Print after each character, not each line.")
@@ -220,10 +220,10 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
         sys.exit(2)
 
 
-# --- end stream (H3) ---
+# --- end stream ---
 
 
-# --- verify (H4): PyTorch against onnxruntime, per execution provider ---
+# --- verify: PyTorch against onnxruntime, per execution provider ---
 @main.command("verify")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
@@ -313,10 +313,10 @@ def verify_command(model_path, run_dir, providers, atol, rtol, strict, report_pa
     sys.exit(1 if failed else 0)
 
 
-# --- end verify (H4) ---
+# --- end verify ---
 
 
-# --- convert, inspect (H2): convert imports torch and onnx; inspect only rnn_runtime ---
+# --- convert, inspect: convert imports torch and onnx; inspect only rnn_runtime ---
 _ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
 
 
@@ -440,10 +440,10 @@ def inspect_command(model_path, as_json):
     click.echo("\n".join(lines))
 
 
-# --- end convert, inspect (H2) ---
+# --- end convert, inspect ---
 
 
-# --- bench (H5): imports torch, onnxruntime and the runtime only when it runs ---
+# --- bench: imports torch, onnxruntime and the runtime only when it runs ---
 @main.command("bench")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
@@ -503,10 +503,10 @@ def bench_command(model_path, run_dir, json_path, threads, repeats, quick):
         click.echo(f"figures written to {json_path}")
 
 
-# --- end bench (H5) ---
+# --- end bench ---
 
 
-# --- demo (lead): the main job, train -> convert -> verify -> stream ---
+# --- demo: the main job, train -> convert -> verify -> stream ---
 @main.command("demo")
 @click.option(
     "--out",
@@ -554,7 +554,7 @@ def demo_command(out, archs, epochs, seed):
         sys.exit(130)
 
 
-# --- end demo (lead) ---
+# --- end demo ---
 
 
 if __name__ == "__main__":
