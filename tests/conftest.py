@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread, restoring the previous count after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory):
     """Factory: tiny_run_dir(arch="cell", nonlinearity="tanh", hidden_size=16,

@@ -52,13 +52,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The PyTorch reference loops step by step; extra threads only contend on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The PyTorch reference loops step by step; extra threads only contend on a busy box.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ort_session(model_or_path) -> ort.InferenceSession:

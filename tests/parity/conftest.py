@@ -17,12 +17,8 @@ TINY_H = 16
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Parity cases are many tiny calls: a spinning thread pool only slows them down.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _parity_on_one_torch_thread(one_torch_thread):
+    """Parity cases are many tiny calls: a spinning thread pool only slows them down."""
 
 
 @pytest.fixture(scope="session")
