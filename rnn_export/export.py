@@ -49,7 +49,6 @@ from rnn_export.models import CellRNN, StackedRNN
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
-_ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu", "identity": "Affine"}
 
 
 class ExportError(ValueError):
@@ -519,11 +518,10 @@ def _check_opset(opset) -> None:
 
 def _check_runs(model_bytes: bytes, opset: int) -> None:
     """Open the model in onnxruntime and run one tiny batch: the opset must be runnable."""
-    import numpy as np
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+    from rnn_runtime.model import ORT_ERRORS
 
     version = ".".join(ort.__version__.split(".")[:2])
     try:
@@ -539,14 +537,7 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
                 state.input: np.zeros(state.concrete_shape(2), dtype=np.float32),
             },
         )
-    except (
-        ort_errors.Fail,
-        ort_errors.InvalidArgument,
-        ort_errors.InvalidGraph,
-        ort_errors.InvalidProtobuf,
-        ort_errors.NotImplemented,
-        ort_errors.RuntimeException,
-    ) as e:
+    except ORT_ERRORS as e:
         raise ExportError(f"opset {opset} cannot be run by onnxruntime {version}: {e}") from e
     except MetadataError as e:
         raise ExportError(f"the exported graph contradicts its own metadata: {e}") from e

@@ -755,18 +755,12 @@ def _check_belongs(meta, ckpt, path: Path) -> None:
 
 
 def _ort_errors() -> tuple[type[BaseException], ...]:
+    """The runtime's onnxruntime errors, plus EPFail: a provider that fails to start."""
     from onnxruntime.capi import onnxruntime_pybind11_state as s
 
-    return (
-        s.Fail,
-        s.InvalidArgument,
-        s.InvalidGraph,
-        s.InvalidProtobuf,
-        s.NoSuchFile,
-        s.NotImplemented,
-        s.RuntimeException,
-        s.EPFail,
-    )
+    from rnn_runtime.model import ORT_ERRORS
+
+    return (*ORT_ERRORS, s.EPFail)
 
 
 def _session(path: Path, execution_provider: str, threads: int):

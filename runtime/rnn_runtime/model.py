@@ -34,7 +34,8 @@ PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "dml": "DmlExecutionProvider",
 }
-_LOAD_ERRORS = (
+# onnxruntime's exceptions for a model it cannot load or run (the toolkit catches the same).
+ORT_ERRORS = (
     _ort_errors.Fail,
     _ort_errors.InvalidArgument,
     _ort_errors.InvalidGraph,
@@ -124,7 +125,7 @@ class StreamModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             session = ort.InferenceSession(str(self.path), options, providers=list(providers))
-        except _LOAD_ERRORS as e:
+        except ORT_ERRORS as e:
             raise ModelFileError(f"{self.path}: onnxruntime cannot load it as a model: {e}") from e
         got = session.get_providers()
         dropped = [p for p in providers if p not in got]
