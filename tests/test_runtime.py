@@ -504,6 +504,12 @@ def _wrong_hidden(props, m):
     props["rnn_export.io"] = json.dumps(io)
 
 
+def _tokens_not_an_object(props, m):
+    io = json.loads(props["rnn_export.io"])
+    io["tokens"] = "tokens"
+    props["rnn_export.io"] = json.dumps(io)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -511,6 +517,7 @@ def _wrong_hidden(props, m):
         (_schema_2, r"unknown metadata schema version 2; this runtime reads version 1"),
         (_wrong_state_name, r"graph inputs are .*'h0'.*; the metadata promises .*'c0'"),
         (_wrong_hidden, r"graph input 'h0' has shape .*; the metadata promises .*99"),
+        (_tokens_not_an_object, r"expected io.tokens to be an object; got 'tokens'"),
     ],
 )
 def test_open_rejects_files_we_did_not_make(exported, tmp_path, edit, message):

@@ -296,7 +296,12 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     states = io.get("states")
     _expect(isinstance(states, list) and states, "io.states to be a non-empty list", states)
     state_specs = tuple(_state(s, i) for i, s in enumerate(states))
-    names = [io.get(k, {}).get("name") for k in ("tokens", "lengths", "log_probs")]
+    tensors = {
+        "tokens": _tensor(io.get("tokens"), "io.tokens", "int64"),
+        "lengths": _tensor(io.get("lengths"), "io.lengths", "int64"),
+        "log_probs": _tensor(io.get("log_probs"), "io.log_probs", "float32"),
+    }
+    names = [t.name for t in tensors.values()]
     names += [n for s in state_specs for n in (s.input, s.output)]
     _expect(len(set(names)) == len(names), "distinct input and output names", names)
 
@@ -316,9 +321,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         vocab=tuple(tokens),
         unk_id=unk,
         labels=tuple(labels),
-        tokens=_tensor(io.get("tokens"), "io.tokens", "int64"),
-        lengths=_tensor(io.get("lengths"), "io.lengths", "int64"),
-        log_probs=_tensor(io.get("log_probs"), "io.log_probs", "float32"),
+        **tensors,
         states=state_specs,
         provenance=provenance,
     )
