@@ -317,13 +317,12 @@ def verify_command(model_path, run_dir, providers, atol, rtol, strict, report_pa
 
 
 # --- convert, inspect: convert imports torch and onnx; inspect only rnn_runtime ---
-_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-
-
 def _signature(args) -> list[dict]:
     """onnxruntime NodeArgs as [{"name", "shape", "dtype"}]; symbolic dims stay strings."""
+    from rnn_runtime.metadata import ORT_DTYPES
+
     return [
-        {"name": a.name, "shape": list(a.shape), "dtype": _ORT_DTYPES.get(a.type, a.type)}
+        {"name": a.name, "shape": list(a.shape), "dtype": ORT_DTYPES.get(a.type, a.type)}
         for a in args
     ]
 

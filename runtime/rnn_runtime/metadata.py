@@ -327,7 +327,8 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     )
 
 
-_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
+# onnxruntime NodeArg.type -> the dtype names of this schema.
+ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
 
 
 def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
@@ -354,7 +355,7 @@ def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
             )
         for spec in want:
             arg = got[spec.name]
-            dtype = _ORT_DTYPES.get(arg.type, arg.type)
+            dtype = ORT_DTYPES.get(arg.type, arg.type)
             if dtype != spec.dtype:
                 raise MetadataError(
                     f"graph {kind} {spec.name!r} has type {dtype}; "
