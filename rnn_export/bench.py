@@ -257,6 +257,8 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     import onnxruntime as ort
     import torch
 
+    from rnn_runtime.model import session_options
+
     ids = rng.integers(0, rt_model.metadata.vocab_size, size=997).tolist()
     stream = rt_model.stream()
 
@@ -279,7 +281,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
 
     floor_session = ort.InferenceSession(
         _floor_model(rt_model.metadata.hidden_size),
-        _session_options(threads),
+        session_options(threads),  # as the runtime sets them
         providers=["CPUExecutionProvider"],
     )
     x = np.zeros((1, rt_model.metadata.hidden_size), dtype=np.float32)
@@ -424,17 +426,6 @@ def _floor_model(hidden_size: int) -> bytes:
     return helper.make_model(
         graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
     ).SerializeToString()
-
-
-def _session_options(threads: int):
-    """Session options as the runtime sets them (rnn_runtime.model.StreamModel)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return options
 
 
 def _machine() -> dict:

@@ -83,6 +83,15 @@ def open_model(
     return StreamModel(path, providers=providers, threads=threads)
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """The runtime's onnxruntime session options: `threads` intra-op threads, sequential."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
 def load_metadata(path: str | Path) -> ModelMetadata:
     """The validated metadata of a model file (opens it on the CPU provider)."""
     return open_model(path).metadata
@@ -119,12 +128,10 @@ class StreamModel:
             raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=list(providers))
+            session = ort.InferenceSession(
+                str(self.path), session_options(threads), providers=list(providers)
+            )
         except ORT_ERRORS as e:
             raise ModelFileError(f"{self.path}: onnxruntime cannot load it as a model: {e}") from e
         got = session.get_providers()
