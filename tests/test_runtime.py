@@ -330,6 +330,10 @@ def _shape_of(shape):
     return edit
 
 
+def _unnamed(header):
+    del header["tensors"][0]["name"]
+
+
 BAD_INPUTS = {
     "state dtype": (
         lambda s, m: s.set_state({"h0": np.zeros(m.state_shapes(1)[0], np.float64)}),
@@ -428,6 +432,16 @@ BAD_INPUTS = {
         ),
         StreamError,
         r"'h0' has shape \((4, 4|2, 4, 4)\); this model expects",
+    ),
+    "bytes negative shape": (
+        lambda s, m: s.restore(_header_edit(m, _shape_of([-d for d in m.state_shapes(1)[0]]))),
+        SnapshotError,
+        r"header is not valid: expected .*shape of ints >= 0; got name 'h0', shape \[-\d+, -",
+    ),
+    "bytes unnamed tensor": (
+        lambda s, m: s.restore(_header_edit(m, _unnamed)),
+        SnapshotError,
+        r"header is not valid: 'name'",
     ),
 }
 

@@ -91,9 +91,19 @@ def load_snapshot(meta: ModelMetadata, data: bytes) -> dict[str, np.ndarray]:
         specs = header["tensors"]
         want_crc = header["payload_crc32"]
         sha = header["checkpoint_sha256"]
-        sizes = [int(np.prod(s["shape"], dtype=np.int64)) * 4 for s in specs]
+        names = [s["name"] for s in specs]
+        shapes = [list(s["shape"]) for s in specs]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise SnapshotError(f"saved stream header is not valid: {e}") from None
+    for name, shape in zip(names, shapes, strict=True):
+        if not isinstance(name, str) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise SnapshotError(
+                "saved stream header is not valid: expected tensors with a str name and "
+                f"a shape of ints >= 0; got name {name!r}, shape {shape!r}"
+            )
+    sizes = [int(np.prod(shape, dtype=np.int64)) * 4 for shape in shapes]
     if sha != meta.checkpoint_sha256:
         raise SnapshotError(
             f"saved stream comes from the model with checkpoint sha256 {sha}; "
@@ -110,10 +120,10 @@ def load_snapshot(meta: ModelMetadata, data: bytes) -> dict[str, np.ndarray]:
         )
     out = {}
     offset = 0
-    for spec, size in zip(specs, sizes, strict=True):
+    for spec, name, shape, size in zip(specs, names, shapes, sizes, strict=True):
         if spec.get("dtype") != "float32":
             raise SnapshotError(f"saved tensor dtype {spec.get('dtype')!r}; expected 'float32'")
         raw = np.frombuffer(body, dtype="<f4", count=size // 4, offset=offset)
-        out[spec["name"]] = raw.astype(np.float32).reshape(spec["shape"])
+        out[name] = raw.astype(np.float32).reshape(shape)
         offset += size
     return out
