@@ -334,6 +334,17 @@ def _unnamed(header):
     del header["tensors"][0]["name"]
 
 
+def _nan_log_probs(rt_model) -> bytes:
+    """A blob whose saved log_probs hold a NaN (valid crc, so only the value check can fail)."""
+    from rnn_runtime.snapshot import dump_snapshot
+
+    s = rt_model.stream()
+    s.feed("abc")
+    tensors = s.get_state()
+    tensors["log_probs"] = np.full(rt_model.metadata.num_classes, np.nan, np.float32)
+    return dump_snapshot(rt_model.metadata, tensors)
+
+
 BAD_INPUTS = {
     "state dtype": (
         lambda s, m: s.set_state({"h0": np.zeros(m.state_shapes(1)[0], np.float64)}),
@@ -437,6 +448,11 @@ BAD_INPUTS = {
         lambda s, m: s.restore(_header_edit(m, _shape_of([-d for d in m.state_shapes(1)[0]]))),
         SnapshotError,
         r"header is not valid: expected .*shape of ints >= 0; got name 'h0', shape \[-\d+, -",
+    ),
+    "bytes non-finite log_probs": (
+        lambda s, m: s.restore(_nan_log_probs(m)),
+        SnapshotError,
+        rf"saved log_probs has {len(LABELS)} non-finite values; expected finite",
     ),
     "bytes unnamed tensor": (
         lambda s, m: s.restore(_header_edit(m, _unnamed)),

@@ -240,9 +240,14 @@ class StreamSession:
         tensors = load_snapshot(self.model.metadata, data)
         last = tensors.pop("log_probs", None)
         C = self.model.metadata.num_classes
-        if last is not None and (last.shape != (C,) or not np.isfinite(last).all()):
+        if last is not None and last.shape != (C,):
             raise SnapshotError(
-                f"saved log_probs has shape {last.shape}; this model expects ({C},), finite"
+                f"saved log_probs has shape {last.shape}; this model expects ({C},)"
+            )
+        if last is not None and not np.isfinite(last).all():
+            raise SnapshotError(
+                f"saved log_probs has {int((~np.isfinite(last)).sum())} non-finite values; "
+                "expected finite log-probabilities"
             )
         checked = self.model.check_state(tensors, 1)
         self._buffers.write(self.model, checked)
