@@ -143,9 +143,10 @@ class StreamPool:
         last = np.full((1, self._C), np.nan, dtype=np.float32)
         if stream._last is not None:
             last[0] = stream._last
+        members = self._state()
         state = {
             spec.input: np.concatenate(
-                [self._state()[spec.input], joining[spec.input]], axis=spec.batch_axis
+                [members[spec.input], joining[spec.input]], axis=spec.batch_axis
             )
             for spec in self.model.metadata.states
         }
