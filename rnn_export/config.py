@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 ARCHS = ("cell", "stacked")
 NONLINEARITIES = {"cell": ("tanh", "relu", "identity"), "stacked": ("tanh", "relu")}
@@ -79,7 +79,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a model config is a JSON object; got {type(d).__name__}")
-        known = {"arch", "vocab_size", "labels", "hidden_size", "num_layers", "nonlinearity"}
+        known = {f.name for f in fields(cls)}
         missing = {"arch", "vocab_size", "labels"} - d.keys()
         if missing:
             raise ConfigError(f"model config lacks {sorted(missing)}")
