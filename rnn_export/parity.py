@@ -653,7 +653,7 @@ def verify_parity(
 
     reference = _TorchReference(ckpt.model, threads)
     rng = np.random.default_rng(seed)
-    cases = _plan_cases(ckpt, meta, example_length, rng)
+    cases = _plan_cases(ckpt, example_length, rng)
     stream_tokens = rng.integers(0, ckpt.config.vocab_size, size=(1, stream_steps))
     stream_ref = None
 
@@ -995,7 +995,7 @@ class _Case:
         return log_probs, state
 
 
-def _plan_cases(ckpt, meta, example_length: int, rng) -> list[_Case]:
+def _plan_cases(ckpt, example_length: int, rng) -> list[_Case]:
     cfg = ckpt.config
     cases = []
 
@@ -1024,7 +1024,7 @@ def _plan_cases(ckpt, meta, example_length: int, rng) -> list[_Case]:
         lengths[0], lengths[-1] = T, 1  # both extremes in every batch
         kind = "random" if random_h0 else "zero"
         add(f"B={B} T<={T} {kind} h0", "mixed-lengths", B, T, random_h0=random_h0, lengths=lengths)
-    cases += _validation_cases(ckpt, cfg)
+    cases += _validation_cases(ckpt)
     T = 256
     for B in (1, 3):
         add(f"B={B} T={T} 1 token/call", "step-by-step", B, T, chunks=[1] * T)
@@ -1053,7 +1053,7 @@ def _random_chunks(T: int, largest: int, rng) -> list[int]:
     return chunks
 
 
-def _validation_cases(ckpt, cfg, batch_size: int = 256) -> list[_Case]:
+def _validation_cases(ckpt, batch_size: int = 256) -> list[_Case]:
     """The run's own validation split, rebuilt from the checkpoint's data spec."""
     from rnn_export.data import DataError, encode_batch, load_splits
 
@@ -1068,7 +1068,7 @@ def _validation_cases(ckpt, cfg, batch_size: int = 256) -> list[_Case]:
         texts = [text for text, _ in val[start : start + batch_size]]
         tokens, lengths = encode_batch(texts, ckpt.vocab)
         B = len(texts)
-        h0 = np.zeros(cfg.state_shape(B), dtype=np.float32)
+        h0 = np.zeros(ckpt.config.state_shape(B), dtype=np.float32)
         name = f"rows {start}-{start + B - 1}"
         lengths = lengths.numpy()
         cases.append(
