@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 PREFIX = "rnn_export."
-KEYS = ("schema", "model", "vocab", "labels", "io", "provenance")
 _DTYPES = ("int64", "float32")
 _INITIALS = ("zeros",)
 
