@@ -67,7 +67,7 @@ def run_demo(
 
         clock = time.perf_counter()
         report = verify_parity(onnx_path, ckpt, providers="cpu", seed=seed)
-        (out / f"{arch}.parity.json").write_text(report.to_json())
+        (out / f"{arch}.parity.json").write_text(report.to_json() + "\n", encoding="utf-8")
         report.plot_drift(out / f"{arch}.drift.png")
         seconds["verify"] = _lap(clock)
         outputs = [o for case in report.cases for o in case.outputs]
@@ -92,7 +92,7 @@ def run_demo(
             "streamed_accuracy": streamed,
             "seconds": seconds,
         }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     echo(f"summary -> {out / 'summary.json'}")
     return summary
 
