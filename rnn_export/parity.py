@@ -435,8 +435,9 @@ class ParityReport:
         for p in self.providers:
             if p.status == "unavailable":
                 lines.append(f"FAILED: provider {p.name} was asked for but is unavailable")
-        if self.diagnosis() is not None:
-            lines.append(f"diagnosis: {self.diagnosis()}")
+        diagnosis = self.diagnosis()
+        if diagnosis is not None:
+            lines.append(f"diagnosis: {diagnosis}")
         return "\n".join(lines)
 
     def plot_drift(self, path: str | Path) -> Path:
