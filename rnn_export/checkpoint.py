@@ -119,7 +119,7 @@ def save_checkpoint(
         if write_curves is not None:
             write_curves(tmp / CURVES)
             _fsync_file(tmp / CURVES)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _swap_in(tmp, run_dir)
     finally:
         # Reached with tmp still present only when something above failed or was interrupted.
@@ -248,7 +248,7 @@ def _swap_in(tmp: Path, run_dir: Path) -> None:
         if old is not None:
             os.rename(old, run_dir)
         raise
-    _fsync_dir(run_dir.parent)
+    fsync_dir(run_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -276,7 +276,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside folder `path` durable (also used by the exporter)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

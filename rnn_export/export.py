@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from rnn_export import __version__
+from rnn_export.checkpoint import fsync_dir
 from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
 from rnn_export.models import CellRNN, StackedRNN
 
@@ -576,8 +577,4 @@ def _write_atomic(data: bytes, out_path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(out_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(out_path.parent)
