@@ -26,6 +26,14 @@ picks the fastest of three paths, each the same math (issue 6 has the measuremen
     hn (B, H) or (L, B, H): each row's state after its own last real step.
     log_probs = LogSoftmax(Gemm(top layer's state, out_weight^T, out_bias)) (B, C).
 
+The file also carries, in its metadata (key rnn_export.step), a second and much smaller
+model for one step: token (B,) and one (B, H) state per layer in, log_probs and the new
+per-layer states out, the T == 1 path without the If and without the reshapes between
+the (L, B, H) state and its layers. The runtime steps streams and pools through it on
+the CPU (issue 6: about 40% faster per step than the main graph); its weights are a
+second copy of the main graph's (the table, R, W, b, out), so the file is about twice
+as large. `verify` checks it against PyTorch as it checks the main graph.
+
 Layers of the API: `export_onnx` (a RUN_DIR or Checkpoint) -> `export_model` (a model
 object, writes atomically) -> `build_onnx` (graph + metadata, checked and run in
 onnxruntime) -> `onnx_graph` (the bare graph: `onnx_weights` + `_rnn_graph`).
@@ -48,6 +56,7 @@ from rnn_export.checkpoint import fsync_dir
 from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
 from rnn_export.models import CellRNN, StackedRNN
 
+STEP_TOKEN = "token"  # the step model's (B,) token input
 DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
 
@@ -156,6 +165,12 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
             tokens_name=TOKENS,
             lengths_name=LENGTHS,
             log_probs_name=LOG_PROBS,
+            step={
+                "token": STEP_TOKEN,
+                "log_probs": LOG_PROBS,
+                "states": step_state_names(config.num_layers),
+                "model": step_model(model, opset).SerializeToString(),
+            },
         )
     except MetadataError as e:
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
@@ -182,6 +197,25 @@ def onnx_graph(model: nn.Module, opset: int):
         onnx.ModelProto with inputs tokens, h0, lengths and outputs log_probs, hn.
     """
     return _rnn_graph(model.config, onnx_weights(model), opset)
+
+
+def step_model(model: nn.Module, opset: int):
+    """The one-step model embedded in the file's metadata (see the module docstring).
+
+    Returns:
+        onnx.ModelProto with inputs token (B,) int64 and h_l (B, H) per layer, outputs
+        log_probs (B, C) and hn_l (B, H); checked by onnx.
+    """
+    import onnx
+
+    proto = _step_graph(model.config, onnx_weights(model), opset)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def step_state_names(num_layers: int) -> list[tuple[str, str]]:
+    """(input, output) names of each layer's state in the step model."""
+    return [(f"h_{layer}", f"hn_{layer}") for layer in range(num_layers)]
 
 
 def onnx_weights(model: nn.Module) -> dict:
@@ -281,6 +315,13 @@ def _rnn_graph(config, weights: dict, opset: int):
         ],
         initializer=list(g.inits.values()),
     )
+    return _model_of(graph, opset)
+
+
+def _model_of(graph, opset: int):
+    """A ModelProto around graph at opset."""
+    from onnx import helper
+
     opsets = [helper.make_opsetid("", opset)]
     # The oldest IR version that carries this opset: older runtimes on devices can load it.
     return helper.make_model(
@@ -412,6 +453,46 @@ def _step_branch(g: _Graph):
         x = g.activation(g("Gemm", [h, f"R{layer}", x], transB=1))  # (B, H)
         finals.append(x)
     return g.branch("one_step", g.head(finals))
+
+
+def _step_graph(config, weights: dict, opset: int):
+    """The step model: _step_branch's math with per-layer states and no If (fewest nodes).
+
+    Cell: Gather, Gemm + f (fused by onnxruntime), Gemm, LogSoftmax. Each further layer
+    adds Gemm (input term) and Gemm + f.
+    """
+    from onnx import TensorProto, helper
+
+    g = _Graph(config, opset, "", weights=weights)
+    names = step_state_names(g.L)
+    x = g("Gather", ["table", STEP_TOKEN])  # (B, H)
+    finals = []
+    for layer, (h, _) in enumerate(names):
+        if layer:
+            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)
+        x = g.activation(g("Gemm", [h, f"R{layer}", x], transB=1))
+        finals.append(x)
+    logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)
+    g("LogSoftmax", [logits], axis=-1)
+    # Name the graph outputs: rename the producing nodes' outputs.
+    renames = {g.nodes[-1].output[0]: LOG_PROBS}
+    renames.update({x: out for x, (_, out) in zip(finals, names, strict=True)})
+    for node in g.nodes:
+        for slots in (node.input, node.output):
+            for i, name in enumerate(slots):
+                slots[i] = renames.get(name, name)
+    used = {name for node in g.nodes for name in node.input}
+    f32, H = TensorProto.FLOAT, g.H
+    graph = helper.make_graph(
+        g.nodes,
+        f"rnn_export_{config.arch}_step",
+        inputs=[helper.make_tensor_value_info(STEP_TOKEN, TensorProto.INT64, ["B"])]
+        + [helper.make_tensor_value_info(h, f32, ["B", H]) for h, _ in names],
+        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
+        + [helper.make_tensor_value_info(hn, f32, ["B", H]) for _, hn in names],
+        initializer=[v for k, v in g.inits.items() if k in used],
+    )
+    return _model_of(graph, opset)
 
 
 def _rnn_branch(g: _Graph):

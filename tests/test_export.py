@@ -454,3 +454,66 @@ def test_convert_and_inspect_as_processes(run_dir, tmp_path):
     )
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["metadata"]["model"]["arch"] == "stacked"
+
+
+# --- the embedded step model -------------------------------------------------------------
+
+
+def _step_session(proto) -> tuple[ort.InferenceSession, object]:
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props})
+    return _ort_session(meta.step.model_bytes()), meta.step
+
+
+def _layers(state: np.ndarray) -> list[np.ndarray]:
+    return [state[i] for i in range(state.shape[0])] if state.ndim == 3 else [state]
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES)
+def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layers):
+    """The embedded step model, stepped token by token from a random state, equals PyTorch
+    and the main graph's T = 1 path at every opset and batch size."""
+    model = _model(arch, nonlinearity, layers)
+    rng = np.random.default_rng(5)
+    for opset in OPSETS:
+        proto = build_onnx(model, VOCAB, SHA, opset=opset)
+        main_graph = _ort_session(proto.SerializeToString())
+        step_session, step = _step_session(proto)
+        names = [step.log_probs, *(o for _, o in step.states)]
+        for B in BATCHES:
+            tokens, state, _ = _batch(rng, model, B, 6, lengths=[6] * B)
+            h, h_main = state, state
+            ones = np.ones(B, dtype=np.int64)
+            for t in range(tokens.shape[1]):
+                feed = {step.token: np.ascontiguousarray(tokens[:, t])}
+                feed |= {i: x for (i, _), x in zip(step.states, _layers(h), strict=True)}
+                log_probs, *new = step_session.run(names, feed)
+                h = np.stack(new) if state.ndim == 3 else new[0]
+                main = _onnx(main_graph, np.ascontiguousarray(tokens[:, t : t + 1]), h_main, ones)
+                h_main = main[1]
+                where = f"{arch}/{nonlinearity}/L={layers} opset {opset} B={B} step {t}"
+                _assert_close((log_probs, h), main, f"{where} vs main graph")
+            want = _torch(model, tokens, state, np.full(B, 6, dtype=np.int64))
+            _assert_close((log_probs, h), want, f"{where} vs PyTorch")
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES)
+def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
+    """Gather, per layer [Gemm (input term, layers > 0)] Gemm + f, then Gemm + LogSoftmax:
+    at batch 1 every node costs about as much as its math (issue 6)."""
+    proto = build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA)
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props})
+    step = onnx.load_from_string(meta.step.model_bytes())
+    ops = [node.op_type for node in step.graph.node]
+    act = {"tanh": ["Tanh"], "relu": ["Relu"], "identity": []}[nonlinearity]
+    want = ["Gather"]
+    for layer in range(layers):
+        want += (["Gemm"] if layer else []) + ["Gemm"] + act
+    assert ops == [*want, "Gemm", "LogSoftmax"]
+    # Only the weights it uses, and the sizes the metadata promises.
+    used = {name for node in step.graph.node for name in node.input}
+    assert {init.name for init in step.graph.initializer} <= used
+    assert meta.step.to_dict()["bytes"] == len(meta.step.model_bytes())
+    assert [i.name for i in step.graph.input] == [
+        meta.step.token,
+        *(i for i, _ in meta.step.states),
+    ]

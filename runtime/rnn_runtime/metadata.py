@@ -16,13 +16,25 @@ Keys (all values are JSON text):
                            where tensor = {"name", "shape", "dtype"}; a shape lists
                            ints and the symbols "B" (batch) and "T" (time).
     rnn_export.provenance  {"checkpoint_sha256", "tool_version", "opset", "libraries": {...}}
+    rnn_export.step        optional: a second, loop-free ONNX model for one step at a time,
+                           {"token", "log_probs", "states": [{"input", "output"}, ...],
+                            "sha256", "onnx_base64"}: inputs token (B,) int64 and one
+                           (B, H) float32 state per layer, outputs log_probs (B, C) and the
+                           new states. Layer l's state is the model state's slice [l] along
+                           its first axis when that state is (L, B, H), the state itself
+                           when it is (B, H). The runtime steps through it on the CPU: at
+                           batch 1 every onnxruntime node costs about as much as its math,
+                           and this graph has the fewest nodes (issue 6 has the figures).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SCHEMA_VERSION = 1
 PREFIX = "rnn_export."
@@ -75,6 +87,48 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class StepSpec:
+    """The optional one-step model (key rnn_export.step): names, checksum and bytes.
+
+    states[l] = (input, output) names of layer l's (B, H) state.
+    """
+
+    token: str
+    log_probs: str
+    states: tuple[tuple[str, str], ...]
+    sha256: str
+    onnx_base64: str = field(repr=False)
+
+    def model_bytes(self) -> bytes:
+        """The serialized ONNX model, checked against its sha256.
+
+        Raises:
+            MetadataError: not base64, or bytes whose sha256 differs (a damaged file).
+        """
+        try:
+            data = base64.b64decode(self.onnx_base64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise MetadataError(f"metadata step.onnx_base64 is not valid base64: {e}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise MetadataError(
+                f"the embedded step model has sha256 {digest[:12]}...; the metadata promises "
+                f"{self.sha256[:12]}... (the file is damaged)"
+            )
+        return data
+
+    def to_dict(self) -> dict:
+        """Without the bytes: names, checksum and size (what `inspect` shows)."""
+        return {
+            "token": self.token,
+            "log_probs": self.log_probs,
+            "states": [{"input": i, "output": o} for i, o in self.states],
+            "sha256": self.sha256,
+            "bytes": len(self.onnx_base64) * 3 // 4 - self.onnx_base64[-2:].count("="),
+        }
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """The validated metadata of one exported model."""
 
@@ -92,6 +146,7 @@ class ModelMetadata:
     log_probs: TensorSpec
     states: tuple[StateSpec, ...]
     provenance: dict
+    step: StepSpec | None = None
 
     @property
     def schema_version(self) -> int:
@@ -126,6 +181,7 @@ class ModelMetadata:
                 "states": [s.to_dict() for s in self.states],
             },
             "provenance": dict(self.provenance),
+            "step": None if self.step is None else self.step.to_dict(),
         }
 
 
@@ -146,8 +202,12 @@ def build_metadata(
     tokens_name: str = "tokens",
     lengths_name: str = "lengths",
     log_probs_name: str = "log_probs",
+    step: Mapping | None = None,
 ) -> dict[str, str]:
     """The metadata_props entries (key -> JSON text) for one exported model.
+
+    step: optional {"token", "log_probs", "states": [(input, output), ...], "model": bytes}
+    for the one-step model; its bytes are stored base64-encoded with their sha256.
 
     The result is read back through `read_metadata` before it is returned, so a
     writer can never produce metadata that the reader rejects.
@@ -187,6 +247,17 @@ def build_metadata(
             }
         ),
     }
+    if step is not None:
+        data = bytes(step["model"])
+        props[PREFIX + "step"] = json.dumps(
+            {
+                "token": step["token"],
+                "log_probs": step["log_probs"],
+                "states": [{"input": i, "output": o} for i, o in step["states"]],
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "onnx_base64": base64.b64encode(data).decode("ascii"),
+            }
+        )
     read_metadata(props)
     return props
 
@@ -309,6 +380,9 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     _expect(_is_int(provenance.get("opset"), 1), "provenance.opset", provenance.get("opset"))
     sha = provenance.get("checkpoint_sha256")
     _expect(isinstance(sha, str) and len(sha) == 64, "provenance.checkpoint_sha256", sha)
+    step = None
+    if PREFIX + "step" in props:
+        step = _step(_load(props, "step"), model["num_layers"], state_specs)
 
     return ModelMetadata(
         arch=model["arch"],
@@ -323,7 +397,40 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         **tensors,
         states=state_specs,
         provenance=provenance,
+        step=step,
     )
+
+
+def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
+    _expect(isinstance(raw, dict), "step to be an object", raw)
+    for key in ("token", "log_probs", "sha256", "onnx_base64"):
+        _expect(isinstance(raw.get(key), str) and raw[key], f"step.{key}", raw.get(key))
+    layers = raw.get("states")
+    _expect(
+        isinstance(layers, list)
+        and all(
+            isinstance(x, dict)
+            and all(isinstance(x.get(k), str) and x[k] for k in ("input", "output"))
+            for x in layers
+        ),
+        "step.states to be a list of {input, output} names",
+        layers,
+    )
+    _expect(len(layers) == num_layers, f"{num_layers} step states (one per layer)", len(layers))
+    _expect(len(states) == 1, "one model state for a step model", len(states))
+    shape = states[0].shape
+    _expect(
+        (len(shape) == 3 and states[0].batch_axis == 1)
+        or (len(shape) == 2 and num_layers == 1 and states[0].batch_axis == 0),
+        "a (L, B, H) or, with one layer, (B, H) state for a step model",
+        shape,
+    )
+    sha = raw["sha256"]
+    _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "step.sha256", sha)
+    pairs = tuple((x["input"], x["output"]) for x in layers)
+    names = [raw["token"], raw["log_probs"], *(n for p in pairs for n in p)]
+    _expect(len(set(names)) == len(names), "distinct step input and output names", names)
+    return StepSpec(raw["token"], raw["log_probs"], pairs, sha, raw["onnx_base64"])
 
 
 # onnxruntime NodeArg.type -> the dtype names of this schema.
