@@ -743,3 +743,160 @@ def test_memory_stays_flat_over_a_long_stream(exported):
     figures = json.loads(out.stdout)
     assert figures["steps"] == 20000
     assert figures["growth_bytes"] < MAX_GROWTH_BYTES, figures
+
+
+# --- the embedded step model (issue 6) ---------------------------------------------------
+
+
+def _step_edit(change):
+    """An edit of the step model's bytes that keeps the metadata's sha256 consistent."""
+
+    def edit(props, m):
+        import base64
+        import hashlib
+
+        step = json.loads(props["rnn_export.step"])
+        proto = onnx.load_from_string(base64.b64decode(step["onnx_base64"]))
+        change(proto)
+        data = proto.SerializeToString()
+        step["onnx_base64"] = base64.b64encode(data).decode("ascii")
+        step["sha256"] = hashlib.sha256(data).hexdigest()
+        props["rnn_export.step"] = json.dumps(step)
+
+    return edit
+
+
+def _nudge_recurrent_weight(proto):
+    from onnx import numpy_helper
+
+    for i, init in enumerate(proto.graph.initializer):
+        if init.name == "R0":
+            value = numpy_helper.to_array(init) + np.float32(1e-2)
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, "R0"))
+
+
+def _rename_token_input(proto):
+    proto.graph.input[0].name = "tok"
+    proto.graph.node[0].input[1] = "tok"
+
+
+def _damage_bytes(props, m):
+    step = json.loads(props["rnn_export.step"])
+    data = step["onnx_base64"]
+    step["onnx_base64"] = ("B" if data[100] != "B" else "C").join((data[:100], data[101:]))
+    props["rnn_export.step"] = json.dumps(step)
+
+
+def _not_base64(props, m):
+    step = json.loads(props["rnn_export.step"])
+    step["onnx_base64"] = "%%%" + step["onnx_base64"]
+    props["rnn_export.step"] = json.dumps(step)
+
+
+def _one_step_state_only(props, m):
+    step = json.loads(props["rnn_export.step"])
+    step["states"] = step["states"][:0]
+    props["rnn_export.step"] = json.dumps(step)
+
+
+def test_streams_step_through_the_embedded_step_model(exported, rt_model):
+    model, path = exported
+    meta = rt_model.metadata
+    assert meta.step is not None and rt_model.step_session is not None
+    assert [i for i, _ in meta.step.states] == [f"h_{layer}" for layer in range(meta.num_layers)]
+    stream = rt_model.stream()
+    assert stream._steps.session is rt_model.step_session
+    # The main graph alone (step_model=False) gives the same results, step after step.
+    plain = open_model(path, step_model=False)
+    assert plain.step_session is None
+    other = plain.stream()
+    assert other._steps.session is plain.session
+    for i, char in enumerate(TEXT * 3):
+        a, b = stream.step(char), other.step(char)
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=ATOL, rtol=RTOL, err_msg=f"{i}")
+    state_a, state_b = stream.get_state(), other.get_state()
+    for name in state_a:
+        np.testing.assert_allclose(state_a[name], state_b[name], atol=ATOL, rtol=RTOL)
+    # And both equal PyTorch.
+    want = _torch_prediction(model, TEXT * 3)
+    np.testing.assert_allclose(stream.prediction.log_probs, want, atol=ATOL, rtol=RTOL)
+
+
+def _torch_prediction(model, text: str) -> np.ndarray:
+    with torch.no_grad():
+        log_probs, _ = model(torch.tensor([_ids(text)]), None)
+    return log_probs[0].numpy()
+
+
+def test_steps_and_chunks_share_one_state(rt_model, exported):
+    """step (step model) and feed (main graph) advance the same state buffers."""
+    model, _ = exported
+    stream = rt_model.stream()
+    stream.feed(TEXT[:5])
+    for char in TEXT[5:12]:
+        stream.step(char)
+    stream.feed(TEXT[12:])
+    want = _torch_prediction(model, TEXT)
+    np.testing.assert_allclose(stream.prediction.log_probs, want, atol=ATOL, rtol=RTOL)
+    # set_state then step: the step model reads what set_state wrote.
+    state = stream.get_state()
+    again = rt_model.stream()
+    again.set_state(state)
+    np.testing.assert_array_equal(again.step("a").log_probs, stream.step("a").log_probs)
+
+
+def test_pool_steps_through_the_step_model(rt_model, exported):
+    model, path = exported
+    pool = rt_model.pool()
+    members = [pool.join() for _ in range(5)]
+    assert pool._steps.session is rt_model.step_session
+    texts = [TEXT[i:] + TEXT[:i] for i in range(5)]
+    for t in range(len(TEXT)):
+        pool.step(np.array([_ids(x[t])[0] for x in texts], dtype=np.int64))
+    for member, text in zip(members, texts, strict=True):
+        want = _torch_prediction(model, text)
+        np.testing.assert_allclose(member.prediction.log_probs, want, atol=ATOL, rtol=RTOL)
+
+
+def test_file_without_a_step_model_streams_through_the_main_graph(exported, tmp_path):
+    """Files from before the step model (no rnn_export.step key) still open and stream."""
+
+    def drop(props, m):
+        del props["rnn_export.step"]
+
+    model, path = exported
+    older = open_model(_rewrite(path, tmp_path / "older.onnx", drop))
+    assert older.metadata.step is None and older.step_session is None
+    stream = older.stream()
+    for char in TEXT:
+        stream.step(char)
+    want = _torch_prediction(model, TEXT)
+    np.testing.assert_allclose(stream.prediction.log_probs, want, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    "edit, message, bypass",
+    [
+        (_damage_bytes, r"embedded step model has sha256 .*the file is damaged", True),
+        (_not_base64, r"step.onnx_base64 is not valid base64", True),
+        (
+            _step_edit(_nudge_recurrent_weight),
+            r"step model disagrees with the main graph on one step \(log_probs",
+            True,
+        ),
+        (_step_edit(_rename_token_input), r"step model's inputs are .*'tok'", True),
+        # Metadata that contradicts itself is refused whatever is asked for.
+        (_one_step_state_only, r"expected \d step states \(one per layer\); got 0", False),
+    ],
+)
+def test_open_rejects_a_bad_step_model(exported, tmp_path, edit, message, bypass):
+    path = _rewrite(exported[1], tmp_path / "bad-step.onnx", edit)
+    with pytest.raises(MetadataError, match=message) as info:
+        open_model(path)
+    assert str(path) in str(info.value)
+    if bypass:
+        # Opting out of the step model opens the main graph, which is intact.
+        assert open_model(path, step_model=False).step_session is None
+    else:
+        with pytest.raises(MetadataError, match=message):
+            open_model(path, step_model=False)

@@ -1,7 +1,13 @@
-"""Open a model file made by `rnn-export convert`: one validated onnxruntime session.
+"""Open a model file made by `rnn-export convert`: validated onnxruntime sessions.
 
 A StreamModel holds the session, the metadata and the vocabulary; streams and pools
 (stream.py, pool.py) run on it. Only numpy and onnxruntime are needed.
+
+A file that embeds a step model (metadata key rnn_export.step) gets a second session on
+it when the model runs on the CPU: streams and pools take their one-token steps through
+it (fewer onnxruntime nodes per step), everything longer goes through the main graph.
+At open the step model's checksum and signature are checked, and one step through it is
+compared with one step through the main graph.
 
 Thread safety: a StreamModel is immutable after it is opened and onnxruntime allows
 concurrent runs on one session, so one model may be shared by any number of streams
@@ -63,7 +69,11 @@ class UnknownCharError(StreamError):
 
 
 def open_model(
-    path: str | Path, *, providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int = 1
+    path: str | Path,
+    *,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    threads: int = 1,
+    step_model: bool = True,
 ) -> StreamModel:
     """Open and validate a model file; the one entry point for torch-free readers.
 
@@ -73,6 +83,9 @@ def open_model(
             the short names of PROVIDER_ALIASES: cpu, cuda, tensorrt, dml); each must be
             available, or ProviderError is raised (no silent fallback).
         threads: onnxruntime intra-op thread count, >= 1.
+        step_model: step streams and pools through the file's embedded step model
+            (CPU only; files without one always use the main graph). False: the main
+            graph for everything.
 
     Raises:
         ModelFileError: the file is missing or is not an ONNX model.
@@ -80,7 +93,7 @@ def open_model(
             that contradicts the graph's inputs and outputs.
         ProviderError: a requested provider is not available.
     """
-    return StreamModel(path, providers=providers, threads=threads)
+    return StreamModel(path, providers=providers, threads=threads, step_model=step_model)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -103,14 +116,21 @@ class StreamModel:
     Attributes:
         path: the model file.
         metadata: its ModelMetadata.
-        session: the onnxruntime InferenceSession.
+        session: the onnxruntime InferenceSession on the main graph.
+        step_session: the InferenceSession on the embedded step model, or None (no step
+            model in the file, a non-CPU provider, or step_model=False).
         providers: the providers the session runs on, as requested.
         device: where the state lives ("cpu", "cuda", ...), from the first provider.
         threads: onnxruntime intra-op thread count.
     """
 
     def __init__(
-        self, path: str | Path, *, providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int = 1
+        self,
+        path: str | Path,
+        *,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        threads: int = 1,
+        step_model: bool = True,
     ):
         self.path = Path(path)
         providers = tuple(providers)
@@ -157,6 +177,16 @@ class StreamModel:
         self.device = _PROVIDER_DEVICES.get(providers[0], "cpu")
         self.threads = threads
         self._char_ids = {c: i for i, c in enumerate(meta.vocab) if i != meta.unk_id}
+        self.step_session = None
+        if step_model and meta.step is not None and self.device == "cpu":
+            try:
+                self.step_session = _open_step_session(meta, session, providers, threads)
+            except MetadataError as e:
+                raise MetadataError(f"{self.path}: {e}") from None
+            except ORT_ERRORS as e:
+                raise ModelFileError(
+                    f"{self.path}: onnxruntime cannot load or run its embedded step model: {e}"
+                ) from e
 
     def __repr__(self) -> str:
         m = self.metadata
@@ -309,6 +339,12 @@ class StreamModel:
         log_probs, *states = self.session.run(names, feeds)
         return log_probs, {s.input: v for s, v in zip(meta.states, states, strict=True)}
 
+    def layer_views(self, state: np.ndarray) -> list[np.ndarray]:
+        """The step model's per-layer (B, H) states as views of a model state (no copy)."""
+        if state.ndim == 3:
+            return [state[layer] for layer in range(state.shape[0])]
+        return [state]
+
     def stream(self, *, strict: bool = False):
         """A new StreamSession at the initial state."""
         from rnn_runtime.stream import StreamSession
@@ -320,3 +356,56 @@ class StreamModel:
         from rnn_runtime.pool import StreamPool
 
         return StreamPool(self)
+
+
+def _open_step_session(meta: ModelMetadata, main, providers, threads: int):
+    """Open the embedded step model and prove it steps as the main graph does.
+
+    Raises:
+        MetadataError: damaged bytes, a signature that differs from the metadata, or a
+            step that disagrees with the main graph's.
+        onnxruntime errors: bytes onnxruntime cannot load or run.
+    """
+    step = meta.step
+    session = ort.InferenceSession(
+        step.model_bytes(), session_options(threads), providers=list(providers)
+    )
+    want_in = {step.token: ("tensor(int64)", 1)} | {i: ("tensor(float)", 2) for i, _ in step.states}
+    want_out = {step.log_probs: ("tensor(float)", 2)} | {
+        o: ("tensor(float)", 2) for _, o in step.states
+    }
+    for kind, want, got in (
+        ("input", want_in, session.get_inputs()),
+        ("output", want_out, session.get_outputs()),
+    ):
+        found = {a.name: (a.type, len(a.shape)) for a in got}
+        if found != want:
+            raise MetadataError(
+                f"the embedded step model's {kind}s are {found}; the metadata promises {want}"
+            )
+    # One step of two rows through both graphs, from a non-zero state.
+    B = 2
+    state = meta.states[0]
+    h0 = np.linspace(-0.9, 0.9, num=int(np.prod(state.concrete_shape(B))), dtype=np.float32)
+    h0 = h0.reshape(state.concrete_shape(B))
+    tokens = np.array([0, meta.vocab_size - 1], dtype=np.int64)
+    main_lp, main_hn = main.run(
+        [meta.log_probs.name, state.output],
+        {
+            meta.tokens.name: tokens[:, None],
+            state.input: h0,
+            meta.lengths.name: np.ones(B, dtype=np.int64),
+        },
+    )
+    layers = [h0[layer] for layer in range(meta.num_layers)] if h0.ndim == 3 else [h0]
+    feeds = {step.token: tokens} | {i: x for (i, _), x in zip(step.states, layers, strict=True)}
+    out = session.run([step.log_probs, *(o for _, o in step.states)], feeds)
+    step_hn = np.stack(out[1:]) if h0.ndim == 3 else out[1]
+    for name, got, want in (("log_probs", out[0], main_lp), ("state", step_hn, main_hn)):
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            diff = np.abs(got - want).max() if got.shape == want.shape else got.shape
+            raise MetadataError(
+                f"the embedded step model disagrees with the main graph on one step "
+                f"({name}: max |difference| {diff}); the file is inconsistent"
+            )
+    return session

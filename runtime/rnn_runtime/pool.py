@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from rnn_runtime.model import StreamError, StreamModel
-from rnn_runtime.stream import Prediction, StreamSession, _bind, _StateBuffers
+from rnn_runtime.stream import Prediction, StreamSession, _StateBuffers, _Steps
 
 
 class BatchPrediction:
@@ -86,7 +85,7 @@ class StreamPool:
     @property
     def streams(self) -> tuple[StreamSession, ...]:
         """The members, in row order: row i of `step`'s tokens goes to streams[i]."""
-        return tuple(self._members)
+        return self._streams
 
     def __len__(self) -> int:
         return len(self._members)
@@ -98,6 +97,7 @@ class StreamPool:
         """(Re)build the batched buffers and bindings for the current members."""
         n = len(self._members)
         self._slot = {id(s): i for i, s in enumerate(self._members)}
+        self._streams = tuple(self._members)
         # Row i holds member i's last log-probs; NaN marks "no prediction yet".
         self._last = np.array(last, dtype=np.float32).reshape(n, self._C)
         if n == 0:
@@ -106,16 +106,10 @@ class StreamPool:
             return
         self._buffers = _StateBuffers(self.model, n)
         self._buffers.write(self.model, state)
-        self._tokens = np.zeros((n, 1), dtype=np.int64)
-        self._log_probs = np.zeros((n, self._C), dtype=np.float32)
-        tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
-        ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
-        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)
-        a, b = self._buffers.sets
-        self._bindings = (
-            _bind(self.model, tokens, ones, a, b, log_probs),
-            _bind(self.model, tokens, ones, b, a, log_probs),
-        )
+        self._steps = _Steps(self.model, self._buffers, n)
+        self._tokens = self._steps.tokens
+        self._log_probs = self._steps.log_probs
+        self._bindings = self._steps.bindings
 
     def _state(self) -> dict[str, np.ndarray]:
         if self._buffers is None:
@@ -210,14 +204,21 @@ class StreamPool:
         ids = self._ids_per_member(tokens)
         if n == 0:
             return BatchPrediction((), np.zeros((0, self._C), np.float32), self.model.labels)
-        self._tokens[:, 0] = ids
-        self.model.session.run_with_iobinding(self._bindings[self._buffers.current])
+        self._tokens[:] = ids
+        self._steps.run(self._bindings[self._buffers.current])
         self._buffers.current ^= 1
         self._last[:] = self._log_probs
         return BatchPrediction(self.streams, self._log_probs.copy(), self.model.labels)
 
     def _ids_per_member(self, tokens) -> np.ndarray:
         n = len(self._members)
+        if (
+            type(tokens) is np.ndarray
+            and tokens.dtype == np.int64
+            and tokens.shape == (n,)
+            and (n == 0 or (tokens.min() >= 0 and tokens.max() < self.model.metadata.vocab_size))
+        ):
+            return tokens  # the common case, checked in full above
         if isinstance(tokens, np.ndarray):
             if tokens.shape != (n,) or not np.issubdtype(tokens.dtype, np.integer):
                 raise StreamError(

@@ -1,9 +1,11 @@
 """One stream of text through an exported RNN, one step at a time.
 
 The per-step path does no allocation of tensors, no copy of the state and no
-re-validation of the graph: the token goes into a preallocated (1, 1) buffer that an
+re-validation of the graph: the token goes into a preallocated buffer that an
 IOBinding already holds, and the state ping-pongs between two buffers allocated on
-the provider's device, with one prebuilt IOBinding per direction.
+the provider's device, with one prebuilt IOBinding per direction. Steps go through the
+file's step model when the StreamModel opened one (model.step_session), else through
+the main graph; longer chunks (`feed`) always go through the main graph.
 
 Thread safety: a StreamSession is not safe to use from two threads at once (guard it
 with a lock if you must); distinct streams on one shared StreamModel are safe to run
@@ -73,26 +75,58 @@ class Prediction:
 
 
 class _StateBuffers:
-    """Two sets of state OrtValues on the provider's device; `current` is the live one."""
+    """Two sets of state buffers on the provider's device; `current` is the live one.
+
+    On the CPU each state is a numpy array that its OrtValue (`sets`) and, for the step
+    model, its per-layer OrtValues (`layer_sets`) share: the main graph and the step
+    model read and write the same bytes, so either may advance a stream.
+    """
 
     def __init__(self, model: StreamModel, batch_size: int):
         shapes = model.state_shapes(batch_size)
-        self.sets = tuple(
-            [
-                ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, model.device, 0)
-                for shape in shapes
-            ]
-            for _ in range(2)
-        )
+        if model.device == "cpu":
+            self.arrays = tuple(
+                [np.zeros(shape, dtype=np.float32) for shape in shapes] for _ in range(2)
+            )
+            self.sets = tuple(
+                [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays] for arrays in self.arrays
+            )
+            self.layer_sets = tuple(
+                [
+                    ort.OrtValue.ortvalue_from_numpy(view)
+                    for a in arrays
+                    for view in model.layer_views(a)
+                ]
+                for arrays in self.arrays
+            )
+        else:
+            self.arrays = None
+            self.sets = tuple(
+                [
+                    ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, model.device, 0)
+                    for shape in shapes
+                ]
+                for _ in range(2)
+            )
+            self.layer_sets = None
         self.current = 0
 
     def read(self, model: StreamModel) -> dict[str, np.ndarray]:
+        if self.arrays is not None:
+            return {
+                s.input: a.copy()
+                for s, a in zip(model.metadata.states, self.arrays[self.current], strict=True)
+            }
         return {
             s.input: v.numpy().copy()
             for s, v in zip(model.metadata.states, self.sets[self.current], strict=True)
         }
 
     def write(self, model: StreamModel, state: Mapping[str, np.ndarray]) -> None:
+        if self.arrays is not None:
+            for s, a in zip(model.metadata.states, self.arrays[self.current], strict=True):
+                a[...] = state[s.input]
+            return
         for s, v in zip(model.metadata.states, self.sets[self.current], strict=True):
             v.update_inplace(state[s.input])
 
@@ -107,6 +141,50 @@ def _bind(model: StreamModel, tokens, lengths, states_in, states_out, log_probs)
         binding.bind_ortvalue_input(spec.input, v_in)
         binding.bind_ortvalue_output(spec.output, v_out)
     return binding
+
+
+class _Steps:
+    """Prebuilt one-token-per-row calls at batch n over a _StateBuffers.
+
+    Write the ids into `tokens` (n,), call `run(bindings[buffers.current])`, flip
+    buffers.current, read `log_probs` (n, C). Through the step model when the model has
+    one (per-layer states), else through the main graph (T = 1, lengths 1).
+    """
+
+    def __init__(self, model: StreamModel, buffers: _StateBuffers, n: int):
+        meta = model.metadata
+        self.log_probs = np.zeros((n, meta.num_classes), dtype=np.float32)
+        log_probs = ort.OrtValue.ortvalue_from_numpy(self.log_probs)
+        if model.step_session is not None:
+            step = meta.step
+            self.session = model.step_session
+            self.tokens = np.zeros((n,), dtype=np.int64)
+            tokens = ort.OrtValue.ortvalue_from_numpy(self.tokens)
+            self.bindings = []
+            for k in (0, 1):
+                binding = self.session.io_binding()
+                binding.bind_ortvalue_input(step.token, tokens)
+                binding.bind_ortvalue_output(step.log_probs, log_probs)
+                pairs = zip(
+                    step.states, buffers.layer_sets[k], buffers.layer_sets[k ^ 1], strict=True
+                )
+                for (name_in, name_out), v_in, v_out in pairs:
+                    binding.bind_ortvalue_input(name_in, v_in)
+                    binding.bind_ortvalue_output(name_out, v_out)
+                self.bindings.append(binding)
+        else:
+            self.session = model.session
+            self._tokens = np.zeros((n, 1), dtype=np.int64)
+            self.tokens = self._tokens[:, 0]  # a view: writing it feeds the graph
+            tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
+            ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
+            a, b = buffers.sets
+            self.bindings = [
+                _bind(model, tokens, ones, a, b, log_probs),
+                _bind(model, tokens, ones, b, a, log_probs),
+            ]
+        self.bindings = tuple(self.bindings)
+        self.run = self.session.run_with_iobinding
 
 
 class StreamSession:
@@ -131,16 +209,12 @@ class StreamSession:
         self._zeros = model.initial_state(1)
         self._buffers = _StateBuffers(model, 1)
         # CPU OrtValues made from numpy share its memory: writing the array feeds the graph.
-        self._token = np.zeros((1, 1), dtype=np.int64)
-        self._log_probs = np.zeros((1, model.metadata.num_classes), dtype=np.float32)
-        token = ort.OrtValue.ortvalue_from_numpy(self._token)
-        one = ort.OrtValue.ortvalue_from_numpy(np.ones((1,), dtype=np.int64))
-        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)
-        a, b = self._buffers.sets
-        self._bindings = (
-            _bind(model, token, one, a, b, log_probs),
-            _bind(model, token, one, b, a, log_probs),
-        )
+        self._steps = _Steps(model, self._buffers, 1)
+        self._token = self._steps.tokens
+        self._log_probs = self._steps.log_probs
+        self._row = self._log_probs[0]  # a view: the step's output row
+        self._bindings = self._steps.bindings
+        self._run = self._steps.run
         self._last: np.ndarray | None = None
         self.reset()
 
@@ -161,18 +235,20 @@ class StreamSession:
 
     def step(self, token: str | int) -> Prediction:
         """Advance by one character or token id and return the new prediction."""
-        self._check_free()
+        if self._pool is not None:
+            self._check_free()
         # Fast paths for the common cases; anything else goes through full validation.
         if type(token) is str and token in self._char_ids:
-            self._token[0, 0] = self._char_ids[token]
+            self._token[0] = self._char_ids[token]
         elif type(token) is int and 0 <= token < self._vocab_size:
-            self._token[0, 0] = token
+            self._token[0] = token
         else:
-            self._token[0, 0] = self.model.token_id(token, strict=self.strict)
-        self.model.session.run_with_iobinding(self._bindings[self._buffers.current])
-        self._buffers.current ^= 1
-        self._last = self._log_probs[0].copy()
-        return Prediction(self._last, self._labels)
+            self._token[0] = self.model.token_id(token, strict=self.strict)
+        buffers = self._buffers
+        self._run(self._bindings[buffers.current])
+        buffers.current ^= 1
+        last = self._last = self._row.copy()
+        return Prediction(last, self._labels)
 
     def feed(self, tokens: str | Iterable[int] | np.ndarray) -> Prediction | None:
         """Advance by a text or a sequence of token ids (one onnxruntime call per chunk).
@@ -190,7 +266,7 @@ class StreamSession:
     def _run_chunk(self, ids: np.ndarray) -> None:
         tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids.reshape(1, -1)))
         length = ort.OrtValue.ortvalue_from_numpy(np.array([ids.size], dtype=np.int64))
-        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)
+        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)  # shares its memory
         sets = self._buffers.sets
         cur = self._buffers.current
         binding = _bind(self.model, tokens, length, sets[cur], sets[cur ^ 1], log_probs)
