@@ -5,6 +5,9 @@ execution provider asked for, over a matrix of cases: batch sizes x lengths with
 initial states, zero initial states, mixed lengths in one padded batch, the run's own
 validation split, the model driven one token at a time and in random chunks with its
 state fed back, and a long stream whose error is recorded against the step index (drift).
+A file that embeds a step model (what the runtime steps streams through on the CPU) has
+it checked too, on the CPU: family "step model", the one-token-per-call cases and the
+long stream driven through it.
 
 Tolerance. With a = onnxruntime, b = PyTorch float32 and x = the same PyTorch model run
 in float64 from the same inputs, per case and output:
@@ -138,7 +141,8 @@ class CaseResult:
     Args:
         provider: "cpu" or "cuda".
         name: unique within a provider, e.g. "B=17 T=1000 random h0".
-        family: shapes | zero-state | mixed-lengths | validation | step-by-step | chunks | stream.
+        family: shapes | zero-state | mixed-lengths | validation | step-by-step | chunks | stream
+            | step model (the embedded step model: one token per call and the long stream).
         batch_size: B.
         length: T, or "min..max" for cases whose rows have different lengths.
         outputs: the errors of log_probs and hn (empty when `error` is set).
@@ -466,7 +470,7 @@ class ParityReport:
                     label = f"{d.provider} window's max(atol, 2 noise) (diagnostic)"
                     ax.step(edges, eff, where="post", lw=1, ls=":", color="darkred", label=label)
                 for case in self.cases:
-                    if case.family == "stream" and case.provider == d.provider and case.outputs:
+                    if _stream_of(case, d) and case.outputs:
                         (o,) = [o for o in case.outputs if o.output == output]
                         label = f"{d.provider} stream eff atol {o.effective_atol:.2g} (pass/fail)"
                         ax.axhline(o.effective_atol, color="black", ls="-.", lw=1, label=label)
@@ -483,6 +487,15 @@ class ParityReport:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+
+def _stream_of(case: CaseResult, curve: DriftCurve) -> bool:
+    """Whether case is the long-stream case that curve was drawn from."""
+    if case.batch_size != 1 or case.length != curve.steps or "token/call" not in case.name:
+        return False
+    if case.family == "stream":
+        return curve.provider == case.provider
+    return case.family == "step model" and curve.provider == f"{case.provider}, step model"
 
 
 def parse_providers(spec: str | Sequence[str]) -> list[tuple[str, bool]]:
@@ -672,6 +685,18 @@ def verify_parity(
         results.append(result)
         if curve is not None:
             drift.append(curve)
+        if name == "cpu" and meta.step is not None:
+            step_runner = _open_step_runner(meta, name, threads)
+            if isinstance(step_runner, CaseResult):
+                results.append(step_runner)  # the step model would not load
+                continue
+            for case in cases:
+                if case.family == "step-by-step":
+                    results.append(case.run(step_runner, reference, atol, rtol, strict))
+            result, curve = _run_stream(step_runner, stream_tokens, stream_ref, atol, rtol, strict)
+            results.append(result)
+            if curve is not None:
+                drift.append(curve)
 
     report = ParityReport(
         model=str(onnx_path),
@@ -883,7 +908,8 @@ class _OrtRunner:
         import onnxruntime as ort
 
         self.session = session
-        self.provider = provider
+        self.provider = self.label = provider
+        self.family = None  # the case's own family
         self.errors = _ort_errors()
         state = meta.states[0]
         self.inputs = (meta.tokens.name, state.input, meta.lengths.name)
@@ -899,6 +925,62 @@ class _OrtRunner:
         except self.errors as e:
             raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
         return log_probs, new_state
+
+
+class _OrtStepRunner:
+    """The file's embedded step model, called like the main graph with T = 1.
+
+    The step model takes token (B,) and one (B, H) state per layer; the state is split
+    into layers and the new layers stacked back, so cases compare it like the main graph.
+    """
+
+    family = "step model"
+
+    def __init__(self, session, meta, provider: str):
+        import onnxruntime as ort
+
+        self.session = session
+        self.provider = provider
+        self.label = f"{provider}, step model"
+        self.errors = _ort_errors()
+        self.step = meta.step
+        self.outputs = [self.step.log_probs, *(o for _, o in self.step.states)]
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
+
+    def __call__(self, tokens, state, lengths):
+        if tokens.shape[1] != 1 or not (lengths == 1).all():
+            raise CaseFailure(f"the step model takes one token per call; got T={tokens.shape[1]}")
+        layers = [state[i] for i in range(state.shape[0])] if state.ndim == 3 else [state]
+        feed = {self.step.token: np.ascontiguousarray(tokens[:, 0])}
+        feed |= {i: layer for (i, _), layer in zip(self.step.states, layers, strict=True)}
+        try:
+            log_probs, *new = self.session.run(self.outputs, feed, self.run_options)
+        except self.errors as e:
+            raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
+        return log_probs, (np.stack(new) if state.ndim == 3 else new[0])
+
+
+def _open_step_runner(meta, name: str, threads: int):
+    """A runner on the embedded step model, or a failed CaseResult saying why it won't load."""
+    import onnxruntime as ort
+
+    from rnn_runtime.metadata import MetadataError
+
+    try:
+        session = ort.InferenceSession(
+            meta.step.model_bytes(), _session_options(threads), providers=[PROVIDERS[name]]
+        )
+    except (MetadataError, *_ort_errors()) as e:
+        return CaseResult(
+            provider=name,
+            name="load the embedded step model",
+            family=_OrtStepRunner.family,
+            batch_size=0,
+            length=0,
+            error=f"{type(e).__name__}: {e}",
+        )
+    return _OrtStepRunner(session, meta, name)
 
 
 class _TorchReference:
@@ -970,7 +1052,8 @@ class _Case:
     def run(self, runner, torch_ref, atol, rtol, strict=False) -> CaseResult:
         B = self.tokens.shape[0]
         want, exact = self.reference(torch_ref)
-        base = dict(provider=runner.provider, name=self.name, family=self.family, batch_size=B)
+        family = getattr(runner, "family", None) or self.family
+        base = dict(provider=runner.provider, name=self.name, family=family, batch_size=B)
         try:
             got = self._drive(runner)
             outputs = tuple(
@@ -1110,7 +1193,8 @@ def _run_stream(runner, tokens, ref, atol, rtol, strict=False):
     as the drift diagnostic."""
     steps = tokens.shape[1]
     name = f"B=1 {steps} steps 1 token/call"
-    base = dict(provider=runner.provider, name=name, family="stream", batch_size=1, length=steps)
+    family = getattr(runner, "family", None) or "stream"
+    base = dict(provider=runner.provider, name=name, family=family, batch_size=1, length=steps)
     want, exact = ref
     got = {k: np.empty_like(v) for k, v in want.items()}
     state = np.zeros_like(want["hn"][0])
@@ -1128,7 +1212,7 @@ def _run_stream(runner, tokens, ref, atol, rtol, strict=False):
     except CaseFailure as e:
         return CaseResult(**base, error=str(e)), None
     window = max(1, math.ceil(steps / DRIFT_WINDOWS))
-    curve = DriftCurve(runner.provider, steps, window, {}, {}, {})
+    curve = DriftCurve(runner.label, steps, window, {}, {}, {})
     outputs = []
     for output in OUTPUTS:
         g, w, x = got[output], want[output], exact[output]

@@ -88,7 +88,26 @@ def ignore_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def perturb_step_model(model: onnx.ModelProto, delta: float = 1e-3) -> onnx.ModelProto:
+    """The embedded step model's R0 moved by delta (its sha256 kept consistent): the main
+    graph is intact, only what the runtime streams through is wrong."""
+    import base64
+    import hashlib
+    import json
+
+    model = copy.deepcopy(model)
+    (entry,) = [p for p in model.metadata_props if p.key == "rnn_export.step"]
+    step = json.loads(entry.value)
+    inner = perturb_weight(onnx.load_from_string(base64.b64decode(step["onnx_base64"])), delta)
+    data = inner.SerializeToString()
+    step["onnx_base64"] = base64.b64encode(data).decode("ascii")
+    step["sha256"] = hashlib.sha256(data).hexdigest()
+    entry.value = json.dumps(step)
+    return model
+
+
 FAKES = {
+    "perturbed-step-model": perturb_step_model,
     "perturbed-weight": perturb_weight,
     "state-passthrough": state_passthrough,
     "ignored-lengths": ignore_lengths,

@@ -173,12 +173,13 @@ def test_ill_conditioned_model_fails_strict_and_passes_the_default(ill_condition
             assert o["eff_atol"] == ATOL
             if not o["passed"]:
                 assert ATOL < o["min_atol"] <= 2 * o["noise"], (c["name"], o)
-    (drift,) = data["drift"]
-    for output, eff in drift["eff_atol"].items():
-        noise = np.array(drift["noise"][output])
-        np.testing.assert_allclose(eff, np.maximum(ATOL, 2 * noise), rtol=0, atol=0)
-        within = np.array(drift["min_atol"][output]) <= eff
-        assert drift["within_window_eff_atol"][output] == within.tolist()
+    assert [d["provider"] for d in data["drift"]] == ["cpu", "cpu, step model"]
+    for drift in data["drift"]:
+        for output, eff in drift["eff_atol"].items():
+            noise = np.array(drift["noise"][output])
+            np.testing.assert_allclose(eff, np.maximum(ATOL, 2 * noise), rtol=0, atol=0)
+            within = np.array(drift["min_atol"][output]) <= eff
+            assert drift["within_window_eff_atol"][output] == within.tolist()
 
 
 # --- broken models still fail under the default rule, trained ones too -----------------

@@ -43,6 +43,7 @@ FAMILIES = {
     "step-by-step",
     "chunks",
     "stream",
+    "step model",
 }
 SHORT_STREAM = 300  # library calls that do not test the stream itself keep it short
 
@@ -154,10 +155,20 @@ def test_default_size_model_passes_every_case(make_export, arch, nonlinearity):
     assert all(c.agreement == 1.0 for c in validation)
     (stream,) = [c for c in report.cases if c.family == "stream"]
     assert stream.length == STREAM_STEPS >= 10_000
-    (drift,) = report.drift
-    assert drift.steps == STREAM_STEPS
-    assert len(drift.max_abs["hn"]) == math.ceil(STREAM_STEPS / drift.window) >= 10
-    assert max(drift.max_abs["hn"]) == pytest.approx(stream.outputs[1].max_abs)
+    # The embedded step model (what the runtime streams through): the one-token-per-call
+    # cases and the long stream again, through it.
+    step_cases = [c for c in report.cases if c.family == "step model"]
+    by_name = {c.name: c for c in report.cases if c.family == "step-by-step"}
+    assert len(step_cases) == len(by_name) + 1
+    for case in step_cases[:-1]:
+        assert case.batch_size == by_name[case.name].batch_size
+    assert step_cases[-1].name == stream.name and step_cases[-1].length == STREAM_STEPS
+    drift, step_drift = report.drift
+    assert (drift.provider, step_drift.provider) == ("cpu", "cpu, step model")
+    for curve, case in ((drift, stream), (step_drift, step_cases[-1])):
+        assert curve.steps == STREAM_STEPS
+        assert len(curve.max_abs["hn"]) == math.ceil(STREAM_STEPS / curve.window) >= 10
+        assert max(curve.max_abs["hn"]) == pytest.approx(case.outputs[1].max_abs)
 
 
 def test_accepts_a_loaded_checkpoint(make_export):
@@ -210,7 +221,7 @@ def test_report_json_table_and_plot(make_export, tmp_path):
             # float64 diagnostics: both float32 results sit within rounding of the exact one
             assert 0.0 <= o.torch_vs_f64 < 1e-5 and 0.0 <= o.onnx_vs_f64 < 1e-5, (case.name, o)
     assert {row["family"] for row in data["summary"]} == FAMILIES
-    assert data["drift"][0]["steps"] == SHORT_STREAM
+    assert [d["steps"] for d in data["drift"]] == [SHORT_STREAM, SHORT_STREAM]
     table = report.format_table()
     assert "PASSED" in table and "max abs" in table and "decision agreement 100.00%" in table
     png = report.plot_drift(tmp_path / "drift.png")
@@ -381,6 +392,8 @@ def test_cli_cuda_runs_on_cuda(make_export, tmp_path):
     [
         # one recurrent weight + 1e-3: every family sees it
         ("perturbed-weight", {"shapes", "stream", "validation", "step-by-step"}),
+        # the same in the embedded step model only: its own cases fail, no others
+        ("perturbed-step-model", {"step model"}),
         # hn = h0: any case with a random state or any step past the first
         ("state-passthrough", {"shapes", "mixed-lengths", "step-by-step", "chunks", "stream"}),
         # padding counted as input: only padded batches differ
@@ -413,6 +426,8 @@ def test_cli_fails_on_broken_models(make_export, tmp_path, arch, fake, failing_f
                     assert o["onnx_vs_f64"] > 10 * o["torch_vs_f64"], (case["name"], o)
         assert data["diagnosis"].endswith("the file computes something else")
         assert "diagnosis: " in result.output
+    if fake == "perturbed-step-model":
+        assert failed == {"step model"}
     if fake == "ignored-lengths":
         # rows of one length are untouched: the fake fails only where padding exists
         assert failed == {"mixed-lengths", "validation"}
