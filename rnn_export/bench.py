@@ -5,7 +5,8 @@ a busy machine slows both sides alike (medians over repeated blocks):
     1. streaming: seconds per step at batch 1 of the runtime (StreamSession.step) against
        PyTorch eager stepping the same model, and against the floor: a one-node ONNX model
        (Identity) called through onnxruntime the same way (IOBinding, preallocated
-       buffers), i.e. the fixed cost of one call;
+       buffers), i.e. the fixed cost of one call; also the runtime stepping through the
+       main graph (step_model=False), to show what the embedded step model saves;
     2. offline: tokens/s over padded batches (B x T grid, mixed lengths) of one
        onnxruntime session against PyTorch eager;
     3. pool: aggregate steps/s of the runtime's StreamPool at N streams against one stream;
@@ -114,6 +115,15 @@ class BenchReport:
             f"{st['speedup_vs_torch']:6.2f}x  (target >= {TARGETS['streaming_speedup_vs_torch']}x)",
             f"   floor   {st['floor_s'] * 1e6:9.1f} us   runtime / floor "
             f"{st['runtime_vs_floor']:6.2f}x  (target <= {TARGETS['streaming_vs_floor']}x)",
+            *(
+                []
+                if st["main_graph_s"] is None
+                else [
+                    f"   runtime through the main graph {st['main_graph_s'] * 1e6:.1f} us: the "
+                    f"step model saves {1 - st['runtime_s'] / st['main_graph_s']:.0%} per step"
+                ]
+            ),
+            f"   runtime steps through: {st['steps_through']}",
             "",
             "2. offline throughput, padded batches with mixed lengths (real tokens/s)",
             f"   {'B':>4} {'T':>4} {'onnxruntime':>13} {'torch':>13} {'speedup':>8}"
@@ -257,6 +267,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     import onnxruntime as ort
     import torch
 
+    import rnn_runtime
     from rnn_runtime.model import session_options
 
     ids = rng.integers(0, rt_model.metadata.vocab_size, size=997).tolist()
@@ -266,6 +277,19 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         step, k = stream.step, len(ids)
         for i in range(n):
             step(ids[i % k])
+
+    runs = {"runtime": run_runtime}
+    if rt_model.step_session is not None:
+        main_stream = rnn_runtime.open_model(
+            rt_model.path, providers=rt_model.providers, threads=threads, step_model=False
+        ).stream()
+
+        def run_main_graph(n: int) -> None:
+            step, k = main_stream.step, len(ids)
+            for i in range(n):
+                step(ids[i % k])
+
+        runs["main graph"] = run_main_graph
 
     token = torch.zeros((1, 1), dtype=torch.int64)
     state = [model.initial_state(1)]
@@ -295,15 +319,17 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         for _ in range(n):
             run(binding)
 
-    t = _time_blocks(
-        {"runtime": run_runtime, "torch": run_torch, "floor": run_floor}, repeats, block_s
-    )
+    t = _time_blocks(runs | {"torch": run_torch, "floor": run_floor}, repeats, block_s)
     return {
         "runtime_s": t["runtime"],
         "torch_s": t["torch"],
         "floor_s": t["floor"],
         "speedup_vs_torch": t["torch"] / t["runtime"],
         "runtime_vs_floor": t["runtime"] / t["floor"],
+        "main_graph_s": t.get("main graph"),
+        "steps_through": "the embedded step model"
+        if rt_model.step_session is not None
+        else "the main graph (no step model in the file)",
     }
 
 

@@ -347,6 +347,16 @@ def _tensors_line(tensors: list[dict]) -> str:
     )
 
 
+def _step_line(step: dict | None) -> list[str]:
+    if step is None:
+        return ["step model  none (the runtime steps through the main graph)"]
+    states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
+    return [
+        f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: "
+        f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"
+    ]
+
+
 @main.command("convert")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
 @click.option(
@@ -386,6 +396,17 @@ def convert_command(run_dir, out_path, opset):
     click.echo(f"  opset    {info['metadata']['provenance']['opset']}")
     click.echo(f"  inputs   {_tensors_line(info['inputs'])}")
     click.echo(f"  outputs  {_tensors_line(info['outputs'])}")
+    step = info["metadata"]["step"]
+    if step is not None:
+        from rnn_runtime.metadata import read_metadata
+
+        meta = read_metadata({p.key: p.value for p in onnx.load(path).metadata_props})
+        nodes = count_nodes(onnx.load_from_string(meta.step.model_bytes()).graph)
+        click.echo(
+            f"  step     embedded step model for the runtime: {nodes} nodes, "
+            f"{step['bytes']:,} bytes (inputs {step['token']}, "
+            f"{', '.join(x['input'] for x in step['states'])})"
+        )
 
 
 @main.command("inspect")
@@ -434,6 +455,7 @@ def inspect_command(model_path, as_json):
         f"inputs      {_tensors_line(info['inputs'])}",
         f"outputs     {_tensors_line(info['outputs'])}",
         f"checkpoint  sha256 {prov['checkpoint_sha256']}",
+        *_step_line(meta["step"]),
         f"made by     rnn-export {prov.get('tool_version')} with {libraries}",
     ]
     click.echo("\n".join(lines))

@@ -74,7 +74,19 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     assert d["settings"]["checkpoint"] == str(run_dir)
     assert d["machine"]["cpu_count"] >= 1
     st = d["streaming"]
-    assert set(st) == {"runtime_s", "torch_s", "floor_s", "speedup_vs_torch", "runtime_vs_floor"}
+    assert set(st) == {
+        "runtime_s",
+        "torch_s",
+        "floor_s",
+        "speedup_vs_torch",
+        "runtime_vs_floor",
+        "main_graph_s",
+        "steps_through",
+    }
+    # The file embeds a step model: the runtime steps through it; the main graph is the
+    # ablation (timed, not compared: timings are noisy here).
+    assert st["steps_through"] == "the embedded step model"
+    assert st["main_graph_s"] > 0
     assert st["speedup_vs_torch"] == pytest.approx(st["torch_s"] / st["runtime_s"])
     assert st["runtime_vs_floor"] == pytest.approx(st["runtime_s"] / st["floor_s"])
     grid = [(r["batch"], r["time"]) for r in d["offline"]]
@@ -94,6 +106,7 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     assert cold["runs"] == 1
     assert cold["torch_imported"] is False and cold["onnx_imported"] is False
     numbers = list(_numbers({k: v for k, v in d.items() if k != "targets"}))
+    assert st["main_graph_s"] in numbers
     assert len(numbers) >= 10
     assert all(math.isfinite(x) and x > 0 for x in numbers), numbers
 
@@ -105,6 +118,8 @@ def test_run_bench_quick_report(exported):
     table = report.format_table()
     for heading in ("1. streaming", "2. offline", "3. many streams", "4. cold start"):
         assert heading in table
+    assert "runtime steps through: the embedded step model" in table
+    assert "runtime through the main graph" in table
 
 
 def test_cli_bench_writes_json(exported, tmp_path):
