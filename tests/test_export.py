@@ -277,18 +277,25 @@ def test_convert_and_inspect(run_dir, tmp_path):
     assert "opset    14" in result.output
     assert "h0 float32 (2, B, 16)" in result.output
     assert "log_probs float32 (B, 3)" in result.output
+    meta = read_metadata({p.key: p.value for p in onnx.load(out).metadata_props})
+    step_bytes = len(meta.step.model_bytes())
+    assert (
+        f"step     embedded step model for the runtime: 8 nodes, {step_bytes:,} bytes "
+        "(inputs token, h_0, h_1)" in result.output
+    )
 
     text = runner.invoke(main, ["inspect", str(out)])
     assert text.exit_code == 0, text.output
     for part in ("stacked, L=2, H=16", "h0 -> hn  (2, B, 16) float32", "0 en, 1 fr, 2 de"):
         assert part in text.output
     assert load_checkpoint(run_dir).sha256 in text.output
+    assert f"step model  {step_bytes:,} bytes, sha256 {meta.step.sha256[:16]}..." in text.output
 
     as_json = runner.invoke(main, ["inspect", str(out), "--json"])
     assert as_json.exit_code == 0, as_json.output
     info = json.loads(as_json.output)
-    meta = read_metadata({p.key: p.value for p in onnx.load(out).metadata_props})
     assert info["metadata"] == meta.to_dict()
+    assert info["metadata"]["step"]["bytes"] == step_bytes
     assert info["size_bytes"] == out.stat().st_size
     assert {"name": "tokens", "shape": ["B", "T"], "dtype": "int64"} in info["inputs"]
     assert {"name": "hn", "shape": [2, "B", 16], "dtype": "float32"} in info["outputs"]
