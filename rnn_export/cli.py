@@ -390,9 +390,10 @@ def convert_command(run_dir, out_path, opset):
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     info = _describe_model(path)
+    proto = onnx.load(path)
     click.echo(f"wrote {path}")
     click.echo(f"  size     {info['size_bytes']:,} bytes")
-    click.echo(f"  nodes    {count_nodes(onnx.load(path).graph)} (subgraphs included)")
+    click.echo(f"  nodes    {count_nodes(proto.graph)} (subgraphs included)")
     click.echo(f"  opset    {info['metadata']['provenance']['opset']}")
     click.echo(f"  inputs   {_tensors_line(info['inputs'])}")
     click.echo(f"  outputs  {_tensors_line(info['outputs'])}")
@@ -400,7 +401,7 @@ def convert_command(run_dir, out_path, opset):
     if step is not None:
         from rnn_runtime.metadata import read_metadata
 
-        meta = read_metadata({p.key: p.value for p in onnx.load(path).metadata_props})
+        meta = read_metadata({p.key: p.value for p in proto.metadata_props})
         nodes = count_nodes(onnx.load_from_string(meta.step.model_bytes()).graph)
         click.echo(
             f"  step     embedded step model for the runtime: {nodes} nodes, "

@@ -402,7 +402,9 @@ def _open_step_session(meta: ModelMetadata, main, providers, threads: int):
     out = session.run([step.log_probs, *(o for _, o in step.states)], feeds)
     step_hn = np.stack(out[1:]) if h0.ndim == 3 else out[1]
     for name, got, want in (("log_probs", out[0], main_lp), ("state", step_hn, main_hn)):
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+        if got.shape != want.shape or not np.allclose(
+            got, want, rtol=1e-4, atol=1e-5, equal_nan=True
+        ):
             diff = np.abs(got - want).max() if got.shape == want.shape else got.shape
             raise MetadataError(
                 f"the embedded step model disagrees with the main graph on one step "
