@@ -491,6 +491,13 @@ def test_pool_bad_input_leaves_members_unchanged(rt_model):
         pool.step([1, 50])
     with pytest.raises(StreamError, match=r"shape \(3,\), dtype int64; expected .*\(2,\)"):
         pool.step(np.array([1, 2, 3]))
+    # int64 arrays take a fast path: negative ids and ids >= V must still be refused
+    V = rt_model.metadata.vocab_size
+    for bad in ([1, -1], [V, 1], [1, np.iinfo(np.int64).min]):
+        with pytest.raises(StreamError, match=rf"token id {bad[1] if bad[0] == 1 else V} "):
+            pool.step(np.array(bad, dtype=np.int64))
+    with pytest.raises(StreamError, match=r"token id 50 "):
+        pool.step(np.array([1, 50], dtype=">i8"))  # non-native byte order: the full check
     with pytest.raises(StreamError, match=r"at least one token per stream"):
         pool.feed({a: "abc", b: ""})
     with pytest.raises(StreamError, match=r"not a member of this pool"):

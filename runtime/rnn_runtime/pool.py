@@ -21,6 +21,8 @@ import numpy as np
 from rnn_runtime.model import StreamError, StreamModel
 from rnn_runtime.stream import Prediction, StreamSession, _StateBuffers, _Steps
 
+_INT64 = np.dtype(np.int64)
+
 
 class BatchPrediction:
     """The predictions of several streams after one pool call, in `streams` order.
@@ -214,9 +216,10 @@ class StreamPool:
         n = len(self._members)
         if (
             type(tokens) is np.ndarray
-            and tokens.dtype == np.int64
+            and tokens.dtype is _INT64
             and tokens.shape == (n,)
-            and (n == 0 or (tokens.min() >= 0 and tokens.max() < self.model.metadata.vocab_size))
+            # Seen as unsigned, a negative id is huge: one reduction checks 0 <= id < V.
+            and (n == 0 or tokens.view(np.uint64).max() < self.model.metadata.vocab_size)
         ):
             return tokens  # the common case, checked in full above
         if isinstance(tokens, np.ndarray):
