@@ -171,6 +171,23 @@ def test_default_size_model_passes_every_case(make_export, arch, nonlinearity):
         assert max(curve.max_abs["hn"]) == pytest.approx(case.outputs[1].max_abs)
 
 
+def test_file_without_a_step_model(make_export, tmp_path):
+    """Files from before the step model: every main-graph case, no step-model family."""
+    import onnx
+
+    run_dir, path = make_export("stacked", "tanh")
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key != "rnn_export.step"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    older = tmp_path / "older.onnx"
+    onnx.save(model, str(older))
+    report = verify_parity(older, run_dir, stream_steps=SHORT_STREAM)
+    assert report.passed
+    assert {c.family for c in report.cases} == FAMILIES - {"step model"}
+    assert [d.provider for d in report.drift] == ["cpu"]
+
+
 def test_accepts_a_loaded_checkpoint(make_export):
     run_dir, path = make_export("cell", "relu")
     report = verify_parity(path, load_checkpoint(run_dir), stream_steps=SHORT_STREAM)
