@@ -144,6 +144,7 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
             f"model expects vocab_size {config.vocab_size}; vocabulary has {len(vocab.tokens)}"
         )
     state = StateSpec(STATE_IN, STATE_OUT, config.state_shape("B"), "float32", "zeros")
+    weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
     try:
         props = build_metadata(
             arch=config.arch,
@@ -169,13 +170,13 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
                 "token": STEP_TOKEN,
                 "log_probs": LOG_PROBS,
                 "states": step_state_names(config.num_layers),
-                "model": step_model(model, opset).SerializeToString(),
+                "model": _checked_step_graph(config, weights, opset).SerializeToString(),
             },
         )
     except MetadataError as e:
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
 
-    proto = onnx_graph(model, opset)
+    proto = _rnn_graph(config, weights, opset)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"rnn-export {__version__}: {config.arch} RNN classifier"
@@ -206,9 +207,13 @@ def step_model(model: nn.Module, opset: int):
         onnx.ModelProto with inputs token (B,) int64 and h_l (B, H) per layer, outputs
         log_probs (B, C) and hn_l (B, H); checked by onnx.
     """
+    return _checked_step_graph(model.config, onnx_weights(model), opset)
+
+
+def _checked_step_graph(config, weights: dict, opset: int):
     import onnx
 
-    proto = _step_graph(model.config, onnx_weights(model), opset)
+    proto = _step_graph(config, weights, opset)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -939,26 +939,26 @@ class _OrtStepRunner:
     def __init__(self, session, meta, provider: str):
         import onnxruntime as ort
 
+        from rnn_runtime.model import run_step_model
+
+        self._run = run_step_model
         self.session = session
         self.provider = provider
         self.label = f"{provider}, step model"
         self.errors = _ort_errors()
         self.step = meta.step
-        self.outputs = [self.step.log_probs, *(o for _, o in self.step.states)]
         self.run_options = ort.RunOptions()
         self.run_options.log_severity_level = 4
 
     def __call__(self, tokens, state, lengths):
         if tokens.shape[1] != 1 or not (lengths == 1).all():
             raise CaseFailure(f"the step model takes one token per call; got T={tokens.shape[1]}")
-        layers = [state[i] for i in range(state.shape[0])] if state.ndim == 3 else [state]
-        feed = {self.step.token: np.ascontiguousarray(tokens[:, 0])}
-        feed |= {i: layer for (i, _), layer in zip(self.step.states, layers, strict=True)}
         try:
-            log_probs, *new = self.session.run(self.outputs, feed, self.run_options)
+            return self._run(
+                self.session, self.step, np.ascontiguousarray(tokens[:, 0]), state, self.run_options
+            )
         except self.errors as e:
             raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
-        return log_probs, (np.stack(new) if state.ndim == 3 else new[0])
 
 
 def _open_step_runner(meta, name: str, threads: int):

@@ -339,12 +339,6 @@ class StreamModel:
         log_probs, *states = self.session.run(names, feeds)
         return log_probs, {s.input: v for s, v in zip(meta.states, states, strict=True)}
 
-    def layer_views(self, state: np.ndarray) -> list[np.ndarray]:
-        """The step model's per-layer (B, H) states as views of a model state (no copy)."""
-        if state.ndim == 3:
-            return [state[layer] for layer in range(state.shape[0])]
-        return [state]
-
     def stream(self, *, strict: bool = False):
         """A new StreamSession at the initial state."""
         from rnn_runtime.stream import StreamSession
@@ -356,6 +350,34 @@ class StreamModel:
         from rnn_runtime.pool import StreamPool
 
         return StreamPool(self)
+
+
+def layer_views(state: np.ndarray) -> list[np.ndarray]:
+    """The step model's per-layer (B, H) states as views of a model state (no copy):
+    state[l] of an (L, B, H) state, the state itself when it is (B, H)."""
+    if state.ndim == 3:
+        return [state[layer] for layer in range(state.shape[0])]
+    return [state]
+
+
+def run_step_model(session, step, tokens: np.ndarray, state: np.ndarray, run_options=None):
+    """One plain call of a step-model session on a state in the model's layout.
+
+    Args:
+        session: an InferenceSession on `step.model_bytes()`.
+        step: the file's StepSpec (metadata.step).
+        tokens: int64 (B,) token ids.
+        state: float32 (B, H) or (L, B, H), the main graph's state layout.
+
+    Returns:
+        log_probs (B, C) and the new state in the layout of `state`.
+    """
+    feeds = {step.token: tokens}
+    feeds |= {i: x for (i, _), x in zip(step.states, layer_views(state), strict=True)}
+    log_probs, *new = session.run(
+        [step.log_probs, *(o for _, o in step.states)], feeds, run_options
+    )
+    return log_probs, (np.stack(new) if state.ndim == 3 else new[0])
 
 
 def _open_step_session(meta: ModelMetadata, main, providers, threads: int):
@@ -397,11 +419,8 @@ def _open_step_session(meta: ModelMetadata, main, providers, threads: int):
             meta.lengths.name: np.ones(B, dtype=np.int64),
         },
     )
-    layers = [h0[layer] for layer in range(meta.num_layers)] if h0.ndim == 3 else [h0]
-    feeds = {step.token: tokens} | {i: x for (i, _), x in zip(step.states, layers, strict=True)}
-    out = session.run([step.log_probs, *(o for _, o in step.states)], feeds)
-    step_hn = np.stack(out[1:]) if h0.ndim == 3 else out[1]
-    for name, got, want in (("log_probs", out[0], main_lp), ("state", step_hn, main_hn)):
+    step_lp, step_hn = run_step_model(session, step, tokens, h0)
+    for name, got, want in (("log_probs", step_lp, main_lp), ("state", step_hn, main_hn)):
         if got.shape != want.shape or not np.allclose(
             got, want, rtol=1e-4, atol=1e-5, equal_nan=True
         ):

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from rnn_runtime.model import StreamError, StreamModel
+from rnn_runtime.model import StreamError, StreamModel, layer_views
 from rnn_runtime.snapshot import SnapshotError, dump_snapshot, load_snapshot
 
 # feed() runs long texts in chunks of this many tokens: bounded memory, one call per chunk.
@@ -92,11 +92,7 @@ class _StateBuffers:
                 [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays] for arrays in self.arrays
             )
             self.layer_sets = tuple(
-                [
-                    ort.OrtValue.ortvalue_from_numpy(view)
-                    for a in arrays
-                    for view in model.layer_views(a)
-                ]
+                [ort.OrtValue.ortvalue_from_numpy(view) for a in arrays for view in layer_views(a)]
                 for arrays in self.arrays
             )
         else:
