@@ -1,0 +1,67 @@
+"""`rnn-export bench`: the runtime and onnxruntime against PyTorch eager."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--checkpoint",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The RUN_DIR the model was exported from: PyTorch eager runs this checkpoint.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write every figure as JSON to this file.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Intra-op threads for both onnxruntime and torch (e.g. $(nproc) for all cores).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Timed blocks per measurement, interleaved between the sides; medians are shown.",
+)
+@click.option(
+    "--quick", is_flag=True, help="A smaller grid and short blocks: rough figures in seconds."
+)
+def bench_command(model_path, run_dir, json_path, threads, repeats, quick):
+    """Time the runtime and onnxruntime against PyTorch eager on the same model.
+
+    Prints ratios measured side by side in this one process: streaming latency
+    per step at batch 1 (against PyTorch and against a one-node ONNX model, the
+    floor), offline tokens/s over padded batches (B x T grid), aggregate steps/s
+    of the runtime's pool at 1, 16 and 256 streams, and the cold start and peak
+    RSS of a process that imports only the runtime. Exit 2 when the model and
+    checkpoint cannot be read or do not belong together.
+    """
+    from rnn_export.bench import BenchError, run_bench
+
+    try:
+        report = run_bench(model_path, run_dir, threads=threads, repeats=repeats, quick=quick)
+    except BenchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(report.format_table())
+    if json_path is not None:
+        try:
+            json_path.write_text(report.to_json() + "\n", encoding="utf-8")
+        except OSError as e:
+            click.echo(f"error: cannot write {json_path}: {e.strerror}", err=True)
+            sys.exit(2)
+        click.echo(f"figures written to {json_path}")

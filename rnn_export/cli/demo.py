@@ -1,0 +1,55 @@
+"""`rnn-export demo`: the main job, train -> convert -> verify -> stream."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("demo")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Folder for the RUN_DIRs, .onnx files, parity reports, drift plots and summary.json.",
+)
+@click.option(
+    "--arch",
+    "archs",
+    type=click.Choice(["cell", "stacked"]),
+    multiple=True,
+    help="Arch to run; repeat for both [default: cell and stacked].",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 8]."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data, weights, cases.")
+def demo_command(out, archs, epochs, seed):
+    """Run the whole path on the embedded task, no data or download needed.
+
+    For each arch: train a model, convert it to ONNX, verify the file against
+    PyTorch on the CPU provider, and stream the validation texts through the
+    torch-free runtime one character at a time. Exit 1 when parity fails, 2 for
+    bad options or an unwritable --out.
+    """
+    from rnn_export.checkpoint import CheckpointError
+    from rnn_export.demo import ARCHS, run_demo
+    from rnn_export.parity import ParityError
+
+    try:
+        run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
+    except ParityError as e:
+        click.echo(e.report.format_table(), err=True)
+        sys.exit(1)
+    except CheckpointError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"error: {e.filename}: {e.strerror}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,100 @@
+"""`rnn-export inspect`: a model file's metadata and signature, torch-free."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _signature(args) -> list[dict]:
+    """onnxruntime NodeArgs as [{"name", "shape", "dtype"}]; symbolic dims stay strings."""
+    from rnn_runtime.metadata import ORT_DTYPES
+
+    return [
+        {"name": a.name, "shape": list(a.shape), "dtype": ORT_DTYPES.get(a.type, a.type)}
+        for a in args
+    ]
+
+
+def describe_model(path: Path) -> dict:
+    """Open a model file with the torch-free runtime: its metadata and I/O signature."""
+    import rnn_runtime
+
+    model = rnn_runtime.open_model(path)
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "metadata": model.metadata.to_dict(),
+        "inputs": _signature(model.session.get_inputs()),
+        "outputs": _signature(model.session.get_outputs()),
+    }
+
+
+def tensors_line(tensors: list[dict]) -> str:
+    return "; ".join(
+        f"{t['name']} {t['dtype']} ({', '.join(str(d) for d in t['shape'])})" for t in tensors
+    )
+
+
+def _step_line(step: dict | None) -> list[str]:
+    if step is None:
+        return ["step model  none (the runtime steps through the main graph)"]
+    states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
+    return [
+        f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: "
+        f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"
+    ]
+
+
+@click.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for programs.")
+def inspect_command(model_path, as_json):
+    """Print a model file's metadata and input/output signature.
+
+    Needs only onnxruntime (no torch, no onnx). Exits 2 for a file that is not
+    an ONNX model, has no rnn-export metadata, or has an unknown schema version.
+    """
+    import json
+
+    import rnn_runtime
+
+    try:
+        info = describe_model(model_path)
+    except (rnn_runtime.ModelFileError, rnn_runtime.MetadataError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    meta = info["metadata"]
+    model, vocab, prov = meta["model"], meta["vocab"], meta["provenance"]
+    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != vocab["unk_id"])
+    unk = vocab["tokens"][vocab["unk_id"]]
+    libraries = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
+    lines = [
+        f"{info['path']}: rnn-export model, schema {meta['schema_version']}, "
+        f"opset {prov['opset']}, {info['size_bytes']:,} bytes",
+        f"model       {model['arch']}, L={model['num_layers']}, H={model['hidden_size']}, "
+        f"nonlinearity {model['nonlinearity']}, V={model['vocab_size']}, "
+        f"C={model['num_classes']}",
+        f"vocab       {len(vocab['tokens'])} tokens, unknown id {vocab['unk_id']} ({unk!r}), "
+        f"characters {json.dumps(chars, ensure_ascii=False)}",
+        "labels      " + ", ".join(f"{i} {label}" for i, label in enumerate(meta["labels"])),
+    ]
+    for s in meta["io"]["states"]:
+        shape = ", ".join(str(d) for d in s["shape"])
+        lines.append(
+            f"state       {s['input']} -> {s['output']}  ({shape}) {s['dtype']}, "
+            f"initial {s['initial']}"
+        )
+    lines += [
+        f"inputs      {tensors_line(info['inputs'])}",
+        f"outputs     {tensors_line(info['outputs'])}",
+        f"checkpoint  sha256 {prov['checkpoint_sha256']}",
+        *_step_line(meta["step"]),
+        f"made by     rnn-export {prov.get('tool_version')} with {libraries}",
+    ]
+    click.echo("\n".join(lines))
