@@ -1,0 +1,243 @@
+"""The references a file is held to: the model in float64 with its float32 allowance, and
+PyTorch float32.
+
+`Recurrence` is the model's function written with the operations of
+rnn_export.parity.bounds, from the PyTorch model's weights: exact float64 values and a
+rigorous bound on how far a correct float32 implementation may be from them (the
+allowance). `check_against_pytorch` proves, one step from given states, that it is the
+function PyTorch computes in float64. `TorchFloat32` runs the PyTorch model itself.
+
+States are tuples of arrays in the model's layout, in the metadata's order: (h,) with h
+(B, H) for "cell" and (L, B, H) for "stacked".
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from rnn_export.parity.bounds import (
+    Approx,
+    Linear,
+    Terms,
+    activation,
+    affine,
+    bias_terms,
+    log_softmax,
+    stack,
+)
+
+# A step of the float64 reference and of PyTorch float64 from the same states agree to
+# float64 rounding; anything further apart is a bug in the reference, not in the file.
+SELF_CHECK_RTOL = 1e-9
+
+
+class ReferenceError(RuntimeError):
+    """The float64 reference does not compute what PyTorch computes (a bug in rnn-export)."""
+
+
+def _replace_rows(h: Approx, n: int, new: Approx) -> Approx:
+    """h with its first n rows replaced by new."""
+    if n == h.value.shape[0]:
+        return new
+    return Approx(
+        np.concatenate([new.value, h.value[n:]]), np.concatenate([new.radius, h.radius[n:]])
+    )
+
+
+def _f64(t) -> np.ndarray:
+    return t.detach().to("cpu").double().numpy().copy()
+
+
+class Recurrence:
+    """The model's recurrence in float64 with its float32 allowance.
+
+    Args:
+        model: a CellRNN or StackedRNN (rnn_export.models).
+    """
+
+    def __init__(self, model):
+        config = model.config
+        self.config = config
+        self.nonlinearity = config.nonlinearity
+        H = config.hidden_size
+        if config.arch == "cell":
+            w, b = _f64(model.i2h.weight), _f64(model.i2h.bias)  # (H, 2H): [input | recurrent]
+            embedding = _f64(model.embed.weight)
+            first_input, first_biases = w[:, :H], [b]
+            self.recurrent = [Linear(w[:, H:])]
+            self.inputs, self.biases = [None], [None]
+            head = model.h2o
+        elif config.arch == "stacked":
+            rnn = model.rnn
+            embedding = _f64(model.embedding.weight)
+
+            def weight(kind, layer):
+                return _f64(getattr(rnn, f"{kind}_l{layer}"))
+
+            first_input = weight("weight_ih", 0)
+            first_biases = [weight("bias_ih", 0), weight("bias_hh", 0)]
+            L = config.num_layers
+            self.recurrent = [Linear(weight("weight_hh", k)) for k in range(L)]
+            self.inputs = [None] + [Linear(weight("weight_ih", k)) for k in range(1, L)]
+            self.biases = [None] + [
+                bias_terms(weight("bias_ih", k), weight("bias_hh", k)) for k in range(1, L)
+            ]
+            head = model.fc
+        else:
+            raise ValueError(f"no float64 reference for arch {config.arch!r}")
+        # Layer 0's input term depends only on the token: one row per token, as the
+        # exported table folds it (its rounding is charged to the step's dot product).
+        self.table = Terms(
+            embedding @ first_input.T + sum(first_biases),
+            np.abs(embedding) @ np.abs(first_input).T + sum(np.abs(x) for x in first_biases),
+            first_input.shape[1] + len(first_biases),
+        )
+        self.out = Linear(_f64(head.weight))
+        self.out_bias = bias_terms(_f64(head.bias))
+
+    def quiet_tokens(self) -> np.ndarray:
+        """Every token id, those whose layer-0 input terms are smallest first (sum over
+        units of |input term|): after them the fewest units saturate."""
+        return np.argsort(np.abs(self.table.value).sum(axis=1), kind="stable")
+
+    # --- states -----------------------------------------------------------------------
+
+    def layers_of(self, state: tuple[np.ndarray, ...]) -> list[Approx]:
+        """Each layer's (B, H) state from a model-layout state, as exact inputs."""
+        (h,) = state
+        if self.config.arch == "cell":
+            return [Approx.exact(h)]
+        return [Approx.exact(h[k]) for k in range(h.shape[0])]
+
+    def state_of(self, layers: list[Approx]) -> tuple[Approx, ...]:
+        """The model-layout state from the layers' states."""
+        if self.config.arch == "cell":
+            return (layers[0],)
+        return (stack(layers),)
+
+    # --- the recurrence ---------------------------------------------------------------
+
+    def step(self, tokens: np.ndarray, layers: list[Approx]) -> list[Approx]:
+        """One step: tokens (B,) int, each layer's state (B, H) -> the new layer states."""
+        x = None
+        new = []
+        for k, h in enumerate(layers):
+            if k == 0:
+                z = affine([(h, self.recurrent[0])], self.table[tokens])
+            else:
+                z = affine([(x, self.inputs[k]), (h, self.recurrent[k])], self.biases[k])
+            x = activation(self.nonlinearity, z)
+            new.append(x)
+        return new
+
+    def head(self, top: Approx) -> Approx:
+        """log_probs (B, C) from the top layer's state."""
+        return log_softmax(affine([(top, self.out)], self.out_bias))
+
+    def run(self, tokens: np.ndarray, state: tuple[np.ndarray, ...], lengths=None):
+        """The model on a padded batch, from an explicit float32 state.
+
+        Args:
+            tokens: int (B, T); state: the model-layout float32 state;
+            lengths: (B,), 1 <= lengths <= T, or None for all T; rows past their
+                length keep their state.
+
+        Returns:
+            (log_probs (B, C), state tuple), each row after its own last token, as Approx.
+        """
+        B, T = tokens.shape
+        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+        # Longest rows first: step t computes only the rows still running, a prefix.
+        order = np.argsort(-lengths, kind="stable")
+        layers = [h[order] for h in self.layers_of(state)]
+        tokens, lengths = tokens[order], lengths[order]
+        for t in range(int(lengths.max(initial=0))):
+            n = int(np.count_nonzero(lengths > t))
+            new = self.step(tokens[:n, t], [h[:n] for h in layers])
+            layers = [_replace_rows(h, n, x) for h, x in zip(layers, new, strict=True)]
+        back = np.argsort(order, kind="stable")
+        layers = [h[back] for h in layers]
+        return self.head(layers[-1]), self.state_of(layers)
+
+    def run_steps(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]):
+        """The outputs after every step of tokens (B, T), one token per step.
+
+        Returns:
+            (log_probs (T, B, C), state tuple of (T, *state shape)), as Approx.
+        """
+        layers = self.layers_of(state)
+        per_step = []
+        for t in range(tokens.shape[1]):
+            layers = self.step(tokens[:, t], layers)
+            per_step.append(layers)
+        B, T = tokens.shape
+        tops = stack([layers[-1] for layers in per_step])  # (T, B, H)
+        H = tops.value.shape[-1]
+        flat = self.head(Approx(tops.value.reshape(T * B, H), tops.radius.reshape(T * B, H)))
+        log_probs = Approx(flat.value.reshape(T, B, -1), flat.radius.reshape(T, B, -1))
+        states = [self.state_of(layers) for layers in per_step]
+        return log_probs, tuple(stack([s[i] for s in states]) for i in range(len(states[0])))
+
+    def check_against_pytorch(self, model, tokens: np.ndarray, state: tuple[np.ndarray, ...]):
+        """One step from `state` here and in PyTorch float64 must agree to float64 rounding.
+
+        Raises:
+            ReferenceError: they do not (the reference is not the model's function).
+        """
+        import copy
+
+        import torch
+
+        log_probs, new_state = self.run(tokens[:, None], state)
+        model64 = copy.deepcopy(model).double()
+        with torch.inference_mode():
+            lp64, h64 = model64(
+                torch.from_numpy(np.ascontiguousarray(tokens[:, None])),
+                torch.from_numpy(state[0].astype(np.float64)),
+            )
+        for name, mine, theirs in (
+            ("log_probs", log_probs.value, lp64.numpy()),
+            ("state", new_state[0].value, h64.numpy()),
+        ):
+            scale = max(1.0, float(np.abs(theirs).max(initial=0.0)))
+            gap = float(np.abs(mine - theirs).max(initial=0.0))
+            if not gap <= SELF_CHECK_RTOL * scale:
+                raise ReferenceError(
+                    f"the float64 reference differs from PyTorch float64 by {gap:.3g} in "
+                    f"{name} after one step: a bug in rnn-export's reference, not in the file"
+                )
+
+
+@contextmanager
+def torch_threads(n: int):
+    """PyTorch on n intra-op threads, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchFloat32:
+    """The PyTorch model itself (float32) on numpy inputs."""
+
+    def __init__(self, model, threads: int):
+        self.model = model
+        self.threads = threads
+
+    def __call__(self, tokens, state, lengths=None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """tokens (B, T), state tuple or None (zeros), lengths (B,) or None (all T)."""
+        import torch
+
+        with torch.inference_mode(), torch_threads(self.threads):
+            log_probs, new_state = self.model(
+                torch.from_numpy(np.ascontiguousarray(tokens)),
+                None if state is None else torch.from_numpy(state[0]),
+                None if lengths is None else torch.from_numpy(lengths),
+            )
+        return log_probs.numpy(), (new_state.numpy(),)

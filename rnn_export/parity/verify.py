@@ -1,0 +1,269 @@
+"""verify_parity: does an exported file compute what its checkpoint's PyTorch model computes?"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rnn_export.parity.cases import (
+    EXAMPLE_LENGTH,
+    HORIZON,
+    START_STATES,
+    LocalCase,
+    plan_cases,
+    plan_start_states,
+    state_axes,
+)
+from rnn_export.parity.compare import Tolerance
+from rnn_export.parity.reference import Recurrence, TorchFloat32
+from rnn_export.parity.results import (
+    LOCAL,
+    CaseResult,
+    ParityError,
+    ParityReport,
+    ParityUsageError,
+)
+from rnn_export.parity.runners import (
+    PROVIDERS,
+    open_main_graph,
+    open_session,
+    open_step_model,
+    ort_errors,
+    parse_providers,
+)
+from rnn_export.parity.stream import STREAM_STEPS, run_stream, stream_reference
+
+
+def verify_parity(
+    onnx_path: str | Path,
+    checkpoint,
+    providers: str | Sequence[str] = ("cpu",),
+    *,
+    tolerance: Tolerance | None = None,
+    example_length: int = EXAMPLE_LENGTH,
+    stream_steps: int = STREAM_STEPS,
+    seed: int = 0,
+    threads: int = 1,
+) -> ParityReport:
+    """Run the ONNX file and the model side by side over the parity cases.
+
+    An output passes when |file - float64| is within the float32 allowance at every
+    element (rnn_export.parity.bounds): local-error checks from many states of real
+    trajectories decide for a correct file, whole runs up to 10,000 steps are held to the
+    same allowance carried along them and report their drift.
+
+    Args:
+        onnx_path: a file written by `rnn-export convert`.
+        checkpoint: its RUN_DIR (str or Path) or a loaded Checkpoint.
+        providers: "cpu", "cuda", "all", "cpu,cuda" or a sequence of names.
+        tolerance: also require |file - PyTorch float32| <= atol + rtol * |PyTorch| in
+            every case (None: the allowance alone).
+        example_length: the "export example" length: one of the lengths tried, with
+            16x it as the "many times longer" one.
+        stream_steps: length of the long stream (one token per call).
+        seed: seeds every random token, state and length.
+        threads: intra-op threads for PyTorch and onnxruntime (the cases are many small
+            calls, for which one thread is fastest); results do not depend on it.
+
+    Returns:
+        The ParityReport (report.passed is True).
+
+    Raises:
+        ParityUsageError: unreadable files, a model and checkpoint that do not belong
+            together, an unknown provider name, bad arguments.
+        ParityError: any case out of its allowance, or a provider asked for by name that
+            is unavailable; `.report` holds everything.
+    """
+    started = time.perf_counter()
+    _check_arguments(tolerance, stream_steps, threads, example_length)
+    wanted = parse_providers(providers)
+    ckpt = _load_checkpoint(checkpoint)
+    onnx_path = Path(onnx_path)
+    meta, cpu_session = _open_model(onnx_path, threads)
+    _check_belongs(meta, ckpt, onnx_path)
+
+    model = ckpt.model
+    recurrence = Recurrence(model)
+    torch32 = TorchFloat32(model, threads)
+    names = (meta.log_probs.name, *(s.output for s in meta.states))
+    axes = state_axes(meta)
+    rng = np.random.default_rng(seed)
+    validation = _validation_split(ckpt)
+    cases = plan_cases(ckpt, example_length, rng, validation)
+    stream_tokens = rng.integers(0, ckpt.config.vocab_size, size=(1, stream_steps))
+    zeros = tuple(np.zeros(s.concrete_shape(1), dtype=np.float32) for s in meta.states)
+    stream = stream_reference(recurrence, torch32, stream_tokens, zeros)
+    start = plan_start_states(
+        ckpt,
+        torch32,
+        axes,
+        rng,
+        validation,
+        (stream_tokens, stream.torch_states),
+        recurrence.quiet_tokens(),
+    )
+    recurrence.check_against_pytorch(model, start.tokens[:, 0], start.states)
+    local_ref = recurrence.run_steps(start.tokens, start.states)
+    local_torch = _torch_steps(torch32, start, axes)
+    local = [LocalCase(kind, start, axes, names) for kind in ("T=1", "B=1", "B>1")]
+
+    statuses, results, drift = [], [], []
+    for name, explicit in wanted:
+        runner, status = open_main_graph(onnx_path, meta, name, explicit, cpu_session, threads)
+        statuses.append(status)
+        if runner is None:
+            continue
+        runners = [runner]
+        if name == "cpu" and meta.step is not None:
+            step = open_step_model(meta, name, threads)
+            if isinstance(step, str):
+                results.append(
+                    CaseResult(name, "load the embedded step model", "step model", 0, 0, error=step)
+                )
+            else:
+                runners.append(step)
+        for r in runners:
+            kinds = ("T=1",) if r.family else ("T=1", "B=1", "B>1")
+            results += [
+                c.run(r, local_ref, local_torch, tolerance) for c in local if c.kind in kinds
+            ]
+            for case in cases:
+                if r.family is None or case.family == "step-by-step":
+                    results.append(case.run(r, recurrence, torch32, names, tolerance))
+            result, curve = run_stream(r, stream, names, tolerance)
+            results.append(result)
+            if curve is not None:
+                drift.append(curve)
+
+    report = ParityReport(
+        model=str(onnx_path),
+        checkpoint=str(ckpt.run_dir),
+        checkpoint_sha256=ckpt.sha256,
+        model_info={
+            "arch": meta.arch,
+            "hidden_size": meta.hidden_size,
+            "num_layers": meta.num_layers,
+            "nonlinearity": meta.nonlinearity,
+            "vocab_size": meta.vocab_size,
+            "num_classes": meta.num_classes,
+            "opset": meta.opset,
+            "example_length": example_length,
+            "stream_steps": stream_steps,
+            "horizon": HORIZON,
+            "start_states": dict(Counter(start.sources.tolist())),
+        },
+        providers=statuses,
+        cases=results,
+        drift=drift,
+        tolerance=tolerance,
+    )
+    report.wall_s = time.perf_counter() - started
+    if not report.passed:
+        raise ParityError(report)
+    return report
+
+
+def _torch_steps(torch32, start, axes):
+    """PyTorch float32 stepped HORIZON tokens from every start state (steps first)."""
+    state = start.states
+    lps, states = [], []
+    for k in range(start.tokens.shape[1]):
+        lp, state = torch32(np.ascontiguousarray(start.tokens[:, k : k + 1]), state)
+        lps.append(lp)
+        states.append(state)
+    return np.stack(lps), tuple(np.stack([s[i] for s in states]) for i in range(len(state)))
+
+
+def _check_arguments(tolerance, stream_steps, threads, example_length) -> None:
+    if tolerance is not None:
+        for name in ("atol", "rtol"):
+            value = getattr(tolerance, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ParityUsageError(f"{name} must be a finite number >= 0; got {value!r}")
+    for name, value in (
+        ("stream_steps", stream_steps),
+        ("threads", threads),
+        ("example_length", example_length),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ParityUsageError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+# --- loading and matching -------------------------------------------------------------
+
+
+def _load_checkpoint(checkpoint):
+    if not isinstance(checkpoint, str | Path):
+        return checkpoint
+    from rnn_export.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise ParityUsageError(f"cannot load the checkpoint: {e}") from None
+
+
+def _validation_split(ckpt):
+    """The run's own validation split, rebuilt from the checkpoint's data spec."""
+    from rnn_export.data import DataError, load_splits
+
+    try:
+        return load_splits(ckpt.data)[1]
+    except DataError as e:
+        raise ParityUsageError(
+            f"cannot rebuild the validation split of {ckpt.run_dir}: {e}"
+        ) from None
+
+
+def _open_model(path: Path, threads: int):
+    """Read and validate the file's metadata and signature through a CPU session."""
+    from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+
+    if not path.is_file():
+        raise ParityUsageError(
+            f"{path}: expected an .onnx file made by `rnn-export convert`; not found"
+        )
+    try:
+        session = open_session(path, PROVIDERS["cpu"], threads)
+    except ort_errors() as e:
+        raise ParityUsageError(f"{path}: onnxruntime cannot load it: {e}") from None
+    try:
+        meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        check_signature(meta, session.get_inputs(), session.get_outputs())
+    except MetadataError as e:
+        raise ParityUsageError(f"{path}: {e}") from None
+    if len(meta.states) != 1:
+        raise ParityUsageError(
+            f"{path}: expected one state tensor; the metadata lists {len(meta.states)}"
+        )
+    return meta, session
+
+
+def _check_belongs(meta, ckpt, path: Path) -> None:
+    if meta.checkpoint_sha256 != ckpt.sha256:
+        raise ParityUsageError(
+            f"{path} was exported from a checkpoint with sha256 {meta.checkpoint_sha256}; "
+            f"{ckpt.run_dir} has sha256 {ckpt.sha256}: model and checkpoint do not belong together"
+        )
+    cfg = ckpt.config
+    pairs = {
+        "arch": (meta.arch, cfg.arch),
+        "hidden_size": (meta.hidden_size, cfg.hidden_size),
+        "num_layers": (meta.num_layers, cfg.num_layers),
+        "nonlinearity": (meta.nonlinearity, cfg.nonlinearity),
+        "labels": (meta.labels, cfg.labels),
+        "vocab": (meta.vocab, tuple(ckpt.vocab.tokens)),
+    }
+    for key, (in_file, in_ckpt) in pairs.items():
+        if in_file != in_ckpt:
+            raise ParityUsageError(
+                f"{path} metadata says {key} {in_file!r:.80}; the checkpoint has {in_ckpt!r:.80}"
+            )
+
+
+__all__ = ["LOCAL", "START_STATES", "verify_parity"]

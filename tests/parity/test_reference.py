@@ -1,0 +1,84 @@
+"""The float64 reference computes the PyTorch model's function, for every arch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from rnn_export.checkpoint import load_checkpoint
+from rnn_export.config import ARCHS, NONLINEARITIES
+from rnn_export.parity.reference import Recurrence, ReferenceError, TorchFloat32
+
+pytestmark = pytest.mark.parity
+ARCH_NONLINEARITIES = [(a, n) for a in ARCHS for n in NONLINEARITIES[a]]
+
+
+def _inputs(config, B=5, T=9, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T), dtype=np.int64)
+    state = rng.uniform(-1, 1, size=config.state_shape(B)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+    lengths[0] = T
+    return tokens, state, lengths
+
+
+@pytest.mark.parametrize("arch, nonlinearity", ARCH_NONLINEARITIES)
+def test_reference_is_pytorch_in_float64_with_mixed_lengths(make_export, arch, nonlinearity):
+    run_dir, _ = make_export(arch, nonlinearity)
+    model = load_checkpoint(run_dir).model
+    tokens, state, lengths = _inputs(model.config)
+    log_probs, (hn,) = Recurrence(model).run(tokens, (state,), lengths)
+    model64 = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        lp64, h64 = model64(
+            torch.from_numpy(tokens),
+            torch.from_numpy(state.astype(np.float64)),
+            torch.from_numpy(lengths),
+        )
+    np.testing.assert_allclose(log_probs.value, lp64.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(hn.value, h64.numpy(), rtol=1e-12, atol=1e-12)
+    # PyTorch float32 sits within the allowance, and the allowance is small
+    lp32, (h32,) = TorchFloat32(model, 1)(tokens, (state,), lengths)
+    assert (np.abs(h32 - hn.value) <= hn.radius).all()
+    assert (np.abs(lp32 - log_probs.value) <= log_probs.radius).all()
+    assert float(np.median(hn.radius)) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_step_equals_the_run_of_that_length(make_export, arch):
+    run_dir, _ = make_export(arch, "tanh")
+    model = load_checkpoint(run_dir).model
+    tokens, state, _ = _inputs(model.config, T=6)
+    reference = Recurrence(model)
+    per_step_lp, (per_step_h,) = reference.run_steps(tokens, (state,))
+    for t in (0, 3, 5):
+        lp, (h,) = reference.run(tokens[:, : t + 1], (state,))
+        np.testing.assert_array_equal(per_step_lp.value[t], lp.value)
+        np.testing.assert_array_equal(per_step_h.value[t], h.value)
+        np.testing.assert_array_equal(per_step_h.radius[t], h.radius)
+
+
+def test_self_check_catches_a_reference_that_is_not_the_model(make_export):
+    run_dir, _ = make_export("stacked", "tanh")
+    model = load_checkpoint(run_dir).model
+    tokens, state, _ = _inputs(model.config, T=1)
+    reference = Recurrence(model)
+    reference.check_against_pytorch(model, tokens[:, 0], (state,))  # the real model: silent
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.rnn.weight_hh_l1[3, 4] += 1e-6
+    with pytest.raises(ReferenceError, match=r"differs from PyTorch float64 by .* in log_probs"):
+        reference.check_against_pytorch(other, tokens[:, 0], (state,))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quiet_tokens_list_every_token_least_saturating_first(make_export, arch):
+    run_dir, _ = make_export(arch, "tanh")
+    reference = Recurrence(load_checkpoint(run_dir).model)
+    quiet = reference.quiet_tokens()
+    assert sorted(quiet.tolist()) == list(range(reference.config.vocab_size))
+    sizes = np.abs(reference.table.value).sum(axis=1)[quiet]
+    assert (np.diff(sizes) >= 0).all()
