@@ -32,19 +32,17 @@ def demo_command(out, archs, epochs, seed):
 
     For each arch: train a model, convert it to ONNX, verify the file against
     PyTorch on the CPU provider, and stream the validation texts through the
-    torch-free runtime one character at a time. Exit 1 when parity fails, 2 for
-    bad options or an unwritable --out.
+    torch-free runtime one character at a time. Every arch runs, and the parity
+    reports, drift plots and summary.json are written, even when one fails verify.
+    Exit 1 when any arch fails verify (at the end), 2 for bad options or an --out that
+    is not writable or holds something other than an earlier demo's output.
     """
     from rnn_export.checkpoint import CheckpointError
-    from rnn_export.demo import ARCHS, run_demo
-    from rnn_export.parity import ParityError
+    from rnn_export.demo import ARCHS, DemoOutputError, run_demo
 
     try:
-        run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
-    except ParityError as e:
-        click.echo(e.report.format_table(), err=True)
-        sys.exit(1)
-    except CheckpointError as e:
+        summary = run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
+    except (CheckpointError, DemoOutputError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except OSError as e:
@@ -53,3 +51,7 @@ def demo_command(out, archs, epochs, seed):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    failed = [arch for arch, r in summary["archs"].items() if not r["parity_passed"]]
+    if failed:
+        click.echo(f"FAILED: verify failed for {', '.join(failed)}", err=True)
+        sys.exit(1)
