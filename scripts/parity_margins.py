@@ -1,6 +1,7 @@
 """The table of verify's margins on trained models: correct files, and broken ones.
 
-    python scripts/parity_margins.py RUN_DIR [RUN_DIR ...] [--opset N] [--out FILE.md]
+    python scripts/parity_margins.py RUN_DIR [RUN_DIR ...] [--opset N] [--correct-only]
+                                     [--out FILE.md]
 
 For each RUN_DIR: export it, then run `verify` on the export, on two correct files that
 round differently (hidden units permuted inside the file; every new state scaled by up
@@ -37,16 +38,18 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _variants(run_dir: Path, path: Path, tmp: Path, opset: int):
+def _variants(run_dir: Path, path: Path, tmp: Path, opset: int, correct_only: bool):
     yield "export", path
     yield "permuted-units", fakes.export_permuted(run_dir, tmp / "permuted.onnx", opset=opset)
     yield "ulp-scaled", fakes.write_fake(path, tmp / "ulp.onnx", fakes.ulp_scaled)
+    if correct_only:
+        return
     for name, make in fakes.BROKEN.items():
         yield name, fakes.write_fake(path, tmp / f"{name}.onnx", make)
     yield "fixed-length", fakes.write_fake(path, tmp / "fixed.onnx", fakes.fixed_length, 7)
 
 
-def margins(run_dir: Path, opset: int) -> list[dict]:
+def margins(run_dir: Path, opset: int, correct_only: bool = False) -> list[dict]:
     """One row per file made from run_dir: its verdict and deciding check."""
     from rnn_export.checkpoint import load_checkpoint
     from rnn_export.export import export_onnx
@@ -57,7 +60,7 @@ def margins(run_dir: Path, opset: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = export_onnx(ckpt, tmp / "model.onnx", opset=opset)
-        for name, file in _variants(run_dir, path, tmp, opset):
+        for name, file in _variants(run_dir, path, tmp, opset, correct_only):
             started = time.perf_counter()
             try:
                 report = verify_parity(file, ckpt)
@@ -66,7 +69,9 @@ def margins(run_dir: Path, opset: int) -> list[dict]:
             case = report.deciding()
             rows.append(
                 {
-                    "model": f"{ckpt.config.arch} {ckpt.config.nonlinearity}",
+                    "model": f"{ckpt.config.arch} {ckpt.config.nonlinearity} "
+                    f"({ckpt.training.get('epochs', '?')} epochs, seed "
+                    f"{ckpt.training.get('seed', '?')}, opset {opset})",
                     "file": name,
                     "expected": "pass" if name in CORRECT else "fail",
                     "passed": report.passed,
@@ -106,11 +111,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="trained RUN_DIRs")
     parser.add_argument("--opset", type=int, default=18, help="opset of the exports")
+    parser.add_argument(
+        "--correct-only", action="store_true", help="only the export and the two correct variants"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
-    rows = [row for run_dir in args.run_dirs for row in margins(run_dir, args.opset)]
+    rows = [
+        row for run_dir in args.run_dirs for row in margins(run_dir, args.opset, args.correct_only)
+    ]
     names = " ".join(p.name for p in args.run_dirs)
-    text = table(rows, f"python scripts/parity_margins.py {names} --opset {args.opset}")
+    flags = " --correct-only" if args.correct_only else ""
+    text = table(rows, f"python scripts/parity_margins.py {names} --opset {args.opset}{flags}")
     print(text)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
