@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from rnn_export import atomic
 from rnn_export.config import ConfigError, ModelConfig
 from rnn_export.data import DataError, Vocabulary
 from rnn_export.models import build_model
@@ -108,19 +107,19 @@ def save_checkpoint(
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    tmp = atomic.temp_folder(run_dir)
     try:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        _write(tmp / WEIGHTS, save_safetensors(weights))
-        _write(tmp / CONFIG, _json(model.config.to_dict()))
-        _write(tmp / VOCAB, _json(vocab.to_dict()))
-        _write(tmp / TRAIN, _json({"data": data, **training}))
-        _write(tmp / METRICS, _json(metrics))
+        atomic.write_file(tmp / WEIGHTS, save_safetensors(weights))
+        atomic.write_file(tmp / CONFIG, _json(model.config.to_dict()))
+        atomic.write_file(tmp / VOCAB, _json(vocab.to_dict()))
+        atomic.write_file(tmp / TRAIN, _json({"data": data, **training}))
+        atomic.write_file(tmp / METRICS, _json(metrics))
         if write_curves is not None:
             write_curves(tmp / CURVES)
-            _fsync_file(tmp / CURVES)
-        fsync_dir(tmp)
-        _swap_in(tmp, run_dir)
+            atomic.fsync_file(tmp / CURVES)
+        atomic.fsync_dir(tmp)
+        atomic.swap_in(tmp, run_dir)
     finally:
         # Reached with tmp still present only when something above failed or was interrupted.
         shutil.rmtree(tmp, ignore_errors=True)
@@ -234,25 +233,6 @@ def check_replaceable(run_dir: str | Path) -> None:
         )
 
 
-def _swap_in(tmp: Path, run_dir: Path) -> None:
-    # The old checkpoint moves aside before the new one takes its name, and is deleted
-    # only once the new one is in place: at every moment run_dir is absent or complete.
-    old = None
-    if run_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
-        os.rmdir(old)
-        os.rename(run_dir, old)
-    try:
-        os.rename(tmp, run_dir)
-    except BaseException:
-        if old is not None:
-            os.rename(old, run_dir)
-        raise
-    fsync_dir(run_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -262,24 +242,3 @@ def _read_json(path: Path):
 
 def _json(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside folder `path` durable (also used by the exporter)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

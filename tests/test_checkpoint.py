@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import rnn_export
-from rnn_export import checkpoint as ckpt_module
+from rnn_export import atomic
 from rnn_export.checkpoint import (
     CheckpointError,
     check_replaceable,
@@ -204,7 +204,7 @@ def test_replaces_an_earlier_checkpoint(tmp_path):
 def test_interrupted_save_keeps_the_earlier_checkpoint(tmp_path, monkeypatch, fail_at, error):
     save(tmp_path / "run", seed=0)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
-    real_write = ckpt_module._write
+    real_write = atomic.write_file
     calls = []
 
     def failing_write(path, data):
@@ -213,7 +213,7 @@ def test_interrupted_save_keeps_the_earlier_checkpoint(tmp_path, monkeypatch, fa
             raise error("interrupted while writing")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt_module, "_write", failing_write)
+    monkeypatch.setattr(atomic, "write_file", failing_write)
     with pytest.raises(error):
         save(tmp_path / "run", seed=1)
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
@@ -224,14 +224,14 @@ def test_interrupted_save_keeps_the_earlier_checkpoint(tmp_path, monkeypatch, fa
 def test_interrupted_swap_restores_the_earlier_checkpoint(tmp_path, monkeypatch):
     save(tmp_path / "run", seed=0)
     sha = load_checkpoint(tmp_path / "run").sha256
-    real_rename = ckpt_module.os.rename
+    real_rename = atomic.os.rename
 
     def failing_rename(src, dst):
         if ".tmp-" in str(src):
             raise KeyboardInterrupt
         real_rename(src, dst)
 
-    monkeypatch.setattr(ckpt_module.os, "rename", failing_rename)
+    monkeypatch.setattr(atomic.os, "rename", failing_rename)
     with pytest.raises(KeyboardInterrupt):
         save(tmp_path / "run", seed=1)
     monkeypatch.undo()

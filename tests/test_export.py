@@ -26,7 +26,6 @@ from rnn_export.export import (
     MIN_OPSET,
     ExportError,
     _check_runs,
-    _write_atomic,
     build_onnx,
     export_model,
     export_onnx,
@@ -87,7 +86,7 @@ def _model(arch: str, nonlinearity: str, layers: int, hidden: int = 24, seed: in
 
 
 def _session(model, opset: int) -> ort.InferenceSession:
-    return _ort_session(build_onnx(model, VOCAB, SHA, opset=opset).SerializeToString())
+    return _ort_session(build_onnx(model, VOCAB, SHA, opset=opset).data)
 
 
 def _batch(rng, model, B: int, T: int, lengths=None):
@@ -196,7 +195,7 @@ def _all_nodes(graph):
 def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     """B and T are symbolic; the same file runs T=1 and T=5000 and its size has no T in it."""
     model = _model(arch, "tanh", layers)
-    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx")
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx").path
     proto = onnx.load(path)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["B", "T"]
@@ -205,7 +204,7 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     assert ops.count("RNN") == layers  # the B == 1 path: one RNN operator per layer
     assert ops.count("Scan") == 1 and "Loop" not in ops  # B > 1: one Scan over time
     # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
-    again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx")
+    again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx").path
     assert path.read_bytes() == again.read_bytes()
     session = _ort_session(str(path))
     _assert_matches(model, session, np.random.default_rng(5), ((1, 1), (2, 5000)))
@@ -214,7 +213,7 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
 @pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[1], CASES[4]])
 def test_metadata_round_trip(arch, nonlinearity, layers, tmp_path):
     model = _model(arch, nonlinearity, layers)
-    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET)
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET).path
     proto = onnx.load(path)
     assert proto.opset_import[0].version == MIN_OPSET
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
@@ -315,7 +314,7 @@ def _foreign_onnx(path: Path) -> Path:
 
 
 def _wrong_schema(path: Path) -> Path:
-    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     for prop in proto.metadata_props:
         if prop.key == "rnn_export.schema":
             prop.value = "2"
@@ -415,7 +414,7 @@ def test_out_path_that_is_a_folder(run_dir, tmp_path):
 
 def test_opset_onnxruntime_cannot_run():
     """A real onnxruntime refusal (an opset newer than it knows) becomes an ExportError."""
-    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     proto.opset_import[0].version = 99
     version = ".".join(ort.__version__.split(".")[:2])
     with pytest.raises(ExportError, match=f"opset 99 cannot be run by onnxruntime {version}: "):
@@ -430,10 +429,11 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, failure):
     def fail(src, dst):
         raise failure
 
+    model = _model("cell", "tanh", 1)
     monkeypatch.setattr(os, "replace", fail)
     expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
     with pytest.raises(expected):
-        _write_atomic(b"new bytes", out)
+        export_model(model, VOCAB, SHA, out)
     assert out.read_bytes() == b"an earlier model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
@@ -482,8 +482,9 @@ def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layer
     model = _model(arch, nonlinearity, layers)
     rng = np.random.default_rng(5)
     for opset in OPSETS:
-        proto = build_onnx(model, VOCAB, SHA, opset=opset)
-        main_graph = _ort_session(proto.SerializeToString())
+        built = build_onnx(model, VOCAB, SHA, opset=opset)
+        proto = onnx.load_from_string(built.data)
+        main_graph = _ort_session(built.data)
         step_session, step = _step_session(proto)
         names = [step.log_probs, *(o for _, o in step.states)]
         for B in BATCHES:
@@ -507,7 +508,7 @@ def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layer
 def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
     """Gather, per layer [Gemm (input term, layers > 0)] Gemm + f, then Gemm + LogSoftmax:
     at batch 1 every node costs about as much as its math (issue 6)."""
-    proto = build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA).data)
     meta = read_metadata({p.key: p.value for p in proto.metadata_props})
     step = onnx.load_from_string(meta.step.model_bytes())
     ops = [node.op_type for node in step.graph.node]
@@ -524,3 +525,17 @@ def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
         meta.step.token,
         *(i for i, _ in meta.step.states),
     ]
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET])
+def test_two_exports_of_one_checkpoint_are_byte_identical(run_dir, tmp_path, opset):
+    """A re-export reproduces the file byte for byte: nothing of the moment (time, paths,
+    random names) goes into it, so a file can be checked against its RUN_DIR by rebuilding."""
+    paths = [tmp_path / f"{name}.onnx" for name in ("first", "second")]
+    for path in paths:
+        result = CliRunner().invoke(
+            main, ["convert", str(run_dir), "--out", str(path), "--opset", str(opset)]
+        )
+        assert result.exit_code == 0, result.output
+    first, second = (p.read_bytes() for p in paths)
+    assert len(first) > 10_000 and first == second
