@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.errors import InputError
+
 # The goals of issue 6, shown next to each measured ratio.
 TARGETS = {
     "streaming_speedup_vs_torch": 5.0,  # at least
@@ -67,7 +69,7 @@ print(json.dumps({
 """
 
 
-class BenchError(ValueError):
+class BenchError(InputError):
     """A benchmark that cannot run: unreadable model or checkpoint, or the two do not match."""
 
 

@@ -4,7 +4,8 @@ A RUN_DIR holds
     model.safetensors  the weights (safetensors: loading runs no code)
     config.json        the ModelConfig, labels included
     vocab.json         the Vocabulary
-    train.json         the data spec ("data") and the training hyper-parameters
+    train.json         the data spec ("data"), the TrainOptions ("options") and the
+                       library versions; older files hold the options' values at the top
     metrics.json       at least the final "val_accuracy"
     curves.png         training loss and validation accuracy per epoch
 A checkpoint is written into a temporary folder next to RUN_DIR, synced, and swapped in
@@ -28,8 +29,9 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from rnn_export import atomic
-from rnn_export.config import ConfigError, ModelConfig
+from rnn_export.config import ConfigError, ModelConfig, TrainOptions
 from rnn_export.data import DataError, Vocabulary
+from rnn_export.errors import InputError
 from rnn_export.models import build_model
 
 WEIGHTS = "model.safetensors"
@@ -42,7 +44,7 @@ REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)
 DATA_KEYS = ("source", "path", "seed", "val_fraction")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A RUN_DIR that is missing, incomplete, corrupt or foreign; the message names the file."""
 
 
@@ -59,7 +61,9 @@ class Checkpoint:
         data: the data spec {"source", "path", "seed", "val_fraction"}; load_splits(data)
             rebuilds the splits.
         run_dir: the folder it was read from.
-        training: train.json's hyper-parameters (epochs, lr, batch_size, seed, ...).
+        training: the rest of train.json (optimizer, schedule, library versions, ...).
+        options: the TrainOptions it was trained with; None for a checkpoint written
+            without them (by save_checkpoint with a hand-made train.json).
     """
 
     model: nn.Module
@@ -70,6 +74,7 @@ class Checkpoint:
     data: dict
     run_dir: Path
     training: dict
+    options: TrainOptions | None = None
 
 
 def save_checkpoint(
@@ -165,6 +170,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
             f"{run_dir / TRAIN}: expected a 'data' object with keys {list(DATA_KEYS)}; "
             f"got {data!r:.120}"
         )
+    options = _read_options(training, config, run_dir / TRAIN, config_path)
     metrics = _read_json(run_dir / METRICS)
     if not isinstance(metrics, dict) or "val_accuracy" not in metrics:
         raise CheckpointError(f"{run_dir / METRICS}: expected an object with 'val_accuracy'")
@@ -187,8 +193,41 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         metrics=metrics,
         data=data,
         run_dir=run_dir,
-        training={k: v for k, v in training.items() if k != "data"},
+        training={k: v for k, v in training.items() if k not in ("data", "options")},
+        options=options,
     )
+
+
+# The option values that train.json held at its top level before it held "options".
+_LEGACY_OPTIONS = ("epochs", "batch_size", "lr", "clip", "seed")
+
+
+def _read_options(training: dict, config: ModelConfig, path: Path, config_path: Path):
+    """The TrainOptions of train.json (or of an older train.json's top-level values)."""
+    if "options" in training:
+        given = training["options"]
+    elif set(_LEGACY_OPTIONS) <= training.keys():
+        model = {k: v for k, v in config.to_dict().items() if k in ("hidden_size", "num_layers")}
+        given = {
+            "arch": config.arch,
+            "nonlinearity": config.nonlinearity,
+            **model,
+            **{k: training[k] for k in _LEGACY_OPTIONS},
+            "threads": training.get("torch_threads", 1),
+        }
+    else:
+        return None
+    try:
+        options = TrainOptions.from_dict(given)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: not training options: {e}") from None
+    trained = options.model_config(config.vocab_size, config.labels)
+    if trained != config:
+        raise CheckpointError(
+            f"{path}: options describe the model {trained.describe()}; {config_path} "
+            f"describes {config.describe()}"
+        )
+    return options
 
 
 def _check_weights(weights: dict, model: nn.Module, weights_path: Path, config_path: Path):

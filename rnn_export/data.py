@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from rnn_export.errors import InputError
+
 UNK = "<unk>"
 DEFAULT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.2
@@ -31,7 +33,7 @@ EMBEDDED_LENGTHS = (12, 32)  # inclusive range of string lengths
 EMBEDDED_MARKER_COUNTS = (3, 9)  # inclusive range of marker occurrences per string
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset that cannot be read: the message names the file (and line) at fault."""
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from rnn_export import __version__, atomic
 from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.errors import InputError
 from rnn_export.graph import (
     STEP_TOKEN,
     count_nodes,
@@ -44,7 +45,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model that cannot be exported: bad source, output path or opset."""
 
 

@@ -18,7 +18,7 @@ from rnn_export.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rnn_export.config import ModelConfig
+from rnn_export.config import ModelConfig, TrainOptions
 from rnn_export.data import Vocabulary, embedded_spec
 from rnn_export.models import build_model
 
@@ -248,3 +248,57 @@ def test_checkpoint_from_another_copy(tmp_path, tiny_run_dir):
         a.model.state_dict().items(), b.model.state_dict().items(), strict=True
     ):
         assert torch.equal(x, y), name
+
+
+def _train_json(run_dir):
+    return json.loads((run_dir / "train.json").read_text())
+
+
+def test_train_json_holds_the_options(tiny_run_dir):
+    run_dir = tiny_run_dir("stacked")
+    ckpt = load_checkpoint(run_dir)
+    assert _train_json(run_dir)["options"] == ckpt.options.to_dict()
+    assert ckpt.options == TrainOptions(arch="stacked", hidden_size=16, num_layers=2, epochs=1)
+    assert ckpt.options.model_config(ckpt.config.vocab_size, ckpt.config.labels) == ckpt.config
+    assert "options" not in ckpt.training and ckpt.training["optimizer"] == "Adam"
+
+
+def test_an_older_train_json_still_loads(tmp_path, tiny_run_dir):
+    """train.json before TrainOptions: the values at the top level, no model options."""
+    run_dir = shutil.copytree(tiny_run_dir("stacked"), tmp_path / "old")
+    record = _train_json(run_dir)
+    options = record.pop("options")
+    old = {
+        "data": record["data"],
+        **{k: options[k] for k in ("epochs", "batch_size", "lr", "clip", "seed")},
+        "optimizer": "Adam",
+        "schedule": "cosine",
+        "torch_version": torch.__version__,
+        "torch_threads": 1,
+    }
+    (run_dir / "train.json").write_text(json.dumps(old))
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt.options == load_checkpoint(tiny_run_dir("stacked")).options
+    assert ckpt.training["epochs"] == 1  # the rest of the file, as before
+    del old["lr"]  # incomplete: not options, but still a checkpoint
+    (run_dir / "train.json").write_text(json.dumps(old))
+    assert load_checkpoint(run_dir).options is None
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"arch": "stacked", "hidden_size": 9}, r"train\.json: options describe the model "),
+        ({"arch": "cell", "epochs": 0}, r"train\.json: not training options: epochs"),
+        ({"arch": "cell", "color": "red"}, r"train\.json: not training options: .*'color'"),
+        ([1, 2], r"train\.json: not training options: .* JSON object"),
+    ],
+    ids=["other-model", "bad-value", "unknown-key", "not-an-object"],
+)
+def test_bad_options_in_train_json(tmp_path, tiny_run_dir, options, match):
+    run_dir = shutil.copytree(tiny_run_dir("stacked"), tmp_path / "run")
+    record = _train_json(run_dir)
+    record["options"] = options
+    (run_dir / "train.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from rnn_export import __version__, training
+from rnn_export import __version__, config, training
 from rnn_export.checkpoint import load_checkpoint
 from rnn_export.cli import main
+from rnn_export.config import TrainOptions
 
 COMMANDS = sorted(main.commands)
 
@@ -63,10 +65,14 @@ def test_every_command_has_help_and_every_option_a_help_text(command):
 
 
 def test_train_help_defaults_match_the_library():
-    text = run("train", "--help").output
-    assert f"[default: {training.DEFAULT_EPOCHS}]" in text
-    assert f"[default: {training.DEFAULT_BATCH_SIZE}]" in text
-    assert f"[default: {training.DEFAULT_LR}]" in text
+    text = " ".join(run("train", "--help").output.split())
+    for option, default in (
+        ("epochs", config.DEFAULT_EPOCHS),
+        ("batch-size", config.DEFAULT_BATCH_SIZE),
+        ("lr", config.DEFAULT_LR),
+        ("hidden-size", config.DEFAULT_HIDDEN_SIZE),
+    ):
+        assert re.search(rf"--{option} .*?\[default: {default}[;\]]", text), option
 
 
 def test_train(tmp_path, data_dir):
@@ -80,8 +86,9 @@ def test_train(tmp_path, data_dir):
     ckpt = load_checkpoint(out)
     assert ckpt.config.num_layers == 3 and ckpt.config.hidden_size == 8
     assert ckpt.config.labels == ("left", "right")
-    assert ckpt.training["epochs"] == 2 and ckpt.training["lr"] == 0.01
-    assert ckpt.training["batch_size"] == 16 and ckpt.training["seed"] == 4
+    assert ckpt.options == TrainOptions(
+        arch="stacked", hidden_size=8, num_layers=3, epochs=2, batch_size=16, lr=0.01, seed=4
+    )
     assert ckpt.data["path"] == str(data_dir.resolve()) and ckpt.data["seed"] == 4
     assert f"val_accuracy  {ckpt.metrics['val_accuracy']:.4f}" in result.output
     assert f"sha256        {ckpt.sha256}" in result.output
@@ -177,3 +184,72 @@ def test_train_interrupted_keeps_the_earlier_run(tmp_path, data_dir, monkeypatch
     assert result.exit_code == 130
     assert f"interrupted: nothing written; {out} is as it was" in result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_version_is_written_in_one_place():
+    """rnn_runtime.__version__ is the one place: both packages' metadata read it."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import rnn_runtime
+
+    root = Path(__file__).resolve().parents[1]
+    assert __version__ == rnn_runtime.__version__
+    assert importlib.metadata.version("rnn-export") == rnn_runtime.__version__
+    pyprojecttoml = pytest.importorskip("setuptools.config.pyprojecttoml")
+    for pyproject in (root / "pyproject.toml", root / "runtime" / "pyproject.toml"):
+        assert "version =" not in pyproject.read_text().split("[tool.setuptools.dynamic]")[0]
+        project = pyprojecttoml.read_configuration(pyproject)["project"]
+        assert project["version"] == rnn_runtime.__version__, pyproject
+
+
+class _Report:
+    """The part of a ParityReport that ParityError and the CLI read."""
+
+    cases, providers = [], []
+
+    def failures(self) -> list:
+        return []
+
+    def rule(self) -> str:
+        return "a rule"
+
+    def format_table(self) -> str:
+        return "the parity table"
+
+
+def _parity_error():
+    from rnn_export.parity import ParityError
+
+    return ParityError(_Report())
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "line"),
+    [
+        (lambda: config.ConfigError("hidden_size must be ..."), 2, "error: hidden_size must be"),
+        (lambda: OSError(28, "No space left on device", "/x/m.onnx"), 2, "error: /x/m.onnx: No sp"),
+        (lambda: OSError(28, "No space left on device"), 2, "error: I/O: No space left"),
+        (lambda: PermissionError(13, "Permission denied", "a", None, "b"), 2, "error: a -> b: P"),
+        (lambda: __import__("rnn_runtime").ModelFileError("m.onnx: bad"), 2, "error: m.onnx: bad"),
+        (_parity_error, 1, "the parity table"),
+        (lambda: RuntimeError("a bug"), None, None),
+    ],
+    ids=["input", "os-path", "os-no-path", "os-two-paths", "runtime", "parity", "bug"],
+)
+def test_errors_become_exit_codes_in_one_place(make, code, line):
+    @click.command("fail")
+    def fail():
+        """Fail."""
+        raise make()
+
+    main.add_command(fail)
+    try:
+        result = CliRunner().invoke(main, ["fail"])
+    finally:
+        del main.commands["fail"]
+    if code is None:  # a bug keeps its traceback
+        assert isinstance(result.exception, RuntimeError)
+        return
+    assert (result.exit_code, len(result.output.splitlines())) == (code, 1), result.output
+    assert result.output.startswith(line)

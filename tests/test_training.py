@@ -52,7 +52,7 @@ def test_metrics_match_the_saved_model(tiny_run_dir, arch):
     accuracy = (log_probs.argmax(-1) == labels).float().mean().item()
     assert accuracy == pytest.approx(ckpt.metrics["val_accuracy"], abs=0.5 / len(val))
     assert ckpt.metrics["num_val"] == len(val)
-    assert ckpt.training["epochs"] == 1 and ckpt.training["optimizer"] == "Adam"
+    assert ckpt.options.epochs == 1 and ckpt.training["optimizer"] == "Adam"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -136,3 +136,16 @@ def test_default_settings_reach_90_percent_on_the_embedded_task(tmp_path, arch):
 def test_default_settings_reach_80_percent_on_names(tmp_path, names_dir, arch):
     ckpt = training.train(arch, tmp_path / "run", data=folder_spec(names_dir), progress=False)
     assert ckpt.metrics["val_accuracy"] >= 0.8
+
+
+def test_options_and_keywords_train_the_same_run(tmp_path, first_char_data):
+    """train(TrainOptions) is the API; train(arch, out, **options) is the older spelling."""
+    options = training.TrainOptions(arch="cell", hidden_size=16, epochs=1, seed=2)
+    a = training.train(options, tmp_path / "a", data=first_char_data, progress=False)
+    b = training.train(
+        "cell", tmp_path / "b", data=first_char_data, hidden_size=16, epochs=1, seed=2, **{}
+    )
+    assert a.options == b.options == options
+    assert a.sha256 == b.sha256
+    with pytest.raises(TypeError, match=r"not both; got \['epochs'\]"):
+        training.train(options, tmp_path / "c", data=first_char_data, epochs=2)

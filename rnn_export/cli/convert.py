@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -32,16 +31,12 @@ def convert_command(run_dir, out_path, opset):
     returns log_probs (B, C) and the new state hn; B and T are dynamic. Its
     metadata carries the vocabulary, labels and state layout (see `inspect`).
     """
-    from rnn_export.checkpoint import CheckpointError, load_checkpoint
-    from rnn_export.export import DEFAULT_OPSET, ExportError, export_model
+    from rnn_export.checkpoint import load_checkpoint
+    from rnn_export.export import DEFAULT_OPSET, export_model
 
+    ckpt = load_checkpoint(run_dir)
     opset = DEFAULT_OPSET if opset is None else opset
-    try:
-        ckpt = load_checkpoint(run_dir)
-        exported = export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset)
-    except (CheckpointError, ExportError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    exported = export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset)
     step = exported.step
     click.echo(f"wrote {exported.path}")
     click.echo(f"  size     {exported.size_bytes:,} bytes")

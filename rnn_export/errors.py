@@ -1,0 +1,12 @@
+"""The toolkit's typed errors share one base, so that the CLI maps them to exit codes in one place.
+
+Every error for bad input (a file, a folder, an option, a model) is an InputError: its
+message says what was expected and what was got, and names the path. The CLI prints it
+as one line, "error: MESSAGE", and exits 2 (rnn_export.cli).
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input the user can fix: the CLI prints the message as one line and exits 2."""
