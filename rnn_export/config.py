@@ -1,9 +1,22 @@
 """The descriptions stored with every checkpoint: the model (ModelConfig, enough to rebuild
-it) and the options it was trained with (TrainOptions)."""
+it) and the options it was trained with (TrainOptions).
+
+Every size and number is bounded, so that a config read from a file or an option is
+refused before anything is allocated:
+    vocab_size   V   2 .. 65,536 (single characters, the unknown token included)
+    hidden_size  H   1 .. 4,096
+    num_layers   L   1 .. 16 (exactly 1 for "cell")
+    labels       C   2 .. 10,000 distinct strings of 1 .. 256 characters, each one
+                     encodable as UTF-8 (no lone surrogates)
+    epochs           1 .. 100,000        batch_size  1 .. 65,536
+    lr               finite, 0 < lr <= 1 clip        finite, 0 < clip <= 1e6
+    seed             0 .. 2**32 - 1      threads     1 .. 256
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from rnn_export.errors import InputError
@@ -21,6 +34,18 @@ DEFAULT_LR = 3e-3
 DEFAULT_CLIP = 1.0
 DEFAULT_HIDDEN_SIZE = 128
 DEFAULT_NUM_LAYERS = {"cell": 1, "stacked": 2}
+
+MAX_VOCAB_SIZE = 65_536
+MAX_HIDDEN_SIZE = 4_096
+MAX_NUM_LAYERS = 16
+MAX_LABELS = 10_000
+MAX_LABEL_CHARS = 256
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
+MAX_LR = 1.0
+MAX_CLIP = 1e6
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 256
 
 # One name per tensor, the same in PyTorch, in the ONNX graph and in the runtime.
 TOKENS = "tokens"
@@ -55,24 +80,29 @@ class ModelConfig:
     nonlinearity: str = "tanh"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.labels, (list, tuple)):
+            raise ConfigError(f"labels must be a list of strings; got {self.labels!r:.80}")
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.arch not in ARCHS:
-            raise ConfigError(f"arch must be one of {ARCHS}; got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {ARCHS}; got {self.arch!r:.80}")
         if self.nonlinearity not in NONLINEARITIES[self.arch]:
             raise ConfigError(
                 f"nonlinearity for arch {self.arch!r} must be one of "
-                f"{NONLINEARITIES[self.arch]}; got {self.nonlinearity!r}"
+                f"{NONLINEARITIES[self.arch]}; got {self.nonlinearity!r:.80}"
             )
+        check_int("vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        check_int("hidden_size", self.hidden_size, 1, MAX_HIDDEN_SIZE)
+        check_int("num_layers", self.num_layers, 1, MAX_NUM_LAYERS)
         if self.arch == "cell" and self.num_layers != 1:
             raise ConfigError(f"arch 'cell' has exactly 1 layer; got num_layers={self.num_layers}")
-        for name in ("vocab_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        if len(self.labels) < 2:
-            raise ConfigError(f"a classifier needs at least 2 labels; got {len(self.labels)}")
+        if not 2 <= len(self.labels) <= MAX_LABELS:
+            raise ConfigError(
+                f"a classifier needs 2 to {MAX_LABELS:,} labels; got {len(self.labels):,}"
+            )
+        for label in self.labels:
+            check_text("label", label, MAX_LABEL_CHARS)
         if len(set(self.labels)) != len(self.labels):
-            raise ConfigError(f"labels must be unique; got {list(self.labels)}")
+            raise ConfigError(f"labels must be unique; got {list(self.labels)!r:.200}")
 
     @property
     def num_classes(self) -> int:
@@ -147,12 +177,12 @@ class TrainOptions:
             object.__setattr__(self, "num_layers", DEFAULT_NUM_LAYERS.get(self.arch, 1))
         # The model's own checks (arch, nonlinearity, sizes), before any data is read.
         self.model_config(vocab_size=2, labels=("a", "b"))
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(
-                f"epochs and batch_size must be >= 1; got {self.epochs} and {self.batch_size}"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0; got {self.lr}")
+        check_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_float("lr", self.lr, MAX_LR)
+        check_float("clip", self.clip, MAX_CLIP)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("threads", self.threads, 1, MAX_THREADS)
 
     def model_config(self, vocab_size: int, labels) -> ModelConfig:
         """The ModelConfig these options train, for a vocabulary and labels."""
@@ -178,3 +208,39 @@ class TrainOptions:
         if "arch" not in d:
             raise ConfigError("training options lack 'arch'")
         return cls(**d)
+
+
+def check_int(name: str, value, low: int, high: int, error: type = ConfigError) -> int:
+    """value, if an int (not a bool) in [low, high]; else error (ConfigError) naming name."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise error(f"{name} must be an integer; got {value!r:.80}")
+    if not low <= value <= high:
+        # str() of an int over 4,300 digits raises: show the size of a huge one instead.
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1
+        shown = f"{value:,}" if digits <= 30 else f"an integer of about {digits:,} digits"
+        raise error(f"{name} must be in {low:,} .. {high:,}; got {shown}")
+    return value
+
+
+def check_float(name: str, value, high: float) -> float:
+    """value, if a finite number in (0, high]; else ConfigError naming name."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number; got {value!r:.80}")
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise ConfigError(f"{name} must be a finite number in (0, {high:g}]; got {value!r:.40}")
+    return float(value)
+
+
+def check_text(name: str, value, max_chars: int, error: type = ConfigError) -> str:
+    """value, if a str of 1 .. max_chars characters that UTF-8 can encode; else error."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        size = "one character" if max_chars == 1 else f"a string of 1 to {max_chars} characters"
+        raise error(f"a {name} must be {size}; got {value!r:.80}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise error(
+            f"a {name} must be text UTF-8 can encode; {value!r:.80} holds {e.reason} "
+            f"at character {e.start}"
+        ) from None
+    return value

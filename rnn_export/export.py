@@ -41,6 +41,9 @@ from rnn_export.graph import (
 )
 from rnn_export.models import CellRNN, StackedRNN
 
+# protobuf refuses a message over 2 GiB; the graphs and metadata around the weights take
+# a few kilobytes, so a margin of 1 MiB is plenty.
+MAX_FILE_BYTES = 2**31 - 1 - 2**20
 DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
 
@@ -121,13 +124,14 @@ def export_model(
 
     Returns:
         The OnnxExport, with .path set.
+
+    Raises:
+        ExportError: see build_onnx.
+        WriteError: out_path is not a regular file or cannot be written (it is as it was).
     """
     out_path = _check_out_path(out_path)
     built = build_onnx(model, vocab, sha256, opset=opset)
-    try:
-        atomic.replace_file(out_path, built.data)
-    except OSError as e:
-        raise ExportError(f"{out_path}: cannot write: {e}") from e
+    atomic.replace_file(out_path, built.data)
     return replace(built, path=out_path)
 
 
@@ -154,6 +158,13 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     if len(vocab.tokens) != config.vocab_size:
         raise ExportError(
             f"model expects vocab_size {config.vocab_size}; vocabulary has {len(vocab.tokens)}"
+        )
+    estimate = estimate_file_bytes(config)
+    if estimate > MAX_FILE_BYTES:
+        raise ExportError(
+            f"this model ({config.describe()}) would make an ONNX file of about "
+            f"{estimate / 2**30:.2f} GiB; ONNX files are limited to 2 GiB (protobuf), so it "
+            f"cannot be exported: train a smaller one (hidden size, layers, vocabulary)"
         )
     state = StateSpec(STATE_IN, STATE_OUT, config.state_shape("B"), "float32", "zeros")
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
@@ -217,6 +228,19 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     )
 
 
+def estimate_file_bytes(config) -> int:
+    """The size of the file export would write for config, from its weights alone.
+
+    The main graph holds the folded table (V, H), R_l (H, H) per layer, W_l (H, H) and
+    b_l, B_l (3H) for l > 0, and the head (C, H + 1); the step model, stored base64
+    (4 bytes per 3) in the metadata, holds the same minus B_l. All float32.
+    """
+    V, H, L, C = config.vocab_size, config.hidden_size, config.num_layers, config.num_classes
+    step = V * H + L * H * H + (L - 1) * (H * H + H) + C * (H + 1)
+    main = step + (L - 1) * 2 * H
+    return 4 * main + -(-4 * step // 3) * 4
+
+
 def _signature(values) -> list[dict]:
     """Graph inputs or outputs as [{"name", "shape", "dtype"}], as `inspect` shows them."""
     from onnx import helper
@@ -278,12 +302,4 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
 def _check_out_path(out_path) -> Path:
     if not isinstance(out_path, (str, os.PathLike)):
         raise ExportError(f"out_path must be a file path; got {type(out_path).__name__}")
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise ExportError(f"{out_path}: is a folder; expected the path of the .onnx file to write")
-    folder = out_path.parent
-    if not folder.is_dir():
-        raise ExportError(f"{out_path}: cannot write: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ExportError(f"{out_path}: cannot write: folder {folder} is not writable")
-    return out_path
+    return atomic.check_file_output(out_path, "the .onnx file")

@@ -4,10 +4,16 @@ Batches are padded and the model is given each row's length, so padding never
 changes a result. Same seed and data give the same weights bit for bit (on the same
 machine and thread count): the model is initialised from the seed, and the batch
 order comes from a generator seeded per epoch.
+
+A run that diverges (a loss that is NaN or infinite) stops at once with a TrainingError
+and writes nothing; the checks of the new checkpoint (finite weights...) run before it
+replaces an earlier run at the same path (rnn_export.checkpoint.save_checkpoint).
+Progress: a bar per epoch only when stderr is a terminal; one line per epoch always.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,12 +30,25 @@ from rnn_export.checkpoint import (
 )
 from rnn_export.config import DEFAULT_EPOCHS, TrainOptions
 from rnn_export.data import Vocabulary, embedded_spec, encode_batch, load_dataset
+from rnn_export.errors import InputError
 from rnn_export.models import build_model
 
 EVAL_BATCH_SIZE = 512
 
 # DEFAULT_EPOCHS and TrainOptions live in rnn_export.config; callers also find them here.
-__all__ = ["DEFAULT_EPOCHS", "EVAL_BATCH_SIZE", "TrainOptions", "evaluate", "plot_curves", "train"]
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "EVAL_BATCH_SIZE",
+    "TrainOptions",
+    "TrainingError",
+    "evaluate",
+    "plot_curves",
+    "train",
+]
+
+
+class TrainingError(InputError):
+    """A run that cannot go on (its loss diverged): nothing was written."""
 
 
 def train(
@@ -53,6 +72,9 @@ def train(
 
     Returns:
         The Checkpoint read back from out.
+
+    Raises:
+        TrainingError: the loss became NaN or infinite; out is as it was.
     """
     if isinstance(options, str):
         options = TrainOptions(arch=options, **fields)
@@ -84,6 +106,7 @@ def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -
 
     history = []
     start = time.perf_counter()
+    bars = progress and sys.stderr.isatty()  # redirected output: one line per epoch only
     for epoch in range(1, epochs + 1):
         order = torch.randperm(
             len(dataset.train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -92,10 +115,16 @@ def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -
             order.split(options.batch_size),
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not bars,
             leave=False,
         )
         train_loss = _train_epoch(model, optimizer, schedule, train_set, bar, options.clip)
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"training diverged in epoch {epoch}: the loss is {train_loss}; nothing was "
+                f"written to {out}. Lower the learning rate (lr {options.lr:g}) or the "
+                f"gradient clip (clip {options.clip:g})"
+            )
         val_accuracy = evaluate(model, *val_set)
         history.append(
             {
@@ -127,9 +156,7 @@ def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    save_checkpoint(
-        out, model, vocab, dataset.spec, training, metrics, lambda path: plot_curves(history, path)
-    )
+    save_checkpoint(out, model, vocab, dataset.spec, training, metrics, plot_curves(history))
     return load_checkpoint(out)
 
 
@@ -153,6 +180,8 @@ def _train_epoch(model, optimizer, schedule, train_set, batches, clip: float) ->
         tokens, lengths, labels = _batch(*train_set, index)
         log_probs, _ = model(tokens, lengths=lengths)  # (B, C)
         loss = F.nll_loss(log_probs, labels)
+        if not torch.isfinite(loss):
+            return loss.item()  # diverged: the caller stops the run, no step is taken
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -186,8 +215,10 @@ def evaluate(model, tokens, lengths, labels, batch_size: int = EVAL_BATCH_SIZE) 
     return correct / len(labels)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Draw training loss and validation accuracy per epoch into a PNG at path."""
+def plot_curves(history: list[dict]) -> bytes:
+    """Training loss and validation accuracy per epoch, drawn as a PNG (its bytes)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,5 +233,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return png.getvalue()

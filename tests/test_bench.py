@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from rnn_export import atomic
 from rnn_export.bench import (
     QUICK_GRID_BATCHES,
     QUICK_GRID_LENGTHS,
@@ -170,3 +172,30 @@ def test_run_bench_missing_model(exported, tmp_path):
     run_dir, _ = exported
     with pytest.raises(BenchError, match="no such model file"):
         run_bench(tmp_path / "absent.onnx", run_dir, quick=True)
+
+
+def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
+    """Issue 11.8: a full disk names the path and leaves the earlier report whole."""
+    run_dir, model_path = exported
+    out = tmp_path / "bench.json"
+    out.write_text('{"earlier": true}')
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    real_replace = atomic.replace_file
+
+    def replace_on_a_full_disk(path, data):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(os, "write", full)
+            real_replace(path, data)
+
+    monkeypatch.setattr(atomic, "replace_file", replace_on_a_full_disk)
+    args = ["bench", str(model_path), "--checkpoint", str(run_dir), "--quick", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"error: {out}: cannot write: No space left on device"
+    )
+    assert out.read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]

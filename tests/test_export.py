@@ -17,6 +17,8 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 
+from rnn_export import atomic
+from rnn_export.atomic import WriteError
 from rnn_export.checkpoint import load_checkpoint, save_checkpoint
 from rnn_export.cli import main
 from rnn_export.config import ModelConfig
@@ -27,6 +29,7 @@ from rnn_export.export import (
     ExportError,
     _check_runs,
     build_onnx,
+    estimate_file_bytes,
     export_model,
     export_onnx,
 )
@@ -357,7 +360,7 @@ def _truncate_weights(run_dir: Path) -> None:
         (_corrupt_config, "m.onnx", None, "config.json: not valid JSON"),
         (_truncate_weights, "m.onnx", None, "model.safetensors: not a safetensors file"),
         (None, "no-such-folder/m.onnx", None, "folder .* does not exist"),
-        (None, "run/config.json/m.onnx", None, "does not exist"),
+        (None, "run/config.json/m.onnx", None, "config.json is a regular file, not a folder"),
         (None, "m.onnx", "13", "opset 13 is too old"),
         (None, "m.onnx", "99", "opset 99 is newer than the installed onnx"),
     ],
@@ -408,7 +411,7 @@ def test_export_model_rejects(change, message, tmp_path):
 
 
 def test_out_path_that_is_a_folder(run_dir, tmp_path):
-    with pytest.raises(ExportError, match="is a folder; expected the path of the .onnx file"):
+    with pytest.raises(WriteError, match="is a folder; expected the path of the .onnx file"):
         export_onnx(run_dir, tmp_path)
 
 
@@ -431,8 +434,8 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, failure):
 
     model = _model("cell", "tanh", 1)
     monkeypatch.setattr(os, "replace", fail)
-    expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
-    with pytest.raises(expected):
+    expected = WriteError if isinstance(failure, OSError) else KeyboardInterrupt
+    with pytest.raises(expected, match="m.onnx: cannot write: No space left on device|^$"):
         export_model(model, VOCAB, SHA, out)
     assert out.read_bytes() == b"an earlier model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
@@ -539,3 +542,69 @@ def test_two_exports_of_one_checkpoint_are_byte_identical(run_dir, tmp_path, ops
         assert result.exit_code == 0, result.output
     first, second = (p.read_bytes() for p in paths)
     assert len(first) > 10_000 and first == second
+
+
+def test_convert_with_swapped_arguments_says_so(run_dir, tmp_path):
+    """Issue 11.13: `convert model.onnx --out x.onnx` names what model.onnx is."""
+    model = export_onnx(run_dir, tmp_path / "model.onnx")
+    result = CliRunner().invoke(main, ["convert", str(model), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        f"error: {model}: expected a run directory (a folder made by `rnn-export train`); it is "
+        "a regular file that looks like an exported model: pass the RUN_DIR it was converted from"
+    )
+    assert "not found" not in result.output and "swapped?" in result.output
+
+
+def test_convert_on_a_full_disk_names_the_path(run_dir, tmp_path, monkeypatch):
+    """Issue 11.8: "error: None: No space left on device" named no path."""
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier model")
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    real_replace = atomic.replace_file
+
+    def replace_on_a_full_disk(path, data):
+        monkeypatch.setattr(os, "write", full)
+        try:
+            real_replace(path, data)
+        finally:
+            monkeypatch.undo()
+
+    monkeypatch.setattr(atomic, "replace_file", replace_on_a_full_disk)
+    result = CliRunner().invoke(main, ["convert", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {out}: cannot write: No space left on device\n"
+    assert out.read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers", "hidden"), [("stacked", 3, 256), ("cell", 1, 384), ("stacked", 1, 40)]
+)
+def test_estimated_file_size_is_the_real_one(arch, layers, hidden):
+    model = _model(arch, "tanh", layers, hidden=hidden)
+    built = build_onnx(model, VOCAB, SHA)
+    estimate = estimate_file_bytes(model.config)
+    assert estimate <= built.size_bytes <= estimate * 1.01 + 16_384
+
+
+# GiB by hand: float32 weights in the main graph, plus their base64 copy (4/3) in the step
+# model: L=16, H=4096: 31 H^2 (R of 16 layers, W of 15) -> 1.94 * (1 + 4/3) = 4.52;
+# V=65,536, H=4096, L=1: the table V H + R H^2 -> 1.06 * (1 + 4/3) = 2.48.
+@pytest.mark.parametrize(
+    ("vocab", "hidden", "layers", "gib"), [(16, 4096, 16, "4.52"), (65_536, 4096, 1, "2.48")]
+)
+def test_an_export_over_2_gib_is_refused_up_front(tmp_path, vocab, hidden, layers, gib):
+    """Issue 11.7: refused from the config, before a weight is copied (a model on the meta
+    device has no data: any attempt to read it would fail)."""
+    config = ModelConfig("stacked", vocab, LABELS, hidden, layers)
+    with torch.device("meta"):
+        model = build_model(config)
+    chars = [chr(c) for c in range(0x100, 0x100 + vocab + 2048) if not 0xD800 <= c < 0xE000]
+    match = rf"would make an ONNX file of about {gib} GiB; ONNX files are limited to 2 GiB"
+    with pytest.raises(ExportError, match=match):
+        export_model(model, Vocabulary(("<unk>", *chars[: vocab - 1])), SHA, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ import torch
 
 from rnn_export import training
 from rnn_export.checkpoint import load_checkpoint
+from rnn_export.config import ConfigError
 from rnn_export.data import encode_batch, folder_spec, load_splits
 
 ARCHS = ("cell", "stacked")
@@ -103,13 +104,18 @@ def test_curves_png(tiny_run_dir):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"epochs": 0}, "epochs and batch_size must be >= 1; got 0 and 64"),
-        ({"batch_size": 0}, "epochs and batch_size must be >= 1; got 8 and 0"),
-        ({"lr": 0.0}, "lr must be > 0; got 0.0"),
+        ({"epochs": 0}, r"epochs must be in 1 \.\. 100,000; got 0"),
+        ({"batch_size": 0}, r"batch_size must be in 1 \.\. 65,536; got 0"),
+        ({"lr": 0.0}, r"lr must be a finite number in \(0, 1\]; got 0\.0"),
+        ({"lr": float("nan")}, r"lr must be a finite number in \(0, 1\]; got nan"),
+        ({"lr": 1e38}, r"lr must be a finite number in \(0, 1\]; got 1e\+38"),
+        ({"seed": 2**70}, r"seed must be in 0 \.\. 4,294,967,295; got 1,180,591,"),
+        ({"hidden_size": 1_000_000}, r"hidden_size must be in 1 \.\. 4,096; got 1,000,000"),
+        ({"threads": 2**31}, r"threads must be in 1 \.\. 256; got 2,147,483,648"),
     ],
 )
 def test_bad_arguments(tmp_path, first_char_data, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         training.train("cell", tmp_path / "run", data=first_char_data, **kwargs)
     assert not (tmp_path / "run").exists()
 

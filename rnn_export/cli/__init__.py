@@ -57,10 +57,11 @@ def exit_code(error: BaseException) -> int | None:
 
 
 def error_line(error: BaseException) -> str:
-    """The one line printed for an error: an OSError names its path."""
-    if isinstance(error, OSError) and error.strerror:
-        where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
-        return f"error: {where or 'I/O'}: {error.strerror}"
+    """The one line printed for an error: an OSError names its path (where it has one)."""
+    if isinstance(error, OSError):
+        from rnn_export.atomic import os_error_text
+
+        return f"error: {os_error_text(error)}"
     return f"error: {error}"
 
 
