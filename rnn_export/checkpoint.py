@@ -11,10 +11,17 @@ A RUN_DIR holds
 A checkpoint is written into a temporary folder next to RUN_DIR, synced, and swapped in
 by rename, so a failed or interrupted run never leaves a half-written RUN_DIR and never
 damages an earlier one at the same path.
+
+A checkpoint's identity (Checkpoint.sha256, the `checkpoint_sha256` of every file exported
+from it) covers everything that defines the model: the sha256 of model.safetensors, the
+config (labels included) and the vocabulary, hashed as one canonical JSON document
+(model_identity). It once covered the weights alone: files exported then carry the
+weights' sha256, and Checkpoint.mismatch says so plainly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -48,7 +55,8 @@ class Checkpoint:
         model: the nn.Module, in eval mode.
         config: its ModelConfig (labels included).
         vocab: the Vocabulary it was trained with.
-        sha256: hex sha256 of the bytes of model.safetensors.
+        sha256: the model's identity (model_identity): hex sha256 over the weights, the
+            config (labels included) and the vocabulary.
         metrics: metrics.json (at least "val_accuracy").
         data: the data spec {"source", "path", "seed", "val_fraction"}; load_splits(data)
             rebuilds the splits.
@@ -56,6 +64,7 @@ class Checkpoint:
         training: the rest of train.json (optimizer, schedule, library versions, ...).
         options: the TrainOptions it was trained with; None for a checkpoint written
             without them (by save_checkpoint with a hand-made train.json).
+        weights_sha256: hex sha256 of the bytes of model.safetensors.
     """
 
     model: nn.Module
@@ -67,6 +76,38 @@ class Checkpoint:
     run_dir: Path
     training: dict
     options: TrainOptions | None = None
+    weights_sha256: str = ""
+
+    def mismatch(self, file_sha256: str, model_path) -> str:
+        """Why a model file whose metadata says file_sha256 does not belong to this run."""
+        if file_sha256 == self.weights_sha256:
+            return (
+                f"{model_path} was exported by an earlier rnn-export, whose checkpoint "
+                f"identity covered the weights only; it now covers the weights, config, "
+                f"vocabulary and labels, so files exported before that no longer match "
+                f"their RUN_DIR: convert {self.run_dir} again"
+            )
+        return (
+            f"{model_path} was exported from a checkpoint with sha256 {file_sha256}; "
+            f"{self.run_dir} has sha256 {self.sha256}: model and checkpoint do not belong "
+            f"together"
+        )
+
+
+def model_identity(weights_sha256: str, config: ModelConfig, vocab: Vocabulary) -> str:
+    """The hex sha256 that identifies a model: its weights, config and vocabulary.
+
+    The three are hashed as one canonical JSON document (sorted keys, ASCII, no spaces),
+    so a change to any of them (reversed labels, another vocabulary) changes the identity.
+    """
+    document = {
+        "identity": "rnn-export model 1",
+        "weights_sha256": weights_sha256,
+        "config": config.to_dict(),
+        "vocab": vocab.to_dict(),
+    }
+    text = json.dumps(document, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def save_checkpoint(
@@ -203,12 +244,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         model=model,
         config=config,
         vocab=vocab,
-        sha256=weights_sha256,
+        sha256=model_identity(weights_sha256, config, vocab),
         metrics=metrics,
         data=data,
         run_dir=run_dir,
         training={k: v for k, v in training.items() if k not in ("data", "options")},
         options=options,
+        weights_sha256=weights_sha256,
     )
 
 

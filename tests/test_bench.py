@@ -155,7 +155,21 @@ def test_cli_bench_rejects_a_foreign_checkpoint(exported, tmp_path):
         main, ["bench", str(model_path), "--checkpoint", str(other_run), "--quick"]
     )
     assert result.exit_code == 2
-    assert "sha256" in result.output
+    assert "model and checkpoint do not belong together" in result.output
+
+
+def test_cli_bench_names_a_file_exported_before_the_identity_change(exported, tmp_path):
+    """A file whose checkpoint_sha256 is the weights' sha256, as exports once were."""
+    from rnn_export.checkpoint import load_checkpoint
+    from rnn_export.export import export_model
+
+    run_dir, _ = exported
+    ckpt = load_checkpoint(run_dir)
+    old = export_model(ckpt.model, ckpt.vocab, ckpt.weights_sha256, tmp_path / "old.onnx").path
+    result = CliRunner().invoke(main, ["bench", str(old), "--checkpoint", str(run_dir)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {ckpt.mismatch(ckpt.weights_sha256, old)}\n"
+    assert "exported by an earlier rnn-export" in result.output
 
 
 @pytest.mark.parametrize(

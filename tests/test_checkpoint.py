@@ -22,6 +22,7 @@ from rnn_export.checkpoint import (
     CheckpointError,
     check_replaceable,
     load_checkpoint,
+    model_identity,
     save_checkpoint,
 )
 from rnn_export.config import ModelConfig, TrainOptions
@@ -57,9 +58,9 @@ def test_round_trip_is_bit_exact(tmp_path, arch):
     assert ckpt.data == embedded_spec(size=40)
     assert ckpt.training == {"epochs": 1}
     assert ckpt.vocab == Vocabulary.build(["abcdef"])
-    assert (
-        ckpt.sha256 == hashlib.sha256((tmp_path / "run/model.safetensors").read_bytes()).hexdigest()
-    )
+    weights = (tmp_path / "run/model.safetensors").read_bytes()
+    assert ckpt.weights_sha256 == hashlib.sha256(weights).hexdigest()
+    assert ckpt.sha256 == model_identity(ckpt.weights_sha256, ckpt.config, ckpt.vocab)
     tokens = torch.randint(0, 7, (4, 9))
     lengths = torch.tensor([9, 1, 5, 3])
     state = torch.randn(model.config.state_shape(4))
@@ -554,3 +555,48 @@ def test_a_path_of_the_wrong_kind_is_named_for_what_it_is(tmp_path, make, match)
     make(tmp_path / "m.onnx")
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(tmp_path / "m.onnx")
+
+
+IDENTITY_CHANGES = {
+    "labels reversed": rewrite_json("config.json", lambda c: {**c, "labels": c["labels"][::-1]}),
+    "a label renamed": rewrite_json("config.json", lambda c: {**c, "labels": ["p", "q", "s"]}),
+    "vocabulary reordered": rewrite_json(
+        "vocab.json", lambda v: {**v, "tokens": [v["tokens"][0], *v["tokens"][:0:-1]]}
+    ),
+    "weights changed": rewrite_weights(lambda w: {**w, "h2o.bias": w["h2o.bias"] + 1}),
+}
+
+
+@pytest.mark.parametrize("change", IDENTITY_CHANGES)
+def test_the_identity_covers_everything_that_defines_the_model(tmp_path, change):
+    """Issue 11.10: reversed labels (same weights) are another model, with another identity."""
+    save(tmp_path / "run")
+    before = load_checkpoint(tmp_path / "run")
+    IDENTITY_CHANGES[change](tmp_path / "run")
+    after = load_checkpoint(tmp_path / "run")
+    assert after.sha256 != before.sha256
+    same_weights = change != "weights changed"
+    assert (after.weights_sha256 == before.weights_sha256) == same_weights
+
+
+def test_the_identity_ignores_what_does_not_define_the_model(tmp_path):
+    save(tmp_path / "run")
+    before = load_checkpoint(tmp_path / "run")
+    rewrite_json("metrics.json", lambda m: {**m, "val_accuracy": 0.9})(tmp_path / "run")
+    rewrite_json("train.json", lambda t: {**t, "note": "retouched"})(tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()), indent=7))  # same JSON
+    assert load_checkpoint(tmp_path / "run").sha256 == before.sha256
+
+
+def test_a_file_exported_before_the_identity_change_is_named_as_such(tmp_path):
+    save(tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    old = ckpt.mismatch(ckpt.weights_sha256, "m.onnx")
+    assert old.startswith("m.onnx was exported by an earlier rnn-export, whose checkpoint ")
+    assert f"no longer match their RUN_DIR: convert {tmp_path / 'run'} again" in old
+    other = ckpt.mismatch("f" * 64, "m.onnx")
+    assert other == (
+        f"m.onnx was exported from a checkpoint with sha256 {'f' * 64}; {tmp_path / 'run'} "
+        f"has sha256 {ckpt.sha256}: model and checkpoint do not belong together"
+    )

@@ -608,3 +608,24 @@ def test_an_export_over_2_gib_is_refused_up_front(tmp_path, vocab, hidden, layer
     with pytest.raises(ExportError, match=match):
         export_model(model, Vocabulary(("<unk>", *chars[: vocab - 1])), SHA, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def _metadata(proto):
+    return read_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def test_reversed_labels_export_a_file_of_another_identity(run_dir, tmp_path):
+    """Issue 11.10: same weights, labels reversed: the files differ in checkpoint_sha256."""
+    first = export_onnx(run_dir, tmp_path / "a.onnx")
+    config = run_dir / "config.json"
+    record = json.loads(config.read_text())
+    record["labels"] = record["labels"][::-1]
+    config.write_text(json.dumps(record))
+    second = export_onnx(run_dir, tmp_path / "b.onnx")
+    a, b = (
+        read_metadata({p.key: p.value for p in onnx.load(f).metadata_props})
+        for f in (first, second)
+    )
+    assert a.labels == LABELS and b.labels == LABELS[::-1]
+    assert a.checkpoint_sha256 != b.checkpoint_sha256
+    assert b.checkpoint_sha256 == load_checkpoint(run_dir).sha256
