@@ -2,13 +2,15 @@
 
 The package imports torch only when a torch-backed name is first used, so that
 the CLI's --help, `inspect` and `stream` stay fast and torch-free.
+
+The version is written in one place, rnn_runtime.__version__ (the runtime is installed
+with the toolkit, and alone on devices); both pyproject.toml files read it from there,
+and rnn_export.__version__ is the same string, looked up when first asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "ModelConfig": "rnn_export.config",
@@ -46,6 +48,10 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        import rnn_runtime
+
+        return rnn_runtime.__version__
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'rnn_export' has no attribute {name!r}")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.errors import InputError
+
 # The goals of issue 6, shown next to each measured ratio.
 TARGETS = {
     "streaming_speedup_vs_torch": 5.0,  # at least
@@ -67,7 +69,7 @@ print(json.dumps({
 """
 
 
-class BenchError(ValueError):
+class BenchError(InputError):
     """A benchmark that cannot run: unreadable model or checkpoint, or the two do not match."""
 
 
@@ -197,10 +199,7 @@ def run_bench(
         raise BenchError(str(e)) from e
     meta = rt_model.metadata
     if meta.checkpoint_sha256 != ckpt.sha256:
-        raise BenchError(
-            f"{model_path} was exported from a checkpoint with sha256 "
-            f"{meta.checkpoint_sha256[:12]}...; {ckpt.run_dir} has {ckpt.sha256[:12]}..."
-        )
+        raise BenchError(ckpt.mismatch(meta.checkpoint_sha256, model_path))
     block_s = 0.02 if quick else 0.1
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -4,34 +4,38 @@ A RUN_DIR holds
     model.safetensors  the weights (safetensors: loading runs no code)
     config.json        the ModelConfig, labels included
     vocab.json         the Vocabulary
-    train.json         the data spec ("data") and the training hyper-parameters
+    train.json         the data spec ("data"), the TrainOptions ("options") and the
+                       library versions; older files hold the options' values at the top
     metrics.json       at least the final "val_accuracy"
     curves.png         training loss and validation accuracy per epoch
 A checkpoint is written into a temporary folder next to RUN_DIR, synced, and swapped in
 by rename, so a failed or interrupted run never leaves a half-written RUN_DIR and never
 damages an earlier one at the same path.
+
+A checkpoint's identity (Checkpoint.sha256, the `checkpoint_sha256` of every file exported
+from it) covers everything that defines the model: the sha256 of model.safetensors, the
+config (labels included) and the vocabulary, hashed as one canonical JSON document
+(model_identity). It once covered the weights alone: files exported then carry the
+weights' sha256, and Checkpoint.mismatch says so plainly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from rnn_export.config import ConfigError, ModelConfig
-from rnn_export.data import DataError, Vocabulary
+from rnn_export import atomic
+from rnn_export.config import ConfigError, ModelConfig, TrainOptions
+from rnn_export.data import DataError, Vocabulary, check_spec
+from rnn_export.errors import CheckpointError
 from rnn_export.models import build_model
+from rnn_export.runfiles import read_json, read_weights
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -43,10 +47,6 @@ REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)
 DATA_KEYS = ("source", "path", "seed", "val_fraction")
 
 
-class CheckpointError(ValueError):
-    """A RUN_DIR that is missing, incomplete, corrupt or foreign; the message names the file."""
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A trained model rebuilt from its RUN_DIR.
@@ -55,12 +55,16 @@ class Checkpoint:
         model: the nn.Module, in eval mode.
         config: its ModelConfig (labels included).
         vocab: the Vocabulary it was trained with.
-        sha256: hex sha256 of the bytes of model.safetensors.
+        sha256: the model's identity (model_identity): hex sha256 over the weights, the
+            config (labels included) and the vocabulary.
         metrics: metrics.json (at least "val_accuracy").
         data: the data spec {"source", "path", "seed", "val_fraction"}; load_splits(data)
             rebuilds the splits.
         run_dir: the folder it was read from.
-        training: train.json's hyper-parameters (epochs, lr, batch_size, seed, ...).
+        training: the rest of train.json (optimizer, schedule, library versions, ...).
+        options: the TrainOptions it was trained with; None for a checkpoint written
+            without them (by save_checkpoint with a hand-made train.json).
+        weights_sha256: hex sha256 of the bytes of model.safetensors.
     """
 
     model: nn.Module
@@ -71,6 +75,39 @@ class Checkpoint:
     data: dict
     run_dir: Path
     training: dict
+    options: TrainOptions | None = None
+    weights_sha256: str = ""
+
+    def mismatch(self, file_sha256: str, model_path) -> str:
+        """Why a model file whose metadata says file_sha256 does not belong to this run."""
+        if file_sha256 == self.weights_sha256:
+            return (
+                f"{model_path} was exported by an earlier rnn-export, whose checkpoint "
+                f"identity covered the weights only; it now covers the weights, config, "
+                f"vocabulary and labels, so files exported before that no longer match "
+                f"their RUN_DIR: convert {self.run_dir} again"
+            )
+        return (
+            f"{model_path} was exported from a checkpoint with sha256 {file_sha256}; "
+            f"{self.run_dir} has sha256 {self.sha256}: model and checkpoint do not belong "
+            f"together"
+        )
+
+
+def model_identity(weights_sha256: str, config: ModelConfig, vocab: Vocabulary) -> str:
+    """The hex sha256 that identifies a model: its weights, config and vocabulary.
+
+    The three are hashed as one canonical JSON document (sorted keys, ASCII, no spaces),
+    so a change to any of them (reversed labels, another vocabulary) changes the identity.
+    """
+    document = {
+        "identity": "rnn-export model 1",
+        "weights_sha256": weights_sha256,
+        "config": config.to_dict(),
+        "vocab": vocab.to_dict(),
+    }
+    text = json.dumps(document, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def save_checkpoint(
@@ -80,9 +117,13 @@ def save_checkpoint(
     data: dict,
     training: dict,
     metrics: dict,
-    write_curves: Callable[[Path], None] | None = None,
+    curves_png: bytes | None = None,
 ) -> Path:
     """Write a RUN_DIR atomically, replacing an earlier checkpoint at the same path.
+
+    The new run is written to a temporary folder and read back with every check of
+    load_checkpoint (finite weights, shapes, JSON) before it is swapped in: a run that
+    fails a check never replaces an earlier one.
 
     Args:
         run_dir: where the checkpoint goes; if it exists it must be a checkpoint or empty.
@@ -91,13 +132,15 @@ def save_checkpoint(
         data: the data spec (see rnn_export.data).
         training: hyper-parameters and anything else to keep in train.json.
         metrics: at least {"val_accuracy": float}.
-        write_curves: called with the path of curves.png to draw it.
+        curves_png: the PNG of the training curves, stored as curves.png.
 
     Returns:
         run_dir as a Path.
 
     Raises:
-        CheckpointError: run_dir exists and holds something other than a checkpoint.
+        CheckpointError: run_dir exists and holds something other than a checkpoint, or
+            the new run fails a check (the message names the file); run_dir is as it was.
+        WriteError: a file cannot be written (full disk...); run_dir is as it was.
     """
     run_dir = Path(run_dir)
     if len(vocab) != model.config.vocab_size:
@@ -107,28 +150,47 @@ def save_checkpoint(
     if "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    tmp = atomic.temp_folder(run_dir)
     try:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        _write(tmp / WEIGHTS, save_safetensors(weights))
-        _write(tmp / CONFIG, _json(model.config.to_dict()))
-        _write(tmp / VOCAB, _json(vocab.to_dict()))
-        _write(tmp / TRAIN, _json({"data": data, **training}))
-        _write(tmp / METRICS, _json(metrics))
-        if write_curves is not None:
-            write_curves(tmp / CURVES)
-            _fsync_file(tmp / CURVES)
-        fsync_dir(tmp)
-        _swap_in(tmp, run_dir)
+        files = {
+            WEIGHTS: save_safetensors(weights),
+            CONFIG: _json(model.config.to_dict()),
+            VOCAB: _json(vocab.to_dict()),
+            TRAIN: _json({"data": data, **training}),
+            METRICS: _json(metrics),
+        }
+        if curves_png is not None:
+            files[CURVES] = curves_png
+        try:
+            for name, content in files.items():
+                atomic.write_file(tmp / name, content)
+            atomic.fsync_dir(tmp)
+        except (atomic.WriteError, OSError) as e:
+            raise atomic.WriteError(_kept(run_dir, tmp, e, "cannot be written")) from None
+        try:
+            load_checkpoint(tmp)
+        except CheckpointError as e:
+            raise CheckpointError(_kept(run_dir, tmp, e, "fails a check")) from None
+        atomic.swap_in(tmp, run_dir)
     finally:
         # Reached with tmp still present only when something above failed or was interrupted.
         shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
 
 
+def _kept(run_dir: Path, tmp: Path, error: Exception, what: str) -> str:
+    """The message for a new checkpoint that was not swapped in; it names run_dir, not tmp."""
+    text = atomic.os_error_text(error) if isinstance(error, OSError) else str(error)
+    reason = text.replace(str(tmp), str(run_dir))
+    return f"{run_dir}: the new checkpoint {what}, so nothing was replaced: {reason}"
+
+
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     """Rebuild a trained model from RUN_DIR alone, in eval mode.
+
+    Every file is read within bounds (see the module docstring) and checked before the
+    model is built: nothing is allocated from a size no check has passed.
 
     Raises:
         CheckpointError: a missing folder or file, bad JSON, weights with the wrong tensor
@@ -136,22 +198,15 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
             message names the file at fault.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: expected a run directory; not found")
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
-    if missing:
-        raise CheckpointError(
-            f"{run_dir / missing[0]}: missing; a run directory holds {', '.join(REQUIRED)} "
-            f"(missing: {', '.join(missing)})"
-        )
+    _check_run_dir(run_dir)
     config_path = run_dir / CONFIG
     try:
-        config = ModelConfig.from_dict(_read_json(config_path))
+        config = ModelConfig.from_dict(read_json(config_path))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{config_path}: not a model config: {e}") from None
     vocab_path = run_dir / VOCAB
     try:
-        vocab = Vocabulary.from_dict(_read_json(vocab_path))
+        vocab = Vocabulary.from_dict(read_json(vocab_path))
     except DataError as e:
         raise CheckpointError(f"{vocab_path}: not a vocabulary: {e}") from None
     if len(vocab) != config.vocab_size:
@@ -159,73 +214,86 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
             f"{vocab_path}: has {len(vocab)} tokens; {config_path} says vocab_size "
             f"{config.vocab_size}"
         )
-    training = _read_json(run_dir / TRAIN)
+    train_path = run_dir / TRAIN
+    training = read_json(train_path)
     data = training.get("data") if isinstance(training, dict) else None
     if not isinstance(data, dict) or not set(DATA_KEYS) <= data.keys():
         raise CheckpointError(
-            f"{run_dir / TRAIN}: expected a 'data' object with keys {list(DATA_KEYS)}; "
-            f"got {data!r:.120}"
+            f"{train_path}: expected a 'data' object with keys {list(DATA_KEYS)}; got {data!r:.120}"
         )
-    metrics = _read_json(run_dir / METRICS)
-    if not isinstance(metrics, dict) or "val_accuracy" not in metrics:
+    try:
+        check_spec(data)
+    except DataError as e:
+        raise CheckpointError(f"{train_path}: not a data spec: {e}") from None
+    options = _read_options(training, config, train_path, config_path)
+    metrics = read_json(run_dir / METRICS)
+    accuracy = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
         raise CheckpointError(f"{run_dir / METRICS}: expected an object with 'val_accuracy'")
+    if not 0 <= accuracy <= 1:
+        raise CheckpointError(
+            f"{run_dir / METRICS}: val_accuracy must be in [0, 1]; got {accuracy!r}"
+        )
 
     weights_path = run_dir / WEIGHTS
-    raw = weights_path.read_bytes()
-    try:
-        weights = load_safetensors(raw)
-    except (SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{weights_path}: not a safetensors file: {e}") from None
+    weights, weights_sha256 = read_weights(weights_path, config, config_path)
     model = build_model(config)
-    _check_weights(weights, model, weights_path, config_path)
     model.load_state_dict(weights)
     model.eval()
     return Checkpoint(
         model=model,
         config=config,
         vocab=vocab,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=model_identity(weights_sha256, config, vocab),
         metrics=metrics,
         data=data,
         run_dir=run_dir,
-        training={k: v for k, v in training.items() if k != "data"},
+        training={k: v for k, v in training.items() if k not in ("data", "options")},
+        options=options,
+        weights_sha256=weights_sha256,
     )
 
 
-def _check_weights(weights: dict, model: nn.Module, weights_path: Path, config_path: Path):
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - expected.keys())
-    if missing or unexpected:
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a path that is not a complete run directory, saying what it is instead."""
+    if not run_dir.is_dir():
+        kind = atomic.path_kind(run_dir)
+        if kind is None:
+            raise CheckpointError(f"{run_dir}: expected a run directory; not found")
+        hint = ""
+        if run_dir.suffix == ".onnx":
+            hint = (
+                " that looks like an exported model: pass the RUN_DIR it was converted "
+                "from (the folder `rnn-export train --out` wrote); are two arguments swapped?"
+            )
         raise CheckpointError(
-            f"{weights_path}: tensor names do not match the {model.config.arch!r} model of "
-            f"{config_path}: missing {missing}, unexpected {unexpected}"
+            f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
+            f"it is {kind}{hint}"
         )
-    for name, want in expected.items():
-        got = weights[name]
-        if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(
-                f"{weights_path}: tensor {name!r} has shape {tuple(got.shape)}; the model of "
-                f"{config_path} expects {tuple(want.shape)}"
-            )
-        if got.dtype != want.dtype:
-            raise CheckpointError(
-                f"{weights_path}: tensor {name!r} has dtype {got.dtype}; expected {want.dtype}"
-            )
-        if got.dtype.is_floating_point and not torch.isfinite(got).all():
-            raise CheckpointError(f"{weights_path}: tensor {name!r} holds NaN or infinity")
+    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{run_dir / missing[0]}: missing; a run directory holds {', '.join(REQUIRED)} "
+            f"(missing: {', '.join(missing)})"
+        )
 
 
 def check_replaceable(run_dir: str | Path) -> None:
-    """Raise CheckpointError unless run_dir is absent, empty, or holds a checkpoint.
+    """Raise unless run_dir can take a new checkpoint: absent, empty, or a checkpoint,
+    with a parent that exists or can be made, and is writable.
 
-    Training calls it first, so that a bad --out fails before minutes of training.
+    Training calls it first, so that a bad --out fails before minutes of training. It
+    also finishes what an interrupted earlier write of run_dir left (atomic.recover_folder).
+
+    Raises:
+        CheckpointError: run_dir holds something other than a checkpoint.
+        WriteError: run_dir is not a folder (a file, a FIFO...), or cannot be made.
     """
     run_dir = Path(run_dir)
+    atomic.check_folder_output(run_dir, "a run directory")
+    atomic.recover_folder(run_dir)
     if not run_dir.exists():
         return
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: expected a run directory to replace; it is a file")
     entries = list(run_dir.iterdir())
     if entries and not (run_dir / WEIGHTS).is_file():
         raise CheckpointError(
@@ -234,52 +302,37 @@ def check_replaceable(run_dir: str | Path) -> None:
         )
 
 
-def _swap_in(tmp: Path, run_dir: Path) -> None:
-    # The old checkpoint moves aside before the new one takes its name, and is deleted
-    # only once the new one is in place: at every moment run_dir is absent or complete.
-    old = None
-    if run_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
-        os.rmdir(old)
-        os.rename(run_dir, old)
-    try:
-        os.rename(tmp, run_dir)
-    except BaseException:
-        if old is not None:
-            os.rename(old, run_dir)
-        raise
-    fsync_dir(run_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# The option values that train.json held at its top level before it held "options".
+_LEGACY_OPTIONS = ("epochs", "batch_size", "lr", "clip", "seed")
 
 
-def _read_json(path: Path):
+def _read_options(training: dict, config: ModelConfig, path: Path, config_path: Path):
+    """The TrainOptions of train.json (or of an older train.json's top-level values)."""
+    if "options" in training:
+        given = training["options"]
+    elif set(_LEGACY_OPTIONS) <= training.keys():
+        model = {k: v for k, v in config.to_dict().items() if k in ("hidden_size", "num_layers")}
+        given = {
+            "arch": config.arch,
+            "nonlinearity": config.nonlinearity,
+            **model,
+            **{k: training[k] for k in _LEGACY_OPTIONS},
+            "threads": training.get("torch_threads", 1),
+        }
+    else:
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+        options = TrainOptions.from_dict(given)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: not training options: {e}") from None
+    trained = options.model_config(config.vocab_size, config.labels)
+    if trained != config:
+        raise CheckpointError(
+            f"{path}: options describe the model {trained.describe()}; {config_path} "
+            f"describes {config.describe()}"
+        )
+    return options
 
 
 def _json(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside folder `path` durable (also used by the exporter)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

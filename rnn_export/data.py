@@ -5,6 +5,14 @@ to rebuild its splits exactly:
     {"source": "embedded" | "folder", "path": str | None, "seed": int, "val_fraction": float}
 and for "embedded" optionally "size" (number of samples, EMBEDDED_SIZE when absent).
 A sample is (text, label_id); label ids index the dataset's sorted labels.
+
+Every size and number read from a spec or a folder is bounded and checked before the
+data is used (check_spec, read_folder):
+    seed 0 .. 2**32 - 1; val_fraction in [0, 1); size (embedded) 8 .. 1,000,000;
+    path (folder) a string of 1 .. 4,096 characters without NUL;
+    a folder: 2 .. 10,000 class files of at most 256 MiB each, 200,000 samples in all,
+    each sample 1 .. 1,000 characters; a label (file stem) must be valid UTF-8 text.
+A vocabulary has at most 65,536 tokens, each one character that UTF-8 can encode.
 """
 
 from __future__ import annotations
@@ -15,6 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from rnn_export.config import (
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
+    MAX_SEED,
+    MAX_VOCAB_SIZE,
+    check_int,
+    check_text,
+)
+from rnn_export.errors import InputError
 
 UNK = "<unk>"
 DEFAULT_SEED = 0
@@ -29,9 +47,15 @@ EMBEDDED_NOISE = "abcdefghijklmnopqrstuvwxyz"
 EMBEDDED_SIZE = 16000
 EMBEDDED_LENGTHS = (12, 32)  # inclusive range of string lengths
 EMBEDDED_MARKER_COUNTS = (3, 9)  # inclusive range of marker occurrences per string
+MAX_EMBEDDED_SIZE = 1_000_000
+MAX_PATH_CHARS = 4_096
+MAX_CLASS_FILE_BYTES = 256 * 1024 * 1024
+MAX_SAMPLES = 200_000
+MAX_SAMPLE_CHARS = 1_000
+SOURCES = ("embedded", "folder")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset that cannot be read: the message names the file (and line) at fault."""
 
 
@@ -51,9 +75,12 @@ class Vocabulary:
             first = self.tokens[0] if self.tokens else None
             raise DataError(f"vocabulary must start with {UNK!r}; got {first!r}")
         chars = self.tokens[1:]
-        bad = [t for t in chars if not isinstance(t, str) or len(t) != 1]
-        if bad:
-            raise DataError(f"vocabulary tokens must be single characters; got {bad[:5]}")
+        if len(self.tokens) > MAX_VOCAB_SIZE:
+            raise DataError(
+                f"a vocabulary has at most {MAX_VOCAB_SIZE:,} tokens; got {len(self.tokens):,}"
+            )
+        for token in chars:
+            check_text("vocabulary token", token, 1, DataError)
         if len(set(chars)) != len(chars):
             dup = sorted(t for t, n in Counter(chars).items() if n > 1)
             raise DataError(f"vocabulary tokens must be distinct; repeated: {dup[:5]}")
@@ -116,6 +143,43 @@ def embedded_spec(
     }
 
 
+def check_spec(data) -> dict:
+    """The data spec (see the module docstring), if every value is of its type and bounds.
+
+    Raises:
+        DataError: the spec is not an object, names an unknown source, or holds a value
+            out of its bounds; the message names the key.
+    """
+    if not isinstance(data, dict):
+        raise DataError(f"a data spec is a JSON object; got {type(data).__name__}")
+    source = data.get("source")
+    if source not in SOURCES:
+        raise DataError(f"data source must be one of {SOURCES}; got {source!r:.80}")
+    check_int("data seed", data.get("seed", DEFAULT_SEED), 0, MAX_SEED, DataError)
+    fraction = data.get("val_fraction", DEFAULT_VAL_FRACTION)
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+        raise DataError(f"data val_fraction must be a number; got {fraction!r:.40}")
+    if not 0.0 <= fraction < 1.0:  # NaN fails this too
+        raise DataError(f"val_fraction must be in [0, 1); got {fraction}")
+    if source == "embedded":
+        low = 2 * len(EMBEDDED_MARKERS)
+        check_int(
+            "the embedded task's size",
+            data.get("size", EMBEDDED_SIZE),
+            low,
+            MAX_EMBEDDED_SIZE,
+            DataError,
+        )
+    else:
+        path = data.get("path")
+        if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or "\0" in path:
+            raise DataError(
+                f"a folder dataset needs a 'path': a string of 1 to {MAX_PATH_CHARS:,} "
+                f"characters without NUL; got {path!r:.80}"
+            )
+    return data
+
+
 def folder_spec(
     path: str | Path, seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION
 ) -> dict:
@@ -134,8 +198,7 @@ def embedded_dataset(seed: int = DEFAULT_SEED, size: int = EMBEDDED_SIZE) -> dic
     marker letters (A-D) and the rest lowercase noise. The label is the marker that
     occurs most often, and it always wins strictly (no ties).
     """
-    if size < 2 * len(EMBEDDED_MARKERS):
-        raise DataError(f"the embedded task needs size >= {2 * len(EMBEDDED_MARKERS)}; got {size}")
+    check_spec(embedded_spec(seed, size=size))
     rng = random.Random(f"rnn-export-embedded:{seed}")
     samples: dict[str, list[str]] = {m: [] for m in EMBEDDED_MARKERS}
     per_class = size // len(EMBEDDED_MARKERS)
@@ -163,13 +226,36 @@ def read_folder(path: str | Path) -> dict[str, list[str]]:
             UTF-8 (naming the line and byte), fewer than two classes.
     """
     folder = Path(path)
+    expected = "expected a folder with one .txt file per class"
+    if folder.is_file():
+        hint = (
+            f" (one class's file? pass the folder that holds it, {folder.parent})"
+            if folder.suffix == ".txt"
+            else ""
+        )
+        raise DataError(f"{folder}: {expected}; it is a file{hint}")
     if not folder.is_dir():
-        raise DataError(f"{folder}: expected a folder with one .txt file per class; not found")
+        kind = "not found" if not folder.exists() else "it is not a folder"
+        raise DataError(f"{folder}: {expected}; {kind}")
     files = sorted(p for p in folder.glob("*.txt") if p.is_file())
     if not files:
-        raise DataError(f"{folder}: expected one .txt file per class; the folder has none")
+        raise DataError(f"{folder}: {expected}; the folder has none")
+    if len(files) > MAX_LABELS:
+        raise DataError(
+            f"{folder}: at most {MAX_LABELS:,} classes (.txt files); got {len(files):,}"
+        )
     samples: dict[str, list[str]] = {}
+    total = 0
     for file in files:
+        try:
+            label = check_text("label (file name)", file.stem, MAX_LABEL_CHARS, DataError)
+        except DataError as e:
+            raise DataError(f"{file}: {e}") from None
+        size = file.stat().st_size
+        if size > MAX_CLASS_FILE_BYTES:
+            raise DataError(
+                f"{file}: {size:,} bytes; a class file holds at most {MAX_CLASS_FILE_BYTES:,}"
+            )
         raw = file.read_bytes()
         try:
             text = raw.decode("utf-8-sig")
@@ -180,10 +266,19 @@ def read_folder(path: str | Path) -> dict[str, list[str]]:
                 f"is not valid UTF-8 ({e.reason})"
             ) from None
         lines = [s.strip() for s in text.splitlines()]
+        long = next((i for i, s in enumerate(lines) if len(s) > MAX_SAMPLE_CHARS), None)
+        if long is not None:
+            raise DataError(
+                f"{file}:{long + 1}: a sample has at most {MAX_SAMPLE_CHARS:,} characters; "
+                f"this line has {len(lines[long]):,}"
+            )
         lines = [s for s in lines if s]
         if not lines:
             raise DataError(f"{file}: expected at least one sample (non-blank line); file is empty")
-        samples[file.stem] = lines
+        total += len(lines)
+        if total > MAX_SAMPLES:
+            raise DataError(f"{folder}: at most {MAX_SAMPLES:,} samples in all; {file} passes it")
+        samples[label] = lines
     if len(samples) < 2:
         raise DataError(
             f"{folder}: a classifier needs at least 2 classes (.txt files); got {len(samples)}: "
@@ -214,17 +309,13 @@ def split(
 
 def load_dataset(data: dict) -> Dataset:
     """The dataset a spec dict describes (see the module docstring), split deterministically."""
-    source = data.get("source")
+    check_spec(data)
     seed = data.get("seed", DEFAULT_SEED)
     val_fraction = data.get("val_fraction", DEFAULT_VAL_FRACTION)
-    if source == "embedded":
+    if data["source"] == "embedded":
         samples = embedded_dataset(seed, data.get("size", EMBEDDED_SIZE))
-    elif source == "folder":
-        if not data.get("path"):
-            raise DataError("a folder dataset needs a 'path'; got none")
-        samples = read_folder(data["path"])
     else:
-        raise DataError(f"data source must be 'embedded' or 'folder'; got {source!r}")
+        samples = read_folder(data["path"])
     labels, train, val = split(samples, seed, val_fraction)
     return Dataset(labels, train, val, dict(data))
 

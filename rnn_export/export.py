@@ -1,68 +1,82 @@
 """Export a trained RNN to one self-contained ONNX file with explicit state and dynamic B, T.
 
-The graph is written with onnx.helper straight from the model's weights; B and T stay
-symbolic: one file runs at any batch size and any length, and its size and node count do
-not depend on T (tracing would unroll the loop into the example's T steps). The parity
-suite (rnn_export.parity) proves it computes what the PyTorch model computes.
-
-Both arches are the same recurrence, h_t = f(x_t W_l^T + Wb_l + h_{t-1} R_l^T + Rb_l) per
-layer l: the hand-built cell h = f(i2h([x, h])) is one layer with W = i2h.weight[:, :H],
-R = i2h.weight[:, H:], Wb = i2h.bias, Rb = 0. Layer 0's input term depends only on the
-token, so it is folded at export into a table (V, H) = embedding @ W_0^T + Wb_0 + Rb_0
-(computed by PyTorch in float32, rounding as PyTorch's layer 0 does): layer 0 needs no
-input matrix product, only a Gather.
-
-Graph (B, T symbolic; "cell" has L=1 and its state has no layer axis). A top-level If
-picks the fastest of three paths, each the same math (issue 6 has the measurements):
-    T == 1 (streams, pools): per layer Gemm(h0_l, R_l, x) + f, no loop, as few nodes
-        as possible (at batch 1 each onnxruntime node costs about as much as its math);
-        lengths is not read: 1 <= lengths <= T makes every row's length 1.
-    T > 1, B == 1: one ONNX RNN operator per layer (layer 0 with W = identity, exact):
-        a single kernel runs every step, with no per-step executor cost.
-    T > 1, B > 1: rows sorted by length (TopK), then a Scan over time whose step t
-        computes only the rows still running (Slice, Gemm + f, Concat per layer), as
-        PyTorch's packed sequences do; rows return to their order at the end. The
-        RNN operator's CPU kernel is ~5x slower than Gemm at large B, hence the Scan.
-    hn (B, H) or (L, B, H): each row's state after its own last real step.
-    log_probs = LogSoftmax(Gemm(top layer's state, out_weight^T, out_bias)) (B, C).
+The graphs come from rnn_export.graph (written from the weights, B and T symbolic: one
+file runs at any batch size and any length, and its size and node count do not depend
+on T). This module adds the metadata the runtime reads (rnn_runtime.metadata), checks
+the result with onnx and runs it once in onnxruntime, and writes it atomically. The
+parity suite (rnn_export.parity) proves it computes what the PyTorch model computes.
 
 The file also carries, in its metadata (key rnn_export.step), a second and much smaller
-model for one step: token (B,) and one (B, H) state per layer in, log_probs and the new
-per-layer states out, the T == 1 path without the If and without the reshapes between
-the (L, B, H) state and its layers. The runtime steps streams and pools through it on
+model for one step (graph.step_graph). The runtime steps streams and pools through it on
 the CPU (issue 6: about 40% faster per step than the main graph); its weights are a
 second copy of the main graph's (the table, R, W, b, out), so the file is about twice
 as large. `verify` checks it against PyTorch as it checks the main graph.
 
 Layers of the API: `export_onnx` (a RUN_DIR or Checkpoint) -> `export_model` (a model
-object, writes atomically) -> `build_onnx` (graph + metadata, checked and run in
-onnxruntime) -> `onnx_graph` (the bare graph: `onnx_weights` + `_rnn_graph`).
+object: checks the output path, writes atomically) -> `build_onnx` (graph + metadata,
+checked and run in onnxruntime; returns the bytes and what `convert` prints).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from rnn_export import __version__
-from rnn_export.checkpoint import fsync_dir
+from rnn_export import __version__, atomic
 from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.errors import InputError
+from rnn_export.graph import (
+    STEP_TOKEN,
+    count_nodes,
+    main_graph,
+    onnx_weights,
+    step_graph,
+    step_state_names,
+)
 from rnn_export.models import CellRNN, StackedRNN
 
-STEP_TOKEN = "token"  # the step model's (B,) token input
+# protobuf refuses a message over 2 GiB; the graphs and metadata around the weights take
+# a few kilobytes, so a margin of 1 MiB is plenty.
+MAX_FILE_BYTES = 2**31 - 1 - 2**20
 DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model that cannot be exported: bad source, output path or opset."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """One exported model: the file's bytes and the figures `convert` prints.
+
+    Args:
+        data: the serialized ModelProto (the whole file).
+        opset: its ONNX opset.
+        nodes: nodes of the main graph, those inside If/Scan subgraphs included.
+        inputs, outputs: the main graph's signature, [{"name", "shape", "dtype"}];
+            symbolic dims are strings ("B", "T").
+        step: the embedded step model: {"nodes", "bytes", "token", "states": [input, ...]}.
+        path: where it was written (None until then).
+    """
+
+    data: bytes
+    opset: int
+    nodes: int
+    inputs: list
+    outputs: list
+    step: dict
+    path: Path | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
 
 
 def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -74,7 +88,7 @@ def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Pat
         opset: ONNX opset, MIN_OPSET up to the newest that onnx and onnxruntime support.
 
     Returns:
-        out_path as a Path.
+        out_path as a Path (export_model returns the figures too).
 
     Raises:
         ExportError: a missing or corrupt RUN_DIR, an unwritable out_path, or an opset
@@ -82,8 +96,6 @@ def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Pat
     """
     from rnn_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-    out_path = _check_out_path(out_path)
-    _check_opset(opset)
     if isinstance(source, Checkpoint):
         ckpt = source
     elif isinstance(source, (str, os.PathLike)):
@@ -95,35 +107,39 @@ def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Pat
         raise ExportError(
             f"source must be a RUN_DIR path or a Checkpoint; got {type(source).__name__}"
         )
-    return export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset)
+    return export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset).path
 
 
 def export_model(
     model: nn.Module, vocab, sha256: str, out_path: str | Path, *, opset: int = DEFAULT_OPSET
-) -> Path:
+) -> OnnxExport:
     """Export a model object (as export_onnx does for a checkpoint).
 
     Args:
         model: a CellRNN or StackedRNN (rnn_export.models); it is not modified.
         vocab: its Vocabulary (.tokens, .unk_id).
-        sha256: hex sha256 of the weights it came from (64 hex digits).
+        sha256: hex sha256 of the checkpoint it came from (64 hex digits).
         out_path: the .onnx file to write atomically.
         opset: ONNX opset.
 
     Returns:
-        out_path as a Path.
+        The OnnxExport, with .path set.
+
+    Raises:
+        ExportError: see build_onnx.
+        WriteError: out_path is not a regular file or cannot be written (it is as it was).
     """
     out_path = _check_out_path(out_path)
-    proto = build_onnx(model, vocab, sha256, opset=opset)
-    _write_atomic(proto.SerializeToString(), out_path)
-    return out_path
+    built = build_onnx(model, vocab, sha256, opset=opset)
+    atomic.replace_file(out_path, built.data)
+    return replace(built, path=out_path)
 
 
-def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPSET):
-    """The complete ModelProto: graph plus metadata, checked by onnx and run by onnxruntime.
+def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPSET) -> OnnxExport:
+    """The complete model (graph plus metadata), checked by onnx and run by onnxruntime.
 
     Returns:
-        onnx.ModelProto, ready to serialize.
+        OnnxExport (path None): the bytes to write and their figures.
 
     Raises:
         ExportError: a bad opset, vocabulary or sha256, or a graph onnxruntime cannot run.
@@ -143,8 +159,19 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
         raise ExportError(
             f"model expects vocab_size {config.vocab_size}; vocabulary has {len(vocab.tokens)}"
         )
+    estimate = estimate_file_bytes(config)
+    if estimate > MAX_FILE_BYTES:
+        raise ExportError(
+            f"this model ({config.describe()}) would make an ONNX file of about "
+            f"{estimate / 2**30:.2f} GiB; ONNX files are limited to 2 GiB (protobuf), so it "
+            f"cannot be exported: train a smaller one (hidden size, layers, vocabulary)"
+        )
     state = StateSpec(STATE_IN, STATE_OUT, config.state_shape("B"), "float32", "zeros")
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
+    step = step_graph(config, weights, opset)
+    onnx.checker.check_model(step, full_check=True)
+    step_bytes = step.SerializeToString()
+    step_states = step_state_names(config.num_layers)
     try:
         props = build_metadata(
             arch=config.arch,
@@ -169,14 +196,14 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
             step={
                 "token": STEP_TOKEN,
                 "log_probs": LOG_PROBS,
-                "states": step_state_names(config.num_layers),
-                "model": _checked_step_graph(config, weights, opset).SerializeToString(),
+                "states": step_states,
+                "model": step_bytes,
             },
         )
     except MetadataError as e:
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
 
-    proto = _rnn_graph(config, weights, opset)
+    proto = main_graph(config, weights, opset)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"rnn-export {__version__}: {config.arch} RNN classifier"
@@ -184,406 +211,48 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported graph fails onnx's check at opset {opset}: {e}") from e
-    _check_runs(proto.SerializeToString(), opset)
-    return proto
-
-
-# --- the graph: replaceable as a whole (onnx_graph, onnx_weights and _rnn_graph) ---
-
-
-def onnx_graph(model: nn.Module, opset: int):
-    """The bare graph (no metadata) for model at opset, with symbolic B and T.
-
-    Returns:
-        onnx.ModelProto with inputs tokens, h0, lengths and outputs log_probs, hn.
-    """
-    return _rnn_graph(model.config, onnx_weights(model), opset)
-
-
-def step_model(model: nn.Module, opset: int):
-    """The one-step model embedded in the file's metadata (see the module docstring).
-
-    Returns:
-        onnx.ModelProto with inputs token (B,) int64 and h_l (B, H) per layer, outputs
-        log_probs (B, C) and hn_l (B, H); checked by onnx.
-    """
-    return _checked_step_graph(model.config, onnx_weights(model), opset)
-
-
-def _checked_step_graph(config, weights: dict, opset: int):
-    import onnx
-
-    proto = _step_graph(config, weights, opset)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def step_state_names(num_layers: int) -> list[tuple[str, str]]:
-    """(input, output) names of each layer's state in the step model."""
-    return [(f"h_{layer}", f"hn_{layer}") for layer in range(num_layers)]
-
-
-def onnx_weights(model: nn.Module) -> dict:
-    """The model's weights in the layout of the ONNX graph, as float32 numpy arrays.
-
-    Returns:
-        {"embedding": (V, H), "layers": [(W (1, H, H), R (1, H, H), B (1, 2H)), ...],
-         "out_weight": (C, H), "out_bias": (C,)}; one layer per RNN operator, where
-        B = [Wb, Rb] and h_t = f(x_t W^T + h_{t-1} R^T + Wb + Rb).
-    """
-
-    def arr(t):
-        return t.detach().to(torch.float32).cpu().numpy().copy()
-
-    config = model.config
-    if config.arch == "cell":
-        H = config.hidden_size
-        w, b = arr(model.i2h.weight), arr(model.i2h.bias)  # (H, 2H): [input part | recurrent]
-        # The cell's one bias plays Wb; Rb is zero, so the sum is the same bias exactly.
-        layers = [(w[None, :, :H], w[None, :, H:], np.concatenate([b, np.zeros_like(b)])[None])]
-        return {
-            "embedding": arr(model.embed.weight),
-            "layers": layers,
-            "out_weight": arr(model.h2o.weight),
-            "out_bias": arr(model.h2o.bias),
-        }
-    rnn = model.rnn
-    layers = []
-    for layer in range(rnn.num_layers):
-        w_ih, w_hh = (arr(getattr(rnn, f"weight_{k}_l{layer}")) for k in ("ih", "hh"))
-        b_ih, b_hh = (arr(getattr(rnn, f"bias_{k}_l{layer}")) for k in ("ih", "hh"))
-        layers.append((w_ih[None], w_hh[None], np.concatenate([b_ih, b_hh])[None]))
-    return {
-        "embedding": arr(model.embedding.weight),
-        "layers": layers,
-        "out_weight": arr(model.fc.weight),
-        "out_bias": arr(model.fc.bias),
-    }
-
-
-def count_nodes(graph) -> int:
-    """Nodes of an onnx GraphProto, those inside If/Scan subgraphs included."""
-    import onnx
-
-    total = 0
-    for node in graph.node:
-        total += 1
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                total += count_nodes(attr.g)
-    return total
-
-
-def _rnn_graph(config, weights: dict, opset: int):
-    """One graph for every (B, T): a top-level If picks the fastest of three paths.
-
-    T == 1           -> _step_branch: one step, no loop (streams and pools).
-    T > 1 and B == 1 -> _rnn_branch: the ONNX RNN operator, one per layer.
-    T > 1 and B > 1  -> _sorted_scan_branch: a Scan over rows sorted by length.
-    All three start from the same folded table (embedding @ W_0^T + both layer-0 biases),
-    so layer 0 needs no input matrix product.
-    """
-    from onnx import TensorProto, helper
-
-    g = _Graph(config, opset, "", weights=weights)
-    step = _step_branch(_Graph(config, opset, "s_", g.inits))
-    one_row = _rnn_branch(_Graph(config, opset, "r_", g.inits))
-    many_rows = _sorted_scan_branch(_Graph(config, opset, "q_", g.inits))
-    e = _Graph(config, opset, "e_", g.inits)
-    rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
-    is_one_row = e("Equal", [rows, g.const("one1", [1])])
-    picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
-    longer = e.branch("longer", picked)
-
-    if opset >= 15:
-        steps = g("Shape", [TOKENS], start=1, end=2)  # [T]
-    else:
-        steps = g("Gather", [g("Shape", [TOKENS]), g.const("axis1", [1])])
-    is_step = g("Equal", [steps, g.const("one1", [1])])
-    g.nodes.append(
-        helper.make_node(
-            "If", [is_step], [LOG_PROBS, STATE_OUT], then_branch=step, else_branch=longer
-        )
+    data = proto.SerializeToString()
+    _check_runs(data, opset)
+    return OnnxExport(
+        data=data,
+        opset=opset,
+        nodes=count_nodes(proto.graph),
+        inputs=_signature(proto.graph.input),
+        outputs=_signature(proto.graph.output),
+        step={
+            "nodes": count_nodes(step.graph),
+            "bytes": len(step_bytes),
+            "token": STEP_TOKEN,
+            "states": [h for h, _ in step_states],
+        },
     )
-    state_shape = list(config.state_shape("B"))
-    graph = helper.make_graph(
-        g.nodes,
-        f"rnn_export_{config.arch}",
-        inputs=[
-            helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"]),
-            helper.make_tensor_value_info(STATE_IN, TensorProto.FLOAT, state_shape),
-            helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]),
-        ],
-        outputs=[
-            helper.make_tensor_value_info(LOG_PROBS, TensorProto.FLOAT, ["B", config.num_classes]),
-            helper.make_tensor_value_info(STATE_OUT, TensorProto.FLOAT, state_shape),
-        ],
-        initializer=list(g.inits.values()),
-    )
-    return _model_of(graph, opset)
 
 
-def _model_of(graph, opset: int):
-    """A ModelProto around graph at opset."""
+def estimate_file_bytes(config) -> int:
+    """The size of the file export would write for config, from its weights alone.
+
+    The main graph holds the folded table (V, H), R_l (H, H) per layer, W_l (H, H) and
+    b_l, B_l (3H) for l > 0, and the head (C, H + 1); the step model, stored base64
+    (4 bytes per 3) in the metadata, holds the same minus B_l. All float32.
+    """
+    V, H, L, C = config.vocab_size, config.hidden_size, config.num_layers, config.num_classes
+    step = V * H + L * H * H + (L - 1) * (H * H + H) + C * (H + 1)
+    main = step + (L - 1) * 2 * H
+    return 4 * main + -(-4 * step // 3) * 4
+
+
+def _signature(values) -> list[dict]:
+    """Graph inputs or outputs as [{"name", "shape", "dtype"}], as `inspect` shows them."""
     from onnx import helper
 
-    opsets = [helper.make_opsetid("", opset)]
-    # The oldest IR version that carries this opset: older runtimes on devices can load it.
-    return helper.make_model(
-        graph,
-        opset_imports=opsets,
-        ir_version=helper.find_min_ir_version_for(opsets),
-        producer_name="rnn-export",
-        producer_version=__version__,
-    )
-
-
-class _Graph:
-    """Nodes of one (sub)graph; initializers are shared by all graphs of one export.
-
-    g(op, inputs, n_out=1, **attrs) appends a node and returns its output name(s),
-    made unique by the graph's prefix. Weight initializers (made on first use):
-        table (V, H)  embedding @ W_0^T + Wb_0 + Rb_0: layer 0's input term for a token
-        R{l} (H, H)   recurrent weight; W{l} (H, H), b{l} = Wb_l + Rb_l (H,) for l > 0
-        B{l} (1, 2H)  [Wb_l, Rb_l] for the RNN operator; out_weight (C, H), out_bias (C,)
-    """
-
-    def __init__(self, config, opset: int, prefix: str, inits: dict | None = None, weights=None):
-        self.config, self.opset, self.prefix = config, opset, prefix
-        self.L, self.H = config.num_layers, config.hidden_size
-        self.act = {"tanh": "Tanh", "relu": "Relu", "identity": None}[config.nonlinearity]
-        self.nodes: list = []
-        self.inits = {} if inits is None else inits
-        if weights is not None:
-            self._add_weights(weights)
-
-    def _add_weights(self, weights: dict) -> None:
-        W0, _, B0 = weights["layers"][0]
-        H = W0.shape[1]
-        # Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
-        # so the table rounds as PyTorch's layer 0 does per token: a table exact in float64
-        # is closer to the true value but drifts from PyTorch in long, chaotic rows.
-        with torch.no_grad():
-            table = nn.functional.linear(
-                torch.from_numpy(weights["embedding"]),
-                torch.from_numpy(W0[0]),
-                torch.from_numpy(B0[0, :H]),
-            ) + torch.from_numpy(B0[0, H:])
-        self.const("table", table.numpy(), np.float32)
-        for layer, (W, R, B) in enumerate(weights["layers"]):
-            self.const(f"R{layer}", R[0], np.float32)
-            if layer:
-                self.const(f"W{layer}", W[0], np.float32)
-                self.const(f"b{layer}", B[0, :H] + B[0, H:], np.float32)
-                self.const(f"B{layer}", B, np.float32)
-        self.const("out_weight", weights["out_weight"], np.float32)
-        self.const("out_bias", weights["out_bias"], np.float32)
-
-    def const(self, name: str, value, dtype=np.int64) -> str:
-        from onnx import numpy_helper
-
-        if name not in self.inits:
-            self.inits[name] = numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
-        return name
-
-    def __call__(self, op: str, inputs: list, n_out: int = 1, **attrs):
-        from onnx import helper
-
-        outputs = [f"{self.prefix}{op}{len(self.nodes)}_{k}" for k in range(n_out)]
-        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
-        return outputs[0] if n_out == 1 else outputs
-
-    def activation(self, x: str) -> str:
-        return x if self.act is None else self(self.act, [x])
-
-    def layer_states(self, state: str) -> list[str]:
-        """Each layer's (B, H) state from a state of the model's shape."""
-        if self.config.arch == "cell":
-            return [state]
-        # (L, B, H) -> (L * B, H) -> L x (B, H): one node fewer than Split + L Squeeze.
-        rows = self("Reshape", [state, self.const("rows_of_H", [-1, self.H])])
-        return self.split_layers(rows)
-
-    def split_layers(self, x: str) -> list[str]:
-        """x split along axis 0 into L equal parts."""
-        if self.L == 1:
-            return [x]
-        attrs = {"num_outputs": self.L} if self.opset >= 18 else {}  # older: equal parts
-        return self("Split", [x], self.L, axis=0, **attrs)
-
-    def head(self, finals: list[str]) -> tuple[str, str]:
-        """(log_probs (B, C), hn) from each layer's final (B, H) state."""
-        if self.config.arch == "cell":
-            hn = finals[0]
-        elif self.L == 1:
-            hn = self("Unsqueeze", [finals[0], self.const("axis0", [0])])
-        else:  # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
-            shape = self.const("state_shape", [self.L, -1, self.H])
-            hn = self("Reshape", [self("Concat", finals, axis=0), shape])
-        logits = self("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)  # (B, C)
-        return self("LogSoftmax", [logits], axis=-1), hn
-
-    def branch(self, name: str, outputs: tuple[str, str]):
-        """This graph as an If branch with outputs (log_probs, hn)."""
-        from onnx import TensorProto, helper
-
-        log_probs, hn = outputs
-        return helper.make_graph(
-            self.nodes,
-            name,
-            [],
-            [
-                helper.make_tensor_value_info(
-                    log_probs, TensorProto.FLOAT, ["B", self.config.num_classes]
-                ),
-                helper.make_tensor_value_info(
-                    hn, TensorProto.FLOAT, list(self.config.state_shape("B"))
-                ),
-            ],
-        )
-
-
-def _step_branch(g: _Graph):
-    """T == 1: h_l = f(x W_l^T + b_l + h0_l R_l^T) once per layer; lengths is 1 here.
-
-    Every node costs ~1-2 us at batch 1, so this path has the fewest nodes possible.
-    """
-    # Reshape to (B,), not Squeeze: a Squeeze of axis 1 would fail shape inference at load
-    # for a graph whose T is fixed (a traced graph, or the parity suite's broken copy).
-    x = g("Gather", ["table", g("Reshape", [TOKENS, g.const("minus1", [-1])])])  # (B, H)
-    finals = []
-    for layer, h in enumerate(g.layer_states(STATE_IN)):
-        if layer:
-            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)  # (B, H)
-        x = g.activation(g("Gemm", [h, f"R{layer}", x], transB=1))  # (B, H)
-        finals.append(x)
-    return g.branch("one_step", g.head(finals))
-
-
-def _step_graph(config, weights: dict, opset: int):
-    """The step model: _step_branch's math with per-layer states and no If (fewest nodes).
-
-    Cell: Gather, Gemm + f (fused by onnxruntime), Gemm, LogSoftmax. Each further layer
-    adds Gemm (input term) and Gemm + f.
-    """
-    from onnx import TensorProto, helper
-
-    g = _Graph(config, opset, "", weights=weights)
-    names = step_state_names(g.L)
-    x = g("Gather", ["table", STEP_TOKEN])  # (B, H)
-    finals = []
-    for layer, (h, _) in enumerate(names):
-        if layer:
-            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)
-        x = g.activation(g("Gemm", [h, f"R{layer}", x], transB=1))
-        finals.append(x)
-    logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)
-    g("LogSoftmax", [logits], axis=-1)
-    # Name the graph outputs: rename the producing nodes' outputs.
-    renames = {g.nodes[-1].output[0]: LOG_PROBS}
-    renames.update({x: out for x, (_, out) in zip(finals, names, strict=True)})
-    for node in g.nodes:
-        for slots in (node.input, node.output):
-            for i, name in enumerate(slots):
-                slots[i] = renames.get(name, name)
-    used = {name for node in g.nodes for name in node.input}
-    f32, H = TensorProto.FLOAT, g.H
-    graph = helper.make_graph(
-        g.nodes,
-        f"rnn_export_{config.arch}_step",
-        inputs=[helper.make_tensor_value_info(STEP_TOKEN, TensorProto.INT64, ["B"])]
-        + [helper.make_tensor_value_info(h, f32, ["B", H]) for h, _ in names],
-        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
-        + [helper.make_tensor_value_info(hn, f32, ["B", H]) for _, hn in names],
-        initializer=[v for k, v in g.inits.items() if k in used],
-    )
-    return _model_of(graph, opset)
-
-
-def _rnn_branch(g: _Graph):
-    """B == 1, T > 1: the RNN operator runs all steps in one kernel (no per-step cost).
-
-    Layer 0's input is already projected (the table), so its W is the identity, exact.
-    """
-    from onnx import TensorProto
-
-    axis0, axis1 = g.const("axis0", [0]), g.const("axis1", [1])
-    attrs = {"hidden_size": g.H, "activations": [g.act or "Affine"]}
-    if g.act is None:
-        attrs.update(activation_alpha=[1.0], activation_beta=[0.0])  # Affine(1, 0) = identity
-    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
-    lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
-    if g.config.arch == "cell":
-        h0s = [g("Unsqueeze", [STATE_IN, axis0])]
-    else:
-        h0s = g.split_layers(STATE_IN)  # (1, B, H) each
-    finals = []
-    for layer in range(g.L):
-        W = g("EyeLike", ["R0"]) if layer == 0 else f"W{layer}"
-        B = "" if layer == 0 else f"B{layer}"
-        W, R = (g("Unsqueeze", [w, axis0]) for w in (W, f"R{layer}"))  # (1, H, H)
-        y, y_h = g("RNN", [x, W, R, B, lengths, h0s[layer]], 2, **attrs)
-        if layer < g.L - 1:
-            x = g("Squeeze", [y, axis1])  # (T, B, H)
-        else:
-            g.nodes[-1].output[0] = ""  # the top layer's per-step outputs are not needed
-        finals.append(g("Squeeze", [y_h, axis0]))  # (B, H): each row after its last step
-    return g.branch("one_row", g.head(finals))
-
-
-def _sorted_scan_branch(g: _Graph):
-    """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
-
-    Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
-    longest row. The scan body slices the first n_t rows (n_t = rows with length > t),
-    steps them, and concatenates the finished rows back unchanged.
-    """
-    from onnx import TensorProto, helper
-
-    L, H = g.L, g.H
-    axis0, axis1, zero1 = g.const("axis0", [0]), g.const("axis1", [1]), g.const("zero1", [0])
-    zero, one = g.const("zero", 0), g.const("one", 1)
-    n_rows = g("Gather", [g("Shape", [TOKENS]), axis0])  # [B]
-    lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
-    longest = g("Gather", [lengths, axis0])  # [T']
-    tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
-    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, H)
-    t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
-    running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
-    counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
-    axis = 1 if g.config.arch == "stacked" else 0
-    h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
-
-    b = _Graph(g.config, g.opset, g.prefix + "b_", g.inits)
-    hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
-    x_run = b("Slice", [x_t, zero1, n])  # (n, H)
-    outs = []
-    for layer, h in enumerate(hs):
-        if layer:
-            x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
-        h_run = b("Slice", [h, zero1, n])  # (n, H)
-        x_run = b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))  # (n, H)
-        done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])  # (B-n, H)
-        outs.append(b("Concat", [x_run, done], axis=0))  # (B, H)
-    f32 = TensorProto.FLOAT
-    body = helper.make_graph(
-        b.nodes,
-        "step_running_rows",
-        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in hs]
-        + [
-            helper.make_tensor_value_info(x_t, f32, ["B", H]),
-            helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
-        ],
-        [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
-    )
-    finals = g("Scan", [*h0s, x, counts], L, body=body, num_scan_inputs=2)
-    finals = finals if L > 1 else [finals]
-    row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
-    unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order
-    return g.branch("many_rows", g.head([g("Gather", [f, unsort]) for f in finals]))
-
-
-# --- end of the graph ---
+    return [
+        {
+            "name": v.name,
+            "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name,
+        }
+        for v in values
+    ]
 
 
 def _check_opset(opset) -> None:
@@ -633,34 +302,4 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
 def _check_out_path(out_path) -> Path:
     if not isinstance(out_path, (str, os.PathLike)):
         raise ExportError(f"out_path must be a file path; got {type(out_path).__name__}")
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise ExportError(f"{out_path}: is a folder; expected the path of the .onnx file to write")
-    folder = out_path.parent
-    if not folder.is_dir():
-        raise ExportError(f"{out_path}: cannot write: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ExportError(f"{out_path}: cannot write: folder {folder} is not writable")
-    return out_path
-
-
-def _write_atomic(data: bytes, out_path: Path) -> None:
-    """Write data to out_path via a synced temporary file in the same folder and a rename."""
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise ExportError(f"{out_path}: cannot write: {e}") from e
-    except BaseException:
-        # An interruption (KeyboardInterrupt...) must not leave the temporary file behind.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(out_path.parent)
+    return atomic.check_file_output(out_path, "the .onnx file")

@@ -4,10 +4,16 @@ Batches are padded and the model is given each row's length, so padding never
 changes a result. Same seed and data give the same weights bit for bit (on the same
 machine and thread count): the model is initialised from the seed, and the batch
 order comes from a generator seeded per epoch.
+
+A run that diverges (a loss that is NaN or infinite) stops at once with a TrainingError
+and writes nothing; the checks of the new checkpoint (finite weights...) run before it
+replaces an earlier run at the same path (rnn_export.checkpoint.save_checkpoint).
+Progress: a bar per epoch only when stderr is a terminal; one line per epoch always.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,87 +28,77 @@ from rnn_export.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rnn_export.config import ModelConfig
+from rnn_export.config import DEFAULT_EPOCHS, TrainOptions
 from rnn_export.data import Vocabulary, embedded_spec, encode_batch, load_dataset
+from rnn_export.errors import InputError
 from rnn_export.models import build_model
 
-# Chosen so that both arches pass 90% on the embedded task and 80% on the names data
-# within two minutes on two cores (figures in the README).
-DEFAULT_EPOCHS = 8
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_LR = 3e-3
-DEFAULT_CLIP = 1.0
-DEFAULT_NUM_LAYERS = {"cell": 1, "stacked": 2}
 EVAL_BATCH_SIZE = 512
+
+# DEFAULT_EPOCHS and TrainOptions live in rnn_export.config; callers also find them here.
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "EVAL_BATCH_SIZE",
+    "TrainOptions",
+    "TrainingError",
+    "evaluate",
+    "plot_curves",
+    "train",
+]
+
+
+class TrainingError(InputError):
+    """A run that cannot go on (its loss diverged): nothing was written."""
 
 
 def train(
-    arch: str,
+    options: TrainOptions | str,
     out: str | Path,
     data: dict | None = None,
-    epochs: int = DEFAULT_EPOCHS,
-    hidden_size: int = 128,
-    num_layers: int | None = None,
-    nonlinearity: str = "tanh",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    lr: float = DEFAULT_LR,
-    seed: int = 0,
-    clip: float = DEFAULT_CLIP,
+    *,
     progress: bool = True,
-    threads: int = 1,
+    **fields,
 ) -> Checkpoint:
     """Train a classifier and write it to out (a RUN_DIR) atomically.
 
     Args:
-        arch: "cell" or "stacked".
+        options: the TrainOptions of the run. Older callers pass the arch here and the
+            other options as keywords (train("cell", out, epochs=2)): the same options.
         out: the RUN_DIR; an earlier checkpoint there is replaced only once the new
             one is complete.
-        data: a data spec (see rnn_export.data); None means the embedded task with seed.
-        epochs: passes over the training split.
-        hidden_size: H.
-        num_layers: L; None means 1 for "cell" and 2 for "stacked".
-        nonlinearity: "tanh", "relu" (both arches) or "identity" ("cell" only).
-        batch_size: samples per BPTT step.
-        lr: Adam learning rate.
-        seed: seeds the weights and the batch order.
-        clip: maximum gradient norm.
-        progress: show a progress bar on stderr.
-        threads: torch CPU threads while training (restored after). With these small
-            matrices more threads gain little and collapse when cores are shared.
+        data: a data spec (see rnn_export.data); None means the embedded task with
+            options.seed.
+        progress: show a progress bar and one line per epoch on stderr.
 
     Returns:
         The Checkpoint read back from out.
+
+    Raises:
+        TrainingError: the loss became NaN or infinite; out is as it was.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1; got {epochs} and {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
+    if isinstance(options, str):
+        options = TrainOptions(arch=options, **fields)
+    elif fields:
+        raise TypeError(f"train() takes TrainOptions or keywords, not both; got {sorted(fields)}")
     check_replaceable(out)
-    data = embedded_spec(seed) if data is None else dict(data)
+    data = embedded_spec(options.seed) if data is None else dict(data)
     dataset = load_dataset(data)
     vocab = Vocabulary.build(text for text, _ in dataset.train)
-    config = ModelConfig(
-        arch=arch,
-        vocab_size=len(vocab),
-        labels=dataset.labels,
-        hidden_size=hidden_size,
-        num_layers=DEFAULT_NUM_LAYERS.get(arch, 1) if num_layers is None else num_layers,
-        nonlinearity=nonlinearity,
-    )
+    config = options.model_config(len(vocab), dataset.labels)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(options.threads)
     try:
-        return _train(config, vocab, dataset, out, epochs, batch_size, lr, seed, clip, progress)
+        return _train(options, config, vocab, dataset, out, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(config, vocab, dataset, out, epochs, batch_size, lr, seed, clip, progress):
-    data = dataset.spec
+def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -> Checkpoint:
+    epochs, seed = options.epochs, options.seed
     torch.manual_seed(seed)
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * -(-len(dataset.train) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    steps = epochs * -(-len(dataset.train) // options.batch_size)
     # Cosine decay to zero: late epochs settle instead of bouncing around the optimum.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     train_set = _encode(dataset.train, vocab)
@@ -110,18 +106,25 @@ def _train(config, vocab, dataset, out, epochs, batch_size, lr, seed, clip, prog
 
     history = []
     start = time.perf_counter()
+    bars = progress and sys.stderr.isatty()  # redirected output: one line per epoch only
     for epoch in range(1, epochs + 1):
         order = torch.randperm(
             len(dataset.train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
         )
         bar = tqdm(
-            order.split(batch_size),
+            order.split(options.batch_size),
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not bars,
             leave=False,
         )
-        train_loss = _train_epoch(model, optimizer, schedule, train_set, bar, clip)
+        train_loss = _train_epoch(model, optimizer, schedule, train_set, bar, options.clip)
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"training diverged in epoch {epoch}: the loss is {train_loss}; nothing was "
+                f"written to {out}. Lower the learning rate (lr {options.lr:g}) or the "
+                f"gradient clip (clip {options.clip:g})"
+            )
         val_accuracy = evaluate(model, *val_set)
         history.append(
             {
@@ -147,19 +150,13 @@ def _train(config, vocab, dataset, out, epochs, batch_size, lr, seed, clip, prog
         "history": history,
     }
     training = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
+        "options": options.to_dict(),
         "optimizer": "Adam",
         "schedule": "cosine",
-        "clip": clip,
-        "seed": seed,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    save_checkpoint(
-        out, model, vocab, data, training, metrics, lambda path: plot_curves(history, path)
-    )
+    save_checkpoint(out, model, vocab, dataset.spec, training, metrics, plot_curves(history))
     return load_checkpoint(out)
 
 
@@ -183,6 +180,8 @@ def _train_epoch(model, optimizer, schedule, train_set, batches, clip: float) ->
         tokens, lengths, labels = _batch(*train_set, index)
         log_probs, _ = model(tokens, lengths=lengths)  # (B, C)
         loss = F.nll_loss(log_probs, labels)
+        if not torch.isfinite(loss):
+            return loss.item()  # diverged: the caller stops the run, no step is taken
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -216,8 +215,10 @@ def evaluate(model, tokens, lengths, labels, batch_size: int = EVAL_BATCH_SIZE) 
     return correct / len(labels)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Draw training loss and validation accuracy per epoch into a PNG at path."""
+def plot_curves(history: list[dict]) -> bytes:
+    """Training loss and validation accuracy per epoch, drawn as a PNG (its bytes)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,5 +233,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return png.getvalue()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from rnn_export import atomic
 from rnn_export.bench import (
     QUICK_GRID_BATCHES,
     QUICK_GRID_LENGTHS,
@@ -153,7 +155,21 @@ def test_cli_bench_rejects_a_foreign_checkpoint(exported, tmp_path):
         main, ["bench", str(model_path), "--checkpoint", str(other_run), "--quick"]
     )
     assert result.exit_code == 2
-    assert "sha256" in result.output
+    assert "model and checkpoint do not belong together" in result.output
+
+
+def test_cli_bench_names_a_file_exported_before_the_identity_change(exported, tmp_path):
+    """A file whose checkpoint_sha256 is the weights' sha256, as exports once were."""
+    from rnn_export.checkpoint import load_checkpoint
+    from rnn_export.export import export_model
+
+    run_dir, _ = exported
+    ckpt = load_checkpoint(run_dir)
+    old = export_model(ckpt.model, ckpt.vocab, ckpt.weights_sha256, tmp_path / "old.onnx").path
+    result = CliRunner().invoke(main, ["bench", str(old), "--checkpoint", str(run_dir)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {ckpt.mismatch(ckpt.weights_sha256, old)}\n"
+    assert "exported by an earlier rnn-export" in result.output
 
 
 @pytest.mark.parametrize(
@@ -170,3 +186,30 @@ def test_run_bench_missing_model(exported, tmp_path):
     run_dir, _ = exported
     with pytest.raises(BenchError, match="no such model file"):
         run_bench(tmp_path / "absent.onnx", run_dir, quick=True)
+
+
+def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
+    """Issue 11.8: a full disk names the path and leaves the earlier report whole."""
+    run_dir, model_path = exported
+    out = tmp_path / "bench.json"
+    out.write_text('{"earlier": true}')
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    real_replace = atomic.replace_file
+
+    def replace_on_a_full_disk(path, data):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(os, "write", full)
+            real_replace(path, data)
+
+    monkeypatch.setattr(atomic, "replace_file", replace_on_a_full_disk)
+    args = ["bench", str(model_path), "--checkpoint", str(run_dir), "--quick", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"error: {out}: cannot write: No space left on device"
+    )
+    assert out.read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -25,11 +26,11 @@ from rnn_export.data import (
 SMALL = 400
 
 
-def write_folder(root, files: dict[str, bytes | str]):
+def write_folder(root, files: dict[str | bytes, bytes | str]):
     root.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         data = content.encode("utf-8") if isinstance(content, str) else content
-        (root / name).write_bytes(data)
+        (root / os.fsdecode(name)).write_bytes(data)  # a bytes name: not valid UTF-8
     return root
 
 
@@ -91,13 +92,24 @@ def test_folder_dataset(tmp_path):
 
 BAD_FOLDERS = {
     "missing": ({}, r"missing-folder: expected a folder"),
-    "empty": ({"readme.md": "x"}, r"d: expected one \.txt file per class; the folder has none"),
+    "empty": (
+        {"readme.md": "x"},
+        r"d: expected a folder with one \.txt file per class; the folder has none",
+    ),
     "empty class": ({"a.txt": "x\n", "b.txt": "\n  \n"}, r"b\.txt: expected at least one sample"),
     "not utf-8": (
         {"a.txt": "x\n", "b.txt": b"ok\nfine\nbad\xff\n"},
         r"b\.txt:3: expected UTF-8 text; byte 11 \(0xff\)",
     ),
     "one class": ({"a.txt": "x\ny\n"}, r"d: a classifier needs at least 2 classes.*got 1: a\.txt"),
+    "a line too long": (
+        {"a.txt": "x\n" + "y" * 1001 + "\n", "b.txt": "z\n"},
+        r"a\.txt:2: a sample has at most 1,000 characters; this line has 1,001",
+    ),
+    "a label that is not UTF-8": (
+        {"a.txt": "x\n", b"caf\xe9.txt": "z\n"},
+        r"caf.*\.txt: a label \(file name\) must be text UTF-8 can encode",
+    ),
 }
 
 
@@ -114,10 +126,23 @@ def test_folder_errors_name_file_and_line(tmp_path, case):
 @pytest.mark.parametrize(
     "spec,match",
     [
-        ({"source": "web", "seed": 0}, "must be 'embedded' or 'folder'; got 'web'"),
+        (
+            {"source": "web", "seed": 0},
+            r"data source must be one of \('embedded', 'folder'\); got 'web'",
+        ),
         ({"source": "folder", "path": None}, "needs a 'path'"),
         ({**embedded_spec(), "val_fraction": 1.0}, r"val_fraction must be in \[0, 1\); got 1.0"),
-        ({**embedded_spec(), "size": 3}, "needs size >= 8; got 3"),
+        ({**embedded_spec(), "val_fraction": float("nan")}, r"must be in \[0, 1\); got nan"),
+        ({**embedded_spec(), "seed": 2**70}, r"data seed must be in 0 \.\. 4,294,967,295"),
+        ({**embedded_spec(), "seed": "1"}, r"data seed must be an integer; got '1'"),
+        ({**embedded_spec(), "size": "abc"}, r"size must be an integer; got 'abc'"),
+        ({**embedded_spec(), "size": 10**7}, r"size must be in 8 \.\. 1,000,000; got 10,000,000"),
+        ({"source": "folder", "path": "a\x00b"}, r"a string of 1 to 4,096 characters without NUL"),
+        ([1], r"a data spec is a JSON object; got list"),
+        (
+            {**embedded_spec(), "size": 3},
+            r"the embedded task's size must be in 8 \.\. 1,000,000; got 3",
+        ),
     ],
 )
 def test_bad_specs(spec, match):
@@ -140,7 +165,7 @@ def test_vocabulary_from_training_split_with_unk():
     "d,match",
     [
         ({"tokens": ["a", "b"]}, "must start with '<unk>'; got 'a'"),
-        ({"tokens": [UNK, "ab"]}, "single characters; got \\['ab'\\]"),
+        ({"tokens": [UNK, "ab"]}, "a vocabulary token must be one character; got 'ab'"),
         ({"tokens": [UNK, "a", "a"]}, "distinct; repeated: \\['a'\\]"),
         ({"tokens": [UNK], "unk_id": 2}, "unk_id must be 0; got 2"),
         (["a"], "JSON object with a 'tokens' list"),
@@ -176,3 +201,14 @@ def test_names_data(names_dir):
     train, val = load_splits(folder_spec(names_dir))
     assert len(train) + len(val) == 20050
     assert Counter(y for _, y in val)[sorted(samples).index("Russian")] == round(9384 * 0.2)
+
+
+def test_a_class_file_given_as_the_folder(tmp_path):
+    """Issue 11.13: a file where the folder is expected: said, with the folder to pass."""
+    folder = write_folder(tmp_path / "names", {"Arabic.txt": "x\n", "Greek.txt": "y\n"})
+    match = (
+        r"Arabic\.txt: expected a folder with one \.txt file per class; it is a file \(one "
+        r"class's file\? pass the folder that holds it, .*names\)"
+    )
+    with pytest.raises(DataError, match=match):
+        read_folder(folder / "Arabic.txt")

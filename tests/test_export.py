@@ -17,6 +17,8 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 
+from rnn_export import atomic
+from rnn_export.atomic import WriteError
 from rnn_export.checkpoint import load_checkpoint, save_checkpoint
 from rnn_export.cli import main
 from rnn_export.config import ModelConfig
@@ -26,8 +28,8 @@ from rnn_export.export import (
     MIN_OPSET,
     ExportError,
     _check_runs,
-    _write_atomic,
     build_onnx,
+    estimate_file_bytes,
     export_model,
     export_onnx,
 )
@@ -87,7 +89,7 @@ def _model(arch: str, nonlinearity: str, layers: int, hidden: int = 24, seed: in
 
 
 def _session(model, opset: int) -> ort.InferenceSession:
-    return _ort_session(build_onnx(model, VOCAB, SHA, opset=opset).SerializeToString())
+    return _ort_session(build_onnx(model, VOCAB, SHA, opset=opset).data)
 
 
 def _batch(rng, model, B: int, T: int, lengths=None):
@@ -196,7 +198,7 @@ def _all_nodes(graph):
 def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     """B and T are symbolic; the same file runs T=1 and T=5000 and its size has no T in it."""
     model = _model(arch, "tanh", layers)
-    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx")
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx").path
     proto = onnx.load(path)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["B", "T"]
@@ -205,7 +207,7 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     assert ops.count("RNN") == layers  # the B == 1 path: one RNN operator per layer
     assert ops.count("Scan") == 1 and "Loop" not in ops  # B > 1: one Scan over time
     # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
-    again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx")
+    again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx").path
     assert path.read_bytes() == again.read_bytes()
     session = _ort_session(str(path))
     _assert_matches(model, session, np.random.default_rng(5), ((1, 1), (2, 5000)))
@@ -214,7 +216,7 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
 @pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[1], CASES[4]])
 def test_metadata_round_trip(arch, nonlinearity, layers, tmp_path):
     model = _model(arch, nonlinearity, layers)
-    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET)
+    path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET).path
     proto = onnx.load(path)
     assert proto.opset_import[0].version == MIN_OPSET
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
@@ -315,7 +317,7 @@ def _foreign_onnx(path: Path) -> Path:
 
 
 def _wrong_schema(path: Path) -> Path:
-    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     for prop in proto.metadata_props:
         if prop.key == "rnn_export.schema":
             prop.value = "2"
@@ -358,7 +360,7 @@ def _truncate_weights(run_dir: Path) -> None:
         (_corrupt_config, "m.onnx", None, "config.json: not valid JSON"),
         (_truncate_weights, "m.onnx", None, "model.safetensors: not a safetensors file"),
         (None, "no-such-folder/m.onnx", None, "folder .* does not exist"),
-        (None, "run/config.json/m.onnx", None, "does not exist"),
+        (None, "run/config.json/m.onnx", None, "config.json is a regular file, not a folder"),
         (None, "m.onnx", "13", "opset 13 is too old"),
         (None, "m.onnx", "99", "opset 99 is newer than the installed onnx"),
     ],
@@ -409,13 +411,13 @@ def test_export_model_rejects(change, message, tmp_path):
 
 
 def test_out_path_that_is_a_folder(run_dir, tmp_path):
-    with pytest.raises(ExportError, match="is a folder; expected the path of the .onnx file"):
+    with pytest.raises(WriteError, match="is a folder; expected the path of the .onnx file"):
         export_onnx(run_dir, tmp_path)
 
 
 def test_opset_onnxruntime_cannot_run():
     """A real onnxruntime refusal (an opset newer than it knows) becomes an ExportError."""
-    proto = build_onnx(_model("cell", "tanh", 1), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     proto.opset_import[0].version = 99
     version = ".".join(ort.__version__.split(".")[:2])
     with pytest.raises(ExportError, match=f"opset 99 cannot be run by onnxruntime {version}: "):
@@ -430,10 +432,11 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, failure):
     def fail(src, dst):
         raise failure
 
+    model = _model("cell", "tanh", 1)
     monkeypatch.setattr(os, "replace", fail)
-    expected = ExportError if isinstance(failure, OSError) else KeyboardInterrupt
-    with pytest.raises(expected):
-        _write_atomic(b"new bytes", out)
+    expected = WriteError if isinstance(failure, OSError) else KeyboardInterrupt
+    with pytest.raises(expected, match="m.onnx: cannot write: No space left on device|^$"):
+        export_model(model, VOCAB, SHA, out)
     assert out.read_bytes() == b"an earlier model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
@@ -482,8 +485,9 @@ def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layer
     model = _model(arch, nonlinearity, layers)
     rng = np.random.default_rng(5)
     for opset in OPSETS:
-        proto = build_onnx(model, VOCAB, SHA, opset=opset)
-        main_graph = _ort_session(proto.SerializeToString())
+        built = build_onnx(model, VOCAB, SHA, opset=opset)
+        proto = onnx.load_from_string(built.data)
+        main_graph = _ort_session(built.data)
         step_session, step = _step_session(proto)
         names = [step.log_probs, *(o for _, o in step.states)]
         for B in BATCHES:
@@ -507,7 +511,7 @@ def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layer
 def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
     """Gather, per layer [Gemm (input term, layers > 0)] Gemm + f, then Gemm + LogSoftmax:
     at batch 1 every node costs about as much as its math (issue 6)."""
-    proto = build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA)
+    proto = onnx.load_from_string(build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA).data)
     meta = read_metadata({p.key: p.value for p in proto.metadata_props})
     step = onnx.load_from_string(meta.step.model_bytes())
     ops = [node.op_type for node in step.graph.node]
@@ -524,3 +528,104 @@ def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
         meta.step.token,
         *(i for i, _ in meta.step.states),
     ]
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET])
+def test_two_exports_of_one_checkpoint_are_byte_identical(run_dir, tmp_path, opset):
+    """A re-export reproduces the file byte for byte: nothing of the moment (time, paths,
+    random names) goes into it, so a file can be checked against its RUN_DIR by rebuilding."""
+    paths = [tmp_path / f"{name}.onnx" for name in ("first", "second")]
+    for path in paths:
+        result = CliRunner().invoke(
+            main, ["convert", str(run_dir), "--out", str(path), "--opset", str(opset)]
+        )
+        assert result.exit_code == 0, result.output
+    first, second = (p.read_bytes() for p in paths)
+    assert len(first) > 10_000 and first == second
+
+
+def test_convert_with_swapped_arguments_says_so(run_dir, tmp_path):
+    """Issue 11.13: `convert model.onnx --out x.onnx` names what model.onnx is."""
+    model = export_onnx(run_dir, tmp_path / "model.onnx")
+    result = CliRunner().invoke(main, ["convert", str(model), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        f"error: {model}: expected a run directory (a folder made by `rnn-export train`); it is "
+        "a regular file that looks like an exported model: pass the RUN_DIR it was converted from"
+    )
+    assert "not found" not in result.output and "swapped?" in result.output
+
+
+def test_convert_on_a_full_disk_names_the_path(run_dir, tmp_path, monkeypatch):
+    """Issue 11.8: "error: None: No space left on device" named no path."""
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier model")
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    real_replace = atomic.replace_file
+
+    def replace_on_a_full_disk(path, data):
+        monkeypatch.setattr(os, "write", full)
+        try:
+            real_replace(path, data)
+        finally:
+            monkeypatch.undo()
+
+    monkeypatch.setattr(atomic, "replace_file", replace_on_a_full_disk)
+    result = CliRunner().invoke(main, ["convert", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {out}: cannot write: No space left on device\n"
+    assert out.read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers", "hidden"), [("stacked", 3, 256), ("cell", 1, 384), ("stacked", 1, 40)]
+)
+def test_estimated_file_size_is_the_real_one(arch, layers, hidden):
+    model = _model(arch, "tanh", layers, hidden=hidden)
+    built = build_onnx(model, VOCAB, SHA)
+    estimate = estimate_file_bytes(model.config)
+    assert estimate <= built.size_bytes <= estimate * 1.01 + 16_384
+
+
+# GiB by hand: float32 weights in the main graph, plus their base64 copy (4/3) in the step
+# model: L=16, H=4096: 31 H^2 (R of 16 layers, W of 15) -> 1.94 * (1 + 4/3) = 4.52;
+# V=65,536, H=4096, L=1: the table V H + R H^2 -> 1.06 * (1 + 4/3) = 2.48.
+@pytest.mark.parametrize(
+    ("vocab", "hidden", "layers", "gib"), [(16, 4096, 16, "4.52"), (65_536, 4096, 1, "2.48")]
+)
+def test_an_export_over_2_gib_is_refused_up_front(tmp_path, vocab, hidden, layers, gib):
+    """Issue 11.7: refused from the config, before a weight is copied (a model on the meta
+    device has no data: any attempt to read it would fail)."""
+    config = ModelConfig("stacked", vocab, LABELS, hidden, layers)
+    with torch.device("meta"):
+        model = build_model(config)
+    chars = [chr(c) for c in range(0x100, 0x100 + vocab + 2048) if not 0xD800 <= c < 0xE000]
+    match = rf"would make an ONNX file of about {gib} GiB; ONNX files are limited to 2 GiB"
+    with pytest.raises(ExportError, match=match):
+        export_model(model, Vocabulary(("<unk>", *chars[: vocab - 1])), SHA, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _metadata(proto):
+    return read_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def test_reversed_labels_export_a_file_of_another_identity(run_dir, tmp_path):
+    """Issue 11.10: same weights, labels reversed: the files differ in checkpoint_sha256."""
+    first = export_onnx(run_dir, tmp_path / "a.onnx")
+    config = run_dir / "config.json"
+    record = json.loads(config.read_text())
+    record["labels"] = record["labels"][::-1]
+    config.write_text(json.dumps(record))
+    second = export_onnx(run_dir, tmp_path / "b.onnx")
+    a, b = (
+        read_metadata({p.key: p.value for p in onnx.load(f).metadata_props})
+        for f in (first, second)
+    )
+    assert a.labels == LABELS and b.labels == LABELS[::-1]
+    assert a.checkpoint_sha256 != b.checkpoint_sha256
+    assert b.checkpoint_sha256 == load_checkpoint(run_dir).sha256

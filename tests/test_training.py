@@ -9,6 +9,7 @@ import torch
 
 from rnn_export import training
 from rnn_export.checkpoint import load_checkpoint
+from rnn_export.config import ConfigError
 from rnn_export.data import encode_batch, folder_spec, load_splits
 
 ARCHS = ("cell", "stacked")
@@ -52,7 +53,7 @@ def test_metrics_match_the_saved_model(tiny_run_dir, arch):
     accuracy = (log_probs.argmax(-1) == labels).float().mean().item()
     assert accuracy == pytest.approx(ckpt.metrics["val_accuracy"], abs=0.5 / len(val))
     assert ckpt.metrics["num_val"] == len(val)
-    assert ckpt.training["epochs"] == 1 and ckpt.training["optimizer"] == "Adam"
+    assert ckpt.options.epochs == 1 and ckpt.training["optimizer"] == "Adam"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -103,13 +104,18 @@ def test_curves_png(tiny_run_dir):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"epochs": 0}, "epochs and batch_size must be >= 1; got 0 and 64"),
-        ({"batch_size": 0}, "epochs and batch_size must be >= 1; got 8 and 0"),
-        ({"lr": 0.0}, "lr must be > 0; got 0.0"),
+        ({"epochs": 0}, r"epochs must be in 1 \.\. 100,000; got 0"),
+        ({"batch_size": 0}, r"batch_size must be in 1 \.\. 65,536; got 0"),
+        ({"lr": 0.0}, r"lr must be a finite number in \(0, 1\]; got 0\.0"),
+        ({"lr": float("nan")}, r"lr must be a finite number in \(0, 1\]; got nan"),
+        ({"lr": 1e38}, r"lr must be a finite number in \(0, 1\]; got 1e\+38"),
+        ({"seed": 2**70}, r"seed must be in 0 \.\. 4,294,967,295; got 1,180,591,"),
+        ({"hidden_size": 1_000_000}, r"hidden_size must be in 1 \.\. 4,096; got 1,000,000"),
+        ({"threads": 2**31}, r"threads must be in 1 \.\. 256; got 2,147,483,648"),
     ],
 )
 def test_bad_arguments(tmp_path, first_char_data, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         training.train("cell", tmp_path / "run", data=first_char_data, **kwargs)
     assert not (tmp_path / "run").exists()
 
@@ -136,3 +142,16 @@ def test_default_settings_reach_90_percent_on_the_embedded_task(tmp_path, arch):
 def test_default_settings_reach_80_percent_on_names(tmp_path, names_dir, arch):
     ckpt = training.train(arch, tmp_path / "run", data=folder_spec(names_dir), progress=False)
     assert ckpt.metrics["val_accuracy"] >= 0.8
+
+
+def test_options_and_keywords_train_the_same_run(tmp_path, first_char_data):
+    """train(TrainOptions) is the API; train(arch, out, **options) is the older spelling."""
+    options = training.TrainOptions(arch="cell", hidden_size=16, epochs=1, seed=2)
+    a = training.train(options, tmp_path / "a", data=first_char_data, progress=False)
+    b = training.train(
+        "cell", tmp_path / "b", data=first_char_data, hidden_size=16, epochs=1, seed=2, **{}
+    )
+    assert a.options == b.options == options
+    assert a.sha256 == b.sha256
+    with pytest.raises(TypeError, match=r"not both; got \['epochs'\]"):
+        training.train(options, tmp_path / "c", data=first_char_data, epochs=2)

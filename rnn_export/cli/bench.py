@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -50,18 +49,13 @@ def bench_command(model_path, run_dir, json_path, threads, repeats, quick):
     RSS of a process that imports only the runtime. Exit 2 when the model and
     checkpoint cannot be read or do not belong together.
     """
-    from rnn_export.bench import BenchError, run_bench
+    from rnn_export import atomic
+    from rnn_export.bench import run_bench
 
-    try:
-        report = run_bench(model_path, run_dir, threads=threads, repeats=repeats, quick=quick)
-    except BenchError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    if json_path is not None:  # before minutes of timing, not after
+        atomic.check_file_output(json_path, "the JSON report")
+    report = run_bench(model_path, run_dir, threads=threads, repeats=repeats, quick=quick)
     click.echo(report.format_table())
     if json_path is not None:
-        try:
-            json_path.write_text(report.to_json() + "\n", encoding="utf-8")
-        except OSError as e:
-            click.echo(f"error: cannot write {json_path}: {e.strerror}", err=True)
-            sys.exit(2)
+        atomic.replace_file(json_path, (report.to_json() + "\n").encode("utf-8"))
         click.echo(f"figures written to {json_path}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from rnn_export.cli.inspect import describe_model, tensors_line
+from rnn_export.cli.inspect import tensors_line
 
 
 @click.command("convert")
@@ -32,32 +31,20 @@ def convert_command(run_dir, out_path, opset):
     returns log_probs (B, C) and the new state hn; B and T are dynamic. Its
     metadata carries the vocabulary, labels and state layout (see `inspect`).
     """
-    import onnx
+    from rnn_export.checkpoint import load_checkpoint
+    from rnn_export.export import DEFAULT_OPSET, export_model
 
-    from rnn_export.export import DEFAULT_OPSET, ExportError, count_nodes, export_onnx
-
+    ckpt = load_checkpoint(run_dir)
     opset = DEFAULT_OPSET if opset is None else opset
-    try:
-        path = export_onnx(run_dir, out_path, opset=opset)
-    except ExportError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    info = describe_model(path)
-    proto = onnx.load(path)
-    click.echo(f"wrote {path}")
-    click.echo(f"  size     {info['size_bytes']:,} bytes")
-    click.echo(f"  nodes    {count_nodes(proto.graph)} (subgraphs included)")
-    click.echo(f"  opset    {info['metadata']['provenance']['opset']}")
-    click.echo(f"  inputs   {tensors_line(info['inputs'])}")
-    click.echo(f"  outputs  {tensors_line(info['outputs'])}")
-    step = info["metadata"]["step"]
-    if step is not None:
-        from rnn_runtime.metadata import read_metadata
-
-        meta = read_metadata({p.key: p.value for p in proto.metadata_props})
-        nodes = count_nodes(onnx.load_from_string(meta.step.model_bytes()).graph)
-        click.echo(
-            f"  step     embedded step model for the runtime: {nodes} nodes, "
-            f"{step['bytes']:,} bytes (inputs {step['token']}, "
-            f"{', '.join(x['input'] for x in step['states'])})"
-        )
+    exported = export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset)
+    step = exported.step
+    click.echo(f"wrote {exported.path}")
+    click.echo(f"  size     {exported.size_bytes:,} bytes")
+    click.echo(f"  nodes    {exported.nodes} (subgraphs included)")
+    click.echo(f"  opset    {exported.opset}")
+    click.echo(f"  inputs   {tensors_line(exported.inputs)}")
+    click.echo(f"  outputs  {tensors_line(exported.outputs)}")
+    click.echo(
+        f"  step     embedded step model for the runtime: {step['nodes']} nodes, "
+        f"{step['bytes']:,} bytes (inputs {step['token']}, {', '.join(step['states'])})"
+    )

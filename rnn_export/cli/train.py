@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from rnn_export.config import (
+    ALL_NONLINEARITIES,
+    ARCHS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN_SIZE,
+    DEFAULT_LR,
+)
 
 
 @click.command("train")
 @click.option(
     "--arch",
     required=True,
-    type=click.Choice(["cell", "stacked"]),
+    type=click.Choice(ARCHS),
     help="cell: the notes' hand-built RNN; stacked: the notes' nn.RNN wrapper.",
 )
 @click.option(
@@ -32,12 +40,16 @@ import click
     "one is complete.",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=None, help="Passes over the data [default: 8]."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_EPOCHS,
+    show_default=True,
+    help="Passes over the data.",
 )
 @click.option(
     "--hidden-size",
     type=click.IntRange(min=1),
-    default=128,
+    default=DEFAULT_HIDDEN_SIZE,
     show_default=True,
     help="H, the hidden state size.",
 )
@@ -49,7 +61,7 @@ import click
 )
 @click.option(
     "--nonlinearity",
-    type=click.Choice(["tanh", "relu", "identity"]),
+    type=click.Choice(ALL_NONLINEARITIES),
     default="tanh",
     show_default=True,
     help="identity (cell only) is the notes' linear recurrence.",
@@ -57,14 +69,16 @@ import click
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=None,
-    help="Samples per BPTT step [default: 64].",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Samples per BPTT step.",
 )
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Adam learning rate, decayed to 0 by a cosine schedule [default: 0.003].",
+    default=DEFAULT_LR,
+    show_default=True,
+    help="Adam learning rate, decayed to 0 by a cosine schedule.",
 )
 @click.option(
     "--seed",
@@ -73,9 +87,7 @@ import click
     show_default=True,
     help="Seeds the weights, the batch order, the split and the embedded task.",
 )
-def train_command(
-    arch, data_dir, out, epochs, hidden_size, num_layers, nonlinearity, batch_size, lr, seed
-):
+def train_command(data_dir, out, **options):
     """Train a classifier and write its RUN_DIR (weights, config, vocabulary, metrics,
     curves.png).
 
@@ -83,45 +95,23 @@ def train_command(
     accuracy. Exit 2 for bad data, options or --out; an interrupted run writes
     nothing and leaves an earlier checkpoint at --out intact.
     """
-    from rnn_export import training
-    from rnn_export.checkpoint import CheckpointError
-    from rnn_export.config import ConfigError
-    from rnn_export.data import DataError, embedded_spec, folder_spec
+    from rnn_export.config import TrainOptions
+    from rnn_export.data import embedded_spec, folder_spec
+    from rnn_export.training import train
 
+    options = TrainOptions(**options)
+    seed = options.seed
     data = embedded_spec(seed) if data_dir is None else folder_spec(data_dir, seed=seed)
-    options = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
     try:
-        ckpt = training.train(
-            arch,
-            out,
-            data=data,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            nonlinearity=nonlinearity,
-            seed=seed,
-            **{k: v for k, v in options.items() if v is not None},
-        )
-    except (DataError, ConfigError, CheckpointError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except OSError as e:
-        click.echo(f"error: {e.filename}: {e.strerror}", err=True)
-        sys.exit(2)
+        ckpt = train(options, out, data=data)
     except KeyboardInterrupt:
         click.echo(f"interrupted: nothing written; {out} is as it was", err=True)
-        sys.exit(130)
+        raise SystemExit(130) from None
     m = ckpt.metrics
     click.echo(f"wrote {ckpt.run_dir}")
-    click.echo(f"  model         {_model_line(ckpt.config)}")
+    click.echo(f"  model         {ckpt.config.describe()}")
     click.echo(f"  data          {data['source']} ({m['num_train']} train, {m['num_val']} val)")
     click.echo(f"  val_accuracy  {m['val_accuracy']:.4f}")
     click.echo(f"  train_loss    {m['train_loss']:.4f}")
     click.echo(f"  seconds       {m['train_seconds']:.1f}")
     click.echo(f"  sha256        {ckpt.sha256}")
-
-
-def _model_line(config) -> str:
-    return (
-        f"{config.arch}, L={config.num_layers}, H={config.hidden_size}, "
-        f"{config.nonlinearity}, V={config.vocab_size}, C={config.num_classes}"
-    )
