@@ -54,8 +54,10 @@ def _step_line(step: dict | None) -> list[str]:
 def inspect_command(model_path, as_json):
     """Print a model file's metadata and input/output signature.
 
-    Needs only onnxruntime (no torch, no onnx). Exits 2 for a file that is not
-    an ONNX model, has no rnn-export metadata, or has an unknown schema version.
+    Needs only onnxruntime (no torch, no onnx). Exits 2, saying what the path
+    is, for a path that is not a model file (missing, a folder such as a RUN_DIR,
+    not ONNX, external data, non-finite weights) or a file without valid
+    rnn-export metadata (none, an unknown schema version, a value past a limit).
     """
     import json
 

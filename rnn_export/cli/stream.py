@@ -7,10 +7,19 @@ from pathlib import Path
 
 import click
 
+HINT = (
+    "stream: type a line and press Enter for its prediction (label, probability); "
+    "Ctrl-D ends the input."
+)
+
 
 @click.command("stream")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
-@click.option("--every-step", is_flag=True, help="Print after each character, not each line.")
+@click.option(
+    "--every-step",
+    is_flag=True,
+    help='Print after each character, not each line (an empty line prints "-").',
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
 @click.option(
     "--top-k",
@@ -23,7 +32,7 @@ import click
     "--strict",
     is_flag=True,
     help="Fail (exit 2) on a character outside the vocabulary instead of "
-    "mapping it to the unknown token.",
+    "mapping it to the unknown token (and warning on stderr).",
 )
 @click.option(
     "--carry",
@@ -35,24 +44,29 @@ import click
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="onnxruntime intra-op threads.",
+    help="onnxruntime intra-op threads, at most the machine's logical CPUs.",
 )
 @click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    default=("CPUExecutionProvider",),
+    "--providers",
+    default="cpu",
     show_default=True,
-    help="onnxruntime execution provider, full name or cpu/cuda/tensorrt/dml (repeat for a "
-    "priority list); an unavailable one is an error, never a silent fallback.",
+    help="onnxruntime execution providers in priority order, comma separated: short "
+    "names (cpu, cuda, tensorrt, dml) or full ones; an unavailable one is an error, "
+    "never a silent fallback.",
 )
 def stream_command(model_path, every_step, as_json, top_k, strict, carry, threads, providers):
     """Read text from stdin and print the running prediction.
 
     By default each input line is a separate text and one line is printed per
     input line: the label and probability after its last character (tab
-    separated; "-" for an empty line). Works line by line as you type, and from a
-    pipe.
+    separated; "-" for an empty line). With --every-step one line per character
+    (the character, then the pairs), and "-" for an empty line, so every input
+    line shows in the output. Works line by line as you type, and from a pipe;
+    input that is not UTF-8 is read with U+FFFD for the bad bytes.
+
+    A line with characters outside the model's vocabulary gets a warning on
+    stderr with their count (they are read as the unknown token); --strict
+    makes them an error.
     """
     import json
 
@@ -60,15 +74,22 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 
     try:
         model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
-    except (rnn_runtime.ModelFileError, rnn_runtime.MetadataError, rnn_runtime.ProviderError) as e:
+    except (
+        rnn_runtime.ModelFileError,
+        rnn_runtime.MetadataError,
+        rnn_runtime.ProviderError,
+        rnn_runtime.ThreadsError,
+    ) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    stdin = sys.stdin.buffer
+    if stdin.isatty():
+        click.echo(HINT, err=True)
+    lines = (raw.decode("utf-8", "replace") for raw in iter(stdin.readline, b""))
+    if not strict:
+        lines = _warn_unknown(lines, model.tokenizer)
     records = rnn_runtime.stream_lines(
-        model.stream(strict=strict),
-        iter(sys.stdin.readline, ""),
-        every_step=every_step,
-        carry=carry,
-        k=top_k,
+        model.stream(strict=strict), lines, every_step=every_step, carry=carry, k=top_k
     )
     try:
         for record in records:
@@ -76,8 +97,23 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
                 line = json.dumps(record, ensure_ascii=False)
             else:
                 pairs = "\t".join(f"{label}\t{p:.4f}" for label, p in record["top_k"]) or "-"
-                line = f"{record['char']}\t{pairs}" if every_step else pairs
+                line = f"{record['char']}\t{pairs}" if record.get("step") else pairs
             click.echo(line)  # click.echo flushes: output follows input line by line
     except rnn_runtime.StreamError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+
+
+def _warn_unknown(lines, tokenizer):
+    """The lines unchanged, with a warning on stderr before each one that holds
+    characters outside the vocabulary."""
+    for n, line in enumerate(lines, 1):
+        text = line.rstrip("\r\n")
+        unknown = tokenizer.count_unknown(text)
+        if unknown:
+            click.echo(
+                f"warning: line {n}: {unknown} of {len(text)} characters are not in the "
+                "model's vocabulary (read as the unknown token)",
+                err=True,
+            )
+        yield line

@@ -15,7 +15,8 @@ Keys (all values are JSON text):
                             "states": [{"input", "output", "shape", "dtype", "initial"}]}
                            where tensor = {"name", "shape", "dtype"}; a shape lists
                            ints and the symbols "B" (batch) and "T" (time).
-    rnn_export.provenance  {"checkpoint_sha256", "tool_version", "opset", "libraries": {...}}
+    rnn_export.provenance  {"checkpoint_sha256", "tool_version", "opset",
+                            "libraries": {name: version str}}
     rnn_export.step        optional: a second, loop-free ONNX model for one step at a time,
                            {"token", "log_probs", "states": [{"input", "output"}, ...],
                             "sha256", "onnx_base64"}: inputs token (B,) int64 and one
@@ -25,6 +26,15 @@ Keys (all values are JSON text):
                            when it is (B, H). The runtime steps through it on the CPU: at
                            batch 1 every onnxruntime node costs about as much as its math,
                            and this graph has the fewest nodes (issue 6 has the figures).
+
+Limits (a file past one is refused with MetadataError before anything is allocated):
+vocab_size <= MAX_VOCAB (2**20), num_classes <= MAX_CLASSES (2**16), hidden_size <=
+MAX_HIDDEN (2**14), num_layers <= MAX_LAYERS (64), at most MAX_STATES (16) states, shapes
+of rank <= MAX_RANK (8) with fixed dimensions <= MAX_DIM (2**20) and at most
+MAX_STATE_FLOATS (2**22) values per stream and state, opset <= MAX_OPSET (1000). Every
+value must be UTF-8 JSON that Python reads (no nesting past its recursion limit, no int
+of 4,300+ digits) and its strings valid Unicode (no lone surrogates); labels and vocab
+tokens must be distinct.
 """
 
 from __future__ import annotations
@@ -36,14 +46,27 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rnn_runtime.errors import MetadataError
+
 SCHEMA_VERSION = 1
 PREFIX = "rnn_export."
 _DTYPES = ("int64", "float32")
 _INITIALS = ("zeros",)
-
-
-class MetadataError(ValueError):
-    """A file without our metadata, with an unknown schema, or with metadata that lies."""
+MAX_VOCAB = 1 << 20
+MAX_CLASSES = 1 << 16
+MAX_HIDDEN = 1 << 14
+MAX_LAYERS = 64
+MAX_STATES = 16
+MAX_RANK = 8
+MAX_DIM = 1 << 20
+MAX_STATE_FLOATS = 1 << 22
+MAX_OPSET = 1000
+_MAXIMA = {
+    "vocab_size": MAX_VOCAB,
+    "num_classes": MAX_CLASSES,
+    "hidden_size": MAX_HIDDEN,
+    "num_layers": MAX_LAYERS,
+}
 
 
 @dataclass(frozen=True)
@@ -267,24 +290,40 @@ def _load(props: Mapping[str, str], key: str):
     if full not in props:
         raise MetadataError(f"metadata key {full!r} is missing")
     try:
-        return json.loads(props[full])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise MetadataError(f"metadata key {full!r} is not valid JSON: {e}") from None
+        value = json.loads(props[full])
+        # Lone surrogates ("\\ud800") parse, then fail wherever the text is printed.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as e:
+        # ValueError covers bad JSON, an int past Python's digit limit and a lone surrogate.
+        raise MetadataError(
+            f"metadata key {full!r} is not valid JSON text: {type(e).__name__}: {str(e):.200}"
+        ) from None
+    return value
 
 
 def _expect(cond: bool, what: str, got) -> None:
     if not cond:
-        raise MetadataError(f"metadata: expected {what}; got {got!r}")
+        raise MetadataError(f"metadata: expected {what}; got {got!r:.200}")
 
 
 def _is_int(x, minimum: int = 0) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
 
 
+def _repeated(items: list) -> list:
+    """The items that occur more than once (first occurrences order), for messages."""
+    seen: set = set()
+    return list(dict.fromkeys(x for x in items if x in seen or seen.add(x)))
+
+
 def _shape(raw, where: str) -> tuple:
-    _expect(isinstance(raw, list), f"{where}.shape to be a list", raw)
+    _expect(isinstance(raw, list) and len(raw) <= MAX_RANK, f"{where}.shape of rank <= 8", raw)
     for d in raw:
-        _expect(d in ("B", "T") or _is_int(d, 1), f"{where}.shape of ints, 'B' or 'T'", raw)
+        _expect(
+            d in ("B", "T") or (_is_int(d, 1) and d <= MAX_DIM),
+            f"{where}.shape of ints in [1, {MAX_DIM}], 'B' or 'T'",
+            raw,
+        )
     return tuple(raw)
 
 
@@ -302,6 +341,12 @@ def _state(raw, i: int) -> StateSpec:
         _expect(isinstance(raw.get(key), str) and raw[key], f"{where}.{key}", raw.get(key))
     shape = _shape(raw.get("shape"), where)
     _expect(shape.count("B") == 1 and "T" not in shape, f"{where}.shape with one 'B'", shape)
+    floats = 1
+    for d in shape:
+        floats *= 1 if d == "B" else d
+    _expect(
+        floats <= MAX_STATE_FLOATS, f"{where}.shape of at most {MAX_STATE_FLOATS} values", shape
+    )
     _expect(raw.get("dtype") in _DTYPES, f"{where}.dtype in {_DTYPES}", raw.get("dtype"))
     _expect(raw.get("initial") in _INITIALS, f"{where}.initial in {_INITIALS}", raw.get("initial"))
     return StateSpec(raw["input"], raw["output"], shape, raw["dtype"], raw["initial"])
@@ -333,8 +378,9 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         )
     model = _load(props, "model")
     _expect(isinstance(model, dict), "model to be an object", model)
-    for key in ("vocab_size", "num_classes", "hidden_size", "num_layers"):
-        _expect(_is_int(model.get(key), 1), f"model.{key} to be a positive int", model.get(key))
+    for key, most in _MAXIMA.items():
+        value = model.get(key)
+        _expect(_is_int(value, 1) and value <= most, f"model.{key} in [1, {most}]", value)
     _expect(model.get("arch") in ("cell", "stacked"), "model.arch cell|stacked", model.get("arch"))
     _expect(
         isinstance(model.get("nonlinearity"), str), "model.nonlinearity", model.get("nonlinearity")
@@ -349,7 +395,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         tokens,
     )
     _expect(len(tokens) == model["vocab_size"], f"{model['vocab_size']} vocab tokens", len(tokens))
-    _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", tokens)
+    _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", _repeated(tokens))
     unk = vocab.get("unk_id")
     _expect(_is_int(unk) and unk < len(tokens), f"vocab.unk_id in [0, {len(tokens)})", unk)
 
@@ -360,11 +406,16 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         labels,
     )
     _expect(len(labels) == model["num_classes"], f"{model['num_classes']} labels", len(labels))
+    _expect(len(set(labels)) == len(labels), "distinct labels", _repeated(labels))
 
     io = _load(props, "io")
     _expect(isinstance(io, dict), "io to be an object", io)
     states = io.get("states")
-    _expect(isinstance(states, list) and states, "io.states to be a non-empty list", states)
+    _expect(
+        isinstance(states, list) and 0 < len(states) <= MAX_STATES,
+        f"io.states to be a list of 1 to {MAX_STATES} states",
+        states,
+    )
     state_specs = tuple(_state(s, i) for i, s in enumerate(states))
     tensors = {
         "tokens": _tensor(io.get("tokens"), "io.tokens", "int64"),
@@ -377,9 +428,20 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
 
     provenance = _load(props, "provenance")
     _expect(isinstance(provenance, dict), "provenance to be an object", provenance)
-    _expect(_is_int(provenance.get("opset"), 1), "provenance.opset", provenance.get("opset"))
+    opset = provenance.get("opset")
+    _expect(
+        _is_int(opset, 1) and opset <= MAX_OPSET, f"provenance.opset in [1, {MAX_OPSET}]", opset
+    )
     sha = provenance.get("checkpoint_sha256")
     _expect(isinstance(sha, str) and len(sha) == 64, "provenance.checkpoint_sha256", sha)
+    version = provenance.get("tool_version")
+    _expect(isinstance(version, str), "provenance.tool_version to be a str", version)
+    libraries = provenance.get("libraries")
+    _expect(
+        isinstance(libraries, dict) and all(isinstance(v, str) for v in libraries.values()),
+        "provenance.libraries to be an object of version strings",
+        libraries,
+    )
     step = None
     if PREFIX + "step" in props:
         step = _step(_load(props, "step"), model["num_layers"], state_specs)
@@ -416,15 +478,17 @@ def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
         "step.states to be a list of {input, output} names",
         layers,
     )
-    _expect(len(layers) == num_layers, f"{num_layers} step states (one per layer)", len(layers))
-    _expect(len(states) == 1, "one model state for a step model", len(states))
-    shape = states[0].shape
-    _expect(
-        (len(shape) == 3 and states[0].batch_axis == 1)
-        or (len(shape) == 2 and num_layers == 1 and states[0].batch_axis == 0),
-        "a (L, B, H) or, with one layer, (B, H) state for a step model",
-        shape,
-    )
+    # The step model's states are each model state's per-layer views, in metadata order.
+    want = num_layers * len(states)
+    _expect(len(layers) == want, f"{want} step states (one per layer and state)", len(layers))
+    for state in states:
+        shape = state.shape
+        _expect(
+            (len(shape) == 3 and state.batch_axis == 1)
+            or (len(shape) == 2 and num_layers == 1 and state.batch_axis == 0),
+            "(L, B, H) or, with one layer, (B, H) states for a step model",
+            shape,
+        )
     sha = raw["sha256"]
     _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "step.sha256", sha)
     pairs = tuple((x["input"], x["output"]) for x in layers)

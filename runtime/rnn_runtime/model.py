@@ -1,13 +1,19 @@
 """Open a model file made by `rnn-export convert`: validated onnxruntime sessions.
 
-A StreamModel holds the session, the metadata and the vocabulary; streams and pools
+A StreamModel holds the session, the metadata and the tokenizer; streams and pools
 (stream.py, pool.py) run on it. Only numpy and onnxruntime are needed.
+
+Opening reads the file once and checks it before onnxruntime sees it: the path is a
+regular file of at most MAX_MODEL_BYTES (protobuf's 2 GiB limit), its tensors hold no
+external data and no NaN or infinity, and its metadata is valid (onnxfile.py,
+metadata.py); then onnxruntime loads the checked bytes and the graph's signature is
+compared with the metadata.
 
 A file that embeds a step model (metadata key rnn_export.step) gets a second session on
 it when the model runs on the CPU: streams and pools take their one-token steps through
 it (fewer onnxruntime nodes per step), everything longer goes through the main graph.
-At open the step model's checksum and signature are checked, and one step through it is
-compared with one step through the main graph.
+At open the step model's checksum, tensors and signature are checked, and every path
+of the main graph is run on every token id against one-token steps (crosscheck.py).
 
 Thread safety: a StreamModel is immutable after it is opened and onnxruntime allows
 concurrent runs on one session, so one model may be shared by any number of streams
@@ -16,62 +22,57 @@ and pools on any number of threads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
-from rnn_runtime.metadata import MetadataError, ModelMetadata, check_signature, read_metadata
-
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-# Where a provider keeps its tensors: the recurrent state is allocated there and stays there.
-_PROVIDER_DEVICES = {
-    "CPUExecutionProvider": "cpu",
-    "CUDAExecutionProvider": "cuda",
-    "TensorrtExecutionProvider": "cuda",
-    "DmlExecutionProvider": "dml",
-}
-# Short names accepted for providers (as `rnn-export verify --providers` spells them).
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "dml": "DmlExecutionProvider",
-}
-# onnxruntime's exceptions for a model it cannot load or run (the toolkit catches the same).
-ORT_ERRORS = (
-    _ort_errors.Fail,
-    _ort_errors.InvalidArgument,
-    _ort_errors.InvalidGraph,
-    _ort_errors.InvalidProtobuf,
-    _ort_errors.NoSuchFile,
-    _ort_errors.NotImplemented,
-    _ort_errors.RuntimeException,
+from rnn_runtime.crosscheck import check_graphs
+from rnn_runtime.errors import (
+    MetadataError,
+    ModelFileError,
+    ProviderError,  # noqa: F401 (its old home; callers import it from rnn_runtime)
+    StreamError,
+    UnknownCharError,  # noqa: F401 (its old home)
 )
+from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
+from rnn_runtime.onnxfile import scan_model
+from rnn_runtime.pool import StreamPool
+from rnn_runtime.session import (
+    DEFAULT_PROVIDERS,
+    ORT_ERRORS,  # noqa: F401 (its old home, for callers not yet moved to session.py)
+    PROVIDER_DEVICES,
+    StateBuffers,
+    StepBindings,
+    check_threads,
+    layer_views,  # noqa: F401 (its old home, for callers not yet moved to session.py)
+    open_session,
+    open_step_session,
+    resolve_providers,
+    run_step_model,  # noqa: F401 (its old home)
+    session_options,  # noqa: F401 (its old home)
+)
+from rnn_runtime.session import PROVIDERS as PROVIDER_ALIASES  # noqa: F401 (its old name)
+from rnn_runtime.stream import StreamSession
+from rnn_runtime.tokens import Tokenizer
 
-
-class ModelFileError(ValueError):
-    """A path that onnxruntime cannot load as a model."""
-
-
-class ProviderError(ValueError):
-    """A requested execution provider that is not available (never silently replaced)."""
-
-
-class StreamError(ValueError):
-    """Bad input to a stream or pool: a token id, a state, saved bytes. The stream is unchanged."""
-
-
-class UnknownCharError(StreamError):
-    """A character outside the model's vocabulary, in strict mode."""
+MAX_MODEL_BYTES = (1 << 31) - 1  # protobuf cannot parse a larger message
+EXPECTED = "expected a .onnx file made by `rnn-export convert`"
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def open_model(
     path: str | Path,
     *,
-    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    providers: str | Sequence[str] = DEFAULT_PROVIDERS,
     threads: int = 1,
     step_model: bool = True,
 ) -> StreamModel:
@@ -79,30 +80,23 @@ def open_model(
 
     Args:
         path: a .onnx file made by `rnn-export convert`.
-        providers: onnxruntime execution providers in priority order (full names or
-            the short names of PROVIDER_ALIASES: cpu, cuda, tensorrt, dml); each must be
+        providers: onnxruntime execution providers in priority order: "cpu,cuda" or a
+            list, short names (cpu, cuda, tensorrt, dml) or full names; each must be
             available, or ProviderError is raised (no silent fallback).
-        threads: onnxruntime intra-op thread count, >= 1.
+        threads: onnxruntime intra-op thread count, 1 to the machine's logical CPUs.
         step_model: step streams and pools through the file's embedded step model
             (CPU only; files without one always use the main graph). False: the main
-            graph for everything.
+            graph for everything, and the step model is not read.
 
     Raises:
-        ModelFileError: the file is missing or is not an ONNX model.
-        MetadataError: no rnn-export metadata, an unknown schema version, or metadata
-            that contradicts the graph's inputs and outputs.
-        ProviderError: a requested provider is not available.
+        ModelFileError: the path is missing or not a regular file, is not an ONNX
+            model, or holds external data or non-finite weights.
+        MetadataError: no rnn-export metadata, an unknown schema version, metadata past
+            a limit, or metadata that contradicts the graph or the step model.
+        ProviderError: a requested provider is unknown or not available.
+        ThreadsError: a thread count out of range.
     """
     return StreamModel(path, providers=providers, threads=threads, step_model=step_model)
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """The runtime's onnxruntime session options: `threads` intra-op threads, sequential."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return options
 
 
 def load_metadata(path: str | Path) -> ModelMetadata:
@@ -110,16 +104,63 @@ def load_metadata(path: str | Path) -> ModelMetadata:
     return open_model(path).metadata
 
 
+def read_model_file(path: Path) -> bytes:
+    """The bytes of a model file, refusing anything but a regular file of a sane size.
+
+    Raises:
+        ModelFileError: saying what the path is (missing, a folder, a FIFO...) and what
+            was expected; a folder that holds model.safetensors is named a RUN_DIR.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file ({EXPECTED})") from None
+    except IsADirectoryError:  # where a folder cannot be opened at all (Windows)
+        raise _wrong_kind(path, stat.S_IFDIR) from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot open it: {e.strerror} ({EXPECTED})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _wrong_kind(path, stat.S_IFMT(info.st_mode))
+        if info.st_size > MAX_MODEL_BYTES:
+            raise ModelFileError(
+                f"{path}: is {info.st_size:,} bytes; a model file has at most "
+                f"{MAX_MODEL_BYTES:,} (protobuf's limit)"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read it: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if not data:
+        raise ModelFileError(f"{path}: is an empty file; {EXPECTED}")
+    return data
+
+
+def _wrong_kind(path: Path, kind: int) -> ModelFileError:
+    hint = ""
+    if kind == stat.S_IFDIR and (path / "model.safetensors").is_file():
+        hint = (
+            "; it looks like a RUN_DIR (it holds model.safetensors): make its model file "
+            f"with `rnn-export convert {path} --out model.onnx`"
+        )
+    return ModelFileError(f"{path}: is {_KINDS.get(kind, 'not a regular file')}; {EXPECTED}{hint}")
+
+
 class StreamModel:
-    """One opened model: onnxruntime session, validated metadata, vocabulary.
+    """One opened model: onnxruntime session, validated metadata, tokenizer.
 
     Attributes:
         path: the model file.
         metadata: its ModelMetadata.
+        tokenizer: its Tokenizer (characters -> token ids).
         session: the onnxruntime InferenceSession on the main graph.
         step_session: the InferenceSession on the embedded step model, or None (no step
             model in the file, a non-CPU provider, or step_model=False).
-        providers: the providers the session runs on, as requested.
+        providers: the providers the session runs on (full names).
         device: where the state lives ("cpu", "cuda", ...), from the first provider.
         threads: onnxruntime intra-op thread count.
     """
@@ -128,65 +169,46 @@ class StreamModel:
         self,
         path: str | Path,
         *,
-        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        providers: str | Sequence[str] = DEFAULT_PROVIDERS,
         threads: int = 1,
         step_model: bool = True,
     ):
         self.path = Path(path)
-        providers = tuple(providers)
-        if not providers or not all(isinstance(p, str) for p in providers):
-            raise ProviderError(f"providers must be a non-empty list of names; got {providers!r}")
-        providers = tuple(PROVIDER_ALIASES.get(p.lower(), p) for p in providers)
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise ProviderError(
-                f"execution provider(s) {missing} not available in this onnxruntime; "
-                f"available: {available}"
-            )
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such model file")
+        providers = resolve_providers(providers)
+        threads = check_threads(threads)
+        where = str(self.path)
+        data = read_model_file(self.path)
+        props = scan_model(data, where)
         try:
-            session = ort.InferenceSession(
-                str(self.path), session_options(threads), providers=list(providers)
-            )
-        except ORT_ERRORS as e:
-            raise ModelFileError(f"{self.path}: onnxruntime cannot load it as a model: {e}") from e
-        got = session.get_providers()
-        dropped = [p for p in providers if p not in got]
-        if dropped:
-            raise ProviderError(
-                f"{self.path}: onnxruntime did not start provider(s) {dropped}; "
-                f"the session runs on {got}"
-            )
+            meta = read_metadata(props)
+        except MetadataError as e:
+            raise MetadataError(f"{where}: {e}") from None
+        # quiet: every onnxruntime error reaches the caller as a typed error with its text.
+        session = open_session(data, providers=providers, threads=threads, quiet=True, name=where)
         try:
-            meta = read_metadata(session.get_modelmeta().custom_metadata_map)
             check_signature(meta, session.get_inputs(), session.get_outputs())
         except MetadataError as e:
-            raise MetadataError(f"{self.path}: {e}") from None
+            raise MetadataError(f"{where}: {e}") from None
         if any(s.dtype != "float32" for s in meta.states):
             raise MetadataError(
-                f"{self.path}: this runtime streams float32 states; got "
+                f"{where}: this runtime streams float32 states; got "
                 f"{[s.dtype for s in meta.states]}"
             )
         self.metadata = meta
+        self.tokenizer = Tokenizer(meta.vocab, meta.unk_id)
         self.session = session
         self.providers = providers
-        self.device = _PROVIDER_DEVICES.get(providers[0], "cpu")
+        self.device = PROVIDER_DEVICES.get(providers[0], "cpu")
         self.threads = threads
-        self._char_ids = {c: i for i, c in enumerate(meta.vocab) if i != meta.unk_id}
         self.step_session = None
-        if step_model and meta.step is not None and self.device == "cpu":
-            try:
-                self.step_session = _open_step_session(meta, session, providers, threads)
-            except MetadataError as e:
-                raise MetadataError(f"{self.path}: {e}") from None
-            except ORT_ERRORS as e:
-                raise ModelFileError(
-                    f"{self.path}: onnxruntime cannot load or run its embedded step model: {e}"
-                ) from e
+        try:
+            if step_model and meta.step is not None and self.device == "cpu":
+                step_bytes = meta.step.model_bytes()
+                scan_model(step_bytes, "the embedded step model")
+                self.step_session = open_step_session(meta, step_bytes, providers, threads)
+            check_graphs(meta, session, self.step_session)
+        except (MetadataError, ModelFileError) as e:
+            raise type(e)(f"{where}: {e}") from None
 
     def __repr__(self) -> str:
         m = self.metadata
@@ -200,65 +222,16 @@ class StreamModel:
         return self.metadata.labels
 
     def encode(self, text: str, *, strict: bool = False) -> np.ndarray:
-        """Map characters to token ids through the model's vocabulary.
+        """int64 (T,) token ids of `text` (see Tokenizer.encode)."""
+        return self.tokenizer.encode(text, strict=strict)
 
-        Args:
-            text: any string.
-            strict: raise UnknownCharError for a character the model never saw,
-                instead of mapping it to the unknown id.
-
-        Returns:
-            int64 (T,) token ids.
-        """
-        if not isinstance(text, str):
-            raise StreamError(f"text must be a str; got {type(text).__name__}")
-        unk = self.metadata.unk_id
-        ids = [self._char_ids.get(c, unk) for c in text]
-        if strict and unk in ids:
-            pos = ids.index(unk)
-            raise UnknownCharError(
-                f"character {text[pos]!r} at position {pos} is not in the model's vocabulary "
-                f"({len(self._char_ids)} characters); strict mode refuses it"
-            )
-        return np.array(ids, dtype=np.int64)
-
-    def token_ids(self, tokens: str | Iterable[int] | np.ndarray, *, strict: bool = False):
+    def token_ids(self, tokens, *, strict: bool = False) -> np.ndarray:
         """Validated int64 (T,) token ids from text or from ids in [0, V)."""
-        if isinstance(tokens, str):
-            return self.encode(tokens, strict=strict)
-        if isinstance(tokens, np.ndarray):
-            arr = tokens
-        else:
-            tokens = list(tokens)
-            if any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in tokens):
-                raise StreamError(f"token ids must be integers; got {tokens[:8]!r}")
-            arr = np.array(tokens, dtype=np.int64)
-        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-            raise StreamError(
-                f"token ids must be a 1-D integer array; got dtype {arr.dtype}, shape {arr.shape}"
-            )
-        V = self.metadata.vocab_size
-        bad = (arr < 0) | (arr >= V)
-        if bad.any():
-            pos = int(np.argmax(bad))
-            raise StreamError(
-                f"token id {int(arr[pos])} at position {pos} is out of range; "
-                f"this model expects ids in [0, {V})"
-            )
-        return arr.astype(np.int64, copy=False)
+        return self.tokenizer.token_ids(tokens, strict=strict)
 
     def token_id(self, token: str | int, *, strict: bool = False) -> int:
         """One validated token id from a single character or an int id."""
-        if isinstance(token, str):
-            if len(token) != 1:
-                raise StreamError(f"a step takes one character; got {token!r}")
-            return int(self.encode(token, strict=strict)[0])
-        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-            raise StreamError(f"a step takes a character or an int id; got {token!r}")
-        V = self.metadata.vocab_size
-        if not 0 <= token < V:
-            raise StreamError(f"token id {int(token)} is out of range; this model expects [0, {V})")
-        return int(token)
+        return self.tokenizer.token_id(token, strict=strict)
 
     def state_shapes(self, batch_size: int) -> tuple[tuple[int, ...], ...]:
         """Concrete shape of each state (metadata order) for batch_size streams."""
@@ -270,6 +243,14 @@ class StreamModel:
             s.input: np.zeros(shape, dtype=np.float32)
             for s, shape in zip(self.metadata.states, self.state_shapes(batch_size), strict=True)
         }
+
+    def state_buffers(self, batch_size: int) -> StateBuffers:
+        """New ping-pong state buffers for batch_size streams on this model's device."""
+        return StateBuffers(self.metadata, batch_size, self.device)
+
+    def bind_steps(self, buffers: StateBuffers, batch_size: int) -> StepBindings:
+        """Prebuilt one-token calls over `buffers`, through the step model when open."""
+        return StepBindings(self.metadata, buffers, batch_size, self.session, self.step_session)
 
     def check_state(self, state: Mapping[str, np.ndarray] | np.ndarray, batch_size: int):
         """Validate a state for batch_size streams; returns {name: float32 C-contiguous array}.
@@ -286,8 +267,9 @@ class StreamModel:
                 f"got {type(state).__name__}"
             )
         want = sorted(s.input for s in specs)
-        if sorted(state) != want:
-            raise StreamError(f"state names are {sorted(state)}; this model expects {want}")
+        if not all(isinstance(k, str) for k in state) or sorted(state) != want:
+            got = sorted(map(str, state))
+            raise StreamError(f"state names are {got}; this model expects {want}")
         out = {}
         for spec, shape in zip(specs, self.state_shapes(batch_size), strict=True):
             value = state[spec.input]
@@ -339,94 +321,10 @@ class StreamModel:
         log_probs, *states = self.session.run(names, feeds)
         return log_probs, {s.input: v for s, v in zip(meta.states, states, strict=True)}
 
-    def stream(self, *, strict: bool = False):
+    def stream(self, *, strict: bool = False) -> StreamSession:
         """A new StreamSession at the initial state."""
-        from rnn_runtime.stream import StreamSession
-
         return StreamSession(self, strict=strict)
 
-    def pool(self):
+    def pool(self) -> StreamPool:
         """A new, empty StreamPool on this model."""
-        from rnn_runtime.pool import StreamPool
-
         return StreamPool(self)
-
-
-def layer_views(state: np.ndarray) -> list[np.ndarray]:
-    """The step model's per-layer (B, H) states as views of a model state (no copy):
-    state[l] of an (L, B, H) state, the state itself when it is (B, H)."""
-    if state.ndim == 3:
-        return [state[layer] for layer in range(state.shape[0])]
-    return [state]
-
-
-def run_step_model(session, step, tokens: np.ndarray, state: np.ndarray, run_options=None):
-    """One plain call of a step-model session on a state in the model's layout.
-
-    Args:
-        session: an InferenceSession on `step.model_bytes()`.
-        step: the file's StepSpec (metadata.step).
-        tokens: int64 (B,) token ids.
-        state: float32 (B, H) or (L, B, H), the main graph's state layout.
-
-    Returns:
-        log_probs (B, C) and the new state in the layout of `state`.
-    """
-    feeds = {step.token: tokens}
-    feeds |= {i: x for (i, _), x in zip(step.states, layer_views(state), strict=True)}
-    log_probs, *new = session.run(
-        [step.log_probs, *(o for _, o in step.states)], feeds, run_options
-    )
-    return log_probs, (np.stack(new) if state.ndim == 3 else new[0])
-
-
-def _open_step_session(meta: ModelMetadata, main, providers, threads: int):
-    """Open the embedded step model and prove it steps as the main graph does.
-
-    Raises:
-        MetadataError: damaged bytes, a signature that differs from the metadata, or a
-            step that disagrees with the main graph's.
-        onnxruntime errors: bytes onnxruntime cannot load or run.
-    """
-    step = meta.step
-    session = ort.InferenceSession(
-        step.model_bytes(), session_options(threads), providers=list(providers)
-    )
-    want_in = {step.token: ("tensor(int64)", 1)} | {i: ("tensor(float)", 2) for i, _ in step.states}
-    want_out = {step.log_probs: ("tensor(float)", 2)} | {
-        o: ("tensor(float)", 2) for _, o in step.states
-    }
-    for kind, want, got in (
-        ("input", want_in, session.get_inputs()),
-        ("output", want_out, session.get_outputs()),
-    ):
-        found = {a.name: (a.type, len(a.shape)) for a in got}
-        if found != want:
-            raise MetadataError(
-                f"the embedded step model's {kind}s are {found}; the metadata promises {want}"
-            )
-    # One step of two rows through both graphs, from a non-zero state.
-    B = 2
-    state = meta.states[0]
-    h0 = np.linspace(-0.9, 0.9, num=int(np.prod(state.concrete_shape(B))), dtype=np.float32)
-    h0 = h0.reshape(state.concrete_shape(B))
-    tokens = np.array([0, meta.vocab_size - 1], dtype=np.int64)
-    main_lp, main_hn = main.run(
-        [meta.log_probs.name, state.output],
-        {
-            meta.tokens.name: tokens[:, None],
-            state.input: h0,
-            meta.lengths.name: np.ones(B, dtype=np.int64),
-        },
-    )
-    step_lp, step_hn = run_step_model(session, step, tokens, h0)
-    for name, got, want in (("log_probs", step_lp, main_lp), ("state", step_hn, main_hn)):
-        if got.shape != want.shape or not np.allclose(
-            got, want, rtol=1e-4, atol=1e-5, equal_nan=True
-        ):
-            diff = np.abs(got - want).max() if got.shape == want.shape else got.shape
-            raise MetadataError(
-                f"the embedded step model disagrees with the main graph on one step "
-                f"({name}: max |difference| {diff}); the file is inconsistent"
-            )
-    return session

@@ -8,6 +8,13 @@ and leaving reallocate the buffers (once per membership change, not per step). S
 for a subset of the members, and `feed` with chunks of different lengths (padded, with
 the `lengths` input), gather the rows concerned and scatter them back.
 
+A call whose result is not finite for some member (its state blew up) raises
+StreamError and changes nothing: every member keeps its state and prediction from
+before the call; the message names the members, which can leave and run alone.
+
+A stream enters and leaves through its own `enter_pool` and `leave_pool`; which members
+have no prediction yet is kept in a set, never encoded in the log-probabilities.
+
 Thread safety: a pool (and its member streams) must not be used from two threads at
 once; distinct pools on one shared StreamModel may run concurrently.
 """
@@ -18,8 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rnn_runtime.model import StreamError, StreamModel
-from rnn_runtime.stream import Prediction, StreamSession, _StateBuffers, _Steps
+from rnn_runtime.errors import StreamError
+from rnn_runtime.session import RUN_ERRORS, nonfinite_rows, run_failed
+from rnn_runtime.stream import Prediction, StreamSession
 
 _INT64 = np.dtype(np.int64)
 
@@ -74,15 +82,11 @@ class StreamPool:
     exactly onnxruntime's batched results match unbatched ones).
     """
 
-    def __init__(self, model: StreamModel):
+    def __init__(self, model):
         self.model = model
-        self._members: list[StreamSession] = []
-        self._slot: dict[int, int] = {}
-        self._allocate(self.model.initial_state(0), np.zeros((0, self._C)))
-
-    @property
-    def _C(self) -> int:
-        return self.model.metadata.num_classes
+        self._C = model.metadata.num_classes
+        self._unpredicted: set[int] = set()  # id() of the members with no prediction yet
+        self._allocate([], model.initial_state(0), np.zeros((0, self._C), np.float32))
 
     @property
     def streams(self) -> tuple[StreamSession, ...]:
@@ -95,28 +99,34 @@ class StreamPool:
     def __contains__(self, stream: StreamSession) -> bool:
         return id(stream) in self._slot
 
-    def _allocate(self, state: dict[str, np.ndarray], last: np.ndarray) -> None:
-        """(Re)build the batched buffers and bindings for the current members."""
-        n = len(self._members)
-        self._slot = {id(s): i for i, s in enumerate(self._members)}
-        self._streams = tuple(self._members)
-        # Row i holds member i's last log-probs; NaN marks "no prediction yet".
-        self._last = np.array(last, dtype=np.float32).reshape(n, self._C)
-        if n == 0:
-            self._buffers = None
-            self._bindings = ()
-            return
-        self._buffers = _StateBuffers(self.model, n)
-        self._buffers.write(self.model, state)
-        self._steps = _Steps(self.model, self._buffers, n)
-        self._tokens = self._steps.tokens
-        self._log_probs = self._steps.log_probs
-        self._bindings = self._steps.bindings
+    def _allocate(self, members: list, state: dict[str, np.ndarray], last: np.ndarray) -> None:
+        """(Re)build the batched buffers and bindings for `members`; all or nothing."""
+        n = len(members)
+        buffers = steps = None
+        if n:
+            buffers = self.model.state_buffers(n)
+            buffers.write(state)
+            buffers.log_probs[buffers.current][...] = last
+            steps = self.model.bind_steps(buffers, n)
+        self._members = members
+        self._slot = {id(s): i for i, s in enumerate(members)}
+        self._streams = tuple(members)
+        self._buffers = buffers
+        self._steps = steps
+        if steps is not None:
+            self._tokens = steps.tokens
+            self._advance = steps.advance
 
     def _state(self) -> dict[str, np.ndarray]:
         if self._buffers is None:
             return self.model.initial_state(0)
-        return self._buffers.read(self.model)
+        return self._buffers.read()
+
+    def _last(self) -> np.ndarray:
+        """(n, C) log_probs of the current states (a view; rows of `_unpredicted` unset)."""
+        if self._buffers is None:
+            return np.zeros((0, self._C), np.float32)
+        return self._buffers.log_probs[self._buffers.current]
 
     def join(self, stream: StreamSession | None = None) -> StreamSession:
         """Add a stream (a new one at the initial state if None); returns it.
@@ -125,7 +135,7 @@ class StreamPool:
         only through the pool.
         """
         if stream is None:
-            stream = StreamSession(self.model)
+            stream = self.model.stream()
         if not isinstance(stream, StreamSession):
             raise StreamError(f"a pool takes StreamSession objects; got {type(stream).__name__}")
         if stream.model is not self.model:
@@ -133,22 +143,22 @@ class StreamPool:
                 f"this pool runs {self.model.path}; the stream runs {stream.model.path} "
                 "(a different StreamModel object)"
             )
-        if stream._pool is not None:
-            raise StreamError("this stream is already in a pool")
-        joining = stream.get_state()
-        last = np.full((1, self._C), np.nan, dtype=np.float32)
-        if stream._last is not None:
-            last[0] = stream._last
-        members = self._state()
-        state = {
-            spec.input: np.concatenate(
-                [members[spec.input], joining[spec.input]], axis=spec.batch_axis
-            )
-            for spec in self.model.metadata.states
-        }
-        self._members.append(stream)
-        self._allocate(state, np.concatenate([self._last, last]))
-        stream._pool = self
+        joining, last = stream.enter_pool(self)
+        try:
+            members = self._state()
+            state = {
+                spec.input: np.concatenate(
+                    [members[spec.input], joining[spec.input]], axis=spec.batch_axis
+                )
+                for spec in self.model.metadata.states
+            }
+            row = np.zeros((1, self._C), np.float32) if last is None else last[None]
+            self._allocate(self._members + [stream], state, np.concatenate([self._last(), row]))
+        except BaseException:
+            stream.leave_pool(self, joining, last)  # hand it back as it came
+            raise
+        if last is None:
+            self._unpredicted.add(id(stream))
         return stream
 
     def leave(self, stream: StreamSession) -> StreamSession:
@@ -163,12 +173,12 @@ class StreamPool:
             spec.input: np.delete(state[spec.input], i, axis=spec.batch_axis)
             for spec in self.model.metadata.states
         }
-        last = self._last[i].copy()
-        del self._members[i]
-        self._allocate(rest, np.delete(self._last, i, axis=0))
-        stream._pool = None
-        stream._buffers.write(self.model, own)
-        stream._last = None if np.isnan(last).any() else last
+        lasts = self._last()
+        last = None if id(stream) in self._unpredicted else lasts[i].copy()
+        members = self._members[:i] + self._members[i + 1 :]
+        self._allocate(members, rest, np.delete(lasts, i, axis=0))
+        self._unpredicted.discard(id(stream))
+        stream.leave_pool(self, own, last)
         return stream
 
     def _index(self, stream: StreamSession) -> int:
@@ -179,8 +189,18 @@ class StreamPool:
 
     def prediction_of(self, stream: StreamSession) -> Prediction | None:
         """A member's prediction after its last step (None if it has none yet)."""
-        row = self._last[self._index(stream)]
-        return None if np.isnan(row).any() else Prediction(row.copy(), self.model.labels)
+        i = self._index(stream)
+        if id(stream) in self._unpredicted:
+            return None
+        return Prediction(self._last()[i].copy(), self.model.labels)
+
+    def _blown_up(self, rows: list[int], call: str) -> StreamError:
+        shown = ", ".join(f"row {r}" for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        return StreamError(
+            f"pool {call}: the result of {len(rows)} member(s) ({shown}) is not finite (NaN "
+            "or infinity: their state blew up); nothing changed: every member keeps its "
+            "state; let those members leave to advance the others"
+        )
 
     def step(
         self, tokens: Sequence[str | int] | np.ndarray | Mapping[StreamSession, str | int]
@@ -207,10 +227,13 @@ class StreamPool:
         if n == 0:
             return BatchPrediction((), np.zeros((0, self._C), np.float32), self.model.labels)
         self._tokens[:] = ids
-        self._steps.run(self._bindings[self._buffers.current])
-        self._buffers.current ^= 1
-        self._last[:] = self._log_probs
-        return BatchPrediction(self.streams, self._log_probs.copy(), self.model.labels)
+        buffers = self._buffers
+        if not self._advance():
+            raise self._blown_up(buffers.nonfinite_rows(buffers.current ^ 1), "step")
+        if self._unpredicted:
+            self._unpredicted.clear()
+        log_probs = buffers.log_probs[buffers.current].copy()
+        return BatchPrediction(self._streams, log_probs, self.model.labels)
 
     def _ids_per_member(self, tokens) -> np.ndarray:
         n = len(self._members)
@@ -279,11 +302,19 @@ class StreamPool:
             spec.input: np.ascontiguousarray(np.take(state[spec.input], rows, axis=spec.batch_axis))
             for spec in self.model.metadata.states
         }
-        log_probs, new = self.model.run(tokens, sub, lengths)
-        for spec in self.model.metadata.states:
+        try:
+            log_probs, new = self.model.run(tokens, sub, lengths)
+        except RUN_ERRORS as e:
+            raise run_failed(e) from e
+        specs = self.model.metadata.states
+        bad = nonfinite_rows(specs, log_probs, [new[spec.input] for spec in specs])
+        if bad:
+            raise self._blown_up([rows[r] for r in bad], "feed")
+        for spec in specs:
             index = [slice(None)] * state[spec.input].ndim
             index[spec.batch_axis] = rows
             state[spec.input][tuple(index)] = new[spec.input]
-        self._buffers.write(self.model, state)
-        self._last[rows] = log_probs
+        self._buffers.write(state)
+        self._last()[rows] = log_probs
+        self._unpredicted.difference_update(id(s) for s in streams)
         return BatchPrediction(streams, log_probs, self.model.labels)

@@ -15,6 +15,11 @@ Layout (all integers little-endian):
 
 The tensors are the stream's states (named by their graph input, e.g. "h0", with the
 batch dimension 1) and, when the stream has made a prediction, "log_probs" (C,).
+
+Limits, checked before anything is allocated: a header of at most MAX_HEADER bytes
+(1 MiB) of UTF-8 JSON, at most MAX_TENSORS (64) tensors with distinct names, each of
+rank at most MAX_RANK (8) with dimensions in [0, 2**31], and a payload of exactly the
+size the header describes. Anything else is a SnapshotError.
 """
 
 from __future__ import annotations
@@ -25,21 +30,20 @@ import zlib
 
 import numpy as np
 
-from rnn_runtime.metadata import ModelMetadata
-from rnn_runtime.model import StreamError
+from rnn_runtime.errors import SnapshotError
 
 MAGIC = b"RNNSTATE"
 VERSION = 1
 _PREFIX = struct.Struct("<8sII")
-_MAX_HEADER = 1 << 20
+# Limits of what restore() reads, checked before anything is allocated.
+MAX_HEADER = 1 << 20  # header bytes
+MAX_TENSORS = 64
+MAX_RANK = 8
+MAX_DIM = 1 << 31  # one dimension
 
 
-class SnapshotError(StreamError):
-    """Bytes that are not a saved stream of this model."""
-
-
-def dump_snapshot(meta: ModelMetadata, tensors: dict[str, np.ndarray]) -> bytes:
-    """Serialise named float32 tensors of one stream of the model `meta`."""
+def dump_snapshot(meta, tensors: dict[str, np.ndarray]) -> bytes:
+    """Serialise named float32 tensors of one stream of the model `meta` (a ModelMetadata)."""
     specs = []
     payload = []
     for name, value in tensors.items():
@@ -61,7 +65,62 @@ def dump_snapshot(meta: ModelMetadata, tensors: dict[str, np.ndarray]) -> bytes:
     return _PREFIX.pack(MAGIC, VERSION, len(header)) + header + body
 
 
-def load_snapshot(meta: ModelMetadata, data: bytes) -> dict[str, np.ndarray]:
+def _invalid(what: str, got) -> SnapshotError:
+    return SnapshotError(f"saved stream header is not valid: expected {what}; got {got!r:.120}")
+
+
+def _is_int(x, low: int, high: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x < high
+
+
+def _read_header(raw: bytes) -> tuple[str, int, list[tuple[str, tuple[int, ...]]]]:
+    """(checkpoint sha256, payload crc32, [(name, shape)]) of a header, every field checked."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: bad JSON, or an int past Python's digit limit; RecursionError: nesting.
+        raise SnapshotError(f"saved stream header is not valid: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise _invalid("a JSON object", type(header).__name__)
+    for key in ("tensors", "payload_crc32", "checkpoint_sha256"):
+        if key not in header:
+            raise SnapshotError(f"saved stream header is not valid: {key!r} is missing")
+    sha, crc, specs = header["checkpoint_sha256"], header["payload_crc32"], header["tensors"]
+    if not isinstance(sha, str):
+        raise _invalid("checkpoint_sha256 to be a str", sha)
+    if not _is_int(crc, 0, 1 << 32):
+        raise _invalid("payload_crc32 to be an int in [0, 2**32)", crc)
+    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
+        raise _invalid(f"tensors to be a list of at most {MAX_TENSORS}", specs)
+    tensors = []
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise _invalid("each tensor to be an object", spec)
+        if "name" not in spec:
+            raise SnapshotError("saved stream header is not valid: 'name'")
+        name, shape = spec["name"], spec.get("shape")
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or len(shape) > MAX_RANK
+            or not all(_is_int(d, 0, MAX_DIM + 1) for d in shape)
+        ):
+            raise SnapshotError(
+                "saved stream header is not valid: expected tensors with a str name and "
+                f"a shape of at most {MAX_RANK} ints in [0, 2**31]; got name {name!r:.60}, "
+                f"shape {shape!r:.60}"
+            )
+        if spec.get("dtype") != "float32":
+            raise SnapshotError(f"saved tensor dtype {spec.get('dtype')!r:.40}; expected 'float32'")
+        tensors.append((name, tuple(shape)))
+    names = [name for name, _ in tensors]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SnapshotError(f"saved stream header names tensor(s) {twice} more than once")
+    return sha, crc, tensors
+
+
+def load_snapshot(meta, data: bytes) -> dict[str, np.ndarray]:
     """Parse saved bytes; check format, integrity and that they come from the model `meta`.
 
     Returns:
@@ -82,48 +141,39 @@ def load_snapshot(meta: ModelMetadata, data: bytes) -> dict[str, np.ndarray]:
         raise SnapshotError(
             f"saved stream format version {version}; this runtime reads version {VERSION}"
         )
-    if n > _MAX_HEADER or _PREFIX.size + n > len(data):
+    if n > MAX_HEADER or _PREFIX.size + n > len(data):
         raise SnapshotError(
-            f"saved stream header claims {n} bytes; only {len(data) - _PREFIX.size} follow"
+            f"saved stream header claims {n} bytes; only {len(data) - _PREFIX.size} follow "
+            f"(at most {MAX_HEADER})"
         )
-    try:
-        header = json.loads(data[_PREFIX.size : _PREFIX.size + n].decode())
-        specs = header["tensors"]
-        want_crc = header["payload_crc32"]
-        sha = header["checkpoint_sha256"]
-        names = [s["name"] for s in specs]
-        shapes = [list(s["shape"]) for s in specs]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise SnapshotError(f"saved stream header is not valid: {e}") from None
-    for name, shape in zip(names, shapes, strict=True):
-        if not isinstance(name, str) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise SnapshotError(
-                "saved stream header is not valid: expected tensors with a str name and "
-                f"a shape of ints >= 0; got name {name!r}, shape {shape!r}"
-            )
-    sizes = [int(np.prod(shape, dtype=np.int64)) * 4 for shape in shapes]
+    sha, want_crc, tensors = _read_header(data[_PREFIX.size : _PREFIX.size + n])
     if sha != meta.checkpoint_sha256:
         raise SnapshotError(
-            f"saved stream comes from the model with checkpoint sha256 {sha}; "
+            f"saved stream comes from the model with checkpoint sha256 {sha:.80}; "
             f"this model's is {meta.checkpoint_sha256}"
         )
-    body = data[_PREFIX.size + n :]
-    if len(body) != sum(sizes):
+    # Python ints: a crafted shape cannot overflow, and nothing is allocated before the
+    # sizes are checked against the bytes actually there.
+    counts = [_product(shape) for _, shape in tensors]
+    body = memoryview(data)[_PREFIX.size + n :]
+    if len(body) != 4 * sum(counts):
         raise SnapshotError(
-            f"saved stream payload has {len(body)} bytes; its header describes {sum(sizes)}"
+            f"saved stream payload has {len(body)} bytes; its header describes {4 * sum(counts)}"
         )
-    if zlib.crc32(body) != want_crc:
-        raise SnapshotError(
-            f"saved stream payload is corrupt: crc32 {zlib.crc32(body)}; header says {want_crc}"
-        )
+    crc = zlib.crc32(body)
+    if crc != want_crc:
+        raise SnapshotError(f"saved stream payload is corrupt: crc32 {crc}; header says {want_crc}")
     out = {}
     offset = 0
-    for spec, name, shape, size in zip(specs, names, shapes, sizes, strict=True):
-        if spec.get("dtype") != "float32":
-            raise SnapshotError(f"saved tensor dtype {spec.get('dtype')!r}; expected 'float32'")
-        raw = np.frombuffer(body, dtype="<f4", count=size // 4, offset=offset)
+    for (name, shape), count in zip(tensors, counts, strict=True):
+        raw = np.frombuffer(body, dtype="<f4", count=count, offset=offset)
         out[name] = raw.astype(np.float32).reshape(shape)
-        offset += size
+        offset += 4 * count
     return out
+
+
+def _product(shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count

@@ -3,9 +3,17 @@
 The per-step path does no allocation of tensors, no copy of the state and no
 re-validation of the graph: the token goes into a preallocated buffer that an
 IOBinding already holds, and the state ping-pongs between two buffers allocated on
-the provider's device, with one prebuilt IOBinding per direction. Steps go through the
-file's step model when the StreamModel opened one (model.step_session), else through
-the main graph; longer chunks (`feed`) always go through the main graph.
+the provider's device, with one prebuilt IOBinding per direction (session.StateBuffers,
+session.StepBindings). Steps go through the file's step model when the StreamModel
+opened one (model.step_session), else through the main graph; longer chunks (`feed`)
+always go through the main graph.
+
+A step or feed whose new state or log-probabilities are not finite (a state that blew
+up) raises StreamError and keeps the state from before it: the result lands in the
+other buffer, which is checked (one dot product with zeros) before it becomes current.
+
+A stream joins a pool through its own `enter_pool` and leaves through `leave_pool`
+(StreamPool calls them): the pool never touches a stream's private fields.
 
 Thread safety: a StreamSession is not safe to use from two threads at once (guard it
 with a lock if you must); distinct streams on one shared StreamModel are safe to run
@@ -19,8 +27,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from rnn_runtime.model import StreamError, StreamModel, layer_views
-from rnn_runtime.snapshot import SnapshotError, dump_snapshot, load_snapshot
+from rnn_runtime.errors import SnapshotError, StreamError
+from rnn_runtime.session import RUN_ERRORS, bind_chunk, run_failed
+from rnn_runtime.snapshot import dump_snapshot, load_snapshot
 
 # feed() runs long texts in chunks of this many tokens: bounded memory, one call per chunk.
 MAX_CHUNK = 4096
@@ -74,115 +83,6 @@ class Prediction:
         return f"Prediction(label={self.label!r}, probability={self.probability:.4f})"
 
 
-class _StateBuffers:
-    """Two sets of state buffers on the provider's device; `current` is the live one.
-
-    On the CPU each state is a numpy array that its OrtValue (`sets`) and, for the step
-    model, its per-layer OrtValues (`layer_sets`) share: the main graph and the step
-    model read and write the same bytes, so either may advance a stream.
-    """
-
-    def __init__(self, model: StreamModel, batch_size: int):
-        shapes = model.state_shapes(batch_size)
-        if model.device == "cpu":
-            self.arrays = tuple(
-                [np.zeros(shape, dtype=np.float32) for shape in shapes] for _ in range(2)
-            )
-            self.sets = tuple(
-                [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays] for arrays in self.arrays
-            )
-            self.layer_sets = tuple(
-                [ort.OrtValue.ortvalue_from_numpy(view) for a in arrays for view in layer_views(a)]
-                for arrays in self.arrays
-            )
-        else:
-            self.arrays = None
-            self.sets = tuple(
-                [
-                    ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, model.device, 0)
-                    for shape in shapes
-                ]
-                for _ in range(2)
-            )
-            self.layer_sets = None
-        self.current = 0
-
-    def read(self, model: StreamModel) -> dict[str, np.ndarray]:
-        if self.arrays is not None:
-            return {
-                s.input: a.copy()
-                for s, a in zip(model.metadata.states, self.arrays[self.current], strict=True)
-            }
-        return {
-            s.input: v.numpy().copy()
-            for s, v in zip(model.metadata.states, self.sets[self.current], strict=True)
-        }
-
-    def write(self, model: StreamModel, state: Mapping[str, np.ndarray]) -> None:
-        if self.arrays is not None:
-            for s, a in zip(model.metadata.states, self.arrays[self.current], strict=True):
-                a[...] = state[s.input]
-            return
-        for s, v in zip(model.metadata.states, self.sets[self.current], strict=True):
-            v.update_inplace(state[s.input])
-
-
-def _bind(model: StreamModel, tokens, lengths, states_in, states_out, log_probs) -> ort.IOBinding:
-    meta = model.metadata
-    binding = model.session.io_binding()
-    binding.bind_ortvalue_input(meta.tokens.name, tokens)
-    binding.bind_ortvalue_input(meta.lengths.name, lengths)
-    binding.bind_ortvalue_output(meta.log_probs.name, log_probs)
-    for spec, v_in, v_out in zip(meta.states, states_in, states_out, strict=True):
-        binding.bind_ortvalue_input(spec.input, v_in)
-        binding.bind_ortvalue_output(spec.output, v_out)
-    return binding
-
-
-class _Steps:
-    """Prebuilt one-token-per-row calls at batch n over a _StateBuffers.
-
-    Write the ids into `tokens` (n,), call `run(bindings[buffers.current])`, flip
-    buffers.current, read `log_probs` (n, C). Through the step model when the model has
-    one (per-layer states), else through the main graph (T = 1, lengths 1).
-    """
-
-    def __init__(self, model: StreamModel, buffers: _StateBuffers, n: int):
-        meta = model.metadata
-        self.log_probs = np.zeros((n, meta.num_classes), dtype=np.float32)
-        log_probs = ort.OrtValue.ortvalue_from_numpy(self.log_probs)
-        if model.step_session is not None:
-            step = meta.step
-            self.session = model.step_session
-            self.tokens = np.zeros((n,), dtype=np.int64)
-            tokens = ort.OrtValue.ortvalue_from_numpy(self.tokens)
-            self.bindings = []
-            for k in (0, 1):
-                binding = self.session.io_binding()
-                binding.bind_ortvalue_input(step.token, tokens)
-                binding.bind_ortvalue_output(step.log_probs, log_probs)
-                pairs = zip(
-                    step.states, buffers.layer_sets[k], buffers.layer_sets[k ^ 1], strict=True
-                )
-                for (name_in, name_out), v_in, v_out in pairs:
-                    binding.bind_ortvalue_input(name_in, v_in)
-                    binding.bind_ortvalue_output(name_out, v_out)
-                self.bindings.append(binding)
-        else:
-            self.session = model.session
-            self._tokens = np.zeros((n, 1), dtype=np.int64)
-            self.tokens = self._tokens[:, 0]  # a view: writing it feeds the graph
-            tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
-            ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
-            a, b = buffers.sets
-            self.bindings = [
-                _bind(model, tokens, ones, a, b, log_probs),
-                _bind(model, tokens, ones, b, a, log_probs),
-            ]
-        self.bindings = tuple(self.bindings)
-        self.run = self.session.run_with_iobinding
-
-
 class StreamSession:
     """One stream: a state that text advances one character (or one chunk) at a time.
 
@@ -191,26 +91,24 @@ class StreamSession:
         strict: raise UnknownCharError for characters outside the vocabulary instead
             of mapping them to the unknown id.
 
-    Every method that changes the state validates its input first: on an error the
-    stream is left exactly as it was.
+    Every method that changes the state validates its input first, and a step whose
+    result is not finite is refused: on an error the stream is left exactly as it was.
     """
 
-    def __init__(self, model: StreamModel, *, strict: bool = False):
+    def __init__(self, model, *, strict: bool = False):
         self.model = model
         self.strict = strict
         self._labels = model.metadata.labels
-        self._char_ids = model._char_ids
-        self._vocab_size = model.metadata.vocab_size
+        self._char_ids = model.tokenizer.char_ids
+        self._vocab_size = model.tokenizer.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)
-        self._buffers = _StateBuffers(model, 1)
+        self._buffers = buffers = model.state_buffers(1)
         # CPU OrtValues made from numpy share its memory: writing the array feeds the graph.
-        self._steps = _Steps(model, self._buffers, 1)
+        self._steps = model.bind_steps(buffers, 1)
         self._token = self._steps.tokens
-        self._log_probs = self._steps.log_probs
-        self._row = self._log_probs[0]  # a view: the step's output row
-        self._bindings = self._steps.bindings
-        self._run = self._steps.run
+        self._rows = (buffers.log_probs[0][0], buffers.log_probs[1][0])  # views: set k's row
+        self._advance = self._steps.advance
         self._last: np.ndarray | None = None
         self.reset()
 
@@ -230,7 +128,11 @@ class StreamSession:
             raise StreamError("this stream is in a pool: advance it through the pool, or leave it")
 
     def step(self, token: str | int) -> Prediction:
-        """Advance by one character or token id and return the new prediction."""
+        """Advance by one character or token id and return the new prediction.
+
+        Raises:
+            StreamError: a bad token, or a result that is not finite (the state is kept).
+        """
         if self._pool is not None:
             self._check_free()
         # Fast paths for the common cases; anything else goes through full validation.
@@ -240,10 +142,9 @@ class StreamSession:
             self._token[0] = token
         else:
             self._token[0] = self.model.token_id(token, strict=self.strict)
-        buffers = self._buffers
-        self._run(self._bindings[buffers.current])
-        buffers.current ^= 1
-        last = self._last = self._row.copy()
+        if not self._advance():
+            raise _blown_up(f"the step on {token!r:.20}")
+        last = self._last = self._rows[self._buffers.current].copy()
         return Prediction(last, self._labels)
 
     def feed(self, tokens: str | Iterable[int] | np.ndarray) -> Prediction | None:
@@ -252,34 +153,50 @@ class StreamSession:
         Returns:
             The prediction after the last token; for empty input, the current
             prediction (None if nothing was fed since reset).
+
+        Raises:
+            StreamError: bad tokens, or a result that is not finite; the stream is then
+                as it was before the call, however many chunks had run.
         """
         self._check_free()
         ids = self.model.token_ids(tokens, strict=self.strict)
-        for start in range(0, ids.size, MAX_CHUNK):
-            self._run_chunk(ids[start : start + MAX_CHUNK])
+        # Only a text longer than one chunk needs a copy to undo the chunks before a failure.
+        before = (self._buffers.read(), self._last) if ids.size > MAX_CHUNK else None
+        try:
+            for start in range(0, ids.size, MAX_CHUNK):
+                self._run_chunk(ids[start : start + MAX_CHUNK])
+        except StreamError:
+            if before is not None:
+                self._buffers.write(before[0])
+                self._last = before[1]
+            raise
         return self.prediction
 
     def _run_chunk(self, ids: np.ndarray) -> None:
         tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids.reshape(1, -1)))
         length = ort.OrtValue.ortvalue_from_numpy(np.array([ids.size], dtype=np.int64))
-        log_probs = ort.OrtValue.ortvalue_from_numpy(self._log_probs)  # shares its memory
-        sets = self._buffers.sets
-        cur = self._buffers.current
-        binding = _bind(self.model, tokens, length, sets[cur], sets[cur ^ 1], log_probs)
-        self.model.session.run_with_iobinding(binding)
-        self._buffers.current ^= 1
-        self._last = self._log_probs[0].copy()
+        buffers = self._buffers
+        k = buffers.current
+        binding = bind_chunk(self.model.session, self.model.metadata, tokens, length, buffers, k)
+        try:
+            self.model.session.run_with_iobinding(binding)
+        except RUN_ERRORS as e:
+            raise run_failed(e) from e
+        if buffers.nonfinite[k ^ 1]():
+            raise _blown_up(f"a chunk of {ids.size} tokens")
+        buffers.current = k ^ 1
+        self._last = self._rows[k ^ 1].copy()
 
     def reset(self) -> None:
         """Return to the initial state, bit for bit, and forget the prediction."""
         self._check_free()
-        self._buffers.write(self.model, self._zeros)
+        self._buffers.write(self._zeros)
         self._last = None
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A copy of the state: {state input name: float32 array with B=1}."""
         self._check_free()
-        return self._buffers.read(self.model)
+        return self._buffers.read()
 
     def set_state(self, state: Mapping[str, np.ndarray] | np.ndarray) -> None:
         """Replace the state (validated: names, dtype float32, shape with B=1, finite).
@@ -289,13 +206,13 @@ class StreamSession:
         """
         self._check_free()
         checked = self.model.check_state(state, 1)
-        self._buffers.write(self.model, checked)
+        self._buffers.write(checked)
         self._last = None
 
     def save(self) -> bytes:
         """The state (and last prediction) as bytes in the format of rnn_runtime.snapshot."""
         self._check_free()
-        tensors = self._buffers.read(self.model)
+        tensors = self._buffers.read()
         if self._last is not None:
             tensors["log_probs"] = self._last
         return dump_snapshot(self.model.metadata, tensors)
@@ -304,9 +221,9 @@ class StreamSession:
         """Restore a state saved by `save`, possibly in another process.
 
         Raises:
-            SnapshotError: not a saved stream, corrupt, or saved from another model
-                (its checkpoint sha256 differs); StreamError: a saved state that does
-                not fit this model. The stream is unchanged on error.
+            SnapshotError: not a saved stream, corrupt, past a limit of the format, or
+                saved from another model (its checkpoint sha256 differs); StreamError: a
+                saved state that does not fit this model. The stream is unchanged on error.
         """
         self._check_free()
         tensors = load_snapshot(self.model.metadata, data)
@@ -322,8 +239,37 @@ class StreamSession:
                 "expected finite log-probabilities"
             )
         checked = self.model.check_state(tensors, 1)
-        self._buffers.write(self.model, checked)
+        self._buffers.write(checked)
         self._last = last
+
+    def enter_pool(self, pool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Hand this stream over to `pool` (StreamPool.join calls it).
+
+        Returns:
+            A copy of its state and its last log_probs (None: no prediction yet). Until
+            `leave_pool`, the stream advances only through the pool.
+        """
+        if self._pool is not None:
+            raise StreamError("this stream is already in a pool")
+        state = self._buffers.read()
+        self._pool = pool
+        return state, self._last
+
+    def leave_pool(self, pool, state: Mapping[str, np.ndarray], last: np.ndarray | None):
+        """Take this stream back from `pool` with the state and last log_probs (or None)
+        it has there (StreamPool.leave calls it); it runs alone again."""
+        if self._pool is not pool:
+            raise StreamError("this stream is not a member of that pool")
+        self._buffers.write(state)
+        self._last = last
+        self._pool = None
+
+
+def _blown_up(what: str) -> StreamError:
+    return StreamError(
+        f"{what} gives a state or log-probabilities that are not finite (NaN or infinity: "
+        "the state blew up); the stream is left as it was before it"
+    )
 
 
 def stream_lines(
@@ -346,8 +292,10 @@ def stream_lines(
 
     Yields:
         {"line": n, "text": the line, "label", "probability", "top_k"} after each line
-        (label and probability None for an empty line with no prediction), or with
-        every_step {"line": n, "step": i, "char": c, "label", "probability", "top_k"}.
+        (label and probability None, top_k [], for an empty line with no prediction), or
+        with every_step {"line": n, "step": i, "char": c, "label", "probability",
+        "top_k"} per character, and for an empty line one record with step 0, char ""
+        and the current prediction (none unless carry).
     """
     for n, line in enumerate(lines, 1):
         text = line.rstrip("\r\n")
@@ -356,9 +304,13 @@ def stream_lines(
         if every_step:
             for i, char in enumerate(text, 1):
                 yield {"line": n, "step": i, "char": char, **stream.step(char).to_dict(k)}
+            if not text:  # one record for an empty line too: every line shows
+                yield {"line": n, "step": 0, "char": "", **_record(stream.prediction, k)}
             continue
-        prediction = stream.feed(text)
-        if prediction is None:
-            yield {"line": n, "text": text, "label": None, "probability": None, "top_k": []}
-        else:
-            yield {"line": n, "text": text, **prediction.to_dict(k)}
+        yield {"line": n, "text": text, **_record(stream.feed(text), k)}
+
+
+def _record(prediction: Prediction | None, k: int) -> dict:
+    if prediction is None:
+        return {"label": None, "probability": None, "top_k": []}
+    return prediction.to_dict(k)
