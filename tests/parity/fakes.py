@@ -304,7 +304,7 @@ def export_permuted(run_dir: Path, out: Path, seed: int = 0, opset: int | None =
     ckpt = load_checkpoint(run_dir)
     permuted, perm = permute_units(ckpt.model, seed)
     kwargs = {} if opset is None else {"opset": opset}
-    model = build_onnx(permuted, ckpt.vocab, ckpt.sha256, **kwargs)
+    model = onnx.load_from_string(build_onnx(permuted, ckpt.vocab, ckpt.sha256, **kwargs).data)
     _gather_states(model.graph, [STATE_IN], [STATE_OUT], perm, model)
 
     def permute_step(step: onnx.ModelProto) -> onnx.ModelProto:
