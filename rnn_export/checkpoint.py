@@ -270,6 +270,10 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
             f"it is {kind}{hint}"
         )
+    for name in REQUIRED:
+        kind = atomic.path_kind(run_dir / name)
+        if kind not in (None, "a regular file"):
+            raise CheckpointError(f"{run_dir / name}: expected a regular file; it is {kind}")
     missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(
