@@ -14,6 +14,9 @@ import importlib
 
 _LAZY = {
     "ModelConfig": "rnn_export.config",
+    "TrainOptions": "rnn_export.config",
+    "InputError": "rnn_export.errors",
+    "WriteError": "rnn_export.atomic",
     "build_model": "rnn_export.models",
     "CellRNN": "rnn_export.models",
     "StackedRNN": "rnn_export.models",
@@ -29,10 +32,12 @@ _LAZY = {
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
     "train": "rnn_export.training",
+    "TrainingError": "rnn_export.training",
     # export
     "export_onnx": "rnn_export.export",
     "export_model": "rnn_export.export",
     "ExportError": "rnn_export.export",
+    "OnnxExport": "rnn_export.export",
     # parity
     "verify_parity": "rnn_export.parity",
     "ParityReport": "rnn_export.parity",

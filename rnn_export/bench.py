@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.config import MAX_THREADS, check_int
 from rnn_export.errors import InputError
 
 # The goals of issue 6, shown next to each measured ratio.
@@ -38,6 +39,7 @@ TARGETS = {
     "offline_speedup_vs_torch": 1.5,  # at least, at every grid point
     "pool_256_vs_one_stream": 20.0,  # at least
 }
+MAX_REPEATS = 1_000
 GRID_BATCHES = (1, 32, 256)
 GRID_LENGTHS = (16, 128)
 POOL_SIZES = (1, 16, 256)
@@ -189,9 +191,9 @@ def run_bench(
     import rnn_runtime
     from rnn_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-    for name, value in (("threads", threads), ("repeats", repeats)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BenchError(f"{name} must be an integer >= 1; got {value!r}")
+    # Bounded: onnxruntime crashes (SIGSEGV) or hangs on tens of thousands of threads.
+    check_int("threads", threads, 1, MAX_THREADS, BenchError)
+    check_int("repeats", repeats, 1, MAX_REPEATS, BenchError)
     try:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         rt_model = rnn_runtime.open_model(model_path, threads=threads)

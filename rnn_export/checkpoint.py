@@ -270,6 +270,10 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
             f"it is {kind}{hint}"
         )
+    for name in REQUIRED:
+        kind = atomic.path_kind(run_dir / name)
+        if kind not in (None, "a regular file"):
+            raise CheckpointError(f"{run_dir / name}: expected a regular file; it is {kind}")
     missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(
@@ -282,8 +286,7 @@ def check_replaceable(run_dir: str | Path) -> None:
     """Raise unless run_dir can take a new checkpoint: absent, empty, or a checkpoint,
     with a parent that exists or can be made, and is writable.
 
-    Training calls it first, so that a bad --out fails before minutes of training. It
-    also finishes what an interrupted earlier write of run_dir left (atomic.recover_folder).
+    Training calls it first, so that a bad --out fails before minutes of training.
 
     Raises:
         CheckpointError: run_dir holds something other than a checkpoint.
@@ -291,7 +294,6 @@ def check_replaceable(run_dir: str | Path) -> None:
     """
     run_dir = Path(run_dir)
     atomic.check_folder_output(run_dir, "a run directory")
-    atomic.recover_folder(run_dir)
     if not run_dir.exists():
         return
     entries = list(run_dir.iterdir())

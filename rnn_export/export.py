@@ -12,6 +12,9 @@ the CPU (issue 6: about 40% faster per step than the main graph); its weights ar
 second copy of the main graph's (the table, R, W, b, out), so the file is about twice
 as large. `verify` checks it against PyTorch as it checks the main graph.
 
+An ONNX file is one protobuf message, limited to 2 GiB: a model whose file would be larger
+(estimate_file_bytes, from V, H, L and C alone) is refused before anything is built.
+
 Layers of the API: `export_onnx` (a RUN_DIR or Checkpoint) -> `export_model` (a model
 object: checks the output path, writes atomically) -> `build_onnx` (graph + metadata,
 checked and run in onnxruntime; returns the bytes and what `convert` prints).

@@ -174,7 +174,12 @@ def test_cli_bench_names_a_file_exported_before_the_identity_change(exported, tm
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"repeats": 0}, "repeats must be"), ({"threads": True}, "threads must be")],
+    [
+        ({"repeats": 0}, r"repeats must be in 1 \.\. 1,000; got 0"),
+        ({"threads": True}, "threads must be an integer; got True"),
+        ({"threads": 100_000}, r"threads must be in 1 \.\. 256; got 100,000"),
+        ({"threads": 2**31}, r"threads must be in 1 \.\. 256; got 2,147,483,648"),
+    ],
 )
 def test_run_bench_bad_arguments(exported, kwargs, match):
     run_dir, model_path = exported

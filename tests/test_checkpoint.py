@@ -108,6 +108,14 @@ CORRUPTIONS = {
     "no vocab.json": (lambda d: (d / "vocab.json").unlink(), r"vocab\.json: missing"),
     "no train.json": (lambda d: (d / "train.json").unlink(), r"train\.json: missing"),
     "no metrics.json": (lambda d: (d / "metrics.json").unlink(), r"metrics\.json: missing"),
+    "config.json a folder": (
+        lambda d: ((d / "config.json").unlink(), (d / "config.json").mkdir()),
+        r"config\.json: expected a regular file; it is a folder",
+    ),
+    "train.json a FIFO": (
+        lambda d: ((d / "train.json").unlink(), os.mkfifo(d / "train.json")),
+        r"train\.json: expected a regular file; it is a FIFO",
+    ),
     "bad JSON config": (
         lambda d: (d / "config.json").write_text("{arch"),
         r"config\.json: not valid JSON",

@@ -108,7 +108,9 @@ class StreamSession:
         self._steps = model.bind_steps(buffers, 1)
         self._token = self._steps.tokens
         self._rows = (buffers.log_probs[0][0], buffers.log_probs[1][0])  # views: set k's row
-        self._advance = self._steps.advance
+        self._nonfinite = buffers.nonfinite
+        self._bindings = self._steps.bindings
+        self._run = self._steps.run
         self._last: np.ndarray | None = None
         self.reset()
 
@@ -142,9 +144,18 @@ class StreamSession:
             self._token[0] = token
         else:
             self._token[0] = self.model.token_id(token, strict=self.strict)
-        if not self._advance():
+        # StepBindings.advance, inlined: this is the per-step hot path of a stream.
+        buffers = self._buffers
+        k = buffers.current
+        try:
+            self._run(self._bindings[k])
+        except RUN_ERRORS as e:
+            raise run_failed(e) from e
+        k ^= 1
+        if self._nonfinite[k]():
             raise _blown_up(f"the step on {token!r:.20}")
-        last = self._last = self._rows[self._buffers.current].copy()
+        buffers.current = k
+        last = self._last = self._rows[k].copy()
         return Prediction(last, self._labels)
 
     def feed(self, tokens: str | Iterable[int] | np.ndarray) -> Prediction | None:

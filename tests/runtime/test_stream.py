@@ -420,7 +420,7 @@ def test_a_run_that_onnxruntime_fails_is_a_stream_error(rt_model, monkeypatch):
     def fail(binding):
         raise RuntimeError("Error in execution: simulated")
 
-    monkeypatch.setattr(stream._steps, "run", fail)
+    monkeypatch.setattr(stream, "_run", fail)
     with pytest.raises(StreamError, match=r"onnxruntime failed to run the step; nothing changed"):
         stream.step("a")
     np.testing.assert_array_equal(stream.get_state()["h0"], before["h0"])
