@@ -269,7 +269,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     import torch
 
     import rnn_runtime
-    from rnn_runtime.model import session_options
+    from rnn_runtime.session import open_session
 
     ids = rng.integers(0, rt_model.metadata.vocab_size, size=997).tolist()
     stream = rt_model.stream()
@@ -304,10 +304,8 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
                 _, h = model(token, h)
             state[0] = h
 
-    floor_session = ort.InferenceSession(
-        _floor_model(rt_model.metadata.hidden_size),
-        session_options(threads),  # as the runtime sets them
-        providers=["CPUExecutionProvider"],
+    floor_session = open_session(
+        _floor_model(rt_model.metadata.hidden_size), threads=threads, name="the floor model"
     )
     x = np.zeros((1, rt_model.metadata.hidden_size), dtype=np.float32)
     y = np.zeros_like(x)

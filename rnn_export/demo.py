@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rnn_export.errors import InputError
+
 ARCHS = ("cell", "stacked")
 SUMMARY = "summary.json"
 
 
-class DemoOutputError(ValueError):
+class DemoOutputError(InputError):
     """An --out folder that holds something other than an earlier demo's output."""
 
 
@@ -74,13 +76,14 @@ def run_demo(
     Raises:
         DemoOutputError: out holds something other than an earlier demo's output.
     """
+    from rnn_export.atomic import check_folder_output, replace_file
     from rnn_export.data import load_splits
     from rnn_export.export import export_onnx
     from rnn_export.parity import ParityError, verify_parity
     from rnn_export.training import DEFAULT_EPOCHS, train
     from rnn_runtime import open_model
 
-    out = Path(out)
+    out = check_folder_output(out, "the demo's output folder")
     check_demo_out(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"out": str(out), "passed": True, "archs": {}}
@@ -105,7 +108,7 @@ def run_demo(
             report = verify_parity(onnx_path, ckpt, providers="cpu", seed=seed)
         except ParityError as e:
             report = e.report
-        (out / f"{arch}.parity.json").write_text(report.to_json() + "\n", encoding="utf-8")
+        replace_file(out / f"{arch}.parity.json", (report.to_json() + "\n").encode("utf-8"))
         report.plot_drift(out / f"{arch}.drift.png")
         seconds["verify"] = _lap(clock)
         echo(f"[{arch}] verify: {report.summary_line()}")
@@ -129,7 +132,7 @@ def run_demo(
             "streamed_accuracy": streamed,
             "seconds": seconds,
         }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    replace_file(out / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     echo(f"summary -> {out / SUMMARY}")
     return summary
 

@@ -279,12 +279,13 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
     """Open the model in onnxruntime and run one tiny batch: the opset must be runnable."""
     import onnxruntime as ort
 
+    from rnn_runtime import ModelFileError
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
-    from rnn_runtime.model import ORT_ERRORS
+    from rnn_runtime.session import RUN_ERRORS, open_session
 
     version = ".".join(ort.__version__.split(".")[:2])
     try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        session = open_session(model_bytes, quiet=True, name="the exported graph")
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         check_signature(meta, session.get_inputs(), session.get_outputs())
         state = meta.states[0]
@@ -296,7 +297,7 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
                 state.input: np.zeros(state.concrete_shape(2), dtype=np.float32),
             },
         )
-    except ORT_ERRORS as e:
+    except (ModelFileError, *RUN_ERRORS) as e:
         raise ExportError(f"opset {opset} cannot be run by onnxruntime {version}: {e}") from e
     except MetadataError as e:
         raise ExportError(f"the exported graph contradicts its own metadata: {e}") from e

@@ -208,13 +208,8 @@ def test_the_version_is_written_in_one_place():
 class _Report:
     """The part of a ParityReport that ParityError and the CLI read."""
 
-    cases, providers = [], []
-
-    def failures(self) -> list:
-        return []
-
-    def rule(self) -> str:
-        return "a rule"
+    def summary_line(self) -> str:
+        return "FAIL: the deciding check"
 
     def format_table(self) -> str:
         return "the parity table"

@@ -108,3 +108,11 @@ def test_demo_may_rerun_over_its_own_output(small_demo, tmp_path):
     assert demo.run_demo(out, archs=("cell",), epochs=1, echo=lambda s: None)["passed"]
     again = demo.run_demo(out, archs=("cell",), epochs=1, echo=lambda s: None)
     assert again["passed"] and json.loads((out / "summary.json").read_text()) == again
+
+
+def test_demo_refuses_an_out_that_is_a_file(tmp_path):
+    out = tmp_path / "file"
+    out.write_text("x\n")
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "is a regular file" in result.output and out.read_text() == "x\n"

@@ -34,6 +34,7 @@ _FOREIGN_INPUT_ERRORS = {
         "ModelFileError",
         "MetadataError",
         "ProviderError",
+        "ThreadsError",
         "StreamError",
         "SnapshotError",
     ),

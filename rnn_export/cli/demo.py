@@ -37,20 +37,9 @@ def demo_command(out, archs, epochs, seed):
     Exit 1 when any arch fails verify (at the end), 2 for bad options or an --out that
     is not writable or holds something other than an earlier demo's output.
     """
-    from rnn_export.checkpoint import CheckpointError
-    from rnn_export.demo import ARCHS, DemoOutputError, run_demo
+    from rnn_export.demo import ARCHS, run_demo
 
-    try:
-        summary = run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
-    except (CheckpointError, DemoOutputError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except OSError as e:
-        click.echo(f"error: {e.filename}: {e.strerror}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    summary = run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
     failed = [arch for arch, r in summary["archs"].items() if not r["parity_passed"]]
     if failed:
         click.echo(f"FAILED: verify failed for {', '.join(failed)}", err=True)

@@ -72,16 +72,9 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 
     import rnn_runtime
 
-    try:
-        model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
-    except (
-        rnn_runtime.ModelFileError,
-        rnn_runtime.MetadataError,
-        rnn_runtime.ProviderError,
-        rnn_runtime.ThreadsError,
-    ) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    # A bad file, provider or thread count, or a bad character under --strict: exit 2
+    # with one line (the group maps the runtime's errors).
+    model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
     stdin = sys.stdin.buffer
     if stdin.isatty():
         click.echo(HINT, err=True)
@@ -91,17 +84,13 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
     records = rnn_runtime.stream_lines(
         model.stream(strict=strict), lines, every_step=every_step, carry=carry, k=top_k
     )
-    try:
-        for record in records:
-            if as_json:
-                line = json.dumps(record, ensure_ascii=False)
-            else:
-                pairs = "\t".join(f"{label}\t{p:.4f}" for label, p in record["top_k"]) or "-"
-                line = f"{record['char']}\t{pairs}" if record.get("step") else pairs
-            click.echo(line)  # click.echo flushes: output follows input line by line
-    except rnn_runtime.StreamError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    for record in records:
+        if as_json:
+            line = json.dumps(record, ensure_ascii=False)
+        else:
+            pairs = "\t".join(f"{label}\t{p:.4f}" for label, p in record["top_k"]) or "-"
+            line = f"{record['char']}\t{pairs}" if record.get("step") else pairs
+        click.echo(line)  # click.echo flushes: output follows input line by line
 
 
 def _warn_unknown(lines, tokenizer):

@@ -50,13 +50,13 @@ def _tolerance_value(ctx, param, value):
 @click.option(
     "--report",
     "report_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Write the full report as JSON here (also when a check fails).",
 )
 @click.option(
     "--plot",
     "plot_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Draw the long stream's errors against the step index, and every family's worst "
     "error / allowance, to this PNG.",
 )
@@ -75,30 +75,29 @@ def verify_command(model_path, run_dir, providers, atol, rtol, report_path, plot
     every check passes, 1 when any fails, 2 for usage errors (e.g. a model and
     checkpoint that do not belong together).
     """
-    from rnn_export.parity import ParityError, ParityUsageError, Tolerance, verify_parity
+    from rnn_export.atomic import check_file_output, replace_file
+    from rnn_export.parity import ParityError, Tolerance, verify_parity
 
+    # Bad output paths fail before the minutes of work that fill them.
+    if report_path is not None:
+        check_file_output(report_path, "the report")
+    if plot_path is not None:
+        check_file_output(plot_path, "the drift plot")
     tolerance = None
     if atol is not None or rtol is not None:
         tolerance = Tolerance(1e-5 if atol is None else atol, 1e-4 if rtol is None else rtol)
     try:
         report = verify_parity(model_path, run_dir, providers=providers, tolerance=tolerance)
         failed = False
-    except ParityUsageError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except ParityError as e:
         report, failed = e.report, True
     click.echo(report.summary_line() if quiet else report.format_table())
-    try:
-        if report_path is not None:
-            report_path.write_text(report.to_json() + "\n", encoding="utf-8")
-            if not quiet:
-                click.echo(f"report written to {report_path}")
-        if plot_path is not None:
-            report.plot_drift(plot_path)
-            if not quiet:
-                click.echo(f"drift plot written to {plot_path}")
-    except OSError as e:
-        click.echo(f"error: cannot write {e.filename}: {e.strerror}", err=True)
-        sys.exit(2)
+    if report_path is not None:
+        replace_file(report_path, (report.to_json() + "\n").encode("utf-8"))
+        if not quiet:
+            click.echo(f"report written to {report_path}")
+    if plot_path is not None:
+        report.plot_drift(plot_path)
+        if not quiet:
+            click.echo(f"drift plot written to {plot_path}")
     sys.exit(1 if failed else 0)

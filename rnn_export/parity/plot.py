@@ -8,8 +8,16 @@ import numpy as np
 
 
 def plot_report(report, path: Path) -> Path:
-    """Draw report's drift curves and per-family ratios into a PNG at path."""
+    """Draw report's drift curves and per-family ratios into a PNG at path, atomically.
+
+    Raises:
+        rnn_export.atomic.WriteError: path cannot be written (it is as it was).
+    """
+    import io
+
     import matplotlib
+
+    from rnn_export.atomic import replace_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,8 +67,10 @@ def plot_report(report, path: Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    replace_file(path, png.getvalue())
     return path
 
 

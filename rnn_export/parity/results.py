@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import rnn_export.parity.bounds as bounds
+from rnn_export.errors import InputError
 from rnn_export.parity.compare import OutputCheck, Tolerance, number
 
 REPORT_SCHEMA = 2
@@ -305,7 +306,7 @@ class ParityError(Exception):
         super().__init__(report.summary_line())
 
 
-class ParityUsageError(ValueError):
+class ParityUsageError(InputError):
     """Bad input to a parity check: unreadable files, a model and checkpoint that do not
     belong together, an unknown provider name."""
 

@@ -29,28 +29,32 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Tanh", "Relu", "LogSoftmax"}
 
 
-def ort_errors() -> tuple[type[BaseException], ...]:
-    """onnxruntime's errors for a model it cannot load or run, and a provider that fails."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as s
+def run_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's errors for a model it cannot run (the runtime's own list)."""
+    from rnn_runtime.session import RUN_ERRORS
 
-    from rnn_runtime.model import ORT_ERRORS
-
-    return (*ORT_ERRORS, s.EPFail)
+    return RUN_ERRORS
 
 
 def open_session(source: str | Path | bytes, execution_provider: str, threads: int, **options):
-    """An onnxruntime session as the runtime opens one, quiet (a failing case is
-    recorded in the report; onnxruntime's own log would only repeat it)."""
-    import onnxruntime as ort
+    """An onnxruntime session opened as the runtime opens one, quiet: a failing case is
+    recorded in the report, onnxruntime's own log would only repeat it.
 
-    from rnn_runtime.model import session_options
+    Raises:
+        rnn_runtime.ModelFileError, rnn_runtime.ProviderError: it cannot be opened.
+    """
+    from rnn_runtime.session import open_session as runtime_session
 
-    settings = session_options(threads)
-    settings.log_severity_level = 4
-    for key, value in options.items():
-        setattr(settings, key, value)
-    model = source if isinstance(source, bytes) else str(source)
-    return ort.InferenceSession(model, settings, providers=[execution_provider])
+    return runtime_session(
+        source, providers=[execution_provider], threads=threads, quiet=True, **options
+    )
+
+
+def open_errors() -> tuple[type[BaseException], ...]:
+    """What open_session raises for a model or provider that cannot be opened."""
+    from rnn_runtime import MetadataError, ModelFileError, ProviderError
+
+    return (MetadataError, ModelFileError, ProviderError)
 
 
 def _run_options():
@@ -69,7 +73,7 @@ class MainGraph:
     def __init__(self, session, meta, provider: str):
         self.session = session
         self.provider = self.label = provider
-        self.errors = ort_errors()
+        self.errors = run_errors()
         self.inputs = (meta.tokens.name, meta.lengths.name, *(s.input for s in meta.states))
         self.outputs = [meta.log_probs.name, *(s.output for s in meta.states)]
         self.run_options = _run_options()
@@ -89,13 +93,13 @@ class StepModel:
     family = "step model"
 
     def __init__(self, session, meta, provider: str):
-        from rnn_runtime.model import run_step_model
+        from rnn_runtime.session import run_step_model
 
         self._run = run_step_model
         self.session = session
         self.provider = provider
         self.label = f"{provider}, step model"
-        self.errors = ort_errors()
+        self.errors = run_errors()
         self.step = meta.step
         self.run_options = _run_options()
 
@@ -117,11 +121,9 @@ class StepModel:
 
 def open_step_model(meta, provider: str, threads: int):
     """A StepModel, or the error message saying why the embedded step model won't load."""
-    from rnn_runtime.metadata import MetadataError
-
     try:
         session = open_session(meta.step.model_bytes(), PROVIDERS[provider], threads)
-    except (MetadataError, *ort_errors()) as e:
+    except open_errors() as e:
         return f"{type(e).__name__}: {e}"
     return StepModel(session, meta, provider)
 
@@ -172,7 +174,7 @@ def open_main_graph(path: Path, meta, name: str, explicit: bool, cpu_session, th
     else:
         try:
             session = open_session(path, ep, threads)
-        except ort_errors() as e:
+        except open_errors() as e:
             return None, ProviderStatus(name, ep, status, f"{ep} failed to start: {e}")
     # onnxruntime may fall back to the CPU when a provider fails to initialise: refuse it.
     running = session.get_providers()
@@ -192,13 +194,7 @@ def kernel_placement(path: Path, ep: str, threads: int, meta) -> dict[str, list[
     """Execution provider -> op types of the kernels that ran there, read from onnxruntime's
     profile of one call per graph branch (T=1; T>1 at B=1; T>1 at B>1)."""
     with tempfile.TemporaryDirectory(prefix="rnn-export-profile-") as tmp:
-        session = open_session(
-            path,
-            ep,
-            threads,
-            enable_profiling=True,
-            profile_file_prefix=str(Path(tmp) / "profile"),
-        )
+        session = open_session(path, ep, threads, profile_prefix=Path(tmp) / "profile")
         runner = MainGraph(session, meta, ep)
         for B, T in ((1, 1), (1, 3), (2, 3)):
             state = tuple(np.zeros(s.concrete_shape(B), dtype=np.float32) for s in meta.states)

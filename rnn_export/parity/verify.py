@@ -30,10 +30,10 @@ from rnn_export.parity.results import (
 )
 from rnn_export.parity.runners import (
     PROVIDERS,
+    open_errors,
     open_main_graph,
     open_session,
     open_step_model,
-    ort_errors,
     parse_providers,
 )
 from rnn_export.parity.stream import STREAM_STEPS, run_stream, stream_reference
@@ -230,8 +230,8 @@ def _open_model(path: Path, threads: int):
         )
     try:
         session = open_session(path, PROVIDERS["cpu"], threads)
-    except ort_errors() as e:
-        raise ParityUsageError(f"{path}: onnxruntime cannot load it: {e}") from None
+    except open_errors() as e:
+        raise ParityUsageError(str(e)) from None
     try:
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         check_signature(meta, session.get_inputs(), session.get_outputs())
@@ -246,10 +246,7 @@ def _open_model(path: Path, threads: int):
 
 def _check_belongs(meta, ckpt, path: Path) -> None:
     if meta.checkpoint_sha256 != ckpt.sha256:
-        raise ParityUsageError(
-            f"{path} was exported from a checkpoint with sha256 {meta.checkpoint_sha256}; "
-            f"{ckpt.run_dir} has sha256 {ckpt.sha256}: model and checkpoint do not belong together"
-        )
+        raise ParityUsageError(ckpt.mismatch(meta.checkpoint_sha256, path))
     cfg = ckpt.config
     pairs = {
         "arch": (meta.arch, cfg.arch),

@@ -33,28 +33,21 @@ from rnn_runtime.crosscheck import check_graphs
 from rnn_runtime.errors import (
     MetadataError,
     ModelFileError,
-    ProviderError,  # noqa: F401 (its old home; callers import it from rnn_runtime)
     StreamError,
-    UnknownCharError,  # noqa: F401 (its old home)
 )
 from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
 from rnn_runtime.onnxfile import scan_model
 from rnn_runtime.pool import StreamPool
 from rnn_runtime.session import (
     DEFAULT_PROVIDERS,
-    ORT_ERRORS,  # noqa: F401 (its old home, for callers not yet moved to session.py)
     PROVIDER_DEVICES,
     StateBuffers,
     StepBindings,
     check_threads,
-    layer_views,  # noqa: F401 (its old home, for callers not yet moved to session.py)
     open_session,
     open_step_session,
     resolve_providers,
-    run_step_model,  # noqa: F401 (its old home)
-    session_options,  # noqa: F401 (its old home)
 )
-from rnn_runtime.session import PROVIDERS as PROVIDER_ALIASES  # noqa: F401 (its old name)
 from rnn_runtime.stream import StreamSession
 from rnn_runtime.tokens import Tokenizer
 

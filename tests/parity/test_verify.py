@@ -435,3 +435,43 @@ def test_whole_runs_are_held_to_the_allowance_carried_along_them(make_export):
     long = by_name[f"B=8 T={LONG_LENGTH} random h0"].outputs[1]
     assert long.passed and one.passed
     assert np.isfinite(long.allowance) and long.allowance >= one.allowance
+
+
+@pytest.mark.parametrize("option", ["--report", "--plot"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_cli_refuses_an_output_path_that_is_not_a_regular_file(make_export, tmp_path, option, kind):
+    """Before any work, and leaving the path as it was."""
+    import os
+
+    run_dir, path = make_export("cell", "tanh")
+    if kind == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+        match = "is a FIFO (named pipe)"
+    elif kind == "device":
+        target, match = "/dev/null", "is a character device"
+    else:
+        target, match = tmp_path, "is a folder"
+    result = run_verify(path, "--checkpoint", run_dir, option, target)
+    assert result.exit_code == 2, result.output
+    assert match in result.output and len(result.output.splitlines()) == 1
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_cli_report_is_written_whole_or_not_at_all(make_export, tmp_path, monkeypatch):
+    """A write that fails (a full disk) leaves the earlier report and names the path."""
+    from rnn_export import atomic
+
+    run_dir, path = make_export("cell", "tanh")
+    report = tmp_path / "r.json"
+    report.write_text("earlier\n")
+
+    def full_disk(tmp, data):
+        raise OSError(28, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(atomic, "_write_synced", full_disk)
+    result = run_verify(path, "--checkpoint", run_dir, "--report", report)
+    assert result.exit_code == 2
+    assert f"error: {report}: cannot write: No space left on device" in result.output
+    assert report.read_text() == "earlier\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
