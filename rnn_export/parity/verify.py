@@ -82,6 +82,7 @@ def verify_parity(
     started = time.perf_counter()
     _check_arguments(tolerance, stream_steps, threads, example_length)
     wanted = parse_providers(providers)
+    _check_not_swapped(Path(onnx_path), checkpoint)
     ckpt = _load_checkpoint(checkpoint)
     onnx_path = Path(onnx_path)
     meta, cpu_session = _open_model(onnx_path, threads)
@@ -197,6 +198,15 @@ def _check_arguments(tolerance, stream_steps, threads, example_length) -> None:
 # --- loading and matching -------------------------------------------------------------
 
 
+def _check_not_swapped(onnx_path: Path, checkpoint) -> None:
+    """A folder given as the model and a file as the checkpoint: say so, not "not found"."""
+    if isinstance(checkpoint, str | Path) and onnx_path.is_dir() and Path(checkpoint).is_file():
+        raise ParityUsageError(
+            f"{onnx_path} is a folder and {checkpoint} a file: the arguments look swapped; "
+            "verify takes MODEL.onnx and --checkpoint RUN_DIR"
+        )
+
+
 def _load_checkpoint(checkpoint):
     if not isinstance(checkpoint, str | Path):
         return checkpoint
@@ -222,11 +232,14 @@ def _validation_split(ckpt):
 
 def _open_model(path: Path, threads: int):
     """Read and validate the file's metadata and signature through a CPU session."""
+    from rnn_export.atomic import path_kind
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
 
     if not path.is_file():
+        kind = path_kind(path)
         raise ParityUsageError(
-            f"{path}: expected an .onnx file made by `rnn-export convert`; not found"
+            f"{path}: expected an .onnx file made by `rnn-export convert`; "
+            + ("not found" if kind is None else f"it is {kind}")
         )
     try:
         session = open_session(path, PROVIDERS["cpu"], threads)

@@ -204,6 +204,11 @@ def test_mismatched_checkpoint_is_a_usage_error(make_export):
         ("negative-atol", r"atol must be a finite number >= 0; got -1"),
         ("nan-atol", r"atol must be a finite number >= 0; got nan"),
         ("zero-steps", r"stream_steps must be an integer >= 1; got 0"),
+        (
+            "swapped",
+            r"is a folder and .*model-opsetdefault\.onnx a file: the arguments look swapped",
+        ),
+        ("folder-model", r"expected an \.onnx file made by `rnn-export convert`; it is a folder"),
     ],
 )
 def test_usage_errors(make_export, tmp_path, bad, match):
@@ -218,6 +223,10 @@ def test_usage_errors(make_export, tmp_path, bad, match):
         run_dir = tmp_path / "no-run"
     elif bad == "zero-steps":
         kwargs["stream_steps"] = 0
+    elif bad == "swapped":
+        path, run_dir = run_dir, path
+    elif bad == "folder-model":
+        path = tmp_path
     else:
         kwargs["tolerance"] = Tolerance(-1.0 if bad == "negative-atol" else math.nan, 1e-4)
     with pytest.raises(ParityUsageError, match=match):
