@@ -152,10 +152,14 @@ def activation(name: str, z: Approx) -> Approx:
         value, slope = z.value, 1.0
     else:
         raise ValueError(f"unknown activation {name!r}")
-    # For a saturating function both results lie in its range: the bound never passes
-    # the range's width (plus the last bits a kernel may round past the end of it).
-    cap = _SATURATING.get(name, RADIUS_CAP / 2) * (1 + 1e-6)
-    return _elementwise(value, slope * z.radius, cap)
+    return _elementwise(value, slope * z.radius, radius_cap(name))
+
+
+def radius_cap(name: str) -> float:
+    """The largest radius an activation's output gets: for a saturating function the
+    width of its range (plus the last bits a kernel may round past its end), since both
+    results lie in it; else RADIUS_CAP / 2. A radius at the cap says nothing."""
+    return _SATURATING.get(name, RADIUS_CAP / 2) * (1 + 1e-6)
 
 
 def multiply(a: Approx, b: Approx) -> Approx:

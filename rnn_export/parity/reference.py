@@ -25,6 +25,7 @@ from rnn_export.parity.bounds import (
     affine,
     bias_terms,
     log_softmax,
+    radius_cap,
     stack,
 )
 
@@ -120,7 +121,15 @@ class Recurrence:
     # --- the recurrence ---------------------------------------------------------------
 
     def step(self, tokens: np.ndarray, layers: list[Approx]) -> list[Approx]:
-        """One step: tokens (B,) int, each layer's state (B, H) -> the new layer states."""
+        """One step: tokens (B,) int, each layer's state (B, H) -> the new layer states.
+
+        Once every radius of every layer is at its cap (a long run has amplified the
+        allowance until it says nothing), the bound stays there: only the values are
+        computed, and the radius kept at the cap (a bound that always holds).
+        """
+        cap = radius_cap(self.nonlinearity)
+        if all(bool((h.radius >= cap).all()) for h in layers):
+            return self._step_values(tokens, layers, cap)
         x = None
         new = []
         for k, h in enumerate(layers):
@@ -130,6 +139,22 @@ class Recurrence:
                 z = affine([(x, self.inputs[k]), (h, self.recurrent[k])], self.biases[k])
             x = activation(self.nonlinearity, z)
             new.append(x)
+        return new
+
+    def _step_values(self, tokens, layers: list[Approx], cap: float) -> list[Approx]:
+        """step() for layers whose bound says nothing: the exact values, radius at cap."""
+        f = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "identity": lambda z: z}
+        act = f[self.nonlinearity]
+        x = None
+        new = []
+        for k, h in enumerate(layers):
+            z = h.value @ self.recurrent[k].weight.T
+            if k == 0:
+                z = z + self.table.value[tokens]
+            else:
+                z = z + x @ self.inputs[k].weight.T + self.biases[k].value
+            x = act(z)
+            new.append(Approx(x, np.full_like(x, cap)))
         return new
 
     def head(self, top: Approx) -> Approx:

@@ -82,3 +82,31 @@ def test_quiet_tokens_list_every_token_least_saturating_first(make_export, arch)
     assert sorted(quiet.tolist()) == list(range(reference.config.vocab_size))
     sizes = np.abs(reference.table.value).sum(axis=1)[quiet]
     assert (np.diff(sizes) >= 0).all()
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_a_saturated_bound_keeps_the_values_and_the_cap(make_export, monkeypatch, nonlinearity):
+    """Long runs of an amplifying model saturate the bound; from then on only values are
+    computed: the same values, and radii at the cap, as the full arithmetic gives."""
+    from rnn_export.parity import bounds
+
+    run_dir, _ = make_export("stacked", nonlinearity)
+    model = load_checkpoint(run_dir).model
+    with torch.no_grad():
+        for layer in range(model.config.num_layers):
+            getattr(model.rnn, f"weight_hh_l{layer}").mul_(6.0)  # chaotic: the bound grows
+    tokens, state, lengths = _inputs(model.config, B=4, T=300)
+    reference = Recurrence(model)
+    fast = reference.run(tokens, (state,), lengths)
+    calls = []
+    monkeypatch.setattr(Recurrence, "_step_values", lambda *a: calls.append(1) or None)
+    monkeypatch.setattr(bounds, "radius_cap", lambda name: np.inf)  # never saturated
+    import rnn_export.parity.reference as reference_module
+
+    monkeypatch.setattr(reference_module, "radius_cap", lambda name: np.inf)
+    slow = Recurrence(model).run(tokens, (state,), lengths)
+    assert not calls
+    cap = bounds.RADIUS_CAP / 2 if nonlinearity == "relu" else 2.0
+    np.testing.assert_allclose(fast[1][0].value, slow[1][0].value, rtol=1e-12, atol=1e-12)
+    assert (fast[1][0].radius >= np.minimum(slow[1][0].radius, cap)).all()
+    assert (fast[1][0].radius >= cap).any()  # it did saturate
