@@ -60,7 +60,8 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
     ]
     if st.get("main_graph_s") is not None:
         lines.append(
-            f"| streaming step: runtime through the main graph | {st['main_graph_s'] * us:.1f} us | |"
+            "| streaming step: runtime through the main graph "
+            f"| {st['main_graph_s'] * us:.1f} us | |"
         )
     lines += [
         f"| streaming step: PyTorch eager | {st['torch_s'] * us:.1f} us | |",
@@ -72,7 +73,7 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
     for row in report["pool"]:
         target = f">= {t['pool_256_vs_one_stream']}x" if row["streams"] == 256 else ""
         lines.append(
-            f"| pool of {row['streams']} streams: steps/s, vs one stream "
+            f"| pool, {row['streams']} streams: steps/s, vs one stream "
             f"| {row['steps_per_s']:,.0f}, {row['vs_one_stream']:.2f}x | {target} |"
         )
     c = report["cold_start"]

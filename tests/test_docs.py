@@ -3,7 +3,8 @@
 Fenced ```python blocks run each as its own script (`python snippet.py`); in ```console
 and ```bash blocks every line starting with `$ ` is a command (a line ending in `\\`
 continues on the next), the other lines are the output a user sees and are not checked.
-The snippets of one file run in order, in one fresh temporary folder, with this
+The snippets of one file run in order, in one fresh temporary folder that stands for
+the repository root of a user's clone (it holds a link to `scripts/`), with this
 interpreter's folder first on PATH (so `python` and `rnn-export` are the installed ones);
 every one must exit 0.
 
@@ -120,6 +121,7 @@ def run_snippets(path: Path, workdir: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_snippets_run_as_written(path, tmp_path):
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts", target_is_directory=True)
     failures = run_snippets(path, tmp_path)
     assert not failures, "\n".join(failures)
 
