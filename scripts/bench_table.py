@@ -1,0 +1,126 @@
+"""The Markdown table of docs/benchmarks.md, produced by `rnn-export bench` rather than typed.
+
+    python scripts/bench_table.py MODEL.onnx --checkpoint RUN_DIR [--threads N] [--quick]
+    python scripts/bench_table.py --from-json bench.json
+
+Runs `rnn-export bench MODEL --checkpoint RUN --json FILE` (or reads a FILE written by an
+earlier run) and prints Markdown: a header with the date, the machine and the command,
+then one table of the streaming, pool and cold-start figures with their targets, and one
+of the offline throughput grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) -> list[str]:
+    """Run the bench command, writing its JSON to `out`; returns the command as argv."""
+    argv = ["rnn-export", "bench", str(model), "--checkpoint", str(run_dir)]
+    argv += ["--threads", str(threads)] + (["--quick"] if quick else [])
+    subprocess.run([*argv, "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return argv
+
+
+def format_tables(report: dict, command: str | None, date: str) -> str:
+    """The Markdown for one bench report (the dict of `BenchReport.to_dict`)."""
+    s, m, st, t = report["settings"], report["machine"], report["streaming"], report["targets"]
+    us = 1e6
+    lines = [
+        f"Measured {date} on {_cpu_name()} ({m['cpu_count']} CPUs, {m['machine']}), "
+        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+        f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} V={s['vocab_size']} "
+        f"C={s['num_classes']}, threads {s['threads']}, repeats {s['repeats']}"
+        f"{', quick (rough figures)' if s['quick'] else ''}.",
+    ]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += [
+        "",
+        "| measurement | value | target |",
+        "| --- | --- | --- |",
+        f"| streaming step: runtime | {st['runtime_s'] * us:.1f} us | |",
+    ]
+    if st.get("main_graph_s") is not None:
+        lines.append(
+            "| streaming step: runtime through the main graph "
+            f"| {st['main_graph_s'] * us:.1f} us | |"
+        )
+    lines += [
+        f"| streaming step: PyTorch eager | {st['torch_s'] * us:.1f} us | |",
+        f"| streaming step: floor (one-node model) | {st['floor_s'] * us:.1f} us | |",
+        f"| runtime speedup over PyTorch | {st['speedup_vs_torch']:.2f}x "
+        f"| >= {t['streaming_speedup_vs_torch']}x |",
+        f"| runtime / floor | {st['runtime_vs_floor']:.2f}x | <= {t['streaming_vs_floor']}x |",
+    ]
+    for row in report["pool"]:
+        target = f">= {t['pool_256_vs_one_stream']}x" if row["streams"] == 256 else ""
+        lines.append(
+            f"| pool, {row['streams']} streams: steps/s, vs one stream "
+            f"| {row['steps_per_s']:,.0f}, {row['vs_one_stream']:.2f}x | {target} |"
+        )
+    c = report["cold_start"]
+    lines += [
+        f"| cold start to first prediction, peak RSS | {c['seconds'] * 1e3:.0f} ms, "
+        f"{c['peak_rss_mib']:.1f} MiB | |",
+        "",
+        f"Offline throughput (padded batches, mixed lengths; target >= "
+        f"{t['offline_speedup_vs_torch']}x):",
+        "",
+        "| B | T | onnxruntime tokens/s | PyTorch tokens/s | speedup |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in report["offline"]:
+        lines.append(
+            f"| {row['batch']} | {row['time']} | {row['onnxruntime_tokens_per_s']:,.0f} "
+            f"| {row['torch_tokens_per_s']:,.0f} | {row['speedup_vs_torch']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", type=Path, help="a .onnx file made by convert")
+    parser.add_argument("--checkpoint", type=Path, help="the RUN_DIR it was exported from")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="rough figures in seconds")
+    parser.add_argument("--from-json", type=Path, help="format an earlier bench --json file")
+    args = parser.parse_args(argv)
+    date = datetime.date.today().isoformat()
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        print(format_tables(report, None, date))
+        return 0
+    if args.model is None or args.checkpoint is None:
+        parser.error("give MODEL.onnx and --checkpoint RUN_DIR, or --from-json FILE")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        try:
+            command = run_bench(args.model, args.checkpoint, args.threads, args.quick, out)
+        except subprocess.CalledProcessError as e:
+            print(f"error: rnn-export bench exited {e.returncode}", file=sys.stderr)
+            return 2
+        report = json.loads(out.read_text())
+    print(format_tables(report, shlex.join(command), date))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
