@@ -22,8 +22,10 @@ import numpy as np
 
 from rnn_export.parity.compare import CaseFailure
 from rnn_export.parity.results import ParityUsageError, ProviderStatus
+from rnn_runtime.session import PROVIDERS as RUNTIME_PROVIDERS
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The providers verify runs (in the runtime's spelling): the CPU, and CUDA's GPUs.
+PROVIDERS = {name: RUNTIME_PROVIDERS[name] for name in ("cpu", "cuda")}
 # Kernels that do the model's arithmetic: on a non-CPU provider none may run on the CPU.
 # (Integer shape arithmetic such as Add or Gather may legitimately stay on the CPU.)
 COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Tanh", "Relu", "LogSoftmax"}
