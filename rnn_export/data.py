@@ -32,7 +32,7 @@ from rnn_export.config import (
     check_int,
     check_text,
 )
-from rnn_export.errors import InputError
+from rnn_export.errors import InputError, decode_utf8
 
 UNK = "<unk>"
 DEFAULT_SEED = 0
@@ -256,15 +256,7 @@ def read_folder(path: str | Path) -> dict[str, list[str]]:
             raise DataError(
                 f"{file}: {size:,} bytes; a class file holds at most {MAX_CLASS_FILE_BYTES:,}"
             )
-        raw = file.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise DataError(
-                f"{file}:{line}: expected UTF-8 text; byte {e.start} (0x{raw[e.start]:02x}) "
-                f"is not valid UTF-8 ({e.reason})"
-            ) from None
+        text = decode_utf8(file.read_bytes(), file, DataError)
         lines = [s.strip() for s in text.splitlines()]
         long = next((i for i, s in enumerate(lines) if len(s) > MAX_SAMPLE_CHARS), None)
         if long is not None:

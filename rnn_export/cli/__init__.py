@@ -21,6 +21,7 @@ from rnn_export.cli.bench import bench_command
 from rnn_export.cli.convert import convert_command
 from rnn_export.cli.demo import demo_command
 from rnn_export.cli.inspect import inspect_command
+from rnn_export.cli.predict import predict_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
 from rnn_export.cli.verify import verify_command
@@ -115,6 +116,7 @@ for _command in (
     inspect_command,
     verify_command,
     stream_command,
+    predict_command,
     bench_command,
     demo_command,
 ):
