@@ -41,7 +41,7 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
 
     One output line per text, in order: the top labels and their probabilities, tab
     separated ("-" for an empty text); with --json one object per text with its
-    "text", "label", "probability" and "top_k". The texts run in padded batches
+    "index" (or "line" with --file), "text", "label", "probability" and "top_k". The texts run in padded batches
     through the file's main graph: the numbers a stream fed the same text gives.
     A text with characters outside the vocabulary gets a warning on stderr with
     their count; --strict makes them an error (exit 2).
@@ -54,9 +54,9 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
         raise click.UsageError("give TEXT arguments or --file, not both")
     if not texts and text_file is None:
         raise click.UsageError("expected TEXT arguments or --file FILE; got neither")
-    where = "text"
+    where, key = "text", "index"  # messages say "text 2"; JSON records {"index": 2, ...}
     if text_file is not None:
-        texts, where = read_lines(text_file), "line"
+        texts, where, key = read_lines(text_file), "line", "line"
     model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
     for n, text in enumerate(texts, 1):
         if strict and model.tokenizer.count_unknown(text):
@@ -71,7 +71,7 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
             record = {"label": None, "probability": None, "top_k": []}
             if prediction is not None:
                 record = prediction.to_dict(top_k)
-            click.echo(json.dumps({where: n, "text": text, **record}, ensure_ascii=False))
+            click.echo(json.dumps({key: n, "text": text, **record}, ensure_ascii=False))
         elif prediction is None:
             click.echo("-")
         else:

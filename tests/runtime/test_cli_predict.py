@@ -31,6 +31,8 @@ def test_cli_predict_texts_with_top_k(exported):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 2
+    records = [json.loads(x) for x in _predict(path, "abc", "jjh", "--json").stdout.splitlines()]
+    assert [(r["index"], r["text"]) for r in records] == [(1, "abc"), (2, "jjh")]
     for line, text in zip(lines, ["abc", "jjh"], strict=True):
         cells = line.split("\t")
         labels, probs = _top(model, text, 2)
