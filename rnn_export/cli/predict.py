@@ -41,8 +41,9 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
 
     One output line per text, in order: the top labels and their probabilities, tab
     separated ("-" for an empty text); with --json one object per text with its
-    "index" (or "line" with --file), "text", "label", "probability" and "top_k". The texts run in padded batches
-    through the file's main graph: the numbers a stream fed the same text gives.
+    "index" (or "line" with --file), "text", "label", "probability" and "top_k".
+    The texts run in padded batches through the file's main graph: the numbers a
+    stream fed the same text gives.
     A text with characters outside the vocabulary gets a warning on stderr with
     their count; --strict makes them an error (exit 2).
     """
