@@ -32,6 +32,8 @@ _LAZY = {
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
     "train": "rnn_export.training",
+    "import_weights": "rnn_export.importing",
+    "ImportWeightsError": "rnn_export.importing",
     "TrainingError": "rnn_export.training",
     # export
     "export_onnx": "rnn_export.export",

@@ -20,6 +20,7 @@ import click
 from rnn_export.cli.bench import bench_command
 from rnn_export.cli.convert import convert_command
 from rnn_export.cli.demo import demo_command
+from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
 from rnn_export.cli.predict import predict_command
 from rnn_export.cli.stream import stream_command
@@ -112,6 +113,7 @@ def main() -> None:
 
 for _command in (
     train_command,
+    import_command,
     convert_command,
     inspect_command,
     verify_command,
