@@ -241,6 +241,27 @@ def test_verify_on_an_imported_run_uses_real_texts_with_data(notes_model, tmp_pa
         assert rows < 48 or "abz" not in str(cases)
 
 
+def test_an_imported_run_streams_benches_and_refuses_unknown_characters(tmp_path):
+    torch.save(_cell_state(), tmp_path / "w.pt")
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))  # no unknown token
+    (tmp_path / "l.json").write_text(json.dumps(["x", "y", "z"]))
+    import_weights(
+        tmp_path / "w.pt", "cell", tmp_path / "v.json", tmp_path / "l.json", tmp_path / "r"
+    )
+    onnx_path, runner = str(tmp_path / "m.onnx"), CliRunner()
+    assert runner.invoke(main, ["convert", str(tmp_path / "r"), "--out", onnx_path]).exit_code == 0
+    bench = runner.invoke(
+        main, ["bench", onnx_path, "--checkpoint", str(tmp_path / "r"), "--quick"]
+    )
+    assert bench.exit_code == 0, bench.output
+    for command in (["stream", onnx_path], ["predict", onnx_path, "--file", "-"]):
+        result = runner.invoke(main, command, input="abc\nabz\n")
+        assert result.exit_code == 2
+        assert "warning" not in result.stderr
+        assert "not in the model's vocabulary" in result.stderr
+        assert "this model has no unknown token" in result.stderr
+
+
 def test_safetensors_and_a_given_prefix_and_map(notes_model, tmp_path):
     from safetensors.torch import save_file
 
@@ -269,7 +290,7 @@ def _cell_state(V=5, H=4, C=3):
     torch.manual_seed(0)
     return {
         "embed.weight": torch.randn(V, H),
-        "i2h.weight": torch.randn(H, 2 * H),
+        "i2h.weight": torch.randn(H, 2 * H) * 0.1,  # a contraction: the identity cell stays finite
         "i2h.bias": torch.randn(H),
         "h2o.weight": torch.randn(C, H),
         "h2o.bias": torch.randn(C),

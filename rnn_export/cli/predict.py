@@ -59,14 +59,15 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
     if text_file is not None:
         texts, where, key = read_lines(text_file), "line", "line"
     model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
+    refuse = strict or model.tokenizer.unk_id is None
+    why = "--strict refuses them" if strict else "this model has no unknown token"
     for n, text in enumerate(texts, 1):
-        if strict and model.tokenizer.count_unknown(text):
-            unknown = model.tokenizer.count_unknown(text)
+        unknown = warn_unknown(f"{where} {n}", text, model.tokenizer)
+        if refuse and unknown:
             raise rnn_runtime.UnknownCharError(
                 f"{where} {n}: {unknown} of {len(text)} characters are not in the model's "
-                "vocabulary; --strict refuses them"
+                f"vocabulary; {why}"
             )
-        warn_unknown(f"{where} {n}", text, model.tokenizer)
     for n, (text, prediction) in enumerate(zip(texts, model.predict(texts), strict=True), 1):
         if as_json:
             record = {"label": None, "probability": None, "top_k": []}

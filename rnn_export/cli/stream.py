@@ -107,9 +107,11 @@ def _warn_unknown(lines, tokenizer):
 
 
 def warn_unknown(where: str, text: str, tokenizer) -> int:
-    """Warn on stderr when text holds characters outside the vocabulary; their count."""
+    """Warn on stderr when text holds characters outside the vocabulary; their count.
+
+    A model without an unknown token refuses such text instead: no warning then."""
     unknown = tokenizer.count_unknown(text)
-    if unknown:
+    if unknown and tokenizer.unk_id is not None:
         click.echo(
             f"warning: {where}: {unknown} of {len(text)} characters are not in the "
             "model's vocabulary (read as the unknown token)",
