@@ -49,6 +49,10 @@ _LAZY = {
     "run_bench": "rnn_export.bench",
     "BenchReport": "rnn_export.bench",
     "BenchError": "rnn_export.bench",
+    # evaluation
+    "evaluate_model": "rnn_export.evaluation",
+    "EvaluationReport": "rnn_export.evaluation",
+    "EvaluationError": "rnn_export.evaluation",
     # the main job
     "run_demo": "rnn_export.demo",
 }

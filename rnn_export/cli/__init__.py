@@ -20,6 +20,7 @@ import click
 from rnn_export.cli.bench import bench_command
 from rnn_export.cli.convert import convert_command
 from rnn_export.cli.demo import demo_command
+from rnn_export.cli.evaluate import evaluate_command
 from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
 from rnn_export.cli.predict import predict_command
@@ -119,6 +120,7 @@ for _command in (
     verify_command,
     stream_command,
     predict_command,
+    evaluate_command,
     bench_command,
     demo_command,
 ):
