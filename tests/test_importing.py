@@ -262,6 +262,33 @@ def test_an_imported_run_streams_benches_and_refuses_unknown_characters(tmp_path
         assert "this model has no unknown token" in result.stderr
 
 
+def test_evaluate_and_verify_data_on_an_imported_run(tmp_path):
+    torch.save(_cell_state(), tmp_path / "w.pt")
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))  # no unknown token
+    (tmp_path / "l.json").write_text(json.dumps(["x", "y", "z"]))
+    run_dir = tmp_path / "r"
+    import_weights(tmp_path / "w.pt", "cell", tmp_path / "v.json", tmp_path / "l.json", run_dir)
+    onnx_path, runner = str(tmp_path / "m.onnx"), CliRunner()
+    assert runner.invoke(main, ["convert", str(run_dir), "--out", onnx_path]).exit_code == 0
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_text("abc\nabz\n")  # "abz" cannot be read: left out, counted
+    (data / "y.txt").write_text("eed\n")
+    result = runner.invoke(main, ["evaluate", onnx_path, "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "of 2 texts); 1 texts skipped (characters outside the vocabulary)" in result.stdout
+    result = runner.invoke(main, ["evaluate", onnx_path, "--checkpoint", str(run_dir)])
+    assert result.exit_code == 2
+    assert "an imported model has no validation split" in result.stderr
+    missing = tmp_path / "missing"
+    args = ["verify", onnx_path, "--checkpoint", str(run_dir), "--data", str(missing)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    assert f"cannot rebuild the validation split of {missing}: {missing}: expected a folder" in (
+        result.stderr
+    )
+
+
 def test_safetensors_and_a_given_prefix_and_map(notes_model, tmp_path):
     from safetensors.torch import save_file
 
