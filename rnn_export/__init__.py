@@ -32,6 +32,8 @@ _LAZY = {
     "load_checkpoint": "rnn_export.checkpoint",
     "save_checkpoint": "rnn_export.checkpoint",
     "train": "rnn_export.training",
+    "import_weights": "rnn_export.importing",
+    "ImportWeightsError": "rnn_export.importing",
     "TrainingError": "rnn_export.training",
     # export
     "export_onnx": "rnn_export.export",
@@ -47,6 +49,10 @@ _LAZY = {
     "run_bench": "rnn_export.bench",
     "BenchReport": "rnn_export.bench",
     "BenchError": "rnn_export.bench",
+    # evaluation
+    "evaluate_model": "rnn_export.evaluation",
+    "EvaluationReport": "rnn_export.evaluation",
+    "EvaluationError": "rnn_export.evaluation",
     # the main job
     "run_demo": "rnn_export.demo",
 }

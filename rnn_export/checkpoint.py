@@ -5,8 +5,10 @@ A RUN_DIR holds
     config.json        the ModelConfig, labels included
     vocab.json         the Vocabulary
     train.json         the data spec ("data"), the TrainOptions ("options") and the
-                       library versions; older files hold the options' values at the top
-    metrics.json       at least the final "val_accuracy"
+                       library versions; older files hold the options' values at the top.
+                       An imported model's has "data" null and "imported": its weights
+                       file and that file's sha256 (rnn_export.importing)
+    metrics.json       at least the final "val_accuracy" (an imported model: none)
     curves.png         training loss and validation accuracy per epoch
 A checkpoint is written into a temporary folder next to RUN_DIR, synced, and swapped in
 by rename, so a failed or interrupted run never leaves a half-written RUN_DIR and never
@@ -57,9 +59,10 @@ class Checkpoint:
         vocab: the Vocabulary it was trained with.
         sha256: the model's identity (model_identity): hex sha256 over the weights, the
             config (labels included) and the vocabulary.
-        metrics: metrics.json (at least "val_accuracy").
+        metrics: metrics.json (at least "val_accuracy"; empty for an imported model).
         data: the data spec {"source", "path", "seed", "val_fraction"}; load_splits(data)
-            rebuilds the splits.
+            rebuilds the splits. None for an imported model (rnn_export.importing): it
+            has no training data, and training["imported"] says where it came from.
         run_dir: the folder it was read from.
         training: the rest of train.json (optimizer, schedule, library versions, ...).
         options: the TrainOptions it was trained with; None for a checkpoint written
@@ -72,11 +75,16 @@ class Checkpoint:
     vocab: Vocabulary
     sha256: str
     metrics: dict
-    data: dict
+    data: dict | None
     run_dir: Path
     training: dict
     options: TrainOptions | None = None
     weights_sha256: str = ""
+
+    @property
+    def imported(self) -> dict | None:
+        """{"source", "sha256", ...} of an imported model's weights file; None if trained."""
+        return self.training.get("imported")
 
     def mismatch(self, file_sha256: str, model_path) -> str:
         """Why a model file whose metadata says file_sha256 does not belong to this run."""
@@ -129,9 +137,10 @@ def save_checkpoint(
         run_dir: where the checkpoint goes; if it exists it must be a checkpoint or empty.
         model: a model of either arch; its .config is stored.
         vocab: the vocabulary it was trained with.
-        data: the data spec (see rnn_export.data).
+        data: the data spec (see rnn_export.data); None for an imported model, whose
+            training then holds "imported".
         training: hyper-parameters and anything else to keep in train.json.
-        metrics: at least {"val_accuracy": float}.
+        metrics: at least {"val_accuracy": float} (may be {} when data is None).
         curves_png: the PNG of the training curves, stored as curves.png.
 
     Returns:
@@ -147,7 +156,7 @@ def save_checkpoint(
         raise CheckpointError(
             f"model expects vocab_size {model.config.vocab_size}; vocabulary has {len(vocab)}"
         )
-    if "val_accuracy" not in metrics:
+    if data is not None and "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
     tmp = atomic.temp_folder(run_dir)
@@ -216,24 +225,15 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         )
     train_path = run_dir / TRAIN
     training = read_json(train_path)
-    data = training.get("data") if isinstance(training, dict) else None
-    if not isinstance(data, dict) or not set(DATA_KEYS) <= data.keys():
-        raise CheckpointError(
-            f"{train_path}: expected a 'data' object with keys {list(DATA_KEYS)}; got {data!r:.120}"
-        )
-    try:
-        check_spec(data)
-    except DataError as e:
-        raise CheckpointError(f"{train_path}: not a data spec: {e}") from None
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{train_path}: expected a JSON object; got {training!r:.80}")
+    data = _read_data(training, train_path)
     options = _read_options(training, config, train_path, config_path)
     metrics = read_json(run_dir / METRICS)
-    accuracy = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
-    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
-        raise CheckpointError(f"{run_dir / METRICS}: expected an object with 'val_accuracy'")
-    if not 0 <= accuracy <= 1:
-        raise CheckpointError(
-            f"{run_dir / METRICS}: val_accuracy must be in [0, 1]; got {accuracy!r}"
-        )
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{run_dir / METRICS}: expected a JSON object; got {metrics!r:.80}")
+    if data is not None or "val_accuracy" in metrics:  # an imported run has no accuracy
+        _check_accuracy(metrics.get("val_accuracy"), run_dir / METRICS)
 
     weights_path = run_dir / WEIGHTS
     weights, weights_sha256 = read_weights(weights_path, config, config_path)
@@ -252,6 +252,29 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         options=options,
         weights_sha256=weights_sha256,
     )
+
+
+def _read_data(training: dict, path: Path) -> dict | None:
+    """train.json's data spec; None for an imported run (it says where it came from)."""
+    data = training.get("data")
+    if data is None and isinstance(training.get("imported"), dict):
+        return None
+    if not isinstance(data, dict) or not set(DATA_KEYS) <= data.keys():
+        raise CheckpointError(
+            f"{path}: expected a 'data' object with keys {list(DATA_KEYS)} (or, for an "
+            f"imported model, 'data' null and an 'imported' object); got {data!r:.120}"
+        )
+    try:
+        return check_spec(data)
+    except DataError as e:
+        raise CheckpointError(f"{path}: not a data spec: {e}") from None
+
+
+def _check_accuracy(accuracy, path: Path) -> None:
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        raise CheckpointError(f"{path}: expected an object with 'val_accuracy'")
+    if not 0 <= accuracy <= 1:
+        raise CheckpointError(f"{path}: val_accuracy must be in [0, 1]; got {accuracy!r}")
 
 
 def _check_run_dir(run_dir: Path) -> None:

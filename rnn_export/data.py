@@ -12,7 +12,8 @@ data is used (check_spec, read_folder):
     path (folder) a string of 1 .. 4,096 characters without NUL;
     a folder: 2 .. 10,000 class files of at most 256 MiB each, 200,000 samples in all,
     each sample 1 .. 1,000 characters; a label (file stem) must be valid UTF-8 text.
-A vocabulary has at most 65,536 tokens, each one character that UTF-8 can encode.
+A vocabulary has at most 65,536 tokens, each one character that UTF-8 can encode, but for
+the unknown token (its name, at unk_id; a vocabulary may have none).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rnn_export.config import (
     check_int,
     check_text,
 )
-from rnn_export.errors import InputError
+from rnn_export.errors import InputError, decode_utf8
 
 UNK = "<unk>"
 DEFAULT_SEED = 0
@@ -61,32 +62,43 @@ class DataError(InputError):
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Single-character tokens; a token's id is its index; id 0 is the unknown token.
+    """Single-character tokens, a token's id is its index, and (usually) an unknown token.
 
     Args:
-        tokens: tokens[0] == "<unk>", then distinct single characters.
+        tokens: distinct single characters, except tokens[unk_id]: the unknown token's
+            name ("<unk>" in the vocabularies training builds, at id 0).
+        unk_id: the id of characters outside the vocabulary; None: there is none, and
+            such characters cannot be encoded (an imported model's plain-list vocabulary).
     """
 
     tokens: tuple[str, ...]
+    unk_id: int | None = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))
-        if not self.tokens or self.tokens[0] != UNK:
-            first = self.tokens[0] if self.tokens else None
-            raise DataError(f"vocabulary must start with {UNK!r}; got {first!r}")
-        chars = self.tokens[1:]
         if len(self.tokens) > MAX_VOCAB_SIZE:
             raise DataError(
                 f"a vocabulary has at most {MAX_VOCAB_SIZE:,} tokens; got {len(self.tokens):,}"
             )
+        unk = self.unk_id
+        if unk is not None:
+            high = len(self.tokens) - 1
+            if isinstance(unk, bool) or not isinstance(unk, int) or not 0 <= unk <= high:
+                raise DataError(
+                    f"vocabulary unk_id must be an integer in 0 .. {high} (an index of its "
+                    f"{len(self.tokens)} tokens) or null; got {unk!r:.40}"
+                )
+            check_text("unknown token's name", self.tokens[unk], MAX_LABEL_CHARS, DataError)
+        chars = tuple(t for i, t in enumerate(self.tokens) if i != unk)
+        if not chars:
+            raise DataError("a vocabulary needs at least one character token; got none")
         for token in chars:
             check_text("vocabulary token", token, 1, DataError)
         if len(set(chars)) != len(chars):
             dup = sorted(t for t, n in Counter(chars).items() if n > 1)
             raise DataError(f"vocabulary tokens must be distinct; repeated: {dup[:5]}")
-        object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens) if i > 0})
-
-    unk_id = 0
+        ids = {t: i for i, t in enumerate(self.tokens) if i != unk}
+        object.__setattr__(self, "_ids", ids)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -97,7 +109,18 @@ class Vocabulary:
         return cls((UNK, *sorted({c for text in texts for c in text})))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of text's characters; characters never seen map to unk_id (0)."""
+        """Token ids of text's characters; characters never seen map to unk_id.
+
+        Raises:
+            DataError: a character outside a vocabulary without an unknown token.
+        """
+        if self.unk_id is None:
+            missing = next((i for i, c in enumerate(text) if c not in self._ids), None)
+            if missing is not None:
+                raise DataError(
+                    f"character {text[missing]!r} at position {missing} of {text!r:.60} is not "
+                    "in the vocabulary, which has no unknown token"
+                )
         return [self._ids.get(c, self.unk_id) for c in text]
 
     def to_dict(self) -> dict:
@@ -107,9 +130,10 @@ class Vocabulary:
     def from_dict(cls, d: dict) -> Vocabulary:
         if not isinstance(d, dict) or not isinstance(d.get("tokens"), list):
             raise DataError(f"a vocabulary is a JSON object with a 'tokens' list; got {d!r:.80}")
-        if d.get("unk_id", 0) != 0:
-            raise DataError(f"vocabulary unk_id must be 0; got {d.get('unk_id')!r}")
-        return cls(tuple(d["tokens"]))
+        unknown = d.keys() - {"tokens", "unk_id"}
+        if unknown:
+            raise DataError(f"a vocabulary has the keys tokens, unk_id; got also {sorted(unknown)}")
+        return cls(tuple(d["tokens"]), d.get("unk_id", 0))
 
 
 @dataclass(frozen=True)
@@ -256,15 +280,7 @@ def read_folder(path: str | Path) -> dict[str, list[str]]:
             raise DataError(
                 f"{file}: {size:,} bytes; a class file holds at most {MAX_CLASS_FILE_BYTES:,}"
             )
-        raw = file.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise DataError(
-                f"{file}:{line}: expected UTF-8 text; byte {e.start} (0x{raw[e.start]:02x}) "
-                f"is not valid UTF-8 ({e.reason})"
-            ) from None
+        text = decode_utf8(file.read_bytes(), file, DataError)
         lines = [s.strip() for s in text.splitlines()]
         long = next((i for i, s in enumerate(lines) if len(s) > MAX_SAMPLE_CHARS), None)
         if long is not None:

@@ -18,3 +18,21 @@ class InputError(ValueError):
 
 class CheckpointError(InputError):
     """A RUN_DIR that is missing, incomplete, corrupt or foreign; the message names the file."""
+
+
+def decode_utf8(raw: bytes, where, error: type = InputError) -> str:
+    """raw as UTF-8 text (a leading byte-order mark dropped), or error naming the line.
+
+    Args:
+        raw: the file's bytes.
+        where: the file, named in the message ("PATH:LINE: ...").
+        error: the InputError type to raise.
+    """
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(
+            f"{where}:{line}: expected UTF-8 text; byte {e.start} (0x{raw[e.start]:02x}) "
+            f"is not valid UTF-8 ({e.reason})"
+        ) from None

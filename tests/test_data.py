@@ -164,16 +164,29 @@ def test_vocabulary_from_training_split_with_unk():
 @pytest.mark.parametrize(
     "d,match",
     [
-        ({"tokens": ["a", "b"]}, "must start with '<unk>'; got 'a'"),
+        ({"tokens": ["ab", "cd"]}, "a vocabulary token must be one character; got 'cd'"),
+        ({"tokens": [UNK]}, "at least one character token; got none"),
+        ({"tokens": ["a", "b"], "unk_id": -1}, r"unk_id must be an integer in 0 .. 1 .* got -1"),
+        ({"tokens": ["a"], "unk_id": None, "size": 3}, r"keys tokens, unk_id; got also \['size'\]"),
         ({"tokens": [UNK, "ab"]}, "a vocabulary token must be one character; got 'ab'"),
         ({"tokens": [UNK, "a", "a"]}, "distinct; repeated: \\['a'\\]"),
-        ({"tokens": [UNK], "unk_id": 2}, "unk_id must be 0; got 2"),
+        ({"tokens": [UNK, "a"], "unk_id": 2}, r"unk_id must be an integer in 0 .. 1 .*; got 2"),
         (["a"], "JSON object with a 'tokens' list"),
     ],
 )
 def test_bad_vocabulary(d, match):
     with pytest.raises(DataError, match=match):
         Vocabulary.from_dict(d)
+
+
+def test_vocabulary_with_the_unknown_token_elsewhere_or_none():
+    vocab = Vocabulary.from_dict({"tokens": ["a", "b", "<UNK>"], "unk_id": 2})
+    assert vocab.encode("bza") == [1, 2, 0]
+    plain = Vocabulary(("a", "b", "c"), unk_id=None)
+    assert plain.encode("cab") == [2, 0, 1]
+    assert Vocabulary.from_dict(plain.to_dict()) == plain
+    with pytest.raises(DataError, match="character 'z' at position 1 of 'az' is not in the vocab"):
+        plain.encode("az")
 
 
 def test_encode_batch_pads_with_zero():

@@ -20,7 +20,10 @@ import click
 from rnn_export.cli.bench import bench_command
 from rnn_export.cli.convert import convert_command
 from rnn_export.cli.demo import demo_command
+from rnn_export.cli.evaluate import evaluate_command
+from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
+from rnn_export.cli.predict import predict_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
 from rnn_export.cli.verify import verify_command
@@ -111,10 +114,13 @@ def main() -> None:
 
 for _command in (
     train_command,
+    import_command,
     convert_command,
     inspect_command,
     verify_command,
     stream_command,
+    predict_command,
+    evaluate_command,
     bench_command,
     demo_command,
 ):

@@ -66,8 +66,9 @@ def inspect_command(model_path, as_json):
         return
     meta = info["metadata"]
     model, vocab, prov = meta["model"], meta["vocab"], meta["provenance"]
-    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != vocab["unk_id"])
-    unk = vocab["tokens"][vocab["unk_id"]]
+    unk_id = vocab["unk_id"]
+    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != unk_id)
+    unk = "none" if unk_id is None else f"{unk_id} ({vocab['tokens'][unk_id]!r})"
     libraries = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
     lines = [
         f"{info['path']}: rnn-export model, schema {meta['schema_version']}, "
@@ -75,7 +76,7 @@ def inspect_command(model_path, as_json):
         f"model       {model['arch']}, L={model['num_layers']}, H={model['hidden_size']}, "
         f"nonlinearity {model['nonlinearity']}, V={model['vocab_size']}, "
         f"C={model['num_classes']}",
-        f"vocab       {len(vocab['tokens'])} tokens, unknown id {vocab['unk_id']} ({unk!r}), "
+        f"vocab       {len(vocab['tokens'])} tokens, unknown id {unk}, "
         f"characters {json.dumps(chars, ensure_ascii=False)}",
         "labels      " + ", ".join(f"{i} {label}" for i, label in enumerate(meta["labels"])),
     ]

@@ -13,6 +13,24 @@ HINT = (
 )
 
 
+# Shared with `predict`: the runtime's session options.
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="onnxruntime intra-op threads, at most the machine's logical CPUs.",
+)
+providers_option = click.option(
+    "--providers",
+    default="cpu",
+    show_default=True,
+    help="onnxruntime execution providers in priority order, comma separated: short "
+    "names (cpu, cuda, tensorrt, dml) or full ones; an unavailable one is an error, "
+    "never a silent fallback.",
+)
+
+
 @click.command("stream")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
@@ -39,21 +57,8 @@ HINT = (
     is_flag=True,
     help="Keep the state across lines (default: each line is a separate text).",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="onnxruntime intra-op threads, at most the machine's logical CPUs.",
-)
-@click.option(
-    "--providers",
-    default="cpu",
-    show_default=True,
-    help="onnxruntime execution providers in priority order, comma separated: short "
-    "names (cpu, cuda, tensorrt, dml) or full ones; an unavailable one is an error, "
-    "never a silent fallback.",
-)
+@threads_option
+@providers_option
 def stream_command(model_path, every_step, as_json, top_k, strict, carry, threads, providers):
     """Read text from stdin and print the running prediction.
 
@@ -97,12 +102,19 @@ def _warn_unknown(lines, tokenizer):
     """The lines unchanged, with a warning on stderr before each one that holds
     characters outside the vocabulary."""
     for n, line in enumerate(lines, 1):
-        text = line.rstrip("\r\n")
-        unknown = tokenizer.count_unknown(text)
-        if unknown:
-            click.echo(
-                f"warning: line {n}: {unknown} of {len(text)} characters are not in the "
-                "model's vocabulary (read as the unknown token)",
-                err=True,
-            )
+        warn_unknown(f"line {n}", line.rstrip("\r\n"), tokenizer)
         yield line
+
+
+def warn_unknown(where: str, text: str, tokenizer) -> int:
+    """Warn on stderr when text holds characters outside the vocabulary; their count.
+
+    A model without an unknown token refuses such text instead: no warning then."""
+    unknown = tokenizer.count_unknown(text)
+    if unknown and tokenizer.unk_id is not None:
+        click.echo(
+            f"warning: {where}: {unknown} of {len(text)} characters are not in the "
+            "model's vocabulary (read as the unknown token)",
+            err=True,
+        )
+    return unknown

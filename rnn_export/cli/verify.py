@@ -60,8 +60,18 @@ def _tolerance_value(ctx, param, value):
     help="Draw the long stream's errors against the step index, and every family's worst "
     "error / allowance, to this PNG.",
 )
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A folder dataset whose validation split gives the real texts [default: the run's "
+    "own; an imported model has none and is checked on generated tokens only].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the one-line summary.")
-def verify_command(model_path, run_dir, providers, atol, rtol, report_path, plot_path, quiet):
+def verify_command(
+    model_path, run_dir, providers, atol, rtol, report_path, plot_path, data_dir, quiet
+):
     """Check that MODEL.onnx computes what the checkpoint's PyTorch model computes.
 
     Every output is held to a float32 allowance: |file - float64| may not exceed the
@@ -76,7 +86,10 @@ def verify_command(model_path, run_dir, providers, atol, rtol, report_path, plot
     checkpoint that do not belong together).
     """
     from rnn_export.atomic import check_file_output, replace_file
+    from rnn_export.data import folder_spec
     from rnn_export.parity import ParityError, Tolerance, verify_parity
+
+    data = None if data_dir is None else folder_spec(data_dir)
 
     # Bad output paths fail before the minutes of work that fill them.
     if report_path is not None:
@@ -87,7 +100,9 @@ def verify_command(model_path, run_dir, providers, atol, rtol, report_path, plot
     if atol is not None or rtol is not None:
         tolerance = Tolerance(1e-5 if atol is None else atol, 1e-4 if rtol is None else rtol)
     try:
-        report = verify_parity(model_path, run_dir, providers=providers, tolerance=tolerance)
+        report = verify_parity(
+            model_path, run_dir, providers=providers, tolerance=tolerance, data=data
+        )
         failed = False
     except ParityError as e:
         report, failed = e.report, True

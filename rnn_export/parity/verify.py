@@ -49,6 +49,7 @@ def verify_parity(
     stream_steps: int = STREAM_STEPS,
     seed: int = 0,
     threads: int = 1,
+    data: dict | None = None,
 ) -> ParityReport:
     """Run the ONNX file and the model side by side over the parity cases.
 
@@ -69,6 +70,9 @@ def verify_parity(
         seed: seeds every random token, state and length.
         threads: intra-op threads for PyTorch and onnxruntime (the cases are many small
             calls, for which one thread is fastest); results do not depend on it.
+        data: a data spec (rnn_export.data) whose validation split gives the real texts;
+            None: the checkpoint's own, and none for an imported model (generated
+            tokens only).
 
     Returns:
         The ParityReport (report.passed is True).
@@ -112,7 +116,7 @@ def _verify(
     names = (meta.log_probs.name, *(s.output for s in meta.states))
     axes = state_axes(meta)
     rng = np.random.default_rng(seed)
-    validation = _validation_split(ckpt)
+    validation = _validation_split(ckpt, data)
     cases = plan_cases(ckpt, example_length, rng, validation)
     stream_tokens = rng.integers(0, ckpt.config.vocab_size, size=(1, stream_steps))
     zeros = tuple(np.zeros(s.concrete_shape(1), dtype=np.float32) for s in meta.states)
@@ -232,16 +236,24 @@ def _load_checkpoint(checkpoint):
         raise ParityUsageError(f"cannot load the checkpoint: {e}") from None
 
 
-def _validation_split(ckpt):
-    """The run's own validation split, rebuilt from the checkpoint's data spec."""
+def _validation_split(ckpt, data: dict | None = None):
+    """The validation split of data, else of the checkpoint's own data spec; None for an
+    imported model without data. Texts its vocabulary cannot encode (a vocabulary
+    without an unknown token) are left out."""
     from rnn_export.data import DataError, load_splits
 
+    spec = ckpt.data if data is None else data
+    if spec is None:
+        return None
     try:
-        return load_splits(ckpt.data)[1]
+        val = load_splits(spec)[1]
     except DataError as e:
-        raise ParityUsageError(
-            f"cannot rebuild the validation split of {ckpt.run_dir}: {e}"
-        ) from None
+        source = ckpt.run_dir if data is None else spec.get("path")
+        raise ParityUsageError(f"cannot rebuild the validation split of {source}: {e}") from None
+    if ckpt.vocab.unk_id is None:
+        known = set(ckpt.vocab.tokens)
+        val = [(text, label) for text, label in val if set(text) <= known]
+    return val
 
 
 def _open_model(path: Path, threads: int):

@@ -9,7 +9,8 @@ Keys (all values are JSON text):
     rnn_export.schema      1
     rnn_export.model       {"arch", "vocab_size", "num_classes", "hidden_size",
                             "num_layers", "nonlinearity"}
-    rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int}
+    rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int or null
+                            (null: no unknown token, as in an imported plain-list vocabulary)}
     rnn_export.labels      [str, ...] (index = class id)
     rnn_export.io          {"tokens": tensor, "lengths": tensor, "log_probs": tensor,
                             "states": [{"input", "output", "shape", "dtype", "initial"}]}
@@ -162,7 +163,7 @@ class ModelMetadata:
     num_layers: int
     nonlinearity: str
     vocab: tuple[str, ...]
-    unk_id: int
+    unk_id: int | None
     labels: tuple[str, ...]
     tokens: TensorSpec
     lengths: TensorSpec
@@ -215,7 +216,7 @@ def build_metadata(
     num_layers: int,
     nonlinearity: str,
     vocab: list[str] | tuple[str, ...],
-    unk_id: int,
+    unk_id: int | None,
     labels: list[str] | tuple[str, ...],
     states: list[StateSpec] | tuple[StateSpec, ...],
     checkpoint_sha256: str,
@@ -397,7 +398,11 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     _expect(len(tokens) == model["vocab_size"], f"{model['vocab_size']} vocab tokens", len(tokens))
     _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", _repeated(tokens))
     unk = vocab.get("unk_id")
-    _expect(_is_int(unk) and unk < len(tokens), f"vocab.unk_id in [0, {len(tokens)})", unk)
+    _expect(
+        unk is None or (_is_int(unk) and unk < len(tokens)),
+        f"vocab.unk_id in [0, {len(tokens)}) or null (no unknown token)",
+        unk,
+    )
 
     labels = _load(props, "labels")
     _expect(

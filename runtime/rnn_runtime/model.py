@@ -41,17 +41,20 @@ from rnn_runtime.pool import StreamPool
 from rnn_runtime.session import (
     DEFAULT_PROVIDERS,
     PROVIDER_DEVICES,
+    RUN_ERRORS,
     StateBuffers,
     StepBindings,
     check_threads,
     open_session,
     open_step_session,
     resolve_providers,
+    run_failed,
 )
-from rnn_runtime.stream import StreamSession
+from rnn_runtime.stream import MAX_CHUNK, Prediction, StreamSession
 from rnn_runtime.tokens import Tokenizer
 
 MAX_MODEL_BYTES = (1 << 31) - 1  # protobuf cannot parse a larger message
+PREDICT_BATCH_SIZE = 256
 EXPECTED = "expected a .onnx file made by `rnn-export convert`"
 _KINDS = {
     stat.S_IFDIR: "a folder",
@@ -313,6 +316,88 @@ class StreamModel:
         names = [meta.log_probs.name] + [s.output for s in meta.states]
         log_probs, *states = self.session.run(names, feeds)
         return log_probs, {s.input: v for s, v in zip(meta.states, states, strict=True)}
+
+    def predict(
+        self, texts: Sequence[str], *, strict: bool = False, batch_size: int = PREDICT_BATCH_SIZE
+    ) -> list[Prediction | None]:
+        """The prediction after the last character of each text, from the initial state.
+
+        Texts run in padded batches through the main graph (rows of similar length
+        together, each row stopping at its own length), so a text gets the numbers a
+        stream fed the same text gets (within float32 rounding: onnxruntime's results
+        differ in the last bits between batch sizes). Texts longer than MAX_CHUNK run
+        in chunks of it, the state carried between them.
+
+        Args:
+            texts: strings; an empty one has no prediction (None).
+            strict: raise UnknownCharError for a character outside the vocabulary
+                instead of reading it as the unknown token.
+            batch_size: texts per onnxruntime call.
+
+        Returns:
+            One Prediction (or None for an empty text) per text, in order.
+
+        Raises:
+            StreamError: a text that is not a str, a character outside the vocabulary
+                (strict, or a model without an unknown token), or a result that is not
+                finite; the message names the text's index.
+        """
+        if isinstance(texts, str):
+            raise StreamError("texts must be a sequence of strings; got one str")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise StreamError(f"batch_size must be an integer >= 1; got {batch_size!r:.40}")
+        encoded = []
+        for i, text in enumerate(texts):
+            try:
+                encoded.append(self.encode(text, strict=strict))
+            except StreamError as e:
+                raise type(e)(f"texts[{i}]: {e}") from None
+        results: list[Prediction | None] = [None] * len(encoded)
+        order = sorted(
+            (i for i, ids in enumerate(encoded) if ids.size), key=lambda i: encoded[i].size
+        )
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            log_probs = self._run_texts([encoded[i] for i in rows])
+            for i, row in zip(rows, log_probs, strict=True):
+                if not np.isfinite(row).all():
+                    raise StreamError(
+                        f"texts[{i}]: the log-probabilities are not finite (NaN or infinity: "
+                        "the state blew up)"
+                    )
+                results[i] = Prediction(row.copy(), self.metadata.labels)
+        return results
+
+    def _run_texts(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """float32 (B, C) log-probabilities after each non-empty row of token ids, from zeros.
+
+        A batch longer than MAX_CHUNK runs chunk by chunk; each chunk takes only the rows
+        still running (lengths must be >= 1), the others keep their state and result.
+        """
+        B = len(encoded)
+        lengths = np.array([ids.size for ids in encoded], dtype=np.int64)
+        tokens = np.zeros((B, int(lengths.max())), dtype=np.int64)  # (B, T), padded with 0
+        for row, ids in zip(tokens, encoded, strict=True):
+            row[: ids.size] = ids
+        state = self.initial_state(B)
+        axes = {s.input: s.batch_axis for s in self.metadata.states}
+        log_probs = np.zeros((B, self.metadata.num_classes), dtype=np.float32)
+        for t0 in range(0, tokens.shape[1], MAX_CHUNK):
+            active = np.flatnonzero(lengths > t0)
+            chunk = np.ascontiguousarray(tokens[active, t0 : t0 + MAX_CHUNK])
+            sub = {
+                k: np.ascontiguousarray(np.take(v, active, axis=axes[k])) for k, v in state.items()
+            }
+            try:
+                lp, new = self.run(chunk, sub, np.minimum(lengths[active] - t0, chunk.shape[1]))
+            except RUN_ERRORS as e:
+                raise run_failed(e) from e
+            log_probs[active] = lp
+            for k, v in new.items():
+                index = [slice(None)] * v.ndim
+                index[axes[k]] = active
+                state[k][tuple(index)] = v
+        return log_probs
 
     def stream(self, *, strict: bool = False) -> StreamSession:
         """A new StreamSession at the initial state."""

@@ -21,11 +21,12 @@ class Tokenizer:
     Attributes:
         char_ids: {character: token id} of every token but the unknown one (read-only
             by convention: the per-step fast paths of streams read it).
-        unk_id: the id an unknown character maps to.
+        unk_id: the id an unknown character maps to; None: the model has none, and such
+            a character is always an UnknownCharError.
         vocab_size: V; valid ids are [0, V).
     """
 
-    def __init__(self, vocab: tuple[str, ...], unk_id: int):
+    def __init__(self, vocab: tuple[str, ...], unk_id: int | None):
         self.char_ids = {c: i for i, c in enumerate(vocab) if i != unk_id}
         self.unk_id = unk_id
         self.vocab_size = len(vocab)
@@ -48,13 +49,14 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise StreamError(f"text must be a str; got {type(text).__name__}")
-        unk = self.unk_id
+        unk = -1 if self.unk_id is None else self.unk_id
         ids = [self.char_ids.get(c, unk) for c in text]
-        if strict and unk in ids:
+        if (strict or unk < 0) and unk in ids:
             pos = ids.index(unk)
+            why = "strict mode refuses it" if unk >= 0 else "this model has no unknown token"
             raise UnknownCharError(
                 f"character {text[pos]!r} at position {pos} is not in the model's vocabulary "
-                f"({len(self.char_ids)} characters); strict mode refuses it"
+                f"({len(self.char_ids)} characters); {why}"
             )
         return np.array(ids, dtype=np.int64)
 

@@ -1,0 +1,106 @@
+"""`rnn-export import`: a state_dict trained elsewhere (the notes' classes) to a RUN_DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rnn_export.config import ALL_NONLINEARITIES, ARCHS
+
+
+def _mapping(ctx, param, values) -> dict[str, str]:
+    mapping = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"expected OLD=NEW (two tensor names); got {value!r}")
+        mapping[old] = new
+    return mapping
+
+
+@click.command("import")
+@click.argument("weights", metavar="WEIGHTS", type=click.Path(path_type=Path))
+@click.option(
+    "--arch",
+    required=True,
+    type=click.Choice(ARCHS),
+    help="cell: the notes' RNN (embed, i2h, h2o); stacked: the notes' my_RNN (embedding, rnn, fc).",
+)
+@click.option(
+    "--vocab",
+    "vocab_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help='VOCAB.json: {"tokens": [...], "unk_id": N}, or a plain list (token id = index, '
+    "no unknown token: characters outside it are an error when streaming).",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="LABELS.json: a list of class names (class id = index), or a .txt, one per line.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="RUN_DIR to write; an earlier run there is replaced only when the new one is whole.",
+)
+@click.option(
+    "--nonlinearity",
+    type=click.Choice(ALL_NONLINEARITIES),
+    default=None,
+    help="The recurrence's activation [default: identity for cell, tanh for stacked]. "
+    "identity is exactly the notes' cell (hidden = i2h(combined), no nonlinearity); tanh "
+    "is nn.RNN's default (the notes' my_RNN); relu for nn.RNN(nonlinearity='relu').",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    help="Strip this prefix from every tensor name [default: 'module.' (DataParallel) "
+    "and 'model.' (a wrapper) where every name has them].",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    callback=_mapping,
+    metavar="OLD=NEW",
+    help="Rename a tensor (or every name starting with OLD, when OLD ends with '.'); "
+    "repeatable. E.g. --map emb.=embedding.",
+)
+def import_command(weights, arch, vocab_path, labels_path, out, nonlinearity, prefix, mapping):
+    """Write a RUN_DIR for a model trained elsewhere, from its saved state_dict.
+
+    WEIGHTS is a file of torch.save(model.state_dict(), path), read only with
+    torch.load(weights_only=True) (a file that needs more, such as a pickled module,
+    is refused naming the blocked global), or a .safetensors file. V, H, L and C
+    come from the tensor shapes; V must match the vocabulary and C the labels. The
+    RUN_DIR records the source file and its sha256; convert, verify (with --data for
+    real texts), bench, predict and evaluate accept it. Exit 2 for any mismatch,
+    naming the tensor and the shapes.
+    """
+    from rnn_export.importing import import_weights
+
+    ckpt = import_weights(
+        weights,
+        arch,
+        vocab_path,
+        labels_path,
+        out,
+        nonlinearity=nonlinearity,
+        prefix=prefix,
+        mapping=mapping,
+    )
+    info = ckpt.imported
+    unk = "none" if ckpt.vocab.unk_id is None else f"id {ckpt.vocab.unk_id}"
+    click.echo(f"wrote {ckpt.run_dir}")
+    click.echo(f"  model    {ckpt.config.describe()}")
+    click.echo(f"  vocab    {len(ckpt.vocab)} tokens, unknown token {unk}")
+    click.echo(f"  source   {info['source']} ({info['format']}, sha256 {info['sha256']})")
+    if info["prefix"] or info["renamed"]:
+        renamed = ", ".join(f"{old} -> {new}" for new, old in info["renamed"].items())
+        click.echo(f"  names    prefix {info['prefix']!r} stripped; renamed: {renamed or 'none'}")
+    click.echo(f"  sha256   {ckpt.sha256}")
