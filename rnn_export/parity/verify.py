@@ -91,7 +91,15 @@ def verify_parity(
     # and on a busy machine they make verify two to three times slower.
     with threadpool_limits(limits=threads, user_api="blas"):
         report = _verify(
-            onnx_path, checkpoint, providers, tolerance, example_length, stream_steps, seed, threads
+            onnx_path,
+            checkpoint,
+            providers,
+            tolerance,
+            data,
+            example_length,
+            stream_steps,
+            seed,
+            threads,
         )
     report.wall_s = time.perf_counter() - started
     if not report.passed:
@@ -100,7 +108,7 @@ def verify_parity(
 
 
 def _verify(
-    onnx_path, checkpoint, providers, tolerance, example_length, stream_steps, seed, threads
+    onnx_path, checkpoint, providers, tolerance, data, example_length, stream_steps, seed, threads
 ):
     """verify_parity's work, under its thread limits; returns the report."""
     wanted = parse_providers(providers)
