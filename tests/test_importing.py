@@ -384,6 +384,26 @@ BAD = [
 ]
 
 
+class _Touch:
+    """A pickle that creates a file when loaded unsafely."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"embed.weight": torch.zeros(2, 2), "x": _Touch(marker)}, tmp_path / "w.pt")
+    with pytest.raises(
+        ImportWeightsError, match=r"refused: it needs the global (io|builtins)\.open"
+    ):
+        import_weights(tmp_path / "w.pt", "cell", ["a", "b"], ["x", "y"], tmp_path / "o")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("name, write, match", BAD, ids=[b[0] for b in BAD])
 def test_bad_weights(tmp_path, name, write, match):
     weights = tmp_path / "w.pt"
