@@ -135,23 +135,33 @@ def bias_terms(*biases) -> Terms:
     return Terms(sum(b), sum(np.abs(x) for x in b), len(b))
 
 
+def activation_value(name: str, z: np.ndarray) -> np.ndarray:
+    """tanh, sigmoid, relu or identity of exact values z."""
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "identity":
+        return z
+    raise ValueError(f"unknown activation {name!r}")
+
+
 def activation(name: str, z: Approx) -> Approx:
     """tanh, sigmoid, relu or identity of z, elementwise."""
+    value = activation_value(name, z.value)
     low = np.maximum(np.abs(z.value) - z.radius, 0.0)  # the smallest |z| in the interval
+    # the largest derivative over the interval
     if name == "tanh":
-        value = np.tanh(z.value)
-        slope = 1.0 - np.tanh(low) ** 2  # the largest derivative over the interval
+        slope = 1.0 - np.tanh(low) ** 2
     elif name == "sigmoid":
-        value = 0.5 * (1.0 + np.tanh(0.5 * z.value))
-        s = 0.5 * (1.0 + np.tanh(0.5 * low))
+        s = activation_value("sigmoid", low)
         slope = s * (1.0 - s)
     elif name == "relu":
-        value = np.maximum(z.value, 0.0)
         slope = (z.value + z.radius > 0).astype(np.float64)
-    elif name == "identity":
-        value, slope = z.value, 1.0
     else:
-        raise ValueError(f"unknown activation {name!r}")
+        slope = 1.0
     return _elementwise(value, slope * z.radius, radius_cap(name))
 
 

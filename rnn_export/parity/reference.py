@@ -22,6 +22,7 @@ from rnn_export.parity.bounds import (
     Linear,
     Terms,
     activation,
+    activation_value,
     affine,
     bias_terms,
     log_softmax,
@@ -143,8 +144,6 @@ class Recurrence:
 
     def _step_values(self, tokens, layers: list[Approx], cap: float) -> list[Approx]:
         """step() for layers whose bound says nothing: the exact values, radius at cap."""
-        f = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "identity": lambda z: z}
-        act = f[self.nonlinearity]
         x = None
         new = []
         for k, h in enumerate(layers):
@@ -153,7 +152,7 @@ class Recurrence:
                 z = z + self.table.value[tokens]
             else:
                 z = z + x @ self.inputs[k].weight.T + self.biases[k].value
-            x = act(z)
+            x = activation_value(self.nonlinearity, z)
             new.append(Approx(x, np.full_like(x, cap)))
         return new
 
@@ -266,3 +265,13 @@ class TorchFloat32:
                 None if lengths is None else torch.from_numpy(lengths),
             )
         return log_probs.numpy(), (new_state.numpy(),)
+
+    def run_steps(self, tokens, state) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """The outputs after every step of tokens (B, T), one token per call with the state
+        fed back, as Recurrence.run_steps gives them: (log_probs (T, B, C), states (T, ...))."""
+        log_probs, states = [], []
+        for t in range(tokens.shape[1]):
+            lp, state = self(np.ascontiguousarray(tokens[:, t : t + 1]), state)
+            log_probs.append(lp)
+            states.append(state)
+        return np.stack(log_probs), tuple(np.stack(s) for s in zip(*states, strict=True))

@@ -40,17 +40,8 @@ class StreamReference:
 
 def stream_reference(recurrence, torch32, tokens: np.ndarray, zeros: tuple) -> StreamReference:
     """Step the references through tokens (1, S) from the zero state `zeros`."""
-    steps = tokens.shape[1]
     log_probs, states = recurrence.run_steps(tokens, zeros)
-    t_lp = np.empty(log_probs.value.shape, dtype=np.float32)
-    t_states = tuple(np.empty(s.value.shape, dtype=np.float32) for s in states)
-    state = zeros
-    for t in range(steps):
-        lp, state = torch32(np.ascontiguousarray(tokens[:, t : t + 1]), state)
-        t_lp[t] = lp
-        for out, s in zip(t_states, state, strict=True):
-            out[t] = s
-    return StreamReference(tokens, log_probs, states, t_lp, t_states)
+    return StreamReference(tokens, log_probs, states, *torch32.run_steps(tokens, zeros))
 
 
 def run_stream(runner, ref: StreamReference, names, tolerance=None):

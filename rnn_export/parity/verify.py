@@ -140,7 +140,7 @@ def _verify(
     )
     recurrence.check_against_pytorch(model, start.tokens[:, 0], start.states)
     local_ref = recurrence.run_steps(start.tokens, start.states)
-    local_torch = _torch_steps(torch32, start, axes)
+    local_torch = torch32.run_steps(start.tokens, start.states)
     local = [LocalCase(kind, start, axes, names) for kind in ("T=1", "B=1", "B>1")]
 
     statuses, results, drift = [], [], []
@@ -193,17 +193,6 @@ def _verify(
         drift=drift,
         tolerance=tolerance,
     )
-
-
-def _torch_steps(torch32, start, axes):
-    """PyTorch float32 stepped HORIZON tokens from every start state (steps first)."""
-    state = start.states
-    lps, states = [], []
-    for k in range(start.tokens.shape[1]):
-        lp, state = torch32(np.ascontiguousarray(start.tokens[:, k : k + 1]), state)
-        lps.append(lp)
-        states.append(state)
-    return np.stack(lps), tuple(np.stack([s[i] for s in states]) for i in range(len(state)))
 
 
 def _check_arguments(tolerance, stream_steps, threads, example_length) -> None:
