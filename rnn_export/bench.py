@@ -460,7 +460,7 @@ def _machine() -> dict:
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -469,7 +469,8 @@ def _machine() -> dict:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (for reports and the figures in the docs)."""
     cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform.processor() may say more
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():

@@ -14,21 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) -> list[str]:
@@ -44,7 +34,7 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
     s, m, st, t = report["settings"], report["machine"], report["streaming"], report["targets"]
     us = 1e6
     lines = [
-        f"Measured {date} on {_cpu_name()} ({m['cpu_count']} CPUs, {m['machine']}), "
+        f"Measured {date} on {m['processor']} ({m['cpu_count']} CPUs, {m['machine']}), "
         f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
         f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} V={s['vocab_size']} "
         f"C={s['num_classes']}, threads {s['threads']}, repeats {s['repeats']}"

@@ -29,15 +29,6 @@ import fakes  # noqa: E402  (the parity suite's fakes: one definition for tests 
 CORRECT = ("export", "permuted-units", "ulp-scaled")
 
 
-def _cpu() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def _variants(run_dir: Path, path: Path, tmp: Path, opset: int, correct_only: bool):
     yield "export", path
     yield "permuted-units", fakes.export_permuted(run_dir, tmp / "permuted.onnx", opset=opset)
@@ -88,8 +79,10 @@ def table(rows: list[dict], command: str) -> str:
     import onnxruntime
     import torch
 
+    from rnn_export.bench import cpu_name
+
     lines = [
-        f"Made {datetime.date.today().isoformat()} on {_cpu()} ({platform.machine()}, "
+        f"Made {datetime.date.today().isoformat()} on {cpu_name()} ({platform.machine()}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}) by `{command}`.",
         "",
