@@ -496,6 +496,9 @@ def _machine() -> dict:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
+        # Other work on the machine slows every side of a ratio alike, but not exactly:
+        # the 1-minute load average (Unix) says how busy it was when the run ended.
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -113,7 +113,8 @@ class BenchReport:
             f"V={s['vocab_size']}, C={s['num_classes']}); threads {s['threads']}, "
             f"repeats {s['repeats']}{', quick' if s['quick'] else ''}",
             f"machine: {m['cpu_count']} CPUs {m['machine']} ({m['processor']}), Python "
-            f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}",
+            f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+            + ("" if m.get("load_average") is None else f"; load average {m['load_average']:.2f}"),
         ]
         if self.step_products is not None:
             shapes = ", ".join(

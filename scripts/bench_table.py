@@ -48,7 +48,9 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
 
     lines = [
         f"Measured {date} on {m['processor']} ({m['cpu_count']} CPUs, {m['machine']}), "
-        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+        + ("" if m.get("load_average") is None else f", load average {m['load_average']:.2f}")
+        + "; "
         f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} V={s['vocab_size']} "
         f"C={s['num_classes']}, threads {s['threads']}, repeats {s['repeats']}"
         f"{', quick (rough figures)' if s['quick'] else ''}.",

@@ -244,3 +244,25 @@ def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
     )
     assert out.read_text() == '{"earlier": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
+def test_bench_table_script_formats_a_report_with_its_verdicts(exported):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_table.py"
+    spec = importlib.util.spec_from_file_location("bench_table", path)
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+    run_dir, model_path = exported
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    text = bench_table.format_tables(report.to_dict(), "rnn-export bench ...", "2026-01-01")
+    goals = report.goals()
+    verdict = {True: "met", False: "missed", None: "not measured"}
+    row = next(line for line in text.splitlines() if "over the hand-written loop" in line)
+    assert row.endswith(f"| {verdict[goals['streaming_vs_handwritten']]} |")
+    row = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
+    assert row.endswith(f"| {verdict[goals['peak_rss_mib']]} |")
+    assert "load average" in text.splitlines()[0]
+    offline = [line for line in text.splitlines() if line.startswith("| 32 | 16 |")]
+    assert len(offline) == 1 and offline[0].endswith("% |")  # the roofline fraction
