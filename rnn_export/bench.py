@@ -1,17 +1,26 @@
 """Benchmarks: the runtime and onnxruntime against PyTorch eager, side by side in one process.
 
-Four measurements, each a ratio of timings taken interleaved in the same process so that
+Five measurements, each a ratio of timings taken interleaved in the same process so that
 a busy machine slows both sides alike (medians over repeated blocks):
     1. streaming: seconds per step at batch 1 of the runtime (StreamSession.step) against
-       PyTorch eager stepping the same model, and against the floor: a one-node ONNX model
-       (Identity) called through onnxruntime the same way (IOBinding, preallocated
-       buffers), i.e. the fixed cost of one call; also the runtime stepping through the
-       main graph (step_model=False), to show what the embedded step model saves;
+       PyTorch eager stepping the same model, against the loop users write by hand on the
+       same file (the main graph through session.run with a feed dict per step, the state
+       fed back), and against the floor: a one-node ONNX model (Identity) called through
+       onnxruntime the same way as the runtime (IOBinding, preallocated buffers), i.e. the
+       fixed cost of one call; also the runtime stepping through the main graph
+       (step_model=False), to show what the embedded step model saves;
     2. offline: tokens/s over padded batches (B x T grid, mixed lengths) of one
-       onnxruntime session against PyTorch eager;
-    3. pool: aggregate steps/s of the runtime's StreamPool at N streams against one stream;
-    4. cold start: process start to first prediction, and peak RSS, of a fresh process
+       onnxruntime session against PyTorch eager and as a fraction of the roofline;
+    3. pool: aggregate steps/s of the runtime's StreamPool at N streams, and the fraction
+       of the roofline each pool step reaches;
+    4. threads: the pool of 256 streams and the largest offline batch at one thread and
+       at all cores (skipped on a one-core machine);
+    5. cold start: process start to first prediction, and peak RSS, of a fresh process
        that imports only the runtime.
+
+The roofline (rnn_export.roofline) is onnxruntime's own matrix products at the shapes of
+one step of this file, in the same run and at the same thread count: a fraction of 1.0
+means the step costs nothing beyond its arithmetic.
 """
 
 from __future__ import annotations
@@ -24,28 +33,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from rnn_export.bench_report import BenchReport
 from rnn_export.config import MAX_THREADS, check_int
 from rnn_export.errors import InputError
+from rnn_export.roofline import Product, ProductsRunner, step_and_head, step_products
 
-# The goals of issue 6, shown next to each measured ratio.
-TARGETS = {
-    "streaming_speedup_vs_torch": 5.0,  # at least
-    "streaming_vs_floor": 2.0,  # at most
-    "offline_speedup_vs_torch": 1.5,  # at least, at every grid point
-    "pool_256_vs_one_stream": 20.0,  # at least
-}
 MAX_REPEATS = 1_000
 GRID_BATCHES = (1, 32, 256)
 GRID_LENGTHS = (16, 128)
-POOL_SIZES = (1, 16, 256)
+POOL_SIZES = (1, 16, 256, 1024)
 QUICK_GRID_BATCHES = (1, 32)
 QUICK_GRID_LENGTHS = (16,)
 QUICK_POOL_SIZES = (1, 16)
+SCALING_POOL = 256  # pool size of the threads measurement
+# Products per call of the offline roofline: one call runs a whole batch, so its fixed
+# cost is spread over many steps, as in the main graph.
+OFFLINE_REPEAT = 16
 
 # Runs in a fresh interpreter: imports only the runtime, prints one JSON line. Peak RSS is
 # VmHWM of /proc/self/status: getrusage's ru_maxrss would also count the forked copy of
@@ -73,91 +81,6 @@ print(json.dumps({
 
 class BenchError(InputError):
     """A benchmark that cannot run: unreadable model or checkpoint, or the two do not match."""
-
-
-@dataclass
-class BenchReport:
-    """All figures of one `rnn-export bench` run; times in seconds, rates per second.
-
-    Attributes:
-        machine: platform, CPU count and library versions.
-        settings: model, sizes, threads, repeats, quick.
-        streaming: per-step seconds of runtime, torch and floor, and their ratios.
-        offline: one dict per (batch, time) grid point.
-        pool: one dict per pool size.
-        cold_start: median seconds to the first prediction and peak RSS.
-        targets: TARGETS, for reference.
-    """
-
-    machine: dict
-    settings: dict
-    streaming: dict
-    offline: list[dict]
-    pool: list[dict]
-    cold_start: dict
-    targets: dict = field(default_factory=lambda: dict(TARGETS))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def format_table(self) -> str:
-        """The report for people: one section per measurement, ratios with their targets."""
-        s, m, st = self.settings, self.machine, self.streaming
-        lines = [
-            f"model {s['model']} (arch {s['arch']}, H={s['hidden_size']}, L={s['num_layers']}, "
-            f"V={s['vocab_size']}, C={s['num_classes']}); threads {s['threads']}, "
-            f"repeats {s['repeats']}{', quick' if s['quick'] else ''}",
-            f"machine: {m['cpu_count']} CPUs {m['machine']}, Python {m['python']}, "
-            f"torch {m['torch']}, onnxruntime {m['onnxruntime']}",
-            "",
-            "1. streaming step, batch 1 (median per step)",
-            f"   runtime {st['runtime_s'] * 1e6:9.1f} us",
-            f"   torch   {st['torch_s'] * 1e6:9.1f} us   runtime speedup "
-            f"{st['speedup_vs_torch']:6.2f}x  (target >= {TARGETS['streaming_speedup_vs_torch']}x)",
-            f"   floor   {st['floor_s'] * 1e6:9.1f} us   runtime / floor "
-            f"{st['runtime_vs_floor']:6.2f}x  (target <= {TARGETS['streaming_vs_floor']}x)",
-            *(
-                []
-                if st["main_graph_s"] is None
-                else [
-                    f"   runtime through the main graph {st['main_graph_s'] * 1e6:.1f} us: the "
-                    f"step model saves {1 - st['runtime_s'] / st['main_graph_s']:.0%} per step"
-                ]
-            ),
-            f"   runtime steps through: {st['steps_through']}",
-            "",
-            "2. offline throughput, padded batches with mixed lengths (real tokens/s)",
-            f"   {'B':>4} {'T':>4} {'onnxruntime':>13} {'torch':>13} {'speedup':>8}"
-            f"  (target >= {TARGETS['offline_speedup_vs_torch']}x)",
-        ]
-        for row in self.offline:
-            lines.append(
-                f"   {row['batch']:>4} {row['time']:>4} {row['onnxruntime_tokens_per_s']:>13,.0f} "
-                f"{row['torch_tokens_per_s']:>13,.0f} {row['speedup_vs_torch']:>7.2f}x"
-            )
-        lines += [
-            "",
-            "3. many streams: runtime pool, one step for every stream per call",
-            f"   {'streams':>7} {'steps/s':>12} {'vs 1 stream':>12}"
-            f"  (target at 256 >= {TARGETS['pool_256_vs_one_stream']}x)",
-        ]
-        for row in self.pool:
-            lines.append(
-                f"   {row['streams']:>7} {row['steps_per_s']:>12,.0f} "
-                f"{row['vs_one_stream']:>11.2f}x"
-            )
-        c = self.cold_start
-        lines += [
-            "",
-            "4. cold start of a process that imports only the runtime",
-            f"   start to first prediction {c['seconds'] * 1e3:8.1f} ms (median of {c['runs']}),"
-            f" peak RSS {c['peak_rss_mib']:.1f} MiB"
-            f"{'' if not c['torch_imported'] else ' (torch was imported!)'}",
-        ]
-        return "\n".join(lines)
 
 
 def run_bench(
@@ -203,6 +126,7 @@ def run_bench(
     if meta.checkpoint_sha256 != ckpt.sha256:
         raise BenchError(ckpt.mismatch(meta.checkpoint_sha256, model_path))
     block_s = 0.02 if quick else 0.1
+    products = _products(meta)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -213,15 +137,21 @@ def run_bench(
             (QUICK_GRID_BATCHES, QUICK_GRID_LENGTHS) if quick else (GRID_BATCHES, GRID_LENGTHS)
         )
         offline = [
-            _bench_offline(rt_model, model, B, T, repeats, block_s, rng)
+            _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng)
             for T in lengths
             for B in batches
         ]
         pool = _bench_pool(
-            rt_model, QUICK_POOL_SIZES if quick else POOL_SIZES, repeats, block_s, rng
+            rt_model, products, QUICK_POOL_SIZES if quick else POOL_SIZES, repeats, block_s, rng
         )
     finally:
         torch.set_num_threads(previous_threads)
+    scaling = None
+    cores = os.cpu_count() or 1
+    if not quick and cores > 1:
+        scaling = _bench_threads(
+            Path(model_path), products, cores, max(batches), max(lengths), repeats, block_s, rng
+        )
     cold = _bench_cold_start(Path(model_path), threads, runs=1 if quick else 3)
     settings = {
         "model": str(model_path),
@@ -235,7 +165,23 @@ def run_bench(
         "repeats": repeats,
         "quick": quick,
     }
-    return BenchReport(_machine(), settings, streaming, offline, pool, cold)
+    return BenchReport(
+        _machine(),
+        settings,
+        streaming,
+        offline,
+        pool,
+        cold,
+        scaling=scaling,
+        step_products=None if products is None else [asdict(p) for p in products],
+    )
+
+
+def _products(meta) -> tuple[Product, ...] | None:
+    """The step's matrix products (from the embedded step model); None for a file without."""
+    if meta.step is None:
+        return None
+    return step_products(meta.step.model_bytes())
 
 
 def _time_blocks(
@@ -292,6 +238,23 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
 
         runs["main graph"] = run_main_graph
 
+    meta = rt_model.metadata
+    session, outputs = rt_model.session, [meta.log_probs.name] + [s.output for s in meta.states]
+    hand_state = rt_model.initial_state(1)
+    one = np.ones((1,), dtype=np.int64)
+
+    def run_handwritten(n: int) -> None:
+        # What users write on the file alone: a feed dict per step, the new state fed back.
+        state, k = dict(hand_state), len(ids)
+        for i in range(n):
+            token = np.array([[ids[i % k]]], dtype=np.int64)
+            _, *new = session.run(
+                outputs, {meta.tokens.name: token, meta.lengths.name: one, **state}
+            )
+            state = {s.input: v for s, v in zip(meta.states, new, strict=True)}
+        hand_state.update(state)
+
+    runs["hand-written"] = run_handwritten
     token = torch.zeros((1, 1), dtype=torch.int64)
     state = [model.initial_state(1)]
 
@@ -325,6 +288,8 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         "floor_s": t["floor"],
         "speedup_vs_torch": t["torch"] / t["runtime"],
         "runtime_vs_floor": t["runtime"] / t["floor"],
+        "handwritten_s": t["hand-written"],
+        "speedup_vs_handwritten": t["hand-written"] / t["runtime"],
         "main_graph_s": t.get("main graph"),
         "steps_through": "the embedded step model"
         if rt_model.step_session is not None
@@ -332,7 +297,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     }
 
 
-def _bench_offline(rt_model, model, B, T, repeats, block_s, rng) -> dict:
+def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> dict:
     import torch
 
     meta = rt_model.metadata
@@ -363,29 +328,38 @@ def _bench_offline(rt_model, model, B, T, repeats, block_s, rng) -> dict:
             for _ in range(n):
                 model(t_tokens, t_state, t_lengths)
 
-    t = _time_blocks({"onnxruntime": run_ort, "torch": run_torch}, repeats, block_s)
+    runs = {"onnxruntime": run_ort, "torch": run_torch}
+    if products is not None:
+        step, head = step_and_head(products)
+        rooflines = {
+            "step": ProductsRunner(step, B, rt_model.threads, repeat=OFFLINE_REPEAT),
+            "head": ProductsRunner(head, B, rt_model.threads, repeat=OFFLINE_REPEAT),
+        }
+        runs |= {("roofline", k): r.run for k, r in rooflines.items()}
+    t = _time_blocks(runs, repeats, block_s)
     real = int(lengths.sum())
-    return {
+    row = {
         "batch": B,
         "time": T,
         "real_tokens": real,
         "onnxruntime_tokens_per_s": real / t["onnxruntime"],
         "torch_tokens_per_s": real / t["torch"],
         "speedup_vs_torch": t["torch"] / t["onnxruntime"],
+        "roofline_s": None,
+        "roofline_fraction": None,
     }
+    if products is not None:
+        # Every real token pays one step's recurrence at (up to) B rows; every row the head.
+        step_s, head_s = (t[("roofline", k)] / OFFLINE_REPEAT for k in ("step", "head"))
+        roofline = real / B * step_s + head_s
+        row["roofline_s"] = roofline
+        row["roofline_fraction"] = roofline / t["onnxruntime"]
+    return row
 
 
-def _bench_pool(rt_model, sizes, repeats, block_s, rng) -> list[dict]:
+def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
     V = rt_model.metadata.vocab_size
-    single = rt_model.stream()
-    single_ids = rng.integers(0, V, size=997).tolist()
-
-    def run_single(n: int) -> None:
-        step, k = single.step, len(single_ids)
-        for i in range(n):
-            step(single_ids[i % k])
-
-    runs = {"one stream": run_single}
+    runs, rooflines = {}, {}
     for size in sizes:
         pool = rt_model.pool()
         for _ in range(size):
@@ -397,17 +371,73 @@ def _bench_pool(rt_model, sizes, repeats, block_s, rng) -> list[dict]:
                 pool.step(ids[i % 16])
 
         runs[size] = run_pool
+        if products is not None:
+            rooflines[size] = ProductsRunner(products, size, rt_model.threads)
+            runs[("roofline", size)] = rooflines[size].run
     t = _time_blocks(runs, repeats, block_s)
-    one = 1.0 / t["one stream"]
-    return [
-        {
+    rows = []
+    for size in sizes:
+        row = {
             "streams": size,
             "steps_per_s": size / t[size],
-            "one_stream_steps_per_s": one,
-            "vs_one_stream": size / t[size] / one,
+            "step_s": t[size],
+            "roofline_s": None,
+            "roofline_gflops": None,
+            "roofline_fraction": None,
         }
-        for size in sizes
-    ]
+        if size in rooflines:
+            roof = t[("roofline", size)]
+            row |= {
+                "roofline_s": roof,
+                "roofline_gflops": rooflines[size].flops / roof / 1e9,
+                "roofline_fraction": roof / t[size],
+            }
+        rows.append(row)
+    return rows
+
+
+def _bench_threads(model_path, products, cores, B, T, repeats, block_s, rng) -> dict:
+    """The pool of SCALING_POOL streams and offline (B, T) at one thread and at all cores."""
+    import rnn_runtime
+
+    models = {n: rnn_runtime.open_model(model_path, threads=n) for n in (1, cores)}
+    V = models[1].metadata.vocab_size
+    ids = [rng.integers(0, V, size=SCALING_POOL, dtype=np.int64) for _ in range(16)]
+    tokens = rng.integers(0, V, size=(B, T), dtype=np.int64)
+    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+    lengths[0] = T
+    state = models[1].initial_state(B)
+    runs = {}
+    for threads, model in models.items():
+        pool = model.pool()
+        for _ in range(SCALING_POOL):
+            pool.join()
+
+        def run_pool(n: int, pool=pool) -> None:
+            for i in range(n):
+                pool.step(ids[i % 16])
+
+        def run_offline(n: int, model=model) -> None:
+            for _ in range(n):
+                model.run(tokens, state, lengths)
+
+        runs[("pool", threads)] = run_pool
+        runs[("offline", threads)] = run_offline
+        if products is not None:
+            runs[("roofline", threads)] = ProductsRunner(products, SCALING_POOL, threads).run
+    t = _time_blocks(runs, repeats, block_s)
+    real = int(lengths.sum())
+    out = {"cores": cores, "pool_streams": SCALING_POOL, "batch": B, "time": T}
+    for threads, key in ((1, "one"), (cores, "all")):
+        out[f"pool_steps_per_s_{key}"] = SCALING_POOL / t[("pool", threads)]
+        out[f"offline_tokens_per_s_{key}"] = real / t[("offline", threads)]
+        out[f"roofline_s_{key}"] = t.get(("roofline", threads))
+    out["pool_scaling"] = t[("pool", 1)] / t[("pool", cores)]
+    out["offline_scaling"] = t[("offline", 1)] / t[("offline", cores)]
+    out["roofline_scaling"] = (
+        None if products is None else t[("roofline", 1)] / t[("roofline", cores)]
+    )
+    return out
 
 
 def _bench_cold_start(model_path: Path, threads: int, runs: int) -> dict:
@@ -466,6 +496,9 @@ def _machine() -> dict:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
+        # Other work on the machine slows every side of a ratio alike, but not exactly:
+        # the 1-minute load average (Unix) says how busy it was when the run ended.
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 

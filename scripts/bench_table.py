@@ -5,8 +5,8 @@
 
 Runs `rnn-export bench MODEL --checkpoint RUN --json FILE` (or reads a FILE written by an
 earlier run) and prints Markdown: a header with the date, the machine and the command,
-then one table of the streaming, pool and cold-start figures with their targets, and one
-of the offline throughput grid.
+then one table of the streaming, pool, thread and cold-start figures with their goals and
+whether each was met, and one of the offline throughput grid with its roofline fractions.
 """
 
 from __future__ import annotations
@@ -31,11 +31,26 @@ def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) 
 
 def format_tables(report: dict, command: str | None, date: str) -> str:
     """The Markdown for one bench report (the dict of `BenchReport.to_dict`)."""
+    from rnn_export.bench_report import BenchReport
+
+    goals = BenchReport(**report).goals()
     s, m, st, t = report["settings"], report["machine"], report["streaming"], report["targets"]
     us = 1e6
+
+    def goal(name: str, sign: str = ">=", unit: str = "x") -> str:
+        return f"{sign} {t[name]:g}{unit} | {verdict(name)}"
+
+    def verdict(name: str) -> str:
+        return {True: "met", False: "missed", None: "not measured"}[goals[name]]
+
+    def fraction(x) -> str:
+        return "n/a" if x is None else f"{x:.0%}"
+
     lines = [
         f"Measured {date} on {m['processor']} ({m['cpu_count']} CPUs, {m['machine']}), "
-        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+        + ("" if m.get("load_average") is None else f", load average {m['load_average']:.2f}")
+        + "; "
         f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} V={s['vocab_size']} "
         f"C={s['num_classes']}, threads {s['threads']}, repeats {s['repeats']}"
         f"{', quick (rough figures)' if s['quick'] else ''}.",
@@ -44,43 +59,57 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
         lines += ["", f"Command: `{command}`"]
     lines += [
         "",
-        "| measurement | value | target |",
-        "| --- | --- | --- |",
-        f"| streaming step: runtime | {st['runtime_s'] * us:.1f} us | |",
+        "| measurement | value | goal | |",
+        "| --- | --- | --- | --- |",
+        f"| streaming step: runtime | {st['runtime_s'] * us:.1f} us | | |",
     ]
     if st.get("main_graph_s") is not None:
         lines.append(
             "| streaming step: runtime through the main graph "
-            f"| {st['main_graph_s'] * us:.1f} us | |"
+            f"| {st['main_graph_s'] * us:.1f} us | | |"
         )
     lines += [
-        f"| streaming step: PyTorch eager | {st['torch_s'] * us:.1f} us | |",
-        f"| streaming step: floor (one-node model) | {st['floor_s'] * us:.1f} us | |",
+        f"| streaming step: PyTorch eager | {st['torch_s'] * us:.1f} us | | |",
+        f"| streaming step: hand-written loop (session.run, feed dict) "
+        f"| {st['handwritten_s'] * us:.1f} us | | |",
+        f"| streaming step: floor (one-node model) | {st['floor_s'] * us:.1f} us | | |",
         f"| runtime speedup over PyTorch | {st['speedup_vs_torch']:.2f}x "
-        f"| >= {t['streaming_speedup_vs_torch']}x |",
-        f"| runtime / floor | {st['runtime_vs_floor']:.2f}x | <= {t['streaming_vs_floor']}x |",
+        f"| {goal('streaming_speedup_vs_torch')} |",
+        f"| runtime speedup over the hand-written loop | {st['speedup_vs_handwritten']:.2f}x "
+        f"| {goal('streaming_vs_handwritten')} |",
+        f"| runtime / floor | {st['runtime_vs_floor']:.2f}x | | |",
     ]
     for row in report["pool"]:
-        target = f">= {t['pool_256_vs_one_stream']}x" if row["streams"] == 256 else ""
+        g = goal("pool_256_roofline", unit="") if row["streams"] == 256 else " |"
         lines.append(
-            f"| pool, {row['streams']} streams: steps/s, vs one stream "
-            f"| {row['steps_per_s']:,.0f}, {row['vs_one_stream']:.2f}x | {target} |"
+            f"| pool, {row['streams']} streams: steps/s, fraction of the roofline "
+            f"| {row['steps_per_s']:,.0f}, {fraction(row['roofline_fraction'])} | {g} |"
+        )
+    sc = report.get("scaling")
+    if sc is not None:
+        lines.append(
+            f"| pool, {sc['pool_streams']} streams: {sc['cores']} threads against 1 "
+            f"| {sc['pool_scaling']:.2f}x | {goal('pool_256_threads_scaling')} |"
         )
     c = report["cold_start"]
     lines += [
-        f"| cold start to first prediction, peak RSS | {c['seconds'] * 1e3:.0f} ms, "
-        f"{c['peak_rss_mib']:.1f} MiB | |",
+        f"| cold start to first prediction | {c['seconds'] * 1e3:.0f} ms "
+        f"| {goal('cold_start_s', '<=', ' s')} |",
+        f"| peak RSS | {c['peak_rss_mib']:.1f} MiB | {goal('peak_rss_mib', '<=', ' MiB')} |",
         "",
-        f"Offline throughput (padded batches, mixed lengths; target >= "
-        f"{t['offline_speedup_vs_torch']}x):",
+        f"Offline throughput (padded batches, mixed lengths; goal >= "
+        f"{t['offline_speedup_vs_torch']}x PyTorch at every point, "
+        f"{verdict('offline_speedup_vs_torch')}; >= {t['offline_roofline_at_256']:.0%} of the "
+        f"roofline at B = 256, {verdict('offline_roofline_at_256')}):",
         "",
-        "| B | T | onnxruntime tokens/s | PyTorch tokens/s | speedup |",
-        "| --- | --- | --- | --- | --- |",
+        "| B | T | onnxruntime tokens/s | PyTorch tokens/s | speedup | roofline |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["offline"]:
         lines.append(
             f"| {row['batch']} | {row['time']} | {row['onnxruntime_tokens_per_s']:,.0f} "
-            f"| {row['torch_tokens_per_s']:,.0f} | {row['speedup_vs_torch']:.2f}x |"
+            f"| {row['torch_tokens_per_s']:,.0f} | {row['speedup_vs_torch']:.2f}x "
+            f"| {fraction(row['roofline_fraction'])} |"
         )
     return "\n".join(lines)
 

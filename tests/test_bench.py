@@ -19,10 +19,10 @@ from rnn_export.bench import (
     QUICK_GRID_BATCHES,
     QUICK_GRID_LENGTHS,
     QUICK_POOL_SIZES,
-    TARGETS,
     BenchError,
     run_bench,
 )
+from rnn_export.bench_report import TARGETS
 from rnn_export.cli import main
 from rnn_export.config import ModelConfig
 from rnn_export.models import build_model
@@ -70,7 +70,14 @@ def _numbers(x):
 
 def _check_report(d: dict, run_dir, threads: int) -> None:
     sections = {"machine", "settings", "streaming", "offline", "pool", "cold_start", "targets"}
-    assert set(d) == sections
+    assert set(d) == sections | {"scaling", "step_products"}
+    assert d["scaling"] is None  # quick: one thread only
+    # The roofline times the file's own step products: H x H recurrence, H x C head.
+    H, C = d["settings"]["hidden_size"], d["settings"]["num_classes"]
+    products = [(p["k"], p["m"], p["head"]) for p in d["step_products"]]
+    assert products[-1] == (H, C, True)
+    assert all(p == (H, H, False) for p in products[:-1])
+    assert len(products) == 1 + (2 * d["settings"]["num_layers"] - 1)
     assert d["targets"] == TARGETS
     assert d["settings"]["threads"] == threads
     assert d["settings"]["checkpoint"] == str(run_dir)
@@ -84,6 +91,8 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
         "runtime_vs_floor",
         "main_graph_s",
         "steps_through",
+        "handwritten_s",
+        "speedup_vs_handwritten",
     }
     # The file embeds a step model: the runtime steps through it; the main graph is the
     # ablation (timed, not compared: timings are noisy here).
@@ -91,6 +100,7 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     assert st["main_graph_s"] > 0
     assert st["speedup_vs_torch"] == pytest.approx(st["torch_s"] / st["runtime_s"])
     assert st["runtime_vs_floor"] == pytest.approx(st["runtime_s"] / st["floor_s"])
+    assert st["speedup_vs_handwritten"] == pytest.approx(st["handwritten_s"] / st["runtime_s"])
     grid = [(r["batch"], r["time"]) for r in d["offline"]]
     assert sorted(grid) == sorted((B, T) for B in QUICK_GRID_BATCHES for T in QUICK_GRID_LENGTHS)
     for row in d["offline"]:
@@ -99,11 +109,14 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
         assert row["speedup_vs_torch"] == pytest.approx(
             row["onnxruntime_tokens_per_s"] / row["torch_tokens_per_s"]
         )
+        seconds = row["real_tokens"] / row["onnxruntime_tokens_per_s"]
+        assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / seconds)
     assert [r["streams"] for r in d["pool"]] == list(QUICK_POOL_SIZES)
     for row in d["pool"]:
-        assert row["vs_one_stream"] == pytest.approx(
-            row["steps_per_s"] / row["one_stream_steps_per_s"]
-        )
+        assert row["steps_per_s"] == pytest.approx(row["streams"] / row["step_s"])
+        assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["step_s"])
+        flops = sum(2 * row["streams"] * k * m for k, m, _ in products)
+        assert row["roofline_gflops"] == pytest.approx(flops / row["roofline_s"] / 1e9)
     cold = d["cold_start"]
     assert cold["runs"] == 1
     assert cold["torch_imported"] is False and cold["onnx_imported"] is False
@@ -118,8 +131,21 @@ def test_run_bench_quick_report(exported):
     report = run_bench(model_path, run_dir, repeats=1, quick=True)
     _check_report(report.to_dict(), run_dir, threads=1)
     table = report.format_table()
-    for heading in ("1. streaming", "2. offline", "3. many streams", "4. cold start"):
+    for heading in (
+        "1. streaming",
+        "2. offline",
+        "3. many streams",
+        "4. one thread against all cores",
+        "5. cold start",
+    ):
         assert heading in table
+    # Every goal is shown with its verdict; quick runs measure no thread scaling.
+    assert table.count("(goal ") == len(TARGETS)
+    goals = report.goals()
+    assert set(goals) == set(TARGETS)
+    assert goals["pool_256_threads_scaling"] is None  # quick: not measured
+    assert goals["pool_256_roofline"] is None  # quick: no pool of 256
+    assert "hand-written" in table
     assert "runtime steps through: the embedded step model" in table
     assert "runtime through the main graph" in table
 
@@ -218,3 +244,25 @@ def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
     )
     assert out.read_text() == '{"earlier": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
+def test_bench_table_script_formats_a_report_with_its_verdicts(exported):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_table.py"
+    spec = importlib.util.spec_from_file_location("bench_table", path)
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+    run_dir, model_path = exported
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    text = bench_table.format_tables(report.to_dict(), "rnn-export bench ...", "2026-01-01")
+    goals = report.goals()
+    verdict = {True: "met", False: "missed", None: "not measured"}
+    row = next(line for line in text.splitlines() if "over the hand-written loop" in line)
+    assert row.endswith(f"| {verdict[goals['streaming_vs_handwritten']]} |")
+    row = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
+    assert row.endswith(f"| {verdict[goals['peak_rss_mib']]} |")
+    assert "load average" in text.splitlines()[0]
+    offline = [line for line in text.splitlines() if line.startswith("| 32 | 16 |")]
+    assert len(offline) == 1 and offline[0].endswith("% |")  # the roofline fraction

@@ -42,12 +42,16 @@ import click
 def bench_command(model_path, run_dir, json_path, threads, repeats, quick):
     """Time the runtime and onnxruntime against PyTorch eager on the same model.
 
-    Prints ratios measured side by side in this one process: streaming latency
-    per step at batch 1 (against PyTorch and against a one-node ONNX model, the
-    floor), offline tokens/s over padded batches (B x T grid), aggregate steps/s
-    of the runtime's pool at 1, 16 and 256 streams, and the cold start and peak
-    RSS of a process that imports only the runtime. Exit 2 when the model and
-    checkpoint cannot be read or do not belong together.
+    Prints figures measured side by side in this one process, each beside its
+    goal: streaming latency per step at batch 1 (against PyTorch, the loop users
+    write by hand with session.run, and a one-node ONNX model, the floor),
+    offline tokens/s over padded batches (B x T grid), aggregate steps/s of the
+    runtime's pool at 1, 16, 256 and 1024 streams, one thread against all cores,
+    and the cold start and peak RSS of a process that imports only the runtime.
+    Throughputs are also shown as a fraction of the roofline: onnxruntime's own
+    matrix products at the shapes of one step of this file, timed in the same
+    run. Exit 2 when the model and checkpoint cannot be read or do not belong
+    together.
     """
     from rnn_export import atomic
     from rnn_export.bench import run_bench

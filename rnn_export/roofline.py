@@ -1,0 +1,146 @@
+"""The machine's limit for a model's arithmetic: onnxruntime's own matrix products at the
+shapes of one recurrent step, timed by the bench in the same run as what it measures.
+
+One step of any exported model is a few matrix products (per layer the recurrent product
+and, above layer 0, the input product, with 3H or 4H gate rows for GRU and LSTM; then the
+output head) plus elementwise work (the Gather of layer 0's folded input term, the
+activations, LogSoftmax). The products are read from the file's own step model, so the
+roofline follows whatever the export wrote. The roofline of N rows is one onnxruntime
+session holding exactly those products as independent Gemms at N rows, called through
+IOBinding: the least time onnxruntime itself needs for the step's arithmetic at that
+thread count. A pool step pays one call per step, so its roofline holds the products
+once (one call's fixed cost included); an offline batch runs every step in one call, so
+its roofline holds them `repeat` times per call and counts a repeat's share (the fixed
+cost spread as the real graph spreads it). A pool step or an offline batch is then
+reported as roofline time / its own time (1.0 = nothing but the products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Ops whose second input, when it is a weight (an initializer), is a product's right side.
+_PRODUCT_OPS = ("Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product of a step: (N, k) times (k, m); head = it computes the logits."""
+
+    k: int
+    m: int
+    head: bool
+
+    def flops(self, rows: int) -> int:
+        return 2 * rows * self.k * self.m
+
+
+def step_products(step_model: bytes) -> tuple[Product, ...]:
+    """The matrix products of one step, read from a step model's graph.
+
+    Args:
+        step_model: a serialized step model (token and per-layer states in, log_probs and
+            new states out), as embedded in every exported file.
+
+    Returns:
+        One Product per Gemm/MatMul node whose right side is a weight, in graph order;
+        head is True for the product whose result LogSoftmax reads.
+
+    Raises:
+        ValueError: the graph has no such product (not a step model of this toolkit).
+    """
+    import onnx
+
+    graph = onnx.load_from_string(step_model).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    logits = {n.input[0] for n in graph.node if n.op_type == "LogSoftmax"}
+    products = []
+    for node in graph.node:
+        if node.op_type not in _PRODUCT_OPS or len(node.input) < 2:
+            continue
+        shape = weights.get(node.input[1])
+        if shape is None or len(shape) != 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        m, k = shape if trans_b else shape[::-1]
+        products.append(Product(k=int(k), m=int(m), head=node.output[0] in logits))
+    if not products:
+        raise ValueError("the step model has no matrix product with a weight operand")
+    return tuple(products)
+
+
+def products_model(
+    products: tuple[Product, ...], rows: int, *, repeat: int = 1, seed: int = 0
+) -> bytes:
+    """A model computing these products at `rows` rows, each `repeat` times, independently.
+
+    Inputs x{i} (rows, k_i) and outputs y{i}_{r} (rows, m_i); the weights are random
+    initializers in the step model's layout (transB=1), one per product and shared by its
+    repeats as a recurrence shares them over time, so onnxruntime runs the same kernels
+    on the same shapes.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inputs, outputs, inits = [], [], [], []
+    for i, p in enumerate(products):
+        w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [rows, p.k]))
+        for r in range(repeat):
+            y = f"y{i}_{r}"
+            nodes.append(helper.make_node("Gemm", [f"x{i}", f"w{i}"], [y], transB=1))
+            outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [rows, p.m]))
+    graph = helper.make_graph(nodes, "roofline", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 14)]
+    model = helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    )
+    return model.SerializeToString()
+
+
+class ProductsRunner:
+    """Calls the products model of `rows` rows through IOBinding, buffers preallocated.
+
+    Attributes:
+        rows: N.
+        repeat: how many times one call computes the products.
+        flops: floating-point operations of the products once (one step).
+    """
+
+    def __init__(self, products: tuple[Product, ...], rows: int, threads: int, repeat: int = 1):
+        import onnxruntime as ort
+
+        from rnn_runtime.session import open_session
+
+        self.rows, self.repeat = rows, repeat
+        self.flops = sum(p.flops(rows) for p in products)
+        self._session = open_session(
+            products_model(products, rows, repeat=repeat),
+            threads=threads,
+            name="the roofline model",
+        )
+        rng = np.random.default_rng(1)
+        self._binding = self._session.io_binding()
+        self._buffers = []  # the arrays IOBinding points into must outlive it
+        for i, p in enumerate(products):
+            x = rng.standard_normal((rows, p.k)).astype(np.float32)
+            self._buffers.append(x)
+            self._binding.bind_ortvalue_input(f"x{i}", ort.OrtValue.ortvalue_from_numpy(x))
+            for r in range(repeat):
+                y = np.zeros((rows, p.m), dtype=np.float32)
+                self._buffers.append(y)
+                self._binding.bind_ortvalue_output(f"y{i}_{r}", ort.OrtValue.ortvalue_from_numpy(y))
+
+    def run(self, n: int) -> None:
+        """n calls (each computing the products `repeat` times)."""
+        run, binding = self._session.run_with_iobinding, self._binding
+        for _ in range(n):
+            run(binding)
+
+
+def step_and_head(products: tuple[Product, ...]) -> tuple[tuple[Product, ...], tuple]:
+    """The products every token pays (the recurrence) and those once per row (the head)."""
+    return tuple(p for p in products if not p.head), tuple(p for p in products if p.head)
