@@ -37,18 +37,26 @@ import torch
 from torch import nn
 
 from rnn_export import __version__
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS, step_state_names
 
 STEP_TOKEN = "token"  # the step model's (B,) token input
+
+
+# PyTorch's gate blocks (rows of weight_ih, weight_hh, bias_ih, bias_hh) in ONNX's order:
+# GRU r, z, n -> z, r, h; LSTM i, f, g, o -> i, o, f, c; nn.RNN has one block.
+ONNX_GATE_ORDER = {"stacked": (0,), "gru": (1, 0, 2), "lstm": (0, 3, 1, 2)}
 
 
 def onnx_weights(model: nn.Module) -> dict:
     """The model's weights in the layout of the ONNX graph, as float32 numpy arrays.
 
     Returns:
-        {"embedding": (V, H), "layers": [(W (1, H, H), R (1, H, H), B (1, 2H)), ...],
-         "out_weight": (C, H), "out_bias": (C,)}; one layer per RNN operator, where
-        B = [Wb, Rb] and h_t = f(x_t W^T + h_{t-1} R^T + Wb + Rb).
+        {"embedding": (V, H), "layers": [(W (1, GH, H), R (1, GH, H), B (1, 2GH)), ...],
+         "out_weight": (C, H), "out_bias": (C,)}: per layer exactly the W, R, B inputs of
+        the ONNX RNN (G = 1), GRU (G = 3, gates z, r, h) or LSTM (G = 4, gates i, o, f, c)
+        operator, B = [Wb, Rb]. For "cell" and "stacked" h_t = f(x_t W^T + h_{t-1} R^T +
+        Wb + Rb); "gru" is ONNX's GRU with linear_before_reset=1 (PyTorch's: the reset gate
+        multiplies h R_h^T + Rb_h); "lstm" is ONNX's LSTM without peepholes.
     """
 
     def arr(t):
@@ -66,11 +74,17 @@ def onnx_weights(model: nn.Module) -> dict:
             "out_weight": arr(model.h2o.weight),
             "out_bias": arr(model.h2o.bias),
         }
-    rnn = model.rnn
+    rnn, order = model.rnn, ONNX_GATE_ORDER[config.arch]
+
+    def gates(name: str, layer: int) -> np.ndarray:
+        blocks = np.split(arr(getattr(rnn, f"{name}_l{layer}")), len(order))
+        return np.concatenate([blocks[i] for i in order])
+
     layers = []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh = (arr(getattr(rnn, f"weight_{k}_l{layer}")) for k in ("ih", "hh"))
-        b_ih, b_hh = (arr(getattr(rnn, f"bias_{k}_l{layer}")) for k in ("ih", "hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            gates(name, layer) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         layers.append((w_ih[None], w_hh[None], np.concatenate([b_ih, b_hh])[None]))
     return {
         "embedding": arr(model.embedding.weight),
@@ -80,9 +94,18 @@ def onnx_weights(model: nn.Module) -> dict:
     }
 
 
-def step_state_names(num_layers: int) -> list[tuple[str, str]]:
-    """(input, output) names of each layer's state in the step model."""
-    return [(f"h_{layer}", f"hn_{layer}") for layer in range(num_layers)]
+def fold_table(embedding, W, Wb, Rb) -> np.ndarray:
+    """Layer 0's input term per token, (V, GH) = embedding @ W^T + Wb + Rb, float32.
+
+    Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
+    so the table rounds as PyTorch's layer 0 does per token: a table exact in float64 is
+    closer to the true value but drifts from PyTorch in long, chaotic rows.
+    """
+    with torch.no_grad():
+        table = nn.functional.linear(
+            torch.from_numpy(embedding), torch.from_numpy(W), torch.from_numpy(Wb)
+        ) + torch.from_numpy(Rb)
+    return table.numpy().astype(np.float32, copy=False)
 
 
 def count_nodes(graph) -> int:
@@ -113,11 +136,11 @@ def main_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(config, opset, "", weights=weights)
-    step = _step_branch(_Graph(config, opset, "s_", g.inits))
-    one_row = _rnn_branch(_Graph(config, opset, "r_", g.inits))
-    many_rows = _sorted_scan_branch(_Graph(config, opset, "q_", g.inits))
-    e = _Graph(config, opset, "e_", g.inits)
+    g = GraphBuilder(config, opset, "", weights=weights)
+    step = _step_branch(GraphBuilder(config, opset, "s_", g.inits))
+    one_row = _rnn_branch(GraphBuilder(config, opset, "r_", g.inits))
+    many_rows = _sorted_scan_branch(GraphBuilder(config, opset, "q_", g.inits))
+    e = GraphBuilder(config, opset, "e_", g.inits)
     rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
     is_one_row = e("Equal", [rows, g.const("one1", [1])])
     picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
@@ -148,7 +171,7 @@ def main_graph(config, weights: dict, opset: int):
         ],
         initializer=list(g.inits.values()),
     )
-    return _model_of(graph, opset)
+    return model_of(graph, opset)
 
 
 def step_graph(config, weights: dict, opset: int):
@@ -163,8 +186,8 @@ def step_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(config, opset, "", weights=weights)
-    names = step_state_names(g.L)
+    g = GraphBuilder(config, opset, "", weights=weights)
+    names = step_state_names(config.arch, g.L)
     finals = g.step_layers(g("Gather", ["table", STEP_TOKEN]), [h for h, _ in names])
     logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)
     g("LogSoftmax", [logits], axis=-1)
@@ -186,10 +209,10 @@ def step_graph(config, weights: dict, opset: int):
         + [helper.make_tensor_value_info(hn, f32, ["B", H]) for _, hn in names],
         initializer=[v for k, v in g.inits.items() if k in used],
     )
-    return _model_of(graph, opset)
+    return model_of(graph, opset)
 
 
-def _model_of(graph, opset: int):
+def model_of(graph, opset: int):
     """A ModelProto around graph at opset."""
     from onnx import helper
 
@@ -204,7 +227,7 @@ def _model_of(graph, opset: int):
     )
 
 
-class _Graph:
+class GraphBuilder:
     """Nodes of one (sub)graph; initializers are shared by all graphs of one export.
 
     g(op, inputs, n_out=1, **attrs) appends a node and returns its output name(s),
@@ -226,16 +249,8 @@ class _Graph:
     def _add_weights(self, weights: dict) -> None:
         W0, _, B0 = weights["layers"][0]
         H = W0.shape[1]
-        # Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
-        # so the table rounds as PyTorch's layer 0 does per token: a table exact in float64
-        # is closer to the true value but drifts from PyTorch in long, chaotic rows.
-        with torch.no_grad():
-            table = nn.functional.linear(
-                torch.from_numpy(weights["embedding"]),
-                torch.from_numpy(W0[0]),
-                torch.from_numpy(B0[0, :H]),
-            ) + torch.from_numpy(B0[0, H:])
-        self.const("table", table.numpy(), np.float32)
+        table = fold_table(weights["embedding"], W0[0], B0[0, :H], B0[0, H:])
+        self.const("table", table, np.float32)
         for layer, (W, R, B) in enumerate(weights["layers"]):
             self.const(f"R{layer}", R[0], np.float32)
             if layer:
@@ -291,15 +306,17 @@ class _Graph:
         attrs = {"num_outputs": self.L} if self.opset >= 18 else {}  # older: equal parts
         return self("Split", [x], self.L, axis=0, **attrs)
 
+    def stack_layers(self, finals: list[str]) -> str:
+        """A (L, B, H) state from each layer's (B, H) state."""
+        if self.L == 1:
+            return self("Unsqueeze", [finals[0], self.const("axis0", [0])])
+        # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
+        shape = self.const("state_shape", [self.L, -1, self.H])
+        return self("Reshape", [self("Concat", finals, axis=0), shape])
+
     def head(self, finals: list[str]) -> tuple[str, str]:
         """(log_probs (B, C), hn) from each layer's final (B, H) state."""
-        if self.config.arch == "cell":
-            hn = finals[0]
-        elif self.L == 1:
-            hn = self("Unsqueeze", [finals[0], self.const("axis0", [0])])
-        else:  # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
-            shape = self.const("state_shape", [self.L, -1, self.H])
-            hn = self("Reshape", [self("Concat", finals, axis=0), shape])
+        hn = finals[0] if self.config.arch == "cell" else self.stack_layers(finals)
         logits = self("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)  # (B, C)
         return self("LogSoftmax", [logits], axis=-1), hn
 
@@ -323,7 +340,7 @@ class _Graph:
         )
 
 
-def _step_branch(g: _Graph):
+def _step_branch(g: GraphBuilder):
     """T == 1: h_l = f(x W_l^T + b_l + h0_l R_l^T) once per layer; lengths is 1 here.
 
     Every node costs ~1-2 us at batch 1, so this path has the fewest nodes possible.
@@ -334,7 +351,7 @@ def _step_branch(g: _Graph):
     return g.branch("one_step", g.head(g.step_layers(x, g.layer_states(STATE_IN))))
 
 
-def _rnn_branch(g: _Graph):
+def _rnn_branch(g: GraphBuilder):
     """B == 1, T > 1: the RNN operator runs all steps in one kernel (no per-step cost).
 
     Layer 0's input is already projected (the table), so its W is the identity, exact.
@@ -365,12 +382,34 @@ def _rnn_branch(g: _Graph):
     return g.branch("one_row", g.head(finals))
 
 
-def _sorted_scan_branch(g: _Graph):
+def _sorted_scan_branch(g: GraphBuilder):
+    """B > 1, T > 1: sorted_scan with the plain cell h' = f(x + h R^T)."""
+
+    def cell(b: GraphBuilder, layer: int, x_run: str, h_run: str) -> list[str]:
+        return [b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))]  # (n, H)
+
+    (finals,) = sorted_scan(g, [STATE_IN], cell, g.H)
+    return g.branch("many_rows", g.head(finals))
+
+
+def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[list[str]]:
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
     longest row. The scan body slices the first n_t rows (n_t = rows with length > t),
     steps them, and concatenates the finished rows back unchanged.
+
+    Args:
+        states: the graph's state inputs (each of the model's state shape), in order.
+        cell: cell(b, layer, x_run, *state_runs) -> the layer's new states (n, H) in
+            the order of states, the first one the next layer's input; x_run (n, width)
+            is the layer's input term (the table row for layer 0, else
+            Gemm(x, W{l}, b{l}) of the layer below's new first state).
+        width: the table's row width (H, or GH for a gated cell).
+
+    Returns:
+        Per state, each layer's (B, H) state after each row's own last real token, in
+        the rows' own order.
     """
     from onnx import TensorProto, helper
 
@@ -381,37 +420,45 @@ def _sorted_scan_branch(g: _Graph):
     lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
     longest = g("Gather", [lengths, axis0])  # [T']
     tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
-    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, H)
+    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, width)
     t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
     running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
     counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
-    axis = 1 if g.config.arch == "stacked" else 0
-    h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
+    axis = 0 if g.config.arch == "cell" else 1
+    starts = [g.layer_states(g("Gather", [s, order], axis=axis)) for s in states]  # (B, H)
 
-    b = _Graph(g.config, g.opset, g.prefix + "b_", g.inits)
-    hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
-    x_run = b("Slice", [x_t, zero1, n])  # (n, H)
-    outs = []
-    for layer, h in enumerate(hs):
+    b = GraphBuilder(g.config, g.opset, g.prefix + "b_", g.inits)
+    kinds = len(states)
+    # Carried states: every layer of the first state, then every layer of the next.
+    carried = [f"{b.prefix}{states[k][0]}{layer}" for k in range(kinds) for layer in range(L)]
+    x_t, n = b.prefix + "x", b.prefix + "n"
+    x_run = b("Slice", [x_t, zero1, n])  # (n, width)
+    outs = [""] * len(carried)
+    for layer in range(L):
         if layer:
             x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
-        h_run = b("Slice", [h, zero1, n])  # (n, H)
-        x_run = b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))  # (n, H)
-        done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])  # (B-n, H)
-        outs.append(b("Concat", [x_run, done], axis=0))  # (B, H)
+        mine = [carried[k * L + layer] for k in range(kinds)]
+        runs = [b("Slice", [h, zero1, n]) for h in mine]  # (n, H) each
+        new = cell(b, layer, x_run, *runs)
+        for k, (h, h_new) in enumerate(zip(mine, new, strict=True)):
+            done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])
+            outs[k * L + layer] = b("Concat", [h_new, done], axis=0)  # (B, H)
+        x_run = new[0]
     f32 = TensorProto.FLOAT
     body = helper.make_graph(
         b.nodes,
         "step_running_rows",
-        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in hs]
+        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in carried]
         + [
-            helper.make_tensor_value_info(x_t, f32, ["B", H]),
+            helper.make_tensor_value_info(x_t, f32, ["B", width]),
             helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
         ],
         [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
     )
-    finals = g("Scan", [*h0s, x, counts], L, body=body, num_scan_inputs=2)
-    finals = finals if L > 1 else [finals]
+    flat = [h for start in starts for h in start]
+    finals = g("Scan", [*flat, x, counts], len(carried), body=body, num_scan_inputs=2)
+    finals = finals if len(carried) > 1 else [finals]
     row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
     unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order
-    return g.branch("many_rows", g.head([g("Gather", [f, unsort]) for f in finals]))
+    unsorted = [g("Gather", [f, unsort]) for f in finals]
+    return [unsorted[k * L : (k + 1) * L] for k in range(kinds)]

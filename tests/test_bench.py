@@ -72,12 +72,16 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     sections = {"machine", "settings", "streaming", "offline", "pool", "cold_start", "targets"}
     assert set(d) == sections | {"scaling", "step_products"}
     assert d["scaling"] is None  # quick: one thread only
-    # The roofline times the file's own step products: H x H recurrence, H x C head.
-    H, C = d["settings"]["hidden_size"], d["settings"]["num_classes"]
+    # The roofline times the file's own step products: the H x C head, and per layer the
+    # recurrent product (and above layer 0 the input product) with G*H rows in all, G the
+    # gate count (1 plain, 3 GRU, 4 LSTM), whatever way the export splits them.
+    s = d["settings"]
+    H, C, L = s["hidden_size"], s["num_classes"], s["num_layers"]
+    gates = {"cell": 1, "stacked": 1, "gru": 3, "lstm": 4}[s["arch"]]
     products = [(p["k"], p["m"], p["head"]) for p in d["step_products"]]
     assert products[-1] == (H, C, True)
-    assert all(p == (H, H, False) for p in products[:-1])
-    assert len(products) == 1 + (2 * d["settings"]["num_layers"] - 1)
+    assert all(k == H and not head for k, _, head in products[:-1])
+    assert sum(m for _, m, _ in products[:-1]) == gates * H * (2 * L - 1)
     assert d["targets"] == TARGETS
     assert d["settings"]["threads"] == threads
     assert d["settings"]["checkpoint"] == str(run_dir)
@@ -266,3 +270,12 @@ def test_bench_table_script_formats_a_report_with_its_verdicts(exported):
     assert "load average" in text.splitlines()[0]
     offline = [line for line in text.splitlines() if line.startswith("| 32 | 16 |")]
     assert len(offline) == 1 and offline[0].endswith("% |")  # the roofline fraction
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_run_bench_quick_report_of_a_gated_arch(tmp_path, arch):
+    """bench runs a gru and an lstm (PyTorch fed every state, the LSTM's h and c)."""
+    run_dir, model_path = _run_dir_and_model(tmp_path, arch, seed=0)
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    _check_report(report.to_dict(), run_dir, threads=1)
+    assert f"arch {arch}, H=16, L=2" in report.format_table()

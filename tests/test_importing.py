@@ -441,8 +441,8 @@ def test_bad_weights(tmp_path, name, write, match):
         (
             list("abcde"),
             ["x", "y", "z"],
-            {"arch": "gru"},
-            r"unknown arch 'gru'; expected one of \['cell', 'stacked'\]",
+            {"arch": "rnn"},
+            r"unknown arch 'rnn'; expected one of \['cell', 'stacked', 'gru', 'lstm'\]",
         ),
         (
             list("abcde"),
@@ -488,7 +488,7 @@ def test_bad_vocab_labels_and_options(tmp_path, vocab, labels, kwargs, match):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--arch", "gru"], "Invalid value for '--arch'"),
+        (["--arch", "rnn"], "Invalid value for '--arch'"),
         (["--map", "nonsense"], "expected OLD=NEW"),
         (["--labels", "MISSING"], "missing.json: expected a labels file .*; not found"),
         (["WEIGHTS=folder"], "expected a weights file .*; it is a folder"),

@@ -273,9 +273,10 @@ def _open_model(path: Path, threads: int):
         check_signature(meta, session.get_inputs(), session.get_outputs())
     except MetadataError as e:
         raise ParityUsageError(f"{path}: {e}") from None
-    if len(meta.states) != 1:
+    if meta.arch not in ("cell", "stacked") or len(meta.states) != 1:
         raise ParityUsageError(
-            f"{path}: expected one state tensor; the metadata lists {len(meta.states)}"
+            f"{path}: verify checks the arches cell and stacked (one state tensor); this "
+            f"file is {meta.arch!r} with {len(meta.states)} state(s)"
         )
     return meta, session
 
