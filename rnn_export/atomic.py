@@ -161,11 +161,30 @@ def replace_file(path: str | Path, data: bytes) -> None:
     Raises:
         WriteError: the write failed; path is as it was and no temporary file is left.
     """
+    with replacing(path) as f:
+        _write_all(f.fileno(), data)
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path):
+    """Write path piece by piece: yields a binary file (a temporary one next to path) that
+    replaces path, synced, when the block ends without an error.
+
+    For outputs written in chunks (rnn-export score): memory stays bounded, and a failure
+    or an interruption half-way leaves path as it was and no temporary file behind.
+
+    Raises:
+        WriteError: a write, the sync or the rename failed (the message names path).
+    """
     path = Path(path)
     _remove_stale(path.parent, rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        _write_synced(tmp, data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as e:
@@ -287,12 +306,16 @@ def _write_synced(path: Path, data: bytes) -> None:
     """Create path (it must not exist), write data, sync; OSError as the system gives it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[:_CHUNK]) :]
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:_CHUNK]) :]
 
 
 def _exchange(a: Path, b: Path) -> None:

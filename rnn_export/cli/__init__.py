@@ -24,6 +24,7 @@ from rnn_export.cli.evaluate import evaluate_command
 from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
 from rnn_export.cli.predict import predict_command
+from rnn_export.cli.score import score_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
 from rnn_export.cli.verify import verify_command
@@ -120,6 +121,7 @@ for _command in (
     verify_command,
     stream_command,
     predict_command,
+    score_command,
     evaluate_command,
     bench_command,
     demo_command,
