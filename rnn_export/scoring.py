@@ -117,7 +117,9 @@ class ScoreSummary:
             notes.append(f"{self.empty:,} empty, no prediction")
         if self.unknown:
             notes.append(f"{self.unknown:,} with characters read as the unknown token")
-        engine = self.engine if self.engine == "local" else f"{self.engine}, {self.workers} workers"
+        engine = self.engine
+        if engine != "local":
+            engine += f", {self.workers} worker" + ("s" if self.workers > 1 else "")
         return (
             f"scored {self.texts:,} texts in {self.seconds:.1f} s ({self.texts_per_s:,.0f} "
             f"texts/s, {engine}) -> {self.output}" + (f" ({'; '.join(notes)})" if notes else "")

@@ -82,8 +82,8 @@ from rnn_export.cli.stream import providers_option, threads_option
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="--engine ray: scoring actors, each with the model opened once [default: 1 per "
-    "CPU of a local cluster; 2 on an existing one].",
+    help="--engine ray: scoring actors, each with the model opened once and one CPU; "
+    "the cluster needs one more CPU for reading [default: its CPUs minus one].",
 )
 @threads_option
 @providers_option
