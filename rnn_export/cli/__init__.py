@@ -27,6 +27,7 @@ from rnn_export.cli.predict import predict_command
 from rnn_export.cli.score import score_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
+from rnn_export.cli.triton import triton_command
 from rnn_export.cli.verify import verify_command
 from rnn_export.errors import InputError
 
@@ -123,6 +124,7 @@ for _command in (
     predict_command,
     score_command,
     evaluate_command,
+    triton_command,
     bench_command,
     demo_command,
 ):
