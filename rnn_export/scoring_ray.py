@@ -128,7 +128,7 @@ def read_dataset(job: ScoreJob, reader: CorpusReader):
                 column_types={c: pa.string() for c in columns}, include_columns=columns
             ),
         )
-    return ray.data.read_parquet(path, columns=columns)
+    return ray.data.read_parquet(path).select_columns(columns)
 
 
 def score_file_on_ray(
@@ -218,7 +218,6 @@ def _run(ray, job, reader, workers, threads, providers) -> ScoreSummary:
         batch_size=CHUNK_TEXTS,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
-        max_restarts=0,  # a failed actor fails the run: its batches would fail again
     )
     names = flat_columns(job.top_k)
     try:
