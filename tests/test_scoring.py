@@ -375,3 +375,29 @@ def test_model_without_unknown_token_refuses_unknown_characters(model_path, tmp_
         ScoreError, match=r"in\.txt:2: 1 of 2 characters .*; this model has no unknown token"
     ):
         score_file(ScoreJob(model_path, tmp_path / "in.txt", tmp_path / "out.txt"))
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "message"),
+    [
+        (
+            "in.jsonl",
+            "--column",
+            "--column names a CSV or Parquet column; JSONL takes --text-field",
+        ),
+        (
+            "in.csv",
+            "--text-field",
+            "--text-field names a JSONL field; CSV and Parquet take --column",
+        ),
+    ],
+)
+def test_text_option_of_the_other_format_is_a_usage_error(
+    model_path, tmp_path, name, option, message
+):
+    (tmp_path / name).write_text("text\nAB\n")
+    args = ["score", str(model_path), "--input", str(tmp_path / name)]
+    result = CliRunner().invoke(
+        main, [*args, "--output", str(tmp_path / f"o{name}"), option, "body"]
+    )
+    assert result.exit_code == 2 and message in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from rnn_export.cli.stream import providers_option, threads_option
 
@@ -87,7 +88,9 @@ from rnn_export.cli.stream import providers_option, threads_option
 )
 @threads_option
 @providers_option
+@click.pass_context
 def score_command(
+    ctx,
     model_path,
     input_path,
     output_path,
@@ -118,12 +121,21 @@ def score_command(
 
     if engine == "local" and (address is not None or workers is not None):
         raise click.UsageError("--address and --workers go with --engine ray")
+    table = _is_table(input_path, fmt)
+    given = {
+        p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
+        for p in ("column", "text_field")
+    }
+    if given["column"] and not table:
+        raise click.UsageError("--column names a CSV or Parquet column; JSONL takes --text-field")
+    if given["text_field"] and table:
+        raise click.UsageError("--text-field names a JSONL field; CSV and Parquet take --column")
     job = ScoreJob(
         model=model_path,
         input=input_path,
         output=output_path,
         fmt=fmt,
-        text_field=column if _is_table(input_path, fmt) else text_field,
+        text_field=column if table else text_field,
         id_field=id_field,
         top_k=top_k,
         strict=strict,
