@@ -22,7 +22,7 @@ from rnn_export.triton import (
     served_states,
     write_repository,
 )
-from rnn_runtime.metadata import StateSpec
+from rnn_runtime.metadata import StateSpec, read_metadata
 from rnn_runtime.model import read_model_file
 
 ATOL = 1e-6  # the variant runs the same kernels; only batch layout could move the last bits
@@ -241,3 +241,75 @@ def test_model_config_names_every_state(exported):
     text = model_config("m", contract, meta, 4, 2)
     assert text.count("input_name:") == len(meta.states)
     assert "count: 2" in text and "max_batch_size: 4" in text
+
+
+def _two_state_file(path) -> bytes:
+    """The stacked file with a second state c0 (B, H) -> cn = -c0, listed in its metadata
+    (as an LSTM's cell state would be): the variant must wire every state it lists."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    H = rnn_runtime.open_model(path).metadata.hidden_size
+    model.graph.input.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, ["B", H]))
+    model.graph.output.append(helper.make_tensor_value_info("cn", TensorProto.FLOAT, ["B", H]))
+    model.graph.node.append(helper.make_node("Neg", ["c0"], ["cn"]))
+    for prop in model.metadata_props:
+        if prop.key == "rnn_export.io":
+            io = json.loads(prop.value)
+            io["states"].append(
+                {
+                    "input": "c0",
+                    "output": "cn",
+                    "shape": ["B", H],
+                    "dtype": "float32",
+                    "initial": "zeros",
+                }
+            )
+            prop.value = json.dumps(io)
+    keep = [p for p in model.metadata_props if p.key != "rnn_export.step"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    return model.SerializeToString()
+
+
+def test_variant_wires_every_state_the_metadata_lists(tiny_run_dir, tmp_path):
+    path = export_onnx(tiny_run_dir("stacked", num_layers=2), tmp_path / "s.onnx")
+    two = tmp_path / "two.onnx"
+    two.write_bytes(_two_state_file(path))
+    model = rnn_runtime.open_model(path)  # for h: the main graph without c0
+    variant, contract = build_variant(two.read_bytes())
+    assert [(s["input"], s["permutation"]) for s in contract["states"]] == [
+        ("h0", [1, 0, 2]),
+        ("c0", [0, 1]),
+    ]
+    session = ort.InferenceSession(variant)
+    rng = np.random.default_rng(5)
+    meta = model.metadata
+    B, H = 3, meta.hidden_size
+    h = rng.uniform(-1, 1, size=(2, B, H)).astype(np.float32)
+    c = rng.uniform(-1, 1, size=(B, H)).astype(np.float32)
+    tokens, lengths = rng.integers(0, meta.vocab_size, size=(B, 4)), np.array([4, 2, 1])
+    feeds = {
+        "tokens": tokens,
+        "lengths": lengths,
+        "h0": np.ascontiguousarray(h.transpose(1, 0, 2)),
+        "c0": c,
+        "START": np.array([[1], [0], [0]], np.int32),
+        "READY": np.array([[1], [1], [0]], np.int32),
+    }
+    _, hn, cn = session.run(None, feeds)
+    np.testing.assert_array_equal(cn, np.stack([np.zeros(H), -c[1], c[2]]).astype(np.float32))
+    np.testing.assert_array_equal(hn[2], feeds["h0"][2])
+    _, new = model.run(tokens[1:2], {"h0": np.ascontiguousarray(h[:, 1:2])}, lengths[1:2])
+    np.testing.assert_allclose(hn[1], new["h0"][:, 0], atol=ATOL, rtol=0)
+    two_meta = read_metadata(_props(two))
+    assert len(two_meta.states) == 2
+    text = model_config("two", contract, two_meta, 4, 1)
+    assert text.count("input_name:") == 2 and 'output_name: "cn"' in text
+
+
+def _props(path):
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
