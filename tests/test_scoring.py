@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -356,7 +357,7 @@ def test_bad_output_fails_before_any_work(model_path, tmp_path, output, message,
 
 def test_parquet_without_pyarrow_says_how_to_install_it(model_path, tmp_path, monkeypatch):
     (tmp_path / "in.parquet").write_bytes(b"PAR1")
-    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(
         CorpusError,
         match=r"Parquet needs pyarrow, which is not installed: pip install 'rnn-export\[parquet\]'",
@@ -401,3 +402,17 @@ def test_text_option_of_the_other_format_is_a_usage_error(
         main, [*args, "--output", str(tmp_path / f"o{name}"), option, "body"]
     )
     assert result.exit_code == 2 and message in result.output
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(model_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "in.txt").write_text("AB\n")
+    args = ["score", str(model_path), "--input", str(tmp_path / "in.txt")]
+    result = CliRunner().invoke(
+        main, [*args, "--output", str(tmp_path / "o.txt"), "--engine", "ray"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --engine ray needs Ray Data, which is not installed: "
+        "pip install 'rnn-export[ray]'\n"
+    )
