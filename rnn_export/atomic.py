@@ -8,6 +8,7 @@ refused, and so is a parent folder that cannot be written or created.
 A file is written to a synced temporary file in its folder, `.NAME.PID.HEX.tmp`, and
 renamed over the target (os.replace is atomic): at every instant the path holds the old
 file or the new one, whole.
+A file written in pieces (replacing: rnn-export score's outputs) takes the same route.
 
 A folder (a RUN_DIR) is built and synced in a temporary folder next to it,
 `.NAME.tmp-PID-HEX`, then swapped in:
@@ -162,19 +163,57 @@ def replace_file(path: str | Path, data: bytes) -> None:
         WriteError: the write failed; path is as it was and no temporary file is left.
     """
     path = Path(path)
-    _remove_stale(path.parent, rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_file(path)
     try:
         _write_synced(tmp, data)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as e:
-        # Also on an interruption (KeyboardInterrupt...): no temporary file is left behind.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise WriteError(f"{path}: cannot write: {e.strerror}") from e
+        _discard(tmp, path, e)
         raise
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path):
+    """Write path piece by piece: yields a binary file (a temporary one next to path) that
+    replaces path, synced, when the block ends without an error.
+
+    For outputs written in chunks (rnn-export score): memory stays bounded, and a failure
+    or an interruption half-way leaves path as it was and no temporary file behind.
+
+    Raises:
+        WriteError: a write, the sync or the rename failed (the message names path).
+    """
+    path = Path(path)
+    tmp = _temp_file(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as e:
+        _discard(tmp, path, e)
+        raise
+
+
+def _temp_file(path: Path) -> Path:
+    """A new temporary file name next to path; those dead writers of path left are removed."""
+    _remove_stale(path.parent, rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _discard(tmp: Path, path: Path, error: BaseException) -> None:
+    """Remove tmp after a failed write of path; an OSError becomes a WriteError naming path.
+
+    Also on an interruption (KeyboardInterrupt...): no temporary file is left behind.
+    """
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    if isinstance(error, OSError):
+        raise WriteError(f"{path}: cannot write: {error.strerror}") from error
 
 
 def fsync_dir(path: Path) -> None:

@@ -20,18 +20,20 @@ class CheckpointError(InputError):
     """A RUN_DIR that is missing, incomplete, corrupt or foreign; the message names the file."""
 
 
-def decode_utf8(raw: bytes, where, error: type = InputError) -> str:
+def decode_utf8(raw: bytes, where, error: type = InputError, *, first_line: int = 1) -> str:
     """raw as UTF-8 text (a leading byte-order mark dropped), or error naming the line.
 
     Args:
-        raw: the file's bytes.
+        raw: the file's bytes, or a piece of them that starts a line.
         where: the file, named in the message ("PATH:LINE: ...").
         error: the InputError type to raise.
+        first_line: the number of raw's first line in the file; a byte-order mark is
+            dropped only from line 1 (the start of the file).
     """
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + first_line
         raise error(
             f"{where}:{line}: expected UTF-8 text; byte {e.start} (0x{raw[e.start]:02x}) "
             f"is not valid UTF-8 ({e.reason})"

@@ -194,3 +194,18 @@ def test_sigkill_at_every_point_of_convert_keeps_a_complete_file(tmp_path):
     assert any(len(r["left"]) > 1 for r in records)  # some kills left a temporary file...
     for r in records:  # ...which the next convert removed
         assert (r["next_status"], r["next_state"], r["next_left"]) == ("exit 0", "new", ["m.onnx"])
+
+
+def test_replacing_writes_in_pieces_and_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="half-way"), atomic.replacing(path) as f:
+        f.write(b"new, ")
+        raise RuntimeError("half-way")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.txt"]
+    with atomic.replacing(path) as f:
+        for piece in (b"a", b"b", b"c"):
+            f.write(piece)
+    assert path.read_bytes() == b"abc"
+    assert os.listdir(tmp_path) == ["out.txt"]

@@ -24,8 +24,10 @@ from rnn_export.cli.evaluate import evaluate_command
 from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
 from rnn_export.cli.predict import predict_command
+from rnn_export.cli.score import score_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
+from rnn_export.cli.triton import triton_command
 from rnn_export.cli.verify import verify_command
 from rnn_export.errors import InputError
 
@@ -120,7 +122,9 @@ for _command in (
     verify_command,
     stream_command,
     predict_command,
+    score_command,
     evaluate_command,
+    triton_command,
     bench_command,
     demo_command,
 ):

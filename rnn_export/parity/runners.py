@@ -40,16 +40,21 @@ def run_errors() -> tuple[type[BaseException], ...]:
 
 def open_session(source: str | Path | bytes, execution_provider: str, threads: int, **options):
     """An onnxruntime session opened as the runtime opens one, quiet: a failing case is
-    recorded in the report, onnxruntime's own log would only repeat it.
+    recorded in the report, onnxruntime's own log would only repeat it. A batch-first
+    Triton variant's session is wrapped (rnn_export.triton.ServingSession) so that it is
+    called, and checked, as the main graph it wraps.
 
     Raises:
         rnn_runtime.ModelFileError, rnn_runtime.ProviderError: it cannot be opened.
     """
+    from rnn_export.triton import adapt_session
     from rnn_runtime.session import open_session as runtime_session
 
-    return runtime_session(
+    session = runtime_session(
         source, providers=[execution_provider], threads=threads, quiet=True, **options
     )
+    # A Triton variant (`rnn-export triton`) runs as a session on the main graph it wraps.
+    return adapt_session(session)
 
 
 def open_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,221 @@
+"""Score a corpus file with a model file: predictions for every text, in bounded memory.
+
+The local engine (the default; torch-free, rnn_runtime only) reads the input chunk by
+chunk (rnn_export.corpus), runs each chunk through StreamModel.predict (texts sorted by
+length and run in padded batches through the main graph: the numbers `rnn-export
+predict` gives), and writes the predictions chunk by chunk into a temporary file that
+replaces the output only when every text is scored (rnn_export.atomic.replacing). The
+Ray engine (rnn_export.scoring_ray) runs the same steps on a Ray cluster.
+
+A character outside the model's vocabulary is read as the unknown token and counted
+(the summary says how many texts had one); with strict, or for a model without an
+unknown token, it is an error that names the line or row.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rnn_export import atomic
+from rnn_export.corpus import (
+    DEFAULT_TEXT,
+    CorpusReader,
+    CorpusWriter,
+    check_output_format,
+    flat_columns,
+    format_of,
+)
+from rnn_export.errors import InputError
+
+
+class ScoreError(InputError):
+    """A corpus that cannot be scored with this model (a character it cannot read...)."""
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """What to score and how to write it.
+
+    Args:
+        model: the .onnx file.
+        input, output: the corpus and the predictions file (same format family).
+        fmt: the input's format (rnn_export.corpus.FORMATS), None: from its suffix.
+        text_field: the JSONL field or CSV/Parquet column of the text.
+        id_field: the field or column kept as each record's key; None: `id` where the
+            input has one, else the line or row number.
+        top_k: (label, probability) pairs per record.
+        strict: a character outside the vocabulary is an error, not the unknown token.
+    """
+
+    model: Path
+    input: Path
+    output: Path
+    fmt: str | None = None
+    text_field: str = DEFAULT_TEXT
+    id_field: str | None = None
+    top_k: int = 1
+    strict: bool = False
+
+    def checked(self) -> ScoreJob:
+        """This job with its format resolved, once the paths are checked.
+
+        Raises:
+            CorpusError: an unknown format, an output named for another format.
+            WriteError: an output that cannot be written (before any work).
+            OSError: the input cannot be read.
+        """
+        from dataclasses import replace
+
+        fmt = format_of(Path(self.input), self.fmt)
+        if not Path(self.input).is_file():
+            kind = atomic.path_kind(Path(self.input))
+            raise ScoreError(
+                f"{self.input}: expected the {fmt} file to score; "
+                + ("it does not exist" if kind is None else f"it is {kind}")
+            )
+        check_output_format(Path(self.output), fmt)
+        atomic.check_file_output(self.output, "the predictions file")
+        if Path(self.output).resolve() == Path(self.input).resolve():
+            raise ScoreError(f"{self.output}: is the input; write the predictions elsewhere")
+        return replace(self, fmt=fmt)
+
+
+@dataclass
+class ScoreSummary:
+    """The figures of one scoring run."""
+
+    output: Path
+    engine: str
+    texts: int = 0
+    empty: int = 0  # texts without a prediction (empty)
+    unknown: int = 0  # texts with characters outside the vocabulary
+    seconds: float = 0.0
+    workers: int = 1
+    labels: dict[str, int] = field(default_factory=dict)  # predicted label -> texts
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.texts / self.seconds if self.seconds > 0 else float("inf")
+
+    def add(self, columns: dict[str, list], unknown: int) -> None:
+        """Count one written chunk."""
+        self.texts += len(columns["label"])
+        self.unknown += unknown
+        for label in columns["label"]:
+            if label is None:
+                self.empty += 1
+            else:
+                self.labels[label] = self.labels.get(label, 0) + 1
+
+    def format_line(self) -> str:
+        """One line: texts, time, throughput, output (and empty and unknown counts)."""
+        notes = []
+        if self.empty:
+            notes.append(f"{self.empty:,} empty, no prediction")
+        if self.unknown:
+            notes.append(f"{self.unknown:,} with characters read as the unknown token")
+        engine = self.engine
+        if engine != "local":
+            engine += f", {self.workers} worker" + ("s" if self.workers > 1 else "")
+        return (
+            f"scored {self.texts:,} texts in {self.seconds:.1f} s ({self.texts_per_s:,.0f} "
+            f"texts/s, {engine}) -> {self.output}" + (f" ({'; '.join(notes)})" if notes else "")
+        )
+
+
+def prediction_columns(predictions, top_k: int) -> dict[str, list]:
+    """The flat prediction columns (corpus.flat_columns) of StreamModel.predict's results.
+
+    A None prediction (an empty text) has None in every column.
+    """
+    names = flat_columns(top_k)
+    columns: dict[str, list] = {n: [] for n in names}
+    for prediction in predictions:
+        pairs = [] if prediction is None else prediction.top_k(top_k)
+        pairs += [(None, None)] * (top_k - len(pairs))
+        for k, (label, p) in enumerate(pairs):
+            columns[names[2 * k]].append(label)
+            columns[names[2 * k + 1]].append(p)
+    return columns
+
+
+def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
+    """Predict a chunk of texts: (flat prediction columns, texts with unknown characters).
+
+    Args:
+        model: an opened StreamModel.
+        texts: the chunk's texts.
+        where: position -> the text's place for messages ("in.txt:7").
+        strict: refuse a character outside the vocabulary.
+
+    Raises:
+        ScoreError: a character outside the vocabulary under strict or in a model
+            without an unknown token (naming the text's place).
+    """
+    tokenizer = model.tokenizer
+    refuse = strict or tokenizer.unk_id is None
+    unknown = 0
+    for i, text in enumerate(texts):
+        n = tokenizer.count_unknown(text)
+        if n:
+            unknown += 1
+            if refuse:
+                why = "--strict refuses them" if strict else "this model has no unknown token"
+                raise ScoreError(
+                    f"{where(i)}: {n} of {len(text)} characters are not in the model's "
+                    f"vocabulary; {why}"
+                )
+    return prediction_columns(model.predict(texts), top_k), unknown
+
+
+def score_file(
+    job: ScoreJob,
+    *,
+    threads: int = 1,
+    providers: str = "cpu",
+    progress: bool | None = None,
+) -> ScoreSummary:
+    """Score job.input with job.model on this machine; the output appears whole or not at all.
+
+    Args:
+        job: what to score.
+        threads: onnxruntime intra-op threads.
+        providers: onnxruntime execution providers (rnn_runtime.open_model).
+        progress: a progress bar on stderr; None: only when stderr is a terminal.
+
+    Raises:
+        CorpusError, ScoreError, WriteError: bad input or output (the output is untouched).
+    """
+    from tqdm import tqdm
+
+    import rnn_runtime
+
+    job = job.checked()
+    model = rnn_runtime.open_model(job.model, providers=providers, threads=threads)
+    reader = CorpusReader(job.input, job.fmt, job.text_field, job.id_field)
+    summary = ScoreSummary(Path(job.output), "local")
+    started = time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=reader.total, unit=reader.unit, unit_scale=True, disable=not show, leave=False)
+    with bar, atomic.replacing(job.output) as f:
+        writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k)
+        for chunk in reader:
+            keys = chunk.keys
+
+            def where(i, keys=keys):
+                return (
+                    reader.where(keys[i])
+                    if reader.id_field is None
+                    else (f"{reader.path}: record {reader.id_field}={keys[i]!r}")
+                )
+
+            columns, unknown = score_texts(model, chunk.texts, where, job.top_k, job.strict)
+            writer.write(chunk.keys, columns)
+            summary.add(columns, unknown)
+            bar.update(chunk.done - bar.n)
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,419 @@
+"""A Triton Inference Server model repository for stateful serving of a model file.
+
+`rnn-export triton` writes MODEL_REPO/NAME/config.pbtxt and MODEL_REPO/NAME/1/model.onnx
+for the onnxruntime backend with the sequence batcher and implicit state: Triton keeps
+each sequence's state between its requests, feeds zeros when a sequence starts, and
+batches requests of different sequences together.
+
+Triton stacks the requests of a batch, and splits an implicit state, along axis 0. The
+file's states put B elsewhere ((L, B, H) for a stacked model), so model.onnx is a
+*batch-first variant*: a wrapper around the file's main graph, unchanged, that
+    - takes and returns every state of the metadata batch-first (a Transpose on the way
+      in and on the way out; a state already batch-first passes as it is);
+    - has the control inputs the backend feeds as real graph inputs, int32 (B, 1):
+      START (1: this request starts its sequence: the state input is replaced by
+      zeros) and READY (0: the batch slot holds no request: the state comes back
+      unchanged).
+The variant keeps the file's metadata, whose rnn_export.io is the contract of the main
+graph it wraps (in the model's own layout), without the step model (Triton runs the
+main graph only), and adds the key rnn_export.triton: the variant's own signature, each
+state's permutation and the control inputs. ServingSession runs the variant as a
+session on the main graph's contract would run, which is how `rnn-export verify` checks
+it against the checkpoint like any file.
+
+Nothing here needs Triton; the tests parse config.pbtxt with the model-config protobuf
+of the tritonclient package (the `triton` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rnn_export.errors import InputError
+
+KEY = "rnn_export.triton"
+START, READY = "START", "READY"
+CONTROLS = (
+    (
+        START,
+        "CONTROL_SEQUENCE_START",
+        "1: the request starts its sequence; its state input is zeros",
+    ),
+    (READY, "CONTROL_SEQUENCE_READY", "0: the batch slot holds no request; the state is unchanged"),
+)
+PREFIX = "main/"  # the wrapped main graph's names, inside the variant
+DEFAULT_MAX_BATCH = 64
+_TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+class TritonError(InputError):
+    """A model file that cannot be made into a Triton model, or a bad option."""
+
+
+@dataclass(frozen=True)
+class ServedState:
+    """One state of the variant: names, batch-first shape, permutation from the model's."""
+
+    input: str
+    output: str
+    shape: tuple  # batch-first, "B" first
+    permutation: tuple[int, ...]  # batch-first = model state transposed by this
+
+    def to_dict(self) -> dict:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "shape": list(self.shape),
+            "permutation": list(self.permutation),
+        }
+
+
+def served_states(meta) -> list[ServedState]:
+    """The batch-first form of every state the metadata lists (any number, any names)."""
+    out = []
+    for s in meta.states:
+        axis = s.batch_axis
+        perm = (axis, *(i for i in range(len(s.shape)) if i != axis))
+        out.append(ServedState(s.input, s.output, tuple(s.shape[i] for i in perm), perm))
+    return out
+
+
+def build_variant(model_bytes: bytes, where: str = "the model file") -> tuple[bytes, dict]:
+    """The batch-first variant of a model file and its contract (the rnn_export.triton value).
+
+    Raises:
+        TritonError: the bytes are not a model file with rnn-export metadata, or already
+            a variant.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rnn_runtime.metadata import MetadataError, read_metadata
+
+    model = onnx.load_from_string(model_bytes)
+    props = {p.key: p.value for p in model.metadata_props}
+    if KEY in props:
+        raise TritonError(f"{where}: is already a Triton variant; give the model file itself")
+    try:
+        meta = read_metadata(props)
+    except MetadataError as e:
+        raise TritonError(f"{where}: {e}") from None
+    inner = model.graph
+    _prefix_names(inner, PREFIX)
+    states = served_states(meta)
+    pre, post, inputs, outputs = [], [], [], []  # nodes before and after the main graph
+
+    def tensor(name, dtype, shape):
+        return helper.make_tensor_value_info(name, dtype, list(shape))
+
+    for spec in (meta.tokens, meta.lengths):
+        inputs.append(tensor(spec.name, TensorProto.INT64, spec.shape))
+        pre.append(helper.make_node("Identity", [spec.name], [PREFIX + spec.name]))
+    for name, _, _ in CONTROLS:
+        inputs.append(tensor(name, TensorProto.INT32, ("B", 1)))
+        pre.append(helper.make_node("Cast", [name], [f"{name}/bool"], to=TensorProto.BOOL))
+    initializers = {
+        "serving/zero": helper.make_tensor("serving/zero", TensorProto.FLOAT, [], [0.0])
+    }
+    for s in states:
+        rank = len(s.shape)
+        flag_shape = f"serving/flag_shape_{rank}"  # (B, 1) -> (B, 1, ..., 1): broadcasts
+        initializers[flag_shape] = helper.make_tensor(
+            flag_shape, TensorProto.INT64, [rank], [-1] + [1] * (rank - 1)
+        )
+        start, ready = f"{s.input}/{START}", f"{s.input}/{READY}"
+        fresh = f"{s.input}/started"  # zeros where the sequence starts
+        inputs.append(tensor(s.input, TensorProto.FLOAT, s.shape))
+        pre += [
+            helper.make_node("Reshape", [f"{START}/bool", flag_shape], [start]),
+            helper.make_node("Reshape", [f"{READY}/bool", flag_shape], [ready]),
+            helper.make_node("Where", [start, "serving/zero", s.input], [fresh]),
+            _transpose(fresh, PREFIX + s.input, np.argsort(s.permutation)),
+        ]
+        new = f"{s.output}/batch_first"
+        post += [
+            _transpose(PREFIX + s.output, new, s.permutation),
+            helper.make_node("Where", [ready, new, fresh], [s.output]),
+        ]
+        outputs.append(tensor(s.output, TensorProto.FLOAT, s.shape))
+    log_probs = meta.log_probs
+    post.append(helper.make_node("Identity", [PREFIX + log_probs.name], [log_probs.name]))
+    outputs.insert(0, tensor(log_probs.name, TensorProto.FLOAT, log_probs.shape))
+    graph = helper.make_graph(
+        [*pre, *inner.node, *post],
+        "rnn_export_triton",
+        inputs,
+        outputs,
+        initializer=[*initializers.values(), *inner.initializer],
+    )
+    variant = helper.make_model(
+        graph, opset_imports=model.opset_import, ir_version=model.ir_version
+    )
+    variant.producer_name, variant.producer_version = model.producer_name, model.producer_version
+    contract = {
+        "layout": "batch-first",
+        "wraps": "the main graph of rnn_export.io, unchanged (names prefixed " + PREFIX + ")",
+        "inputs": [
+            {"name": meta.tokens.name, "shape": list(meta.tokens.shape), "dtype": "int64"},
+            {"name": meta.lengths.name, "shape": list(meta.lengths.shape), "dtype": "int64"},
+            *({"name": s.input, "shape": list(s.shape), "dtype": "float32"} for s in states),
+            *({"name": n, "shape": ["B", 1], "dtype": "int32"} for n, _, _ in CONTROLS),
+        ],
+        "outputs": [
+            {"name": log_probs.name, "shape": list(log_probs.shape), "dtype": "float32"},
+            *({"name": s.output, "shape": list(s.shape), "dtype": "float32"} for s in states),
+        ],
+        "states": [s.to_dict() for s in states],
+        "controls": [{"name": n, "kind": k, "meaning": m} for n, k, m in CONTROLS],
+    }
+    for key, value in props.items():
+        if key != "rnn_export.step":  # Triton runs the main graph only
+            variant.metadata_props.add(key=key, value=value)
+    variant.metadata_props.add(key=KEY, value=json.dumps(contract))
+    onnx.checker.check_model(variant, full_check=True)
+    return variant.SerializeToString(), contract
+
+
+def _transpose(source: str, target: str, perm) -> object:
+    from onnx import helper
+
+    perm = [int(i) for i in perm]
+    if perm == list(range(len(perm))):
+        return helper.make_node("Identity", [source], [target])
+    return helper.make_node("Transpose", [source], [target], perm=perm)
+
+
+def _prefix_names(graph, prefix: str) -> None:
+    """Prefix every name of graph's scope, where it is made and wherever it is read, in
+    its subgraphs too (which may read the outer scope). onnx.compose.add_prefix misses
+    the initializers a subgraph reads (it renames them after the subgraphs)."""
+    names = {v.name for v in (*graph.input, *graph.initializer)}
+    names |= {out for node in graph.node for out in node.output}
+    _rename(graph, {n: prefix + n for n in names if n})
+
+
+def _rename(graph, names: dict[str, str]) -> None:
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _rename(sub, names)
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        value.name = names.get(value.name, value.name)
+
+
+def read_contract(props) -> dict | None:
+    """The rnn_export.triton value of a file's metadata_props; None: not a variant."""
+    value = props.get(KEY)
+    return None if value is None else json.loads(value)
+
+
+class _Arg:
+    """A NodeArg as onnxruntime's: name, shape, type."""
+
+    def __init__(self, name, shape, type_):
+        self.name, self.shape, self.type = name, shape, type_
+
+
+class ServingSession:
+    """An onnxruntime session on a batch-first variant, called as one on the main graph it
+    wraps: states in the model's own layout, control inputs at "running" (START 0,
+    READY 1). Everything else is the session's own (providers, profiling...).
+
+    get_inputs and get_outputs give the variant's real signature with the controls left
+    out and each state's shape put back in the model's layout, so checking them against
+    rnn_export.io checks the variant's graph.
+    """
+
+    def __init__(self, session, contract: dict):
+        self._session = session
+        self._states = {s["input"]: s for s in contract["states"]}
+        self._outputs = {s["output"]: s for s in contract["states"]}
+        self._controls = [c["name"] for c in contract["controls"]]
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def get_inputs(self):
+        args = [a for a in self._session.get_inputs() if a.name not in self._controls]
+        return [self._model_layout(a, self._states.get(a.name)) for a in args]
+
+    def get_outputs(self):
+        return [
+            self._model_layout(a, self._outputs.get(a.name)) for a in self._session.get_outputs()
+        ]
+
+    @staticmethod
+    def _model_layout(arg, state):
+        if state is None:
+            return arg
+        back = np.argsort(state["permutation"])
+        return _Arg(arg.name, [arg.shape[i] for i in back], arg.type)
+
+    def run(self, names, feed, run_options=None):
+        feed = dict(feed)
+        B = None
+        for name, state in self._states.items():
+            if name in feed:
+                feed[name] = np.ascontiguousarray(np.transpose(feed[name], state["permutation"]))
+                B = feed[name].shape[0]
+        if B is not None:
+            feed[START] = np.zeros((B, 1), dtype=np.int32)
+            feed[READY] = np.ones((B, 1), dtype=np.int32)
+        results = self._session.run(names, feed, run_options)
+        return [
+            r
+            if name not in self._outputs
+            else np.ascontiguousarray(
+                np.transpose(r, np.argsort(self._outputs[name]["permutation"]))
+            )
+            for name, r in zip(names, results, strict=True)
+        ]
+
+
+def adapt_session(session):
+    """session itself, or a ServingSession where its file is a batch-first variant."""
+    contract = read_contract(session.get_modelmeta().custom_metadata_map)
+    return session if contract is None else ServingSession(session, contract)
+
+
+def model_config(name: str, contract: dict, meta, max_batch_size: int, instances: int) -> str:
+    """config.pbtxt for the onnxruntime backend: sequence batcher, implicit state.
+
+    Args:
+        name: the model's name in the repository (its folder's).
+        contract: build_variant's contract.
+        meta: the file's ModelMetadata (the main graph's contract).
+        max_batch_size: requests Triton may stack into one run (B).
+        instances: model instances on the CPU.
+    """
+    num_classes = meta.num_classes
+
+    def dims(shape) -> str:
+        return "[ " + ", ".join("-1" if d == "T" else str(d) for d in shape[1:]) + " ]"
+
+    states = []
+    for s in contract["states"]:
+        states.append(
+            f"""    {{
+      input_name: "{s["input"]}"
+      output_name: "{s["output"]}"
+      data_type: TYPE_FP32
+      dims: {dims(s["shape"])}
+      initial_state: {{
+        data_type: TYPE_FP32
+        dims: {dims(s["shape"])}
+        zero_data: true
+        name: "zeros"
+      }}
+    }}"""
+        )
+    controls = [
+        f"""    {{
+      name: "{c["name"]}"
+      control [ {{ kind: {c["kind"]} int32_false_true: [ 0, 1 ] }} ]
+    }}"""
+        for c in contract["controls"]
+    ]
+    model = f"{meta.arch} (H={meta.hidden_size}, L={meta.num_layers}, C={num_classes})"
+    tokens, lengths = meta.tokens.name, meta.lengths.name
+    separator = ",\n"
+    return f"""# Written by rnn-export triton: stateful serving of {model}.
+# A request carries one sequence's next tokens: {tokens} [T] int64 and {lengths} [1] int64
+# (1 <= length <= T). Triton keeps the state between requests (zeros at the sequence start)
+# and stacks requests of different sequences along axis 0: 1/model.onnx is batch-first.
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{meta.tokens.name}"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+  }},
+  {{
+    name: "{meta.lengths.name}"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+    reshape: {{ shape: [ ] }}
+  }}
+]
+output [
+  {{
+    name: "{meta.log_probs.name}"
+    data_type: TYPE_FP32
+    dims: [ {num_classes} ]
+  }}
+]
+sequence_batching {{
+  max_sequence_idle_microseconds: 60000000
+  control_input [
+{separator.join(controls)}
+  ]
+  state [
+{separator.join(states)}
+  ]
+  oldest {{
+    max_candidate_sequences: {max_batch_size}
+    max_queue_delay_microseconds: 1000
+  }}
+}}
+instance_group [
+  {{
+    count: {instances}
+    kind: KIND_CPU
+  }}
+]
+"""
+
+
+def write_repository(
+    model_path: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    instances: int = 1,
+) -> Path:
+    """Write OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx (the batch-first variant).
+
+    The model's folder OUT/NAME appears whole or not at all (other models in OUT are
+    left alone). Returns OUT/NAME.
+
+    Raises:
+        TritonError: a bad name or option, a file that is not a model file.
+        rnn_runtime errors: the model file does not open (it is checked as any open).
+        WriteError: OUT/NAME cannot be written.
+    """
+    import rnn_runtime
+    from rnn_export import atomic
+    from rnn_runtime.model import read_model_file
+
+    model_path = Path(model_path)
+    name = model_path.stem if name is None else name
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise TritonError(f"a model name is a folder name; got {name!r}")
+    for option, value in (("max_batch_size", max_batch_size), ("instances", instances)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TritonError(f"{option} must be an integer >= 1; got {value!r}")
+    model = rnn_runtime.open_model(model_path, step_model=False)  # checks the file
+    dest = atomic.check_folder_output(Path(out) / name, "the Triton model folder")
+    variant, contract = build_variant(read_model_file(model_path), str(model_path))
+    config = model_config(name, contract, model.metadata, max_batch_size, instances)
+    tmp = atomic.temp_folder(dest)
+    try:
+        (tmp / "1").mkdir()
+        atomic.write_file(tmp / "1" / "model.onnx", variant)
+        atomic.write_file(tmp / "config.pbtxt", config.encode("utf-8"))
+        atomic.swap_in(tmp, dest)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
