@@ -126,16 +126,25 @@ def verify_command(
     tolerance = None
     if atol is not None or rtol is not None:
         tolerance = Tolerance(1e-5 if atol is None else atol, 1e-4 if rtol is None else rtol)
+    from rnn_export.quantize import is_quantized, verify_quantized
+
     try:
-        report = verify_parity(
-            model_path,
-            run_dir,
-            providers=providers,
-            tolerance=tolerance,
-            data=data,
-            runtime=runtime,
-            precision=precision,
-        )
+        if is_quantized(model_path):  # int8: its own rule (rnn_export.quantize)
+            if runtime != "onnxruntime":
+                raise click.UsageError("an int8 file is verified with --runtime onnxruntime")
+            report = verify_quantized(model_path, run_dir, data=data)
+            if not report.passed:
+                raise ParityError(report)
+        else:
+            report = verify_parity(
+                model_path,
+                run_dir,
+                providers=providers,
+                tolerance=tolerance,
+                data=data,
+                runtime=runtime,
+                precision=precision,
+            )
         failed = False
     except ParityError as e:
         report, failed = e.report, True

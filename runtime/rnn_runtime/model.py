@@ -17,7 +17,9 @@ of the main graph is run on every token id against one-token steps (crosscheck.p
 
 A step file (`rnn-export convert --step-only`, metadata step.in_file) is the step model
 alone: its one session is both `session` and `step_session`, on the CPU only, and
-everything longer than one token runs as a loop of steps (`run`).
+everything longer than one token runs as a loop of steps (`run`). A file in onnxruntime's
+ORT format (`rnn-export quantize --format ort`) is opened as well: onnxruntime checks its
+tensors, and its metadata is read through a session.
 
 Thread safety: a StreamModel is immutable after it is opened and onnxruntime allows
 concurrent runs on one session, so one model may be shared by any number of streams
@@ -40,7 +42,7 @@ from rnn_runtime.errors import (
     StreamError,
 )
 from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
-from rnn_runtime.onnxfile import scan_model
+from rnn_runtime.onnxfile import is_ort_format, scan_model
 from rnn_runtime.pool import StreamPool
 from rnn_runtime.session import (
     DEFAULT_PROVIDERS,
@@ -183,7 +185,10 @@ class StreamModel:
         threads = check_threads(threads)
         where = str(self.path)
         data = read_model_file(self.path)
-        props = scan_model(data, where)
+        if is_ort_format(data):  # onnxruntime's ORT format (`rnn-export quantize --format ort`)
+            props = open_session(data, quiet=True, name=where).get_modelmeta().custom_metadata_map
+        else:
+            props = scan_model(data, where)
         try:
             meta = read_metadata(props)
         except MetadataError as e:
