@@ -1,0 +1,112 @@
+"""The runtimes table of docs/runtimes.md: every runtime x model x kind of file, through verify.
+
+    python scripts/runtime_table.py [--hidden-size 32] [--stream-steps 2000] [--out FILE]
+
+Trains one small model of each arch and nonlinearity on the embedded task (one epoch),
+exports its default main graph, its portable main graph (`convert --portable`) and its
+step file (`convert --step-only`), and runs `verify --runtime R` on each file under each
+installed runtime. A cell is the verdict and the largest |file - PyTorch float32| over
+every case and output, or why the file did not load. Prints Markdown (or writes --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import tempfile
+from pathlib import Path
+
+MODELS = (
+    ("cell", "tanh"),
+    ("cell", "relu"),
+    ("cell", "identity"),
+    ("stacked", "tanh"),
+    ("stacked", "relu"),
+)
+KINDS = ("step", "portable", "default")
+KIND_NAMES = {"step": "step file", "portable": "portable main", "default": "default main"}
+
+
+def installed_runtimes() -> list[str]:
+    from rnn_export.parity.backends import RUNTIMES
+
+    return [r for r, (module, _) in RUNTIMES.items() if importlib.util.find_spec(module)]
+
+
+def cell(path: Path, run_dir: Path, runtime: str, stream_steps: int) -> str:
+    """One table cell: 'pass 2.4e-07', 'FAIL 3.5e-01' or 'load fails: REASON'."""
+    from rnn_export.parity import ParityError, verify_parity
+
+    try:
+        report = verify_parity(path, run_dir, runtime=runtime, stream_steps=stream_steps)
+    except ParityError as e:
+        report = e.report
+    errors = [c.error for c in report.cases if c.error]
+    checked = [o.vs_torch for c in report.cases for o in c.outputs if o.vs_torch is not None]
+    if not checked:
+        reason = errors[0] if errors else "no case ran"
+        return "does not run: " + reason.split(": ", 1)[-1][:60].replace("|", "/")
+    verdict = "pass" if report.passed else "FAIL"
+    worst = max(checked)
+    broken = f", {len(errors)} cases raise" if errors else ""
+    return f"{verdict} {worst:.1e}{broken}"
+
+
+def table(hidden_size: int, stream_steps: int, runtimes: list[str]) -> str:
+    from rnn_export.bench import cpu_name
+    from rnn_export.data import embedded_spec
+    from rnn_export.export import export_onnx
+    from rnn_export.parity.backends import check_runtime
+    from rnn_export.training import train
+
+    versions = ", ".join(check_runtime(r) for r in runtimes)
+    lines = [
+        f"Made {datetime.date.today()} by `python scripts/runtime_table.py --hidden-size "
+        f"{hidden_size} --stream-steps {stream_steps}` on {cpu_name()} ({versions}). A cell "
+        "is verify's verdict and the largest |file - PyTorch float32| over every case and "
+        "output; OpenVINO runs at f32.",
+        "",
+        "| runtime | model | " + " | ".join(KIND_NAMES[k] for k in KINDS) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in KINDS) + " |",
+    ]
+    with tempfile.TemporaryDirectory(prefix="rnn-export-runtimes-") as tmp:
+        files = {}
+        for arch, nonlinearity in MODELS:
+            run_dir = Path(tmp) / f"{arch}-{nonlinearity}"
+            train(
+                arch,
+                run_dir,
+                data=embedded_spec(seed=0, size=2000),
+                epochs=1,
+                hidden_size=hidden_size,
+                nonlinearity=nonlinearity,
+                seed=0,
+                progress=False,
+            )
+            paths = {k: export_onnx(run_dir, run_dir / f"{k}.onnx", graph=k) for k in KINDS}
+            files[arch, nonlinearity] = run_dir, paths
+        for runtime in runtimes:
+            for (arch, nonlinearity), (run_dir, paths) in files.items():
+                cells = [cell(paths[k], run_dir, runtime, stream_steps) for k in KINDS]
+                lines.append(f"| {runtime} | {arch} {nonlinearity} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden-size", type=int, default=32, help="H of every model")
+    parser.add_argument("--stream-steps", type=int, default=2000, help="verify's long stream")
+    parser.add_argument("--runtimes", default=None, help="comma-separated (default: installed)")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    args = parser.parse_args()
+    runtimes = args.runtimes.split(",") if args.runtimes else installed_runtimes()
+    text = table(args.hidden_size, args.stream_steps, runtimes)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
