@@ -1,12 +1,12 @@
 """The runtimes table of docs/runtimes.md: every runtime x model x kind of file, through verify.
 
-    python scripts/runtime_table.py [--hidden-size 32] [--stream-steps 2000] [--out FILE]
+    python scripts/runtime_table.py [--hidden-size 32] [--stream-steps 2000] [--runtimes R,R]
 
 Trains one small model of each arch and nonlinearity on the embedded task (one epoch),
 exports its default main graph, its portable main graph (`convert --portable`) and its
 step file (`convert --step-only`), and runs `verify --runtime R` on each file under each
 installed runtime. A cell is the verdict and the largest |file - PyTorch float32| over
-every case and output, or why the file did not load. Prints Markdown (or writes --out).
+every case and output, or why the file did not load. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -98,14 +98,9 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=32, help="H of every model")
     parser.add_argument("--stream-steps", type=int, default=2000, help="verify's long stream")
     parser.add_argument("--runtimes", default=None, help="comma-separated (default: installed)")
-    parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     args = parser.parse_args()
     runtimes = args.runtimes.split(",") if args.runtimes else installed_runtimes()
-    text = table(args.hidden_size, args.stream_steps, runtimes)
-    if args.out is None:
-        print(text, end="")
-    else:
-        args.out.write_text(text, encoding="utf-8")
+    print(table(args.hidden_size, args.stream_steps, runtimes), end="")
 
 
 if __name__ == "__main__":
