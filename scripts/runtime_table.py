@@ -49,7 +49,10 @@ def cell(path: Path, run_dir: Path, runtime: str, stream_steps: int, kind: str) 
     checked = [o.vs_torch for c in cases for o in c.outputs if o.vs_torch is not None]
     if not checked:
         reason = raised[0].error if raised else "no case ran"
-        return "does not run: " + reason.split(": ", 1)[-1][:70].replace("|", "/")
+        reason = reason.split(": ", 1)[-1]  # the runtime named, the backend's prefix dropped
+        if len(reason) > 70:  # the end says what failed; the start, where
+            reason = "..." + reason[-67:]
+        return "does not run: " + reason.replace("|", "/")
     verdict = "pass" if all(c.passed for c in cases) else "FAIL"
     broken = f", {len(raised)} of {len(cases)} cases raise" if raised else ""
     return f"{verdict} {max(checked):.1e}{broken}"

@@ -93,8 +93,11 @@ def open_backend(name: str, model_bytes: bytes, threads: int = 1, precision: str
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
+    """The error's first line that says something: OpenVINO's messages open with lines
+    naming only its source files ("Exception from src/...")."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    useful = [x for x in lines if not x.startswith("Exception from src/")]
+    return (useful or lines or ["(no message)"])[0][:300]
 
 
 class _Backend:
