@@ -97,7 +97,8 @@ def _first_line(error: BaseException) -> str:
     naming only its source files ("Exception from src/...")."""
     lines = [x.strip() for x in str(error).splitlines() if x.strip()]
     useful = [x for x in lines if not x.startswith("Exception from src/")]
-    return (useful or lines or ["(no message)"])[0][:300]
+    line = (useful or lines or ["(no message)"])[0]
+    return line if len(line) <= 300 else "..." + line[-297:]  # the end says what failed
 
 
 class _Backend:
