@@ -21,20 +21,23 @@ from pathlib import Path
 import numpy as np
 
 
-def step_time_us(path: Path, steps: int, repeats: int) -> float:
-    """Median microseconds per stream.step over `repeats` runs of `steps` random tokens."""
+def step_times_us(paths: list[Path], steps: int, repeats: int) -> list[float]:
+    """Median microseconds per stream.step of each file over `repeats` runs of `steps`
+    random tokens; the files' runs interleave, so a busy machine slows them alike."""
     from rnn_runtime import open_model
 
-    model = open_model(path)
-    tokens = np.random.default_rng(0).integers(0, model.metadata.vocab_size, steps).tolist()
-    times = []
+    models = [open_model(p) for p in paths]
+    V = models[0].metadata.vocab_size
+    tokens = np.random.default_rng(0).integers(0, V, steps).tolist()
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(repeats):
-        stream = model.stream()
-        started = time.perf_counter()
-        for t in tokens:
-            stream.step(t)
-        times.append((time.perf_counter() - started) / steps * 1e6)
-    return statistics.median(times)
+        for model, out in zip(models, times, strict=True):
+            stream = model.stream()
+            started = time.perf_counter()
+            for t in tokens:
+                stream.step(t)
+            out.append((time.perf_counter() - started) / steps * 1e6)
+    return [statistics.median(t) for t in times]
 
 
 def row(run_dir: Path, tmp: Path, steps: int, repeats: int) -> str:
@@ -47,7 +50,7 @@ def row(run_dir: Path, tmp: Path, steps: int, repeats: int) -> str:
     int8 = quantize_file(step, tmp / f"{run_dir.name}.int8.onnx").path
     ort = quantize_file(step, tmp / f"{run_dir.name}.int8.ort", "ort").path
     report = verify_quantized(int8, run_dir)
-    f32_us, int8_us = (step_time_us(p, steps, repeats) for p in (step, int8))
+    f32_us, int8_us = step_times_us([step, int8], steps, repeats)
     sizes = [p.stat().st_size for p in (step, int8, ort)]
     return (
         f"| {config.arch} {config.nonlinearity} | {config.hidden_size} | "
@@ -71,7 +74,7 @@ def main() -> None:
     lines = [
         f"Made {datetime.date.today()} by `python scripts/int8_table.py` on {cpu_name()}: "
         f"step time is the median of {args.repeats} runs of {args.steps} stream steps (one "
-        "thread); accuracy, agreement, the texts within 0.05 and the largest probability error "
+        "thread, the two files' runs interleaved); accuracy, agreement, the texts within 0.05 and the largest probability error "
         "are verify's int8 rule on the "
         "validation texts, each text alone.",
         "",
