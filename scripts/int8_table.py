@@ -74,9 +74,9 @@ def main() -> None:
     lines = [
         f"Made {datetime.date.today()} by `python scripts/int8_table.py` on {cpu_name()}: "
         f"step time is the median of {args.repeats} runs of {args.steps} stream steps (one "
-        "thread, the two files' runs interleaved); accuracy, agreement, the texts within 0.05 and the largest probability error "
-        "are verify's int8 rule on the "
-        "validation texts, each text alone.",
+        "thread, the two files' runs interleaved); accuracy, agreement, the texts within "
+        "0.05 and the largest probability error are verify's int8 rule on the validation "
+        "texts, each text alone.",
         "",
         "| model | H | float32 bytes | int8 bytes (ratio) | int8 ORT bytes | accuracy f32 | "
         "accuracy int8 (delta) | agreement | within 0.05 | max abs p error | int8 rule | "
