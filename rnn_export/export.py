@@ -16,6 +16,12 @@ as large. `verify` checks it against PyTorch as it checks the main graph.
 An ONNX file is one protobuf message, limited to 2 GiB: a model whose file would be larger
 (estimate_file_bytes, from V, H, L and C alone) is refused before anything is built.
 
+Three kinds of file (`graph`): "default", the main graph above with the step model
+embedded; "portable", the same contract with rnn_export.portable's main graph (only
+constructs that OpenVINO, tract and the ONNX reference compute correctly); "step", a
+step file: the step model as the file's own graph, with the metadata (step.in_file) and
+no main graph, for runtimes that run nothing else.
+
 Layers of the API: `export_onnx` (a RUN_DIR or Checkpoint) -> `export_model` (a model
 object: checks the output path, writes atomically) -> `build_onnx` (graph + metadata,
 checked and run in onnxruntime; returns the bytes and what `convert` prints).
@@ -32,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnn_export import __version__, atomic, gated, graph
+from rnn_export import __version__, atomic, gated
+from rnn_export import graph as plain_graph
 from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
 from rnn_export.errors import InputError
 from rnn_export.graph import STEP_TOKEN, count_nodes, onnx_weights
@@ -43,6 +50,7 @@ from rnn_export.models import CellRNN, StackedRNN
 MAX_FILE_BYTES = 2**31 - 1 - 2**20
 DEFAULT_OPSET = 18
 MIN_OPSET = 14  # the oldest opset tested (the graph needs >= 13: axes as Squeeze/Split inputs)
+GRAPHS = ("default", "portable", "step")  # the kinds of file (see the module docstring)
 
 
 class ExportError(InputError):
@@ -76,13 +84,16 @@ class OnnxExport:
         return len(self.data)
 
 
-def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    source, out_path: str | Path, opset: int = DEFAULT_OPSET, graph: str = "default"
+) -> Path:
     """Export a trained run to one self-contained .onnx file, written atomically.
 
     Args:
         source: a RUN_DIR path or a Checkpoint (rnn_export.checkpoint).
         out_path: the .onnx file to write; an existing file is replaced only on success.
         opset: ONNX opset, MIN_OPSET up to the newest that onnx and onnxruntime support.
+        graph: the kind of file, one of GRAPHS.
 
     Returns:
         out_path as a Path (export_model returns the figures too).
@@ -104,11 +115,19 @@ def export_onnx(source, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Pat
         raise ExportError(
             f"source must be a RUN_DIR path or a Checkpoint; got {type(source).__name__}"
         )
-    return export_model(ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset).path
+    return export_model(
+        ckpt.model, ckpt.vocab, ckpt.sha256, out_path, opset=opset, graph=graph
+    ).path
 
 
 def export_model(
-    model: nn.Module, vocab, sha256: str, out_path: str | Path, *, opset: int = DEFAULT_OPSET
+    model: nn.Module,
+    vocab,
+    sha256: str,
+    out_path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    graph: str = "default",
 ) -> OnnxExport:
     """Export a model object (as export_onnx does for a checkpoint).
 
@@ -118,6 +137,7 @@ def export_model(
         sha256: hex sha256 of the checkpoint it came from (64 hex digits).
         out_path: the .onnx file to write atomically.
         opset: ONNX opset.
+        graph: the kind of file, one of GRAPHS.
 
     Returns:
         The OnnxExport, with .path set.
@@ -127,12 +147,14 @@ def export_model(
         WriteError: out_path is not a regular file or cannot be written (it is as it was).
     """
     out_path = _check_out_path(out_path)
-    built = build_onnx(model, vocab, sha256, opset=opset)
+    built = build_onnx(model, vocab, sha256, opset=opset, graph=graph)
     atomic.replace_file(out_path, built.data)
     return replace(built, path=out_path)
 
 
-def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPSET) -> OnnxExport:
+def build_onnx(
+    model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPSET, graph: str = "default"
+) -> OnnxExport:
     """The complete model (graph plus metadata), checked by onnx and run by onnxruntime.
 
     Returns:
@@ -147,6 +169,8 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     from rnn_runtime.metadata import MetadataError, StateSpec, build_metadata
 
     _check_opset(opset)
+    if graph not in GRAPHS:
+        raise ExportError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
     if not isinstance(model, (CellRNN, StackedRNN)):  # GatedRNN is a StackedRNN
         raise ExportError(f"expected a CellRNN, StackedRNN or GatedRNN; got {type(model).__name__}")
     config = model.config
@@ -167,7 +191,7 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
         StateSpec(state_in, state_out, config.state_shape("B"), "float32", "zeros")
         for state_in, state_out in config.state_names
     ]
-    graphs = gated if config.arch in gated.GATED_ARCHS else graph
+    graphs = gated if config.arch in gated.GATED_ARCHS else plain_graph
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
     step = graphs.step_graph(config, weights, opset)
     onnx.checker.check_model(step, full_check=True)
@@ -198,16 +222,30 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
                 "token": STEP_TOKEN,
                 "log_probs": LOG_PROBS,
                 "states": step_states,
-                "model": step_bytes,
+                "model": None if graph == "step" else step_bytes,
             },
         )
     except MetadataError as e:
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
 
-    proto = graphs.main_graph(config, weights, opset)
+    if graph == "step":
+        proto = step
+    elif graph == "portable":
+        from rnn_export.portable import portable_main_graph
+
+        if config.arch in gated.GATED_ARCHS:
+            raise ExportError(
+                f"the portable main graph is built for the plain arches (cell, stacked); "
+                f"for {config.arch} export the step file (--step-only), which every runtime "
+                f"of docs/runtimes.md runs"
+            )
+        proto = portable_main_graph(config, weights, opset)
+    else:
+        proto = graphs.main_graph(config, weights, opset)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"rnn-export {__version__}: {config.arch} RNN classifier"
+    kind = {"step": " (step file)", "portable": " (portable graph)"}.get(graph, "")
+    proto.doc_string = f"rnn-export {__version__}: {config.arch} RNN classifier{kind}"
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -289,12 +327,17 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
 
     from rnn_runtime import ModelFileError
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
-    from rnn_runtime.session import RUN_ERRORS, open_session
+    from rnn_runtime.session import RUN_ERRORS, open_session, open_step_session, run_step_model
 
     version = ".".join(ort.__version__.split(".")[:2])
     try:
         session = open_session(model_bytes, quiet=True, name="the exported graph")
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        if meta.is_step_file:
+            open_step_session(meta, model_bytes, ("CPUExecutionProvider",), 1, name="the step file")
+            states = [np.zeros(s.concrete_shape(2), dtype=np.float32) for s in meta.states]
+            run_step_model(session, meta.step, np.zeros(2, dtype=np.int64), states)
+            return
         check_signature(meta, session.get_inputs(), session.get_outputs())
         session.run(
             None,

@@ -24,6 +24,7 @@ from rnn_export.cli.evaluate import evaluate_command
 from rnn_export.cli.importing import import_command
 from rnn_export.cli.inspect import inspect_command
 from rnn_export.cli.predict import predict_command
+from rnn_export.cli.quantize import quantize_command
 from rnn_export.cli.score import score_command
 from rnn_export.cli.stream import stream_command
 from rnn_export.cli.train import train_command
@@ -118,6 +119,7 @@ for _command in (
     train_command,
     import_command,
     convert_command,
+    quantize_command,
     inspect_command,
     verify_command,
     stream_command,

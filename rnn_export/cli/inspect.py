@@ -41,6 +41,12 @@ def _step_line(step: dict | None) -> list[str]:
     if step is None:
         return ["step model  none (the runtime steps through the main graph)"]
     states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
+    if step.get("in_file"):
+        return [
+            "step model  this file (a step file, no main graph): "
+            f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"
+        ]
+    states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
     return [
         f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: "
         f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"

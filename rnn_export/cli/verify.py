@@ -68,9 +68,36 @@ def _tolerance_value(ctx, param, value):
     help="A folder dataset whose validation split gives the real texts [default: the run's "
     "own; an imported model has none and is checked on generated tokens only].",
 )
+@click.option(
+    "--runtime",
+    default="onnxruntime",
+    show_default=True,
+    help="The runtime that executes the file: onnxruntime, openvino, tract or "
+    "onnx-reference (each but the last an extra of the package: pip install "
+    "'rnn-export[openvino]'). Others than onnxruntime run on the CPU.",
+)
+@click.option(
+    "--openvino-precision",
+    "precision",
+    type=click.Choice(["f32", "bf16", "f16"]),
+    default="f32",
+    show_default=True,
+    help="OpenVINO's inference precision (its default on a CPU with AMX is bf16, which "
+    "cannot meet the float32 allowance).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the one-line summary.")
 def verify_command(
-    model_path, run_dir, providers, atol, rtol, report_path, plot_path, data_dir, quiet
+    model_path,
+    run_dir,
+    providers,
+    atol,
+    rtol,
+    report_path,
+    plot_path,
+    data_dir,
+    runtime,
+    precision,
+    quiet,
 ):
     """Check that MODEL.onnx computes what the checkpoint's PyTorch model computes.
 
@@ -99,10 +126,25 @@ def verify_command(
     tolerance = None
     if atol is not None or rtol is not None:
         tolerance = Tolerance(1e-5 if atol is None else atol, 1e-4 if rtol is None else rtol)
+    from rnn_export.quantize import is_quantized, verify_quantized
+
     try:
-        report = verify_parity(
-            model_path, run_dir, providers=providers, tolerance=tolerance, data=data
-        )
+        if is_quantized(model_path):  # int8: its own rule (rnn_export.quantize)
+            if runtime != "onnxruntime":
+                raise click.UsageError("an int8 file is verified with --runtime onnxruntime")
+            report = verify_quantized(model_path, run_dir, data=data)
+            if not report.passed:
+                raise ParityError(report)
+        else:
+            report = verify_parity(
+                model_path,
+                run_dir,
+                providers=providers,
+                tolerance=tolerance,
+                data=data,
+                runtime=runtime,
+                precision=precision,
+            )
         failed = False
     except ParityError as e:
         report, failed = e.report, True

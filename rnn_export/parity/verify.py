@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.parity.backends import check_runtime, open_runtime_runners
 from rnn_export.parity.cases import (
     EXAMPLE_LENGTH,
     HORIZON,
@@ -50,6 +51,8 @@ def verify_parity(
     seed: int = 0,
     threads: int = 1,
     data: dict | None = None,
+    runtime: str = "onnxruntime",
+    precision: str = "f32",
 ) -> ParityReport:
     """Run the ONNX file and the model side by side over the parity cases.
 
@@ -73,6 +76,10 @@ def verify_parity(
         data: a data spec (rnn_export.data) whose validation split gives the real texts;
             None: the checkpoint's own, and none for an imported model (generated
             tokens only).
+        runtime: the runtime that executes the file (rnn_export.parity.backends.RUNTIMES);
+            another than onnxruntime runs on the CPU, providers "cpu" only. A step file
+            (`convert --step-only`) runs the step-by-step families only.
+        precision: OpenVINO's inference precision (f32 unless asked otherwise).
 
     Returns:
         The ParityReport (report.passed is True).
@@ -96,10 +103,10 @@ def verify_parity(
             providers,
             tolerance,
             data,
-            example_length,
-            stream_steps,
+            (example_length, stream_steps),
             seed,
             threads,
+            (runtime, precision),
         )
     report.wall_s = time.perf_counter() - started
     if not report.passed:
@@ -107,16 +114,24 @@ def verify_parity(
     return report
 
 
-def _verify(
-    onnx_path, checkpoint, providers, tolerance, data, example_length, stream_steps, seed, threads
-):
-    """verify_parity's work, under its thread limits; returns the report."""
+def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, threads, backend):
+    """verify_parity's work, under its thread limits; returns the report.
+
+    sizes = (example_length, stream_steps), backend = (runtime, precision).
+    """
+    (example_length, stream_steps), (runtime, precision) = sizes, backend
     wanted = parse_providers(providers)
+    check_runtime(runtime)
     _check_not_swapped(Path(onnx_path), checkpoint)
     ckpt = _load_checkpoint(checkpoint)
     onnx_path = Path(onnx_path)
     meta, cpu_session = _open_model(onnx_path, threads)
     _check_belongs(meta, ckpt, onnx_path)
+    if (runtime != "onnxruntime" or meta.is_step_file) and wanted != [("cpu", True)]:
+        what = "a step file" if meta.is_step_file else f"runtime {runtime}"
+        raise ParityUsageError(
+            f"{what} is verified on the CPU; --providers must be cpu, got {providers!r}"
+        )
 
     model = ckpt.model
     recurrence = Recurrence(model)
@@ -143,33 +158,41 @@ def _verify(
     local_torch = torch32.run_steps(start.tokens, start.states)
     local = [LocalCase(kind, start, axes, names) for kind in ("T=1", "B=1", "B>1")]
 
-    statuses, results, drift = [], [], []
-    for name, explicit in wanted:
-        runner, status = open_main_graph(onnx_path, meta, name, explicit, cpu_session, threads)
+    statuses, runners, results, drift = [], [], [], []
+    if runtime == "onnxruntime" and not meta.is_step_file:
+        for name, explicit in wanted:
+            runner, status = open_main_graph(onnx_path, meta, name, explicit, cpu_session, threads)
+            statuses.append(status)
+            if runner is None:
+                continue
+            runners.append(runner)
+            if name == "cpu" and meta.step is not None:
+                step = open_step_model(meta, name, threads)
+                if isinstance(step, str):
+                    results.append(
+                        CaseResult(
+                            name, "load the embedded step model", "step model", 0, 0, error=step
+                        )
+                    )
+                else:
+                    runners.append(step)
+    else:
+        status, opened, failures = open_runtime_runners(
+            runtime, onnx_path, meta, threads, precision
+        )
         statuses.append(status)
-        if runner is None:
-            continue
-        runners = [runner]
-        if name == "cpu" and meta.step is not None:
-            step = open_step_model(meta, name, threads)
-            if isinstance(step, str):
-                results.append(
-                    CaseResult(name, "load the embedded step model", "step model", 0, 0, error=step)
-                )
-            else:
-                runners.append(step)
-        for r in runners:
-            kinds = ("T=1",) if r.family else ("T=1", "B=1", "B>1")
-            results += [
-                c.run(r, local_ref, local_torch, tolerance) for c in local if c.kind in kinds
-            ]
-            for case in cases:
-                if r.family is None or case.family == "step-by-step":
-                    results.append(case.run(r, recurrence, torch32, names, tolerance))
-            result, curve = run_stream(r, stream, names, tolerance)
-            results.append(result)
-            if curve is not None:
-                drift.append(curve)
+        runners += opened
+        results += failures
+    for r in runners:
+        kinds = ("T=1",) if r.family else ("T=1", "B=1", "B>1")
+        results += [c.run(r, local_ref, local_torch, tolerance) for c in local if c.kind in kinds]
+        for case in cases:
+            if r.family is None or case.family == "step-by-step":
+                results.append(case.run(r, recurrence, torch32, names, tolerance))
+        result, curve = run_stream(r, stream, names, tolerance)
+        results.append(result)
+        if curve is not None:
+            drift.append(curve)
 
     return ParityReport(
         model=str(onnx_path),
@@ -257,6 +280,7 @@ def _open_model(path: Path, threads: int):
     """Read and validate the file's metadata and signature through a CPU session."""
     from rnn_export.atomic import path_kind
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+    from rnn_runtime.session import open_step_session
 
     if not path.is_file():
         kind = path_kind(path)
@@ -270,7 +294,10 @@ def _open_model(path: Path, threads: int):
         raise ParityUsageError(str(e)) from None
     try:
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
-        check_signature(meta, session.get_inputs(), session.get_outputs())
+        if meta.is_step_file:
+            open_step_session(meta, path.read_bytes(), (PROVIDERS["cpu"],), threads, str(path))
+        else:
+            check_signature(meta, session.get_inputs(), session.get_outputs())
     except MetadataError as e:
         raise ParityUsageError(f"{path}: {e}") from None
     if meta.arch not in ("cell", "stacked") or len(meta.states) != 1:

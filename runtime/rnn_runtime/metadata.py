@@ -29,6 +29,11 @@ Keys (all values are JSON text):
                            when it is (B, H). The runtime steps through it on the CPU: at
                            batch 1 every onnxruntime node costs about as much as its math,
                            and this graph has the fewest nodes (issue 6 has the figures).
+                           A step file (`convert --step-only`) has {"in_file": true} in place
+                           of "sha256" and "onnx_base64": its own graph is the step model
+                           and it has no main graph (io.tokens and io.lengths then name the
+                           main graph's inputs of the model it was cut from, which the file
+                           lacks).
 
 Limits (a file past one is refused with MetadataError before anything is allocated):
 vocab_size <= MAX_VOCAB (2**20), num_classes <= MAX_CLASSES (2**16), hidden_size <=
@@ -123,15 +128,19 @@ class StepSpec:
     token: str
     log_probs: str
     states: tuple[tuple[str, str], ...]
-    sha256: str
-    onnx_base64: str = field(repr=False)
+    sha256: str = ""
+    onnx_base64: str = field(default="", repr=False)
+    in_file: bool = False  # a step file: the file's own graph is the step model
 
     def model_bytes(self) -> bytes:
         """The serialized ONNX model, checked against its sha256.
 
         Raises:
-            MetadataError: not base64, or bytes whose sha256 differs (a damaged file).
+            MetadataError: not base64, bytes whose sha256 differs (a damaged file), or a
+                step file (its step model is the file itself, not embedded).
         """
+        if self.in_file:
+            raise MetadataError("a step file embeds no step model: its own graph is the step")
         try:
             data = base64.b64decode(self.onnx_base64, validate=True)
         except (binascii.Error, ValueError) as e:
@@ -146,10 +155,14 @@ class StepSpec:
 
     def to_dict(self) -> dict:
         """Without the bytes: names, checksum and size (what `inspect` shows)."""
-        return {
+        names = {
             "token": self.token,
             "log_probs": self.log_probs,
             "states": [{"input": i, "output": o} for i, o in self.states],
+        }
+        if self.in_file:
+            return names | {"in_file": True}
+        return names | {
             "sha256": self.sha256,
             "bytes": len(self.onnx_base64) * 3 // 4 - self.onnx_base64[-2:].count("="),
         }
@@ -182,6 +195,11 @@ class ModelMetadata:
     @property
     def opset(self) -> int:
         return self.provenance["opset"]
+
+    @property
+    def is_step_file(self) -> bool:
+        """The file's graph is the step model (`convert --step-only`); it has no main graph."""
+        return self.step is not None and self.step.in_file
 
     @property
     def checkpoint_sha256(self) -> str:
@@ -234,7 +252,9 @@ def build_metadata(
     """The metadata_props entries (key -> JSON text) for one exported model.
 
     step: optional {"token", "log_probs", "states": [(input, output), ...], "model": bytes}
-    for the one-step model; its bytes are stored base64-encoded with their sha256.
+    for the one-step model; its bytes are stored base64-encoded with their sha256. With
+    "model": None instead, the metadata is a step file's: the graph it goes into is the
+    step model.
 
     The result is read back through `read_metadata` before it is returned, so a
     writer can never produce metadata that the reader rejects.
@@ -275,16 +295,18 @@ def build_metadata(
         ),
     }
     if step is not None:
-        data = bytes(step["model"])
-        props[PREFIX + "step"] = json.dumps(
-            {
-                "token": step["token"],
-                "log_probs": step["log_probs"],
-                "states": [{"input": i, "output": o} for i, o in step["states"]],
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "onnx_base64": base64.b64encode(data).decode("ascii"),
-            }
-        )
+        names = {
+            "token": step["token"],
+            "log_probs": step["log_probs"],
+            "states": [{"input": i, "output": o} for i, o in step["states"]],
+        }
+        if step["model"] is None:
+            names["in_file"] = True
+        else:
+            data = bytes(step["model"])
+            names["sha256"] = hashlib.sha256(data).hexdigest()
+            names["onnx_base64"] = base64.b64encode(data).decode("ascii")
+        props[PREFIX + "step"] = json.dumps(names)
     read_metadata(props)
     return props
 
@@ -473,7 +495,10 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
 
 def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
     _expect(isinstance(raw, dict), "step to be an object", raw)
-    for key in ("token", "log_probs", "sha256", "onnx_base64"):
+    in_file = raw.get("in_file", False)
+    _expect(isinstance(in_file, bool), "step.in_file true or false", in_file)
+    keys = ("token", "log_probs") if in_file else ("token", "log_probs", "sha256", "onnx_base64")
+    for key in keys:
         _expect(isinstance(raw.get(key), str) and raw[key], f"step.{key}", raw.get(key))
     layers = raw.get("states")
     _expect(
@@ -497,11 +522,13 @@ def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
             "(L, B, H) or, with one layer, (B, H) states for a step model",
             shape,
         )
-    sha = raw["sha256"]
-    _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "step.sha256", sha)
     pairs = tuple((x["input"], x["output"]) for x in layers)
     names = [raw["token"], raw["log_probs"], *(n for p in pairs for n in p)]
     _expect(len(set(names)) == len(names), "distinct step input and output names", names)
+    if in_file:
+        return StepSpec(raw["token"], raw["log_probs"], pairs, in_file=True)
+    sha = raw["sha256"]
+    _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "step.sha256", sha)
     return StepSpec(raw["token"], raw["log_probs"], pairs, sha, raw["onnx_base64"])
 
 

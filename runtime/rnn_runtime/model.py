@@ -15,6 +15,12 @@ it (fewer onnxruntime nodes per step), everything longer goes through the main g
 At open the step model's checksum, tensors and signature are checked, and every path
 of the main graph is run on every token id against one-token steps (crosscheck.py).
 
+A step file (`rnn-export convert --step-only`, metadata step.in_file) is the step model
+alone: its one session is both `session` and `step_session`, on the CPU only, and
+everything longer than one token runs as a loop of steps (`run`). A file in onnxruntime's
+ORT format (`rnn-export quantize --format ort`) is opened as well: onnxruntime checks its
+tensors, and its metadata is read through a session.
+
 Thread safety: a StreamModel is immutable after it is opened and onnxruntime allows
 concurrent runs on one session, so one model may be shared by any number of streams
 and pools on any number of threads.
@@ -36,7 +42,7 @@ from rnn_runtime.errors import (
     StreamError,
 )
 from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
-from rnn_runtime.onnxfile import scan_model
+from rnn_runtime.onnxfile import is_ort_format, scan_model
 from rnn_runtime.pool import StreamPool
 from rnn_runtime.session import (
     DEFAULT_PROVIDERS,
@@ -49,6 +55,7 @@ from rnn_runtime.session import (
     open_step_session,
     resolve_providers,
     run_failed,
+    run_step_model,
 )
 from rnn_runtime.stream import MAX_CHUNK, Prediction, StreamSession
 from rnn_runtime.tokens import Tokenizer
@@ -146,6 +153,10 @@ def _wrong_kind(path: Path, kind: int) -> ModelFileError:
     return ModelFileError(f"{path}: is {_KINDS.get(kind, 'not a regular file')}; {EXPECTED}{hint}")
 
 
+def _other_axes(ndim: int, batch_axis: int) -> tuple[int, ...]:
+    return tuple(i for i in range(ndim) if i != batch_axis)
+
+
 class StreamModel:
     """One opened model: onnxruntime session, validated metadata, tokenizer.
 
@@ -174,17 +185,32 @@ class StreamModel:
         threads = check_threads(threads)
         where = str(self.path)
         data = read_model_file(self.path)
-        props = scan_model(data, where)
+        if is_ort_format(data):  # onnxruntime's ORT format (`rnn-export quantize --format ort`)
+            props = open_session(data, quiet=True, name=where).get_modelmeta().custom_metadata_map
+        else:
+            props = scan_model(data, where)
         try:
             meta = read_metadata(props)
         except MetadataError as e:
             raise MetadataError(f"{where}: {e}") from None
-        # quiet: every onnxruntime error reaches the caller as a typed error with its text.
-        session = open_session(data, providers=providers, threads=threads, quiet=True, name=where)
-        try:
-            check_signature(meta, session.get_inputs(), session.get_outputs())
-        except MetadataError as e:
-            raise MetadataError(f"{where}: {e}") from None
+        if meta.is_step_file and PROVIDER_DEVICES.get(providers[0], "cpu") != "cpu":
+            raise MetadataError(
+                f"{where}: a step file runs on the CPU provider only; got providers {providers}"
+            )
+        if meta.is_step_file:
+            try:
+                session = open_step_session(meta, data, providers, threads, name=where)
+            except MetadataError as e:
+                raise MetadataError(f"{where}: {e}") from None
+        else:
+            # quiet: every onnxruntime error reaches the caller as a typed error with its text.
+            session = open_session(
+                data, providers=providers, threads=threads, quiet=True, name=where
+            )
+            try:
+                check_signature(meta, session.get_inputs(), session.get_outputs())
+            except MetadataError as e:
+                raise MetadataError(f"{where}: {e}") from None
         if any(s.dtype != "float32" for s in meta.states):
             raise MetadataError(
                 f"{where}: this runtime streams float32 states; got "
@@ -196,13 +222,16 @@ class StreamModel:
         self.providers = providers
         self.device = PROVIDER_DEVICES.get(providers[0], "cpu")
         self.threads = threads
-        self.step_session = None
+        self.step_session = session if meta.is_step_file else None
         try:
-            if step_model and meta.step is not None and self.device == "cpu":
+            if meta.is_step_file:
+                pass  # one graph: nothing to cross-check
+            elif step_model and meta.step is not None and self.device == "cpu":
                 step_bytes = meta.step.model_bytes()
                 scan_model(step_bytes, "the embedded step model")
                 self.step_session = open_step_session(meta, step_bytes, providers, threads)
-            check_graphs(meta, session, self.step_session)
+            if not meta.is_step_file:
+                check_graphs(meta, session, self.step_session)
         except (MetadataError, ModelFileError) as e:
             raise type(e)(f"{where}: {e}") from None
 
@@ -312,10 +341,30 @@ class StreamModel:
         B, T = tokens.shape
         if lengths is None:
             lengths = np.full((B,), T, dtype=np.int64)
+        if meta.is_step_file:
+            return self._run_steps(tokens, state, lengths)
         feeds = {meta.tokens.name: tokens, meta.lengths.name: lengths, **state}
         names = [meta.log_probs.name] + [s.output for s in meta.states]
         log_probs, *states = self.session.run(names, feeds)
         return log_probs, {s.input: v for s, v in zip(meta.states, states, strict=True)}
+
+    def _run_steps(self, tokens, state, lengths):
+        """run() for a step file: T steps of the step model; a row past its length keeps
+        its state and log-probabilities (Where, exact)."""
+        specs = self.metadata.states
+        states = [np.asarray(state[s.input]) for s in specs]
+        log_probs = np.zeros((tokens.shape[0], self.metadata.num_classes), dtype=np.float32)
+        for t in range(tokens.shape[1]):
+            lp, new = run_step_model(
+                self.session, self.metadata.step, np.ascontiguousarray(tokens[:, t]), states
+            )
+            running = t < lengths  # (B,)
+            log_probs = np.where(running[:, None], lp, log_probs)
+            states = [
+                np.where(np.expand_dims(running, _other_axes(v.ndim, s.batch_axis)), v, old)
+                for s, v, old in zip(specs, new, states, strict=True)
+            ]
+        return log_probs, {s.input: v for s, v in zip(specs, states, strict=True)}
 
     def predict(
         self, texts: Sequence[str], *, strict: bool = False, batch_size: int = PREDICT_BATCH_SIZE

@@ -197,6 +197,12 @@ def _metadata(data: memoryview, where: str) -> dict[str, str]:
     return props
 
 
+def is_ort_format(data: bytes) -> bool:
+    """True for onnxruntime's ORT format (a flatbuffer whose file identifier is ORTM): its
+    tensors are onnxruntime's to check, and its metadata is read through a session."""
+    return data[4:8] == b"ORTM"
+
+
 def scan_model(data: bytes, where: str) -> dict[str, str]:
     """Check a serialized ModelProto's tensors; return its metadata_props.
 

@@ -408,7 +408,9 @@ def run_step_model(session, step, tokens: np.ndarray, state, run_options=None):
     return log_probs, (out[0] if isinstance(state, np.ndarray) else out)
 
 
-def open_step_session(meta, step_bytes: bytes, providers, threads: int):
+def open_step_session(
+    meta, step_bytes: bytes, providers, threads: int, name: str = "the embedded step model"
+):
     """Open the embedded step model and check its signature against the metadata
     (crosscheck.py then proves that it steps as the main graph does).
 
@@ -421,9 +423,7 @@ def open_step_session(meta, step_bytes: bytes, providers, threads: int):
         ModelFileError, ProviderError: as open_session.
     """
     step = meta.step
-    session = open_session(
-        step_bytes, providers=providers, threads=threads, quiet=True, name="the embedded step model"
-    )
+    session = open_session(step_bytes, providers=providers, threads=threads, quiet=True, name=name)
     want_in = {step.token: ("tensor(int64)", 1)} | {i: ("tensor(float)", 2) for i, _ in step.states}
     want_out = {step.log_probs: ("tensor(float)", 2)} | {
         o: ("tensor(float)", 2) for _, o in step.states
@@ -434,7 +434,5 @@ def open_step_session(meta, step_bytes: bytes, providers, threads: int):
     ):
         found = {a.name: (a.type, len(a.shape)) for a in got}
         if found != want:
-            raise MetadataError(
-                f"the embedded step model's {kind}s are {found}; the metadata promises {want}"
-            )
+            raise MetadataError(f"{name}'s {kind}s are {found}; the metadata promises {want}")
     return session

@@ -184,6 +184,18 @@ class StreamSession:
         return self.prediction
 
     def _run_chunk(self, ids: np.ndarray) -> None:
+        if self.model.metadata.is_step_file:  # no main graph: the model loops its steps
+            try:
+                log_probs, new = self.model.run(ids.reshape(1, -1), self._buffers.read())
+            except RUN_ERRORS as e:
+                raise run_failed(e) from e
+            if not (
+                np.isfinite(log_probs).all() and all(np.isfinite(v).all() for v in new.values())
+            ):
+                raise _blown_up(f"a chunk of {ids.size} tokens")
+            self._buffers.write(new)
+            self._last = log_probs[0].copy()
+            return
         tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids.reshape(1, -1)))
         length = ort.OrtValue.ortvalue_from_numpy(np.array([ids.size], dtype=np.int64))
         buffers = self._buffers

@@ -1,0 +1,211 @@
+"""Runtimes other than onnxruntime, run behind the same verdict (`verify --runtime NAME`).
+
+Each backend opens a serialized ONNX model and answers `run(output names, feeds)` like an
+onnxruntime session, so verify's runners (runners.MainGraph, runners.StepModel) and
+every parity case run unchanged on it. The names come from the file's metadata, so a
+backend needs no knowledge of how many states a model has.
+
+    onnxruntime     the runtime's own session (rnn_runtime.session.open_session)
+    openvino        OpenVINO's CPU plugin at INFERENCE_PRECISION_HINT f32 unless asked
+                    otherwise: on a CPU with AMX its default is bf16 (errors of 0.02
+                    to 2.4 on these models, issue 15)
+    tract           tract's ONNX loader (the `tract` package), the model typed and
+                    optimised once for symbolic B and T
+    onnx-reference  onnx.reference.ReferenceEvaluator: the ONNX specification in numpy
+
+Each but the ONNX reference (onnx is a dependency) is an optional extra of the package
+(`pip install ".[openvino]"`); a runtime that is not installed is a ParityUsageError
+naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rnn_export.parity.compare import CaseFailure
+from rnn_export.parity.results import ParityUsageError
+
+# runtime -> (module to import, the package's extra)
+RUNTIMES = {
+    "onnxruntime": ("onnxruntime", "cpu"),
+    "openvino": ("openvino", "openvino"),
+    "tract": ("tract", "tract"),
+    "onnx-reference": ("onnx.reference", None),
+}
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def check_runtime(name: str) -> str:
+    """name itself when it is a runtime this module runs and is installed.
+
+    Returns:
+        A version line, e.g. "openvino 2026.4.1".
+
+    Raises:
+        ParityUsageError: an unknown name, or a runtime that is not installed (naming the
+            extra that installs it).
+    """
+    if name not in RUNTIMES:
+        raise ParityUsageError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    module, extra = RUNTIMES[name]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ParityUsageError(
+            f"runtime {name} is not installed; install it with pip install 'rnn-export[{extra}]'"
+        ) from None
+    dist = "onnx" if name == "onnx-reference" else name
+    return f"{name} {importlib.metadata.version(dist)}"
+
+
+def open_backend(name: str, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
+    """A session-like object on model_bytes under runtime `name` (see the module docstring).
+
+    Args:
+        name: one of RUNTIMES (check_runtime first).
+        model_bytes: a serialized ONNX model.
+        threads: onnxruntime's intra-op threads (the others pick their own).
+        precision: OpenVINO's inference precision, one of OPENVINO_PRECISIONS.
+
+    Returns:
+        An object with .run(output names, feeds, run_options=None) -> list of arrays.
+
+    Raises:
+        CaseFailure: the runtime cannot load or compile the model (its message).
+    """
+    if name == "onnxruntime":
+        from rnn_export.parity.runners import open_errors, open_session
+
+        try:
+            return open_session(model_bytes, "CPUExecutionProvider", threads)
+        except open_errors() as e:
+            raise CaseFailure(f"onnxruntime cannot open it: {e}") from None
+    opener = {"openvino": _OpenVino, "tract": _Tract, "onnx-reference": _Reference}[name]
+    try:
+        return opener(model_bytes, precision)
+    except Exception as e:  # each runtime has its own error types; the message is kept
+        raise CaseFailure(f"{name} cannot load it: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's first line that says something: OpenVINO's messages open with lines
+    naming only its source files ("Exception from src/...")."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    useful = [x for x in lines if not x.startswith("Exception from src/")]
+    line = (useful or lines or ["(no message)"])[0]
+    return line if len(line) <= 300 else "..." + line[-297:]  # the end says what failed
+
+
+class _Backend:
+    """run() for a runtime whose own call returns outputs in its output order."""
+
+    name = ""
+
+    def run(self, names, feeds, run_options=None):
+        try:
+            got = self._run(feeds)
+        except Exception as e:  # the runtime's own errors: recorded in the case
+            raise CaseFailure(f"{self.name} raised {type(e).__name__}: {_first_line(e)}") from None
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise CaseFailure(f"{self.name} returned no output {missing}; got {sorted(got)}")
+        return [np.asarray(got[n]) for n in names]
+
+
+class _Reference(_Backend):
+    name = "onnx-reference"
+
+    def __init__(self, model_bytes: bytes, precision: str):
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        self._evaluator = ReferenceEvaluator(onnx.load_from_string(model_bytes))
+        self._outputs = list(self._evaluator.output_names)
+
+    def _run(self, feeds):
+        return dict(zip(self._outputs, self._evaluator.run(None, feeds), strict=True))
+
+
+class _OpenVino(_Backend):
+    name = "openvino"
+
+    def __init__(self, model_bytes: bytes, precision: str):
+        import openvino as ov
+
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}; got {precision!r}")
+        core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="rnn-export-ov-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model_bytes)
+            model = core.read_model(str(path))
+        self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        self._request = self._compiled.create_infer_request()
+        # A port may carry several names (OpenVINO folds an Identity into its producer):
+        # the graph's own output name is the one among them, in the graph's output order.
+        wanted = [o.get_any_name() for o in model.outputs]
+        self._outputs = [
+            (port, next((n for n in port.get_names() if n in wanted), name))
+            for port, name in zip(self._compiled.outputs, wanted, strict=True)
+        ]
+
+    def _run(self, feeds):
+        result = self._request.infer(feeds)
+        return {name: np.array(result[port]) for port, name in self._outputs}
+
+
+class _Tract(_Backend):
+    name = "tract"
+
+    def __init__(self, model_bytes: bytes, precision: str):
+        import tract
+
+        with tempfile.TemporaryDirectory(prefix="rnn-export-tract-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model_bytes)
+            inference = tract.onnx().load(str(path))
+        self._inputs = [inference.input_name(i) for i in range(inference.input_count())]
+        self._outputs = [inference.output_name(i) for i in range(inference.output_count())]
+        self._runnable = inference.into_model().into_runnable()
+
+    def _run(self, feeds):
+        got = self._runnable.run([np.ascontiguousarray(feeds[n]) for n in self._inputs])
+        return {n: t.to_numpy() for n, t in zip(self._outputs, got, strict=True)}
+
+
+def open_runtime_runners(runtime: str, path: Path, meta, threads: int, precision: str = "f32"):
+    """verify's runners for the file at path under `runtime`, on the CPU.
+
+    A main file gives its main graph and its embedded step model; a step file gives
+    itself as the step model.
+
+    Returns:
+        (ProviderStatus, [runners], [CaseResult for a graph that would not load]).
+    """
+    from rnn_export.parity.results import CaseResult, ProviderStatus
+    from rnn_export.parity.runners import MainGraph, StepModel
+
+    version = check_runtime(runtime)
+    label = runtime if runtime != "openvino" else f"openvino-{precision}"
+    data = path.read_bytes()
+    graphs = [("step model", data)] if meta.is_step_file else [("main graph", data)]
+    if meta.step is not None and not meta.is_step_file:
+        graphs.append(("step model", meta.step.model_bytes()))
+    runners, failures = [], []
+    for what, model_bytes in graphs:
+        try:
+            session = open_backend(runtime, model_bytes, threads, precision)
+        except CaseFailure as e:
+            failures.append(CaseResult(label, f"load the {what}", "shapes", 0, 0, error=str(e)))
+            continue
+        runner_type = StepModel if what == "step model" else MainGraph
+        runner = runner_type(session, meta, label)
+        runners.append(runner)
+    reason = None if runners else "; ".join(f.error for f in failures)
+    status = ProviderStatus(label, version, "ran" if runners else "unavailable", reason)
+    return status, runners, failures

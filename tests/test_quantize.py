@@ -1,0 +1,129 @@
+"""rnn-export quantize: int8 step files (ONNX and ORT format) and verify's int8 rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from rnn_export.cli import main
+from rnn_export.export import export_onnx
+from rnn_export.quantize import (
+    MAX_PROB_ERROR,
+    MIN_AGREEMENT,
+    MIN_WITHIN,
+    QuantizedReport,
+    QuantizeError,
+    quantize_file,
+    verify_quantized,
+)
+from rnn_runtime import open_model
+from rnn_runtime.onnxfile import is_ort_format
+
+
+@pytest.fixture(scope="module", params=[("cell", None), ("stacked", 2)])
+def step_file(request, tiny_run_dir, tmp_path_factory):
+    """(run_dir, its step file, its default main file)."""
+    arch, layers = request.param
+    run_dir = tiny_run_dir(arch, "tanh", num_layers=layers)
+    root = tmp_path_factory.mktemp(f"quantize-{arch}")
+    step = export_onnx(run_dir, root / "m.step.onnx", graph="step")
+    return run_dir, step, export_onnx(run_dir, root / "m.onnx")
+
+
+def _rnn_gemms(path) -> int:
+    return sum(n.op_type == "Gemm" for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ort"])
+def test_quantized_step_file_keeps_the_contract_and_passes_the_int8_rule(step_file, tmp_path, fmt):
+    run_dir, step, _ = step_file
+    out = tmp_path / f"m.int8.{fmt}"
+    done = quantize_file(step, out, fmt)
+    assert done.size_bytes == out.stat().st_size and done.source_bytes == step.stat().st_size
+    assert done.quantized_nodes == {"MatMulInteger": _rnn_gemms(step)}
+    assert is_ort_format(out.read_bytes()) == (fmt == "ort")
+    float_model, int8_model = open_model(step), open_model(out)
+    meta = int8_model.metadata
+    assert meta.is_step_file and meta.vocab == float_model.metadata.vocab
+    quantized = meta.provenance["quantized"]
+    assert quantized["weight_type"] == "int8" and quantized["op_types"] == ["Gemm", "MatMul"]
+    # Close to float32, not equal to it: int8 is a different computation.
+    a = float_model.stream().feed("abcdefgh").probabilities
+    b = int8_model.stream().feed("abcdefgh").probabilities
+    assert 0 < np.abs(a - b).max() < MAX_PROB_ERROR
+    report = verify_quantized(out, run_dir)
+    assert report.passed and report.texts > 0 and report.source == "validation split"
+    assert report.agreement >= MIN_AGREEMENT and report.within >= MIN_WITHIN
+    assert 0 < report.mean_prob_error <= report.max_prob_error
+    assert abs(report.accuracy_int8 - report.accuracy_float32) <= 1 - report.agreement
+
+
+def test_a_damaged_int8_file_fails_the_rule(step_file, tmp_path):
+    """Negated int8 output weights: verify must say FAIL (exit 1), not pass it."""
+    run_dir, step, _ = step_file
+    good = quantize_file(step, tmp_path / "good.onnx").path
+    proto = onnx.load(str(good))
+    for init in proto.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and init.name.startswith("out_weight"):
+            values = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(-values.clip(-127, 127), init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    report = verify_quantized(bad, run_dir)
+    assert not report.passed and report.agreement < MIN_AGREEMENT
+    result = CliRunner().invoke(main, ["verify", str(bad), "--checkpoint", str(run_dir), "-q"])
+    assert result.exit_code == 1 and result.output.startswith("FAIL: int8 file on ")
+
+
+@pytest.mark.parametrize(
+    "agreement, within, passed",
+    [
+        (1.0, 1.0, True),
+        (MIN_AGREEMENT, MIN_WITHIN, True),
+        (0.985, 1.0, False),
+        (1.0, 0.985, False),
+    ],
+)
+def test_the_int8_rule_is_agreement_and_probability_error(agreement, within, passed):
+    """At most 1% of the texts may change their decision, and at most 1% may have a
+    probability moved by more than MAX_PROB_ERROR; the largest error is not ruled on."""
+    report = QuantizedReport("m", "run", 100, "generated", agreement, within, 0.6, 0.01, None, None)
+    assert report.passed is passed
+    assert report.summary_line().startswith("PASS" if passed else "FAIL")
+    assert f"<= {MAX_PROB_ERROR} on {within:.2%}" in report.summary_line()
+    assert json.loads(report.to_json())["passed"] is passed
+
+
+def test_quantize_refusals(step_file, tmp_path):
+    _, step, main_file = step_file
+    int8 = quantize_file(step, tmp_path / "once.onnx").path
+    cases = [
+        (main_file, "onnx", "is a main-graph file; quantize takes a step file"),
+        (int8, "onnx", "is already quantized"),
+        (tmp_path / "missing.onnx", "onnx", "no such model file"),
+        (step, "tflite", "format must be one of onnx, ort; got 'tflite'"),
+    ]
+    for source, fmt, match in cases:
+        with pytest.raises(QuantizeError, match=match):
+            quantize_file(source, tmp_path / "out.onnx", fmt)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_quantize_and_verify_through_the_cli(step_file, tmp_path):
+    run_dir, step, main_file = step_file
+    out = tmp_path / "m.int8.ort"
+    result = CliRunner().invoke(main, ["quantize", str(step), "--out", str(out), "--format", "ort"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output and "format   ort" in result.output
+    result = CliRunner().invoke(main, ["verify", str(out), "--checkpoint", str(run_dir), "-q"])
+    assert result.exit_code == 0 and result.output.startswith("PASS: int8 file on ")
+    args = ["verify", str(out), "--checkpoint", str(run_dir), "--runtime", "tract"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "verified with --runtime onnxruntime" in result.output
+    result = CliRunner().invoke(main, ["quantize", str(main_file), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert len(result.output.strip().splitlines()) == 1
