@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.config import state_names
 from rnn_export.parity.cases import (
     EXAMPLE_LENGTH,
     HORIZON,
@@ -180,6 +181,7 @@ def _verify(
             "hidden_size": meta.hidden_size,
             "num_layers": meta.num_layers,
             "nonlinearity": meta.nonlinearity,
+            "states": [s.input for s in meta.states],
             "vocab_size": meta.vocab_size,
             "num_classes": meta.num_classes,
             "opset": meta.opset,
@@ -273,9 +275,12 @@ def _open_model(path: Path, threads: int):
         check_signature(meta, session.get_inputs(), session.get_outputs())
     except MetadataError as e:
         raise ParityUsageError(f"{path}: {e}") from None
-    if len(meta.states) != 1:
+    expected = [i for i, _ in state_names(meta.arch)]
+    if [s.input for s in meta.states] != expected:
+        listed = ", ".join(s.input for s in meta.states) or "none"
         raise ParityUsageError(
-            f"{path}: expected one state tensor; the metadata lists {len(meta.states)}"
+            f"{path}: expected the state inputs {', '.join(expected)} of arch "
+            f"{meta.arch!r}; the metadata lists {listed}"
         )
     return meta, session
 
