@@ -20,6 +20,7 @@ _LAZY = {
     "build_model": "rnn_export.models",
     "CellRNN": "rnn_export.models",
     "StackedRNN": "rnn_export.models",
+    "GatedRNN": "rnn_export.models",
     # data, checkpoints, training
     "Vocabulary": "rnn_export.data",
     "DataError": "rnn_export.data",

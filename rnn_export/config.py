@@ -6,6 +6,7 @@ refused before anything is allocated:
     vocab_size   V   2 .. 65,536 (single characters, the unknown token included)
     hidden_size  H   1 .. 4,096
     num_layers   L   1 .. 16 (exactly 1 for "cell")
+    (gru and lstm have their native gates only: nonlinearity is always "tanh")
     labels       C   2 .. 10,000 distinct strings of 1 .. 256 characters, each one
                      encodable as UTF-8 (no lone surrogates)
     epochs           1 .. 100,000        batch_size  1 .. 65,536
@@ -21,8 +22,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 from rnn_export.errors import InputError
 
-ARCHS = ("cell", "stacked")
-NONLINEARITIES = {"cell": ("tanh", "relu", "identity"), "stacked": ("tanh", "relu")}
+ARCHS = ("cell", "stacked", "gru", "lstm")
+NONLINEARITIES = {
+    "cell": ("tanh", "relu", "identity"),
+    "stacked": ("tanh", "relu"),
+    # The gated cells' nonlinearities are fixed (sigmoid gates, tanh candidate): "tanh" names them.
+    "gru": ("tanh",),
+    "lstm": ("tanh",),
+}
 # Every nonlinearity of any arch, in the order above (for option choices).
 ALL_NONLINEARITIES = tuple(dict.fromkeys(n for names in NONLINEARITIES.values() for n in names))
 
@@ -33,7 +40,7 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 3e-3
 DEFAULT_CLIP = 1.0
 DEFAULT_HIDDEN_SIZE = 128
-DEFAULT_NUM_LAYERS = {"cell": 1, "stacked": 2}
+DEFAULT_NUM_LAYERS = {"cell": 1, "stacked": 2, "gru": 1, "lstm": 1}
 
 MAX_VOCAB_SIZE = 65_536
 MAX_HIDDEN_SIZE = 4_096
@@ -54,6 +61,28 @@ STATE_IN = "h0"
 LOG_PROBS = "log_probs"
 STATE_OUT = "hn"
 
+# The state contract: the kinds of state each arch carries, in order. Kind k is fed in as
+# f"{k}0" and returned as f"{k}n" (PyTorch's names: h0/hn, and c0/cn for the LSTM's cell
+# state), in PyTorch, in the graph, in the metadata and in the runtime; the step model
+# names layer l's as f"{k}_{l}" in and f"{k}n_{l}" out.
+STATE_KINDS = {"cell": ("h",), "stacked": ("h",), "gru": ("h",), "lstm": ("h", "c")}
+
+
+def state_names(arch: str) -> tuple[tuple[str, str], ...]:
+    """(input, output) name of each state of arch, in order: (("h0", "hn"),) or, for
+    "lstm", (("h0", "hn"), ("c0", "cn"))."""
+    return tuple((f"{kind}0", f"{kind}n") for kind in STATE_KINDS[arch])
+
+
+def step_state_names(arch: str, num_layers: int) -> tuple[tuple[str, str], ...]:
+    """(input, output) names of the step model's per-layer states: every layer of the first
+    state kind, then every layer of the next (h_0, h_1, ..., c_0, c_1, ...)."""
+    return tuple(
+        (f"{kind}_{layer}", f"{kind}n_{layer}")
+        for kind in STATE_KINDS[arch]
+        for layer in range(num_layers)
+    )
+
 
 class ConfigError(InputError):
     """A model description that cannot describe a model."""
@@ -64,12 +93,14 @@ class ModelConfig:
     """Everything needed to rebuild a model of either arch.
 
     Args:
-        arch: "cell" (the notes' hand-built cell) or "stacked" (the notes' nn.RNN wrapper).
+        arch: "cell" (the notes' hand-built cell), "stacked" (the notes' nn.RNN wrapper),
+            "gru" or "lstm" (the same wrapper around nn.GRU or nn.LSTM).
         vocab_size: V, number of token ids, unknown-token id included.
         labels: class names, index = class id; C = len(labels).
         hidden_size: H.
         num_layers: L; always 1 for "cell".
-        nonlinearity: "tanh" or "relu" for both arches, also "identity" for "cell".
+        nonlinearity: "tanh" or "relu" for both arches, also "identity" for "cell";
+            always "tanh" for "gru" and "lstm".
     """
 
     arch: str
@@ -109,10 +140,16 @@ class ModelConfig:
         return len(self.labels)
 
     def state_shape(self, batch_size: int | str = "B") -> tuple:
-        """Shape of the hidden state: (B, H) for "cell", (L, B, H) for "stacked"."""
+        """Shape of each state: (B, H) for "cell", (L, B, H) for the others (the LSTM's h
+        and c alike)."""
         if self.arch == "cell":
             return (batch_size, self.hidden_size)
         return (self.num_layers, batch_size, self.hidden_size)
+
+    @property
+    def state_names(self) -> tuple[tuple[str, str], ...]:
+        """(input, output) name of each state, in order (see the module's state_names)."""
+        return state_names(self.arch)
 
     def describe(self) -> str:
         """One line for people: "cell, L=1, H=128, tanh, V=30, C=4"."""
@@ -148,10 +185,11 @@ class TrainOptions:
     """Everything that decides a training run besides its data; stored in train.json.
 
     Args:
-        arch: "cell" or "stacked".
+        arch: "cell", "stacked", "gru" or "lstm".
         hidden_size: H.
-        num_layers: L; None means DEFAULT_NUM_LAYERS[arch] (1 for "cell", 2 for "stacked").
-        nonlinearity: "tanh", "relu" (both arches) or "identity" ("cell" only).
+        num_layers: L; None means DEFAULT_NUM_LAYERS[arch] (2 for "stacked", else 1).
+        nonlinearity: "tanh", "relu" ("cell", "stacked") or "identity" ("cell" only);
+            "gru" and "lstm" take "tanh" only.
         epochs: passes over the training split.
         batch_size: samples per BPTT step.
         lr: Adam learning rate (decayed to 0 by a cosine schedule).

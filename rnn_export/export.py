@@ -1,6 +1,7 @@
 """Export a trained RNN to one self-contained ONNX file with explicit state and dynamic B, T.
 
-The graphs come from rnn_export.graph (written from the weights, B and T symbolic: one
+The graphs come from rnn_export.graph (rnn_export.gated for "gru" and "lstm"; written
+from the weights, B and T symbolic: one
 file runs at any batch size and any length, and its size and node count do not depend
 on T). This module adds the metadata the runtime reads (rnn_runtime.metadata), checks
 the result with onnx and runs it once in onnxruntime, and writes it atomically. The
@@ -31,17 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnn_export import __version__, atomic
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export import __version__, atomic, gated, graph
+from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
 from rnn_export.errors import InputError
-from rnn_export.graph import (
-    STEP_TOKEN,
-    count_nodes,
-    main_graph,
-    onnx_weights,
-    step_graph,
-    step_state_names,
-)
+from rnn_export.graph import STEP_TOKEN, count_nodes, onnx_weights
 from rnn_export.models import CellRNN, StackedRNN
 
 # protobuf refuses a message over 2 GiB; the graphs and metadata around the weights take
@@ -119,7 +113,7 @@ def export_model(
     """Export a model object (as export_onnx does for a checkpoint).
 
     Args:
-        model: a CellRNN or StackedRNN (rnn_export.models); it is not modified.
+        model: a CellRNN, StackedRNN or GatedRNN (rnn_export.models); it is not modified.
         vocab: its Vocabulary (.tokens, .unk_id).
         sha256: hex sha256 of the checkpoint it came from (64 hex digits).
         out_path: the .onnx file to write atomically.
@@ -153,8 +147,8 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     from rnn_runtime.metadata import MetadataError, StateSpec, build_metadata
 
     _check_opset(opset)
-    if not isinstance(model, (CellRNN, StackedRNN)):
-        raise ExportError(f"expected a CellRNN or StackedRNN; got {type(model).__name__}")
+    if not isinstance(model, (CellRNN, StackedRNN)):  # GatedRNN is a StackedRNN
+        raise ExportError(f"expected a CellRNN, StackedRNN or GatedRNN; got {type(model).__name__}")
     config = model.config
     if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ExportError(f"sha256 must be 64 lowercase hex digits; got {sha256!r}")
@@ -169,12 +163,16 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
             f"{estimate / 2**30:.2f} GiB; ONNX files are limited to 2 GiB (protobuf), so it "
             f"cannot be exported: train a smaller one (hidden size, layers, vocabulary)"
         )
-    state = StateSpec(STATE_IN, STATE_OUT, config.state_shape("B"), "float32", "zeros")
+    states = [
+        StateSpec(state_in, state_out, config.state_shape("B"), "float32", "zeros")
+        for state_in, state_out in config.state_names
+    ]
+    graphs = gated if config.arch in gated.GATED_ARCHS else graph
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
-    step = step_graph(config, weights, opset)
+    step = graphs.step_graph(config, weights, opset)
     onnx.checker.check_model(step, full_check=True)
     step_bytes = step.SerializeToString()
-    step_states = step_state_names(config.num_layers)
+    step_states = step_state_names(config.arch, config.num_layers)
     try:
         props = build_metadata(
             arch=config.arch,
@@ -184,7 +182,7 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
             vocab=vocab.tokens,
             unk_id=vocab.unk_id,
             labels=config.labels,
-            states=[state],
+            states=states,
             checkpoint_sha256=sha256,
             opset=opset,
             libraries={
@@ -206,7 +204,7 @@ def build_onnx(model: nn.Module, vocab, sha256: str, *, opset: int = DEFAULT_OPS
     except MetadataError as e:
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
 
-    proto = main_graph(config, weights, opset)
+    proto = graphs.main_graph(config, weights, opset)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"rnn-export {__version__}: {config.arch} RNN classifier"
@@ -236,9 +234,18 @@ def estimate_file_bytes(config) -> int:
 
     The main graph holds the folded table (V, H), R_l (H, H) per layer, W_l (H, H) and
     b_l, B_l (3H) for l > 0, and the head (C, H + 1); the step model, stored base64
-    (4 bytes per 3) in the metadata, holds the same minus B_l. All float32.
+    (4 bytes per 3) in the metadata, holds the same minus B_l. All float32. A gated
+    arch with G gates (gated.GATES) holds in its main graph the embedding (V, H) and per
+    layer W_l, R_l (GH, H) and B_l (2GH); in its step model the table (V, GH), R_l and
+    for l > 0 W_l and b_l (GH) (and for the GRU Rb's h block, H per layer).
     """
     V, H, L, C = config.vocab_size, config.hidden_size, config.num_layers, config.num_classes
+    if config.arch in gated.GATED_ARCHS:
+        GH = gated.GATES[config.arch] * H
+        main = V * H + L * (2 * GH * H + 2 * GH) + C * (H + 1)
+        step = V * GH + L * GH * H + (L - 1) * (GH * H + GH) + C * (H + 1)
+        step += L * H if config.arch == "gru" else 0
+        return 4 * main + -(-4 * step // 3) * 4
     step = V * H + L * H * H + (L - 1) * (H * H + H) + C * (H + 1)
     main = step + (L - 1) * 2 * H
     return 4 * main + -(-4 * step // 3) * 4
@@ -288,14 +295,13 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
         session = open_session(model_bytes, quiet=True, name="the exported graph")
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         check_signature(meta, session.get_inputs(), session.get_outputs())
-        state = meta.states[0]
         session.run(
             None,
             {
                 meta.tokens.name: np.zeros((2, 3), dtype=np.int64),
                 meta.lengths.name: np.array([3, 1], dtype=np.int64),
-                state.input: np.zeros(state.concrete_shape(2), dtype=np.float32),
-            },
+            }
+            | {s.input: np.zeros(s.concrete_shape(2), dtype=np.float32) for s in meta.states},
         )
     except (ModelFileError, *RUN_ERRORS) as e:
         raise ExportError(f"opset {opset} cannot be run by onnxruntime {version}: {e}") from e

@@ -37,18 +37,26 @@ import torch
 from torch import nn
 
 from rnn_export import __version__
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS, step_state_names
 
 STEP_TOKEN = "token"  # the step model's (B,) token input
+
+
+# PyTorch's gate blocks (rows of weight_ih, weight_hh, bias_ih, bias_hh) in ONNX's order:
+# GRU r, z, n -> z, r, h; LSTM i, f, g, o -> i, o, f, c; nn.RNN has one block.
+ONNX_GATE_ORDER = {"stacked": (0,), "gru": (1, 0, 2), "lstm": (0, 3, 1, 2)}
 
 
 def onnx_weights(model: nn.Module) -> dict:
     """The model's weights in the layout of the ONNX graph, as float32 numpy arrays.
 
     Returns:
-        {"embedding": (V, H), "layers": [(W (1, H, H), R (1, H, H), B (1, 2H)), ...],
-         "out_weight": (C, H), "out_bias": (C,)}; one layer per RNN operator, where
-        B = [Wb, Rb] and h_t = f(x_t W^T + h_{t-1} R^T + Wb + Rb).
+        {"embedding": (V, H), "layers": [(W (1, GH, H), R (1, GH, H), B (1, 2GH)), ...],
+         "out_weight": (C, H), "out_bias": (C,)}: per layer exactly the W, R, B inputs of
+        the ONNX RNN (G = 1), GRU (G = 3, gates z, r, h) or LSTM (G = 4, gates i, o, f, c)
+        operator, B = [Wb, Rb]. For "cell" and "stacked" h_t = f(x_t W^T + h_{t-1} R^T +
+        Wb + Rb); "gru" is ONNX's GRU with linear_before_reset=1 (PyTorch's: the reset gate
+        multiplies h R_h^T + Rb_h); "lstm" is ONNX's LSTM without peepholes.
     """
 
     def arr(t):
@@ -66,11 +74,17 @@ def onnx_weights(model: nn.Module) -> dict:
             "out_weight": arr(model.h2o.weight),
             "out_bias": arr(model.h2o.bias),
         }
-    rnn = model.rnn
+    rnn, order = model.rnn, ONNX_GATE_ORDER[config.arch]
+
+    def gates(name: str, layer: int) -> np.ndarray:
+        blocks = np.split(arr(getattr(rnn, f"{name}_l{layer}")), len(order))
+        return np.concatenate([blocks[i] for i in order])
+
     layers = []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh = (arr(getattr(rnn, f"weight_{k}_l{layer}")) for k in ("ih", "hh"))
-        b_ih, b_hh = (arr(getattr(rnn, f"bias_{k}_l{layer}")) for k in ("ih", "hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            gates(name, layer) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         layers.append((w_ih[None], w_hh[None], np.concatenate([b_ih, b_hh])[None]))
     return {
         "embedding": arr(model.embedding.weight),
@@ -80,9 +94,18 @@ def onnx_weights(model: nn.Module) -> dict:
     }
 
 
-def step_state_names(num_layers: int) -> list[tuple[str, str]]:
-    """(input, output) names of each layer's state in the step model."""
-    return [(f"h_{layer}", f"hn_{layer}") for layer in range(num_layers)]
+def fold_table(embedding, W, Wb, Rb) -> np.ndarray:
+    """Layer 0's input term per token, (V, GH) = embedding @ W^T + Wb + Rb, float32.
+
+    Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
+    so the table rounds as PyTorch's layer 0 does per token: a table exact in float64 is
+    closer to the true value but drifts from PyTorch in long, chaotic rows.
+    """
+    with torch.no_grad():
+        table = nn.functional.linear(
+            torch.from_numpy(embedding), torch.from_numpy(W), torch.from_numpy(Wb)
+        ) + torch.from_numpy(Rb)
+    return table.numpy().astype(np.float32, copy=False)
 
 
 def count_nodes(graph) -> int:
@@ -113,11 +136,11 @@ def main_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(config, opset, "", weights=weights)
-    step = _step_branch(_Graph(config, opset, "s_", g.inits))
-    one_row = _rnn_branch(_Graph(config, opset, "r_", g.inits))
-    many_rows = _sorted_scan_branch(_Graph(config, opset, "q_", g.inits))
-    e = _Graph(config, opset, "e_", g.inits)
+    g = GraphBuilder(config, opset, "", weights=weights)
+    step = _step_branch(GraphBuilder(config, opset, "s_", g.inits))
+    one_row = _rnn_branch(GraphBuilder(config, opset, "r_", g.inits))
+    many_rows = _sorted_scan_branch(GraphBuilder(config, opset, "q_", g.inits))
+    e = GraphBuilder(config, opset, "e_", g.inits)
     rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
     is_one_row = e("Equal", [rows, g.const("one1", [1])])
     picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
@@ -148,7 +171,7 @@ def main_graph(config, weights: dict, opset: int):
         ],
         initializer=list(g.inits.values()),
     )
-    return _model_of(graph, opset)
+    return model_of(graph, opset)
 
 
 def step_graph(config, weights: dict, opset: int):
@@ -163,8 +186,8 @@ def step_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(config, opset, "", weights=weights)
-    names = step_state_names(g.L)
+    g = GraphBuilder(config, opset, "", weights=weights)
+    names = step_state_names(config.arch, g.L)
     finals = g.step_layers(g("Gather", ["table", STEP_TOKEN]), [h for h, _ in names])
     logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)
     g("LogSoftmax", [logits], axis=-1)
@@ -186,10 +209,10 @@ def step_graph(config, weights: dict, opset: int):
         + [helper.make_tensor_value_info(hn, f32, ["B", H]) for _, hn in names],
         initializer=[v for k, v in g.inits.items() if k in used],
     )
-    return _model_of(graph, opset)
+    return model_of(graph, opset)
 
 
-def _model_of(graph, opset: int):
+def model_of(graph, opset: int):
     """A ModelProto around graph at opset."""
     from onnx import helper
 
@@ -204,7 +227,7 @@ def _model_of(graph, opset: int):
     )
 
 
-class _Graph:
+class GraphBuilder:
     """Nodes of one (sub)graph; initializers are shared by all graphs of one export.
 
     g(op, inputs, n_out=1, **attrs) appends a node and returns its output name(s),
@@ -226,16 +249,8 @@ class _Graph:
     def _add_weights(self, weights: dict) -> None:
         W0, _, B0 = weights["layers"][0]
         H = W0.shape[1]
-        # Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
-        # so the table rounds as PyTorch's layer 0 does per token: a table exact in float64
-        # is closer to the true value but drifts from PyTorch in long, chaotic rows.
-        with torch.no_grad():
-            table = nn.functional.linear(
-                torch.from_numpy(weights["embedding"]),
-                torch.from_numpy(W0[0]),
-                torch.from_numpy(B0[0, :H]),
-            ) + torch.from_numpy(B0[0, H:])
-        self.const("table", table.numpy(), np.float32)
+        table = fold_table(weights["embedding"], W0[0], B0[0, :H], B0[0, H:])
+        self.const("table", table, np.float32)
         for layer, (W, R, B) in enumerate(weights["layers"]):
             self.const(f"R{layer}", R[0], np.float32)
             if layer:
@@ -323,7 +338,7 @@ class _Graph:
         )
 
 
-def _step_branch(g: _Graph):
+def _step_branch(g: GraphBuilder):
     """T == 1: h_l = f(x W_l^T + b_l + h0_l R_l^T) once per layer; lengths is 1 here.
 
     Every node costs ~1-2 us at batch 1, so this path has the fewest nodes possible.
@@ -334,7 +349,7 @@ def _step_branch(g: _Graph):
     return g.branch("one_step", g.head(g.step_layers(x, g.layer_states(STATE_IN))))
 
 
-def _rnn_branch(g: _Graph):
+def _rnn_branch(g: GraphBuilder):
     """B == 1, T > 1: the RNN operator runs all steps in one kernel (no per-step cost).
 
     Layer 0's input is already projected (the table), so its W is the identity, exact.
@@ -365,7 +380,7 @@ def _rnn_branch(g: _Graph):
     return g.branch("one_row", g.head(finals))
 
 
-def _sorted_scan_branch(g: _Graph):
+def _sorted_scan_branch(g: GraphBuilder):
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
@@ -388,7 +403,7 @@ def _sorted_scan_branch(g: _Graph):
     axis = 1 if g.config.arch == "stacked" else 0
     h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
 
-    b = _Graph(g.config, g.opset, g.prefix + "b_", g.inits)
+    b = GraphBuilder(g.config, g.opset, g.prefix + "b_", g.inits)
     hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
     x_run = b("Slice", [x_t, zero1, n])  # (n, H)
     outs = []

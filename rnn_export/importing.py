@@ -1,7 +1,8 @@
 """Bring your own model: a state_dict of the notes' classes written as a RUN_DIR.
 
 A reader of the notes who trained their `RNN` (the hand-built cell) or `my_RNN` (the
-nn.RNN wrapper) with their own loop saves `model.state_dict()`; import_weights reads
+nn.RNN wrapper, or the same wrapper around nn.GRU or nn.LSTM) with their own loop saves
+`model.state_dict()`; import_weights reads
 it, checks every tensor against the arch, and writes a RUN_DIR that convert, verify,
 bench, predict and evaluate accept. The RUN_DIR says it was imported (train.json
 "imported": the weights file and its sha256) and has no training data ("data" null).
@@ -17,6 +18,9 @@ Tensor names are the notes' attribute names:
     stacked  embedding.weight (V, H), rnn.weight_ih_l{k} (H, H), rnn.weight_hh_l{k} (H, H),
              rnn.bias_ih_l{k} (H), rnn.bias_hh_l{k} (H) for k < L, fc.weight (C, H),
              fc.bias (C)
+    gru      as stacked, with G = 3 gate rows (r, z, n): rnn.weight_ih_l{k} (3H, H),
+             rnn.weight_hh_l{k} (3H, H), rnn.bias_ih_l{k} (3H), rnn.bias_hh_l{k} (3H)
+    lstm     as gru with G = 4 (i, f, g, o): (4H, H) and (4H)
 A prefix every name shares ("module." from DataParallel, "model." from a wrapper) is
 stripped, or the one given; `mapping` renames others. V, H, L and C come from the
 shapes; V must equal the vocabulary's size and C the number of labels.
@@ -42,7 +46,9 @@ from rnn_export.models import build_model
 from rnn_export.runfiles import parse_json, read_json
 
 # The notes' exact behaviour: their cell has no nonlinearity, nn.RNN's default is tanh.
-DEFAULT_NONLINEARITY = {"cell": "identity", "stacked": "tanh"}
+DEFAULT_NONLINEARITY = {"cell": "identity", "stacked": "tanh", "gru": "tanh", "lstm": "tanh"}
+# Rows per hidden unit in each recurrent matrix and bias: one per gate (PyTorch's order).
+GATES = {"stacked": 1, "gru": 3, "lstm": 4}
 AUTO_PREFIXES = ("module.", "model.")
 MAX_WEIGHTS_BYTES = 2**31  # an exportable model's weights are far smaller (ONNX's 2 GiB)
 _BLOCKED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
@@ -68,14 +74,15 @@ def import_weights(
 
     Args:
         weights: a file of `torch.save(model.state_dict(), path)`, or a .safetensors file.
-        arch: "cell" (the notes' RNN) or "stacked" (the notes' my_RNN).
+        arch: "cell" (the notes' RNN), "stacked" (the notes' my_RNN), "gru" or "lstm"
+            (my_RNN around nn.GRU or nn.LSTM).
         vocab: the VOCAB.json path ({"tokens": [...], "unk_id": N}, or a plain list:
             token id = index, no unknown token), or a Vocabulary.
         labels: the LABELS path (a JSON list, or a .txt with one label per line), or a
             sequence of class names; class id = index.
         out: the RUN_DIR to write (atomically; an earlier run there is replaced).
         nonlinearity: "identity" (the notes' cell: no nonlinearity, its default), "tanh"
-            (the default for "stacked", nn.RNN's) or "relu".
+            (the default for "stacked", nn.RNN's; the only one of "gru" and "lstm") or "relu".
         prefix: strip this prefix from every name (which must all have it); None strips
             "module." and "model." where every name has them.
         mapping: {old: new} renames applied after the prefix: a whole name, or a name
@@ -244,12 +251,15 @@ def expected_shapes(arch: str, V: int, H: int, L: int, C: int) -> dict[str, tupl
             "h2o.bias": (C,),
         }
     shapes = {"embedding.weight": (V, H)}
+    G = GATES[arch]
+    # "H" spelled out for messages: 4 * "H" would repeat the letter.
+    rows = G * H if isinstance(H, int) else (f"{G}{H}" if G > 1 else H)
     for k in range(L):
         shapes |= {
-            f"rnn.weight_ih_l{k}": (H, H),
-            f"rnn.weight_hh_l{k}": (H, H),
-            f"rnn.bias_ih_l{k}": (H,),
-            f"rnn.bias_hh_l{k}": (H,),
+            f"rnn.weight_ih_l{k}": (rows, H),
+            f"rnn.weight_hh_l{k}": (rows, H),
+            f"rnn.bias_ih_l{k}": (rows,),
+            f"rnn.bias_hh_l{k}": (rows,),
         }
     return shapes | {"fc.weight": (C, H), "fc.bias": (C,)}
 
@@ -269,13 +279,13 @@ def check_tensors(tensors: dict, arch: str, path: Path) -> tuple[int, int, int, 
             )
     embed, head = ("embed", "h2o") if arch == "cell" else ("embedding", "fc")
     layers = 1
-    if arch == "stacked":
+    if arch != "cell":
         layers = sum(1 for k in tensors if re.fullmatch(r"rnn\.weight_ih_l\d+", k))
     for anchor in (f"{embed}.weight", f"{head}.weight"):
         if anchor not in tensors or tensors[anchor].dim() != 2:
             shapes = expected_shapes(arch, "V", "H", max(layers, 1), "C")
             got = tuple(tensors[anchor].shape) if anchor in tensors else "missing"
-            other = next(a for a in ARCHS if a != arch)
+            other = "stacked" if arch == "cell" else "cell"
             hint = ""
             if set(tensors) >= set(expected_shapes(other, 0, 0, 1, 0)) - {"fc.bias"}:
                 hint = f" (these are the names of --arch {other})"
@@ -300,10 +310,19 @@ def check_tensors(tensors: dict, arch: str, path: Path) -> tuple[int, int, int, 
             raise ImportWeightsError(
                 f"{path}: tensor {name!r} has shape {got}; with V={V}, H={H}, C={C} (from "
                 f"{embed}.weight {(V, H)} and {head}.weight) --arch {arch} expects {shape}"
+                + _gates_hint(name, got, H)
             )
         if not torch.isfinite(tensors[name]).all():
             raise ImportWeightsError(f"{path}: tensor {name!r} holds NaN or infinity")
     return int(V), int(H), layers, int(C)
+
+
+def _gates_hint(name: str, got: tuple, H: int) -> str:
+    """ " (G = 4 gate rows: the shape of --arch lstm)" when got is another arch's layer shape."""
+    if not name.startswith("rnn.") or not got or got[1:] not in ((), (H,)):
+        return ""
+    others = [a for a, g in GATES.items() if got[0] == g * H]
+    return f" ({got[0] // H} gate rows: the shape of --arch {others[0]})" if others else ""
 
 
 def read_vocab(path: Path) -> Vocabulary:

@@ -1,8 +1,9 @@
-"""The two RNNs of the notes, behind one interface.
+"""The two RNNs of the notes and their gated variants (GRU, LSTM), behind one interface.
 
-Both map (tokens, state, lengths) to (log_probs, new_state):
+All map (tokens, state, lengths) to (log_probs, new_state):
     tokens   int64 (B, T)
-    state    float32, (B, H) for "cell", (L, B, H) for "stacked"; None means zeros
+    state    float32, (B, H) for "cell", (L, B, H) for "stacked" and "gru", the pair
+             (h, c) of (L, B, H) for "lstm" (config.state_names: h0, c0); None means zeros
     lengths  int64 (B), 1 <= lengths <= T, for padded batches; None means all T
     log_probs (B, C) and new_state are those after each row's own last real token,
     exactly as if the row were run alone.
@@ -63,26 +64,51 @@ class StackedRNN(nn.Module):
         self.config = config
         H = config.hidden_size
         self.embedding = nn.Embedding(config.vocab_size, H)
-        self.rnn = nn.RNN(
-            H, H, config.num_layers, nonlinearity=config.nonlinearity, batch_first=True
-        )
+        self.rnn = self._recurrence(H, config)
         self.fc = nn.Linear(H, config.num_classes)
+
+    @staticmethod
+    def _recurrence(H: int, config: ModelConfig) -> nn.Module:
+        return nn.RNN(H, H, config.num_layers, nonlinearity=config.nonlinearity, batch_first=True)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size)  # (L, B, H)
 
     def forward(self, tokens, state=None, lengths=None):
         B, T = tokens.shape
-        h0 = self.initial_state(B) if state is None else state  # (L, B, H)
+        h0 = self.initial_state(B) if state is None else state  # (L, B, H), or a pair of them
         x = self.embedding(tokens)  # (B, T, H)
         if lengths is not None:
             # Packing stops each row at its own length; PyTorch restores the row order of hn.
             x = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, hn = self.rnn(x, h0)  # hn (L, B, H)
+        _, hn = self.rnn(x, h0)  # hn (L, B, H), or the pair (hn, cn)
+        top = hn[0][-1] if isinstance(hn, tuple) else hn[-1]  # (B, H)
         # The top layer's state after the last real step is the notes' output[:, -1, :].
-        return F.log_softmax(self.fc(hn[-1]), dim=-1), hn  # (B, C), (L, B, H)
+        return F.log_softmax(self.fc(top), dim=-1), hn  # (B, C), state
+
+
+class GatedRNN(StackedRNN):
+    """StackedRNN around nn.GRU ("gru") or nn.LSTM ("lstm"): the cells devices ship.
+
+    Tensor names as PyTorch gives them (rnn.weight_ih_l{k}: (3H, H) for GRU gates r, z, n;
+    (4H, H) for LSTM gates i, f, g, o). The LSTM's state is the pair (h, c).
+    """
+
+    @staticmethod
+    def _recurrence(H: int, config: ModelConfig) -> nn.Module:
+        return {"gru": nn.GRU, "lstm": nn.LSTM}[config.arch](
+            H, H, config.num_layers, batch_first=True
+        )
+
+    def initial_state(self, batch_size: int):
+        zeros = super().initial_state
+        states = tuple(zeros(batch_size) for _ in self.config.state_names)
+        return states if len(states) > 1 else states[0]  # (L, B, H), or (h, c) of them
+
+
+MODELS = {"cell": CellRNN, "stacked": StackedRNN, "gru": GatedRNN, "lstm": GatedRNN}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """A freshly initialised model of config.arch (in train mode)."""
-    return {"cell": CellRNN, "stacked": StackedRNN}[config.arch](config)
+    return MODELS[config.arch](config)

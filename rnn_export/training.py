@@ -1,4 +1,4 @@
-"""Mini-batch BPTT for both arches, ending in an atomically written RUN_DIR.
+"""Mini-batch BPTT for every arch, ending in an atomically written RUN_DIR.
 
 Batches are padded and the model is given each row's length, so padding never
 changes a result. Same seed and data give the same weights bit for bit (on the same

@@ -125,7 +125,7 @@ CORRUPTIONS = {
         r"metrics\.json: not valid JSON",
     ),
     "config not a config": (
-        rewrite_json("config.json", lambda c: {**c, "arch": "lstm"}),
+        rewrite_json("config.json", lambda c: {**c, "arch": "transformer"}),
         r"config\.json: not a model config: arch must be one of",
     ),
     "vocab not a vocab": (

@@ -106,7 +106,7 @@ def write(folder, files):
 
 ERRORS = {
     "no arch": ([], "Missing option '--arch'"),
-    "bad arch": (["--arch", "lstm"], "'lstm' is not one of 'cell', 'stacked'"),
+    "bad arch": (["--arch", "rnn"], "'rnn' is not one of 'cell', 'stacked', 'gru', 'lstm'"),
     "no data folder": (["--arch", "cell", "--data", "{tmp}/nope"], "nope: expected a folder"),
     "one class": (
         ["--arch", "cell", "--data", "{one}"],

@@ -396,7 +396,7 @@ def test_convert_errors_leave_no_file(run_dir, tmp_path, arrange, out_name, opse
     [
         ({"sha256": "abc"}, "sha256 must be 64 lowercase hex digits"),
         ({"vocab": Vocabulary(("<unk>", "a"))}, "model expects vocab_size 16; vocabulary has 2"),
-        ({"model": torch.nn.Linear(2, 2)}, "expected a CellRNN or StackedRNN; got Linear"),
+        ({"model": torch.nn.Linear(2, 2)}, "expected a CellRNN, StackedRNN or GatedRNN; got Lin"),
         ({"opset": "18"}, "opset must be an integer"),
     ],
     ids=["sha256", "vocab", "model", "opset-type"],

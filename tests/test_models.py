@@ -1,11 +1,11 @@
-"""Both arches: shapes, the padded-batch rule, chunked streaming, the notes' recurrence."""
+"""Every arch: shapes, the padded-batch rule, chunked streaming, the notes' recurrence."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rnn_export.config import NONLINEARITIES, ModelConfig
+from rnn_export.config import NONLINEARITIES, ConfigError, ModelConfig
 from rnn_export.models import build_model
 
 # float32 recurrences over a few steps: rows run alone vs. in a padded batch may take
@@ -24,9 +24,17 @@ def make(arch: str, nonlinearity: str = "tanh", num_layers: int | None = None, s
     return build_model(config).eval()
 
 
-def random_state(model, batch_size: int, seed: int = 1) -> torch.Tensor:
+def random_state(model, batch_size: int, seed: int = 1):
+    """A random state: a tensor, or for "lstm" the pair (h, c)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(model.config.state_shape(batch_size), generator=g) * 0.5
+    shape = model.config.state_shape(batch_size)
+    states = tuple(torch.randn(shape, generator=g) * 0.5 for _ in model.config.state_names)
+    return states if len(states) > 1 else states[0]
+
+
+def parts(state) -> tuple:
+    """The state's tensors: (h,) or (h, c)."""
+    return state if isinstance(state, tuple) else (state,)
 
 
 @pytest.mark.parametrize("arch,nonlinearity", COMBOS)
@@ -38,8 +46,9 @@ def test_shapes_and_log_probs(arch, nonlinearity, B, T):
         log_probs, state = model(tokens)
     assert log_probs.shape == (B, C)
     assert log_probs.dtype == torch.float32
-    assert tuple(state.shape) == model.config.state_shape(B)
-    assert tuple(model.initial_state(B).shape) == model.config.state_shape(B)
+    assert len(parts(state)) == len(model.config.state_names) == (2 if arch == "lstm" else 1)
+    for s, zeros in zip(parts(state), parts(model.initial_state(B)), strict=True):
+        assert tuple(s.shape) == tuple(zeros.shape) == model.config.state_shape(B)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(B), atol=ATOL, rtol=RTOL)
 
 
@@ -50,8 +59,9 @@ def test_state_none_means_zeros(arch, nonlinearity):
     with torch.no_grad():
         a = model(tokens)
         b = model(tokens, model.initial_state(2))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not model.initial_state(2).any()
+    assert torch.equal(a[0], b[0])
+    assert all(torch.equal(x, y) for x, y in zip(parts(a[1]), parts(b[1]), strict=True))
+    assert not any(s.any() for s in parts(model.initial_state(2)))
 
 
 @pytest.mark.parametrize("arch,nonlinearity", COMBOS)
@@ -67,11 +77,16 @@ def test_padded_batch_row_equals_row_alone(arch, nonlinearity):
     with torch.no_grad():
         log_probs, new_state = model(tokens, state, lengths)
         for i, n in enumerate(lengths.tolist()):
-            row_state = state.narrow(batch_dim, i, 1)
-            alone_lp, alone_state = model(tokens[i : i + 1, :n], row_state)
+            row_state = tuple(s.narrow(batch_dim, i, 1) for s in parts(state))
+            alone_lp, alone_state = model(
+                tokens[i : i + 1, :n], row_state if len(row_state) > 1 else row_state[0]
+            )
             torch.testing.assert_close(log_probs[i : i + 1], alone_lp, atol=ATOL, rtol=RTOL)
             torch.testing.assert_close(
-                new_state.narrow(batch_dim, i, 1), alone_state, atol=ATOL, rtol=RTOL
+                tuple(s.narrow(batch_dim, i, 1) for s in parts(new_state)),
+                parts(alone_state),
+                atol=ATOL,
+                rtol=RTOL,
             )
 
 
@@ -86,7 +101,8 @@ def test_padding_content_changes_nothing(arch, nonlinearity):
     with torch.no_grad():
         a = model(tokens, lengths=lengths)
         b = model(other, lengths=lengths)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0], b[0])
+    assert all(torch.equal(x, y) for x, y in zip(parts(a[1]), parts(b[1]), strict=True))
 
 
 @pytest.mark.parametrize("arch,nonlinearity", COMBOS)
@@ -116,9 +132,10 @@ def test_identity_cell_is_the_notes_linear_recurrence():
     torch.testing.assert_close(log_probs, expected, atol=ATOL, rtol=RTOL)
 
 
-def test_stacked_is_the_notes_last_time_step():
-    """Without padding, stacked's output is fc(output[:, -1, :]) as in the notes."""
-    model = make("stacked")
+@pytest.mark.parametrize("arch", ["stacked", "gru", "lstm"])
+def test_stacked_is_the_notes_last_time_step(arch):
+    """Without padding, the output is fc(output[:, -1, :]) as in the notes."""
+    model = make(arch)
     tokens = torch.randint(0, V, (3, 5))
     with torch.no_grad():
         log_probs, _ = model(tokens)
@@ -132,3 +149,39 @@ def test_default_sizes():
     assert config.hidden_size == 128
     model = build_model(config)
     assert model.rnn.num_layers == 2 and model.rnn.hidden_size == 128
+
+
+@pytest.mark.parametrize(
+    ("arch", "module", "gate_rows", "names"),
+    [
+        ("gru", torch.nn.GRU, 3, (("h0", "hn"),)),
+        ("lstm", torch.nn.LSTM, 4, (("h0", "hn"), ("c0", "cn"))),
+    ],
+)
+def test_gated_arches_wrap_torch_modules(arch, module, gate_rows, names):
+    """rnn.weight_ih_l{k} as PyTorch names them; the LSTM's state is (h, c), both carried."""
+    model = make(arch, num_layers=2)
+    assert isinstance(model.rnn, module) and model.config.state_names == names
+    keys = set(model.state_dict())
+    assert {"embedding.weight", "fc.weight", "fc.bias", "rnn.weight_hh_l1"} <= keys
+    assert tuple(model.state_dict()["rnn.weight_ih_l0"].shape) == (gate_rows * H, H)
+    tokens = torch.randint(0, V, (3, 5))
+    state = random_state(model, 3)
+    with torch.no_grad():
+        log_probs, new = model(tokens, state)
+        _, want = model.rnn(model.embedding(tokens), state)
+    torch.testing.assert_close(parts(new), parts(want), atol=ATOL, rtol=RTOL)
+    if arch == "lstm":  # the cell state moves too: a runner that drops it is wrong
+        assert not torch.allclose(new[1], state[1], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("arch", "nonlinearity", "match"),
+    [
+        ("gru", "relu", r"nonlinearity for arch 'gru' must be one of \('tanh',\); got 'relu'"),
+        ("lstm", "identity", r"arch 'lstm' must be one of \('tanh',\); got 'identity'"),
+    ],
+)
+def test_gated_arches_take_only_their_native_gates(arch, nonlinearity, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(arch, V, ("x", "y"), H, 1, nonlinearity)

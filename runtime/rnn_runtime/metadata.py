@@ -51,6 +51,7 @@ from rnn_runtime.errors import MetadataError
 
 SCHEMA_VERSION = 1
 PREFIX = "rnn_export."
+ARCHS = ("cell", "stacked", "gru", "lstm")
 _DTYPES = ("int64", "float32")
 _INITIALS = ("zeros",)
 MAX_VOCAB = 1 << 20
@@ -382,7 +383,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     for key, most in _MAXIMA.items():
         value = model.get(key)
         _expect(_is_int(value, 1) and value <= most, f"model.{key} in [1, {most}]", value)
-    _expect(model.get("arch") in ("cell", "stacked"), "model.arch cell|stacked", model.get("arch"))
+    _expect(model.get("arch") in ARCHS, f"model.arch in {ARCHS}", model.get("arch"))
     _expect(
         isinstance(model.get("nonlinearity"), str), "model.nonlinearity", model.get("nonlinearity")
     )

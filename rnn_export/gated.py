@@ -1,0 +1,202 @@
+"""The ONNX graphs of the gated arches ("gru", "lstm"), written from their weights.
+
+The weights come from rnn_export.graph.onnx_weights in the ONNX operators' layout (GRU
+gates z, r, h; LSTM gates i, o, f, c; B = [Wb, Rb]). PyTorch's GRU multiplies the reset
+gate into the recurrent product with its bias, n = tanh(x W_h^T + Wb_h + r * (h R_h^T +
+Rb_h)): ONNX's GRU with linear_before_reset=1, which every GRU node here carries.
+
+The main graph (B, T symbolic): per layer one ONNX GRU or LSTM operator over the whole
+sequence, with lengths as its sequence_lens (each row stops at its own last real token,
+Y_h and Y_c hold each row's state there), layer l's per-step output feeding layer l + 1.
+onnxruntime's gated kernels project the inputs of every step in one matrix product and
+run the steps in one kernel, at any B and T, so one path serves every shape (no If).
+    tokens (B, T) int64, h0 (L, B, H) [, c0 (L, B, H)], lengths (B) int64
+    -> log_probs (B, C), hn (L, B, H) [, cn (L, B, H)]
+
+The step model (token (B,), one (B, H) state per layer and state kind in; log_probs and
+the new states out) writes one step as Gemm and elementwise nodes instead: at batch 1
+every onnxruntime node costs about as much as its math, and the operators' setup costs
+more. Layer 0's input term is folded at export into a table (V, GH) = embedding @ W_0^T
++ Wb_0 + the part of Rb_0 that is added outside a gate product (all of it for the LSTM,
+z and r for the GRU), computed by PyTorch in float32: layer 0 needs only a Gather.
+    GRU layer:  zr = Sigmoid(h Rzr^T + x_zr); z, r = Split(zr)
+                n = Tanh(x_h + r * (h Rh^T + Rb_h)); h' = n + z * (h - n)  (PyTorch's form)
+    LSTM layer: i, o, f = Split(Sigmoid(gates[:3H])), g = Tanh(gates[3H:]) where
+                gates = h R^T + x; c' = f * c + i * g; h' = o * Tanh(c')
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
+from rnn_export.graph import STEP_TOKEN, GraphBuilder, fold_table, model_of
+
+GATED_ARCHS = ("gru", "lstm")
+GATES = {"gru": 3, "lstm": 4}
+OPERATORS = {"gru": "GRU", "lstm": "LSTM"}
+
+
+def main_graph(config, weights: dict, opset: int):
+    """One graph for every (B, T): per layer one GRU or LSTM operator with sequence_lens.
+
+    Returns:
+        onnx.ModelProto (no metadata), inputs tokens, each state of config.state_names and
+        lengths; outputs log_probs and each new state.
+    """
+    from onnx import TensorProto, helper
+
+    g = GraphBuilder(config, opset, "")
+    L, H, C = g.L, g.H, config.num_classes
+    g.const("embedding", weights["embedding"], np.float32)
+    for layer, (W, R, B) in enumerate(weights["layers"]):
+        for name, value in (("W", W), ("R", R), ("B", B)):
+            g.const(f"{name}{layer}", value, np.float32)
+    g.const("out_weight", weights["out_weight"], np.float32)
+    g.const("out_bias", weights["out_bias"], np.float32)
+
+    axis0 = g.const("axis0", [0])
+    names = config.state_names
+    x = g("Gather", ["embedding", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
+    lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
+    starts = [g.split_layers(state_in) for state_in, _ in names]  # (1, B, H) each
+    attrs = {"hidden_size": H}
+    if config.arch == "gru":
+        attrs["linear_before_reset"] = 1
+    finals: list[list[str]] = [[] for _ in names]
+    for layer in range(L):
+        inputs = [x, f"W{layer}", f"R{layer}", f"B{layer}", lengths]
+        inputs += [start[layer] for start in starts]
+        y, *new = g(OPERATORS[config.arch], inputs, 1 + len(names), **attrs)
+        if layer < L - 1:
+            # (T, B, H): this layer's per-step output is the next one's input.
+            x = g("Squeeze", [y, g.const("axis1", [1])])
+        else:
+            g.nodes[-1].output[0] = ""  # the top layer's per-step outputs are not needed
+        for kind, state in zip(finals, new, strict=True):
+            kind.append(state)  # (1, B, H): each row after its own last real token
+    top = g("Squeeze", [finals[0][-1], axis0])  # (B, H)
+    logits = g("Gemm", [top, "out_weight", "out_bias"], transB=1)  # (B, C)
+    g.nodes.append(helper.make_node("LogSoftmax", [logits], [LOG_PROBS], axis=-1))
+    for (_, state_out), layers in zip(names, finals, strict=True):
+        g.nodes.append(
+            helper.make_node("Concat", layers, [state_out], axis=0)
+            if L > 1
+            else helper.make_node("Identity", layers, [state_out])
+        )
+    f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
+    graph = helper.make_graph(
+        g.nodes,
+        f"rnn_export_{config.arch}",
+        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
+        + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
+        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
+        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", C])]
+        + [helper.make_tensor_value_info(o, f32, shape) for _, o in names],
+        initializer=list(g.inits.values()),
+    )
+    return model_of(graph, opset)
+
+
+def step_graph(config, weights: dict, opset: int):
+    """The step model: one step of every layer in Gemm and elementwise nodes, no If.
+
+    Returns:
+        onnx.ModelProto with inputs token (B,) int64 and the per-layer (B, H) states of
+        step_state_names (h_l, and c_l for the LSTM), outputs log_probs (B, C) and the
+        new states (hn_l, cn_l); only the weights it uses.
+    """
+    from onnx import TensorProto, helper
+
+    g = GraphBuilder(config, opset, "")
+    L, H, C = g.L, g.H, config.num_classes
+    _step_weights(g, config.arch, weights)
+    names = step_state_names(config.arch, L)
+    kinds = len(config.state_names)
+    states_in = [[names[k * L + layer][0] for k in range(kinds)] for layer in range(L)]
+    x = g("Gather", ["table", STEP_TOKEN])  # (B, GH): layer 0's input term
+    news = []
+    for layer, state in enumerate(states_in):
+        if layer:
+            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)  # (B, GH)
+        cell = _gru_step if config.arch == "gru" else _lstm_step
+        new = cell(g, layer, x, *state)
+        news.append(new)
+        x = new[0]  # (B, H): h of this layer, the next one's input
+    logits = g("Gemm", [x, "out_weight", "out_bias"], transB=1)
+    g("LogSoftmax", [logits], axis=-1)
+    # Name the graph outputs: rename the producing nodes' outputs.
+    renames = {g.nodes[-1].output[0]: LOG_PROBS}
+    for layer, new in enumerate(news):
+        renames.update({v: names[k * L + layer][1] for k, v in enumerate(new)})
+    for node in g.nodes:
+        for slots in (node.input, node.output):
+            for i, name in enumerate(slots):
+                slots[i] = renames.get(name, name)
+    used = {name for node in g.nodes for name in node.input}
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        g.nodes,
+        f"rnn_export_{config.arch}_step",
+        inputs=[helper.make_tensor_value_info(STEP_TOKEN, TensorProto.INT64, ["B"])]
+        + [helper.make_tensor_value_info(i, f32, ["B", H]) for i, _ in names],
+        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", C])]
+        + [helper.make_tensor_value_info(o, f32, ["B", H]) for _, o in names],
+        initializer=[v for k, v in g.inits.items() if k in used],
+    )
+    return model_of(graph, opset)
+
+
+def _outside_bias(arch: str, Rb: np.ndarray, H: int) -> np.ndarray:
+    """The part of Rb (GH,) added outside a gate product: all of it for the LSTM, the z
+    and r blocks for the GRU (its h block is multiplied by r, so it stays with R_h)."""
+    if arch == "lstm":
+        return Rb
+    return np.concatenate([Rb[: 2 * H], np.zeros(H, dtype=Rb.dtype)])
+
+
+def _step_weights(g: GraphBuilder, arch: str, weights: dict) -> None:
+    """The step model's initializers:
+    table (V, GH)   embedding @ W_0^T + Wb_0 + outside part of Rb_0
+    W{l} (GH, H), b{l} = Wb_l + outside part of Rb_l (GH,) for l > 0
+    LSTM: R{l} (4H, H). GRU: Rzr{l} (2H, H), Rh{l} (H, H), Rbh{l} (H,) (Rb's h block)
+    out_weight (C, H), out_bias (C,)"""
+    W0, _, B0 = weights["layers"][0]
+    H = W0.shape[2]
+    GH = W0.shape[1]
+    outside = _outside_bias(arch, B0[0, GH:], H)
+    g.const("table", fold_table(weights["embedding"], W0[0], B0[0, :GH], outside), np.float32)
+    for layer, (W, R, B) in enumerate(weights["layers"]):
+        Wb, Rb = B[0, :GH], B[0, GH:]
+        if layer:
+            g.const(f"W{layer}", W[0], np.float32)
+            g.const(f"b{layer}", Wb + _outside_bias(arch, Rb, H), np.float32)
+        if arch == "lstm":
+            g.const(f"R{layer}", R[0], np.float32)
+        else:
+            g.const(f"Rzr{layer}", R[0, : 2 * H], np.float32)
+            g.const(f"Rh{layer}", R[0, 2 * H :], np.float32)
+            g.const(f"Rbh{layer}", Rb[2 * H :], np.float32)
+    g.const("out_weight", weights["out_weight"], np.float32)
+    g.const("out_bias", weights["out_bias"], np.float32)
+
+
+def _gru_step(g: GraphBuilder, layer: int, x: str, h: str) -> list[str]:
+    """One GRU step (linear_before_reset=1) from x (B, 3H) = its input term; returns [h']."""
+    H = g.H
+    x_zr, x_h = g("Split", [x, g.const("split_2H_H", [2 * H, H])], 2, axis=1)
+    zr = g("Sigmoid", [g("Gemm", [h, f"Rzr{layer}", x_zr], transB=1)])  # (B, 2H)
+    z, r = g("Split", [zr, g.const("split_H_H", [H, H])], 2, axis=1)  # (B, H) each
+    h_h = g("Gemm", [h, f"Rh{layer}", f"Rbh{layer}"], transB=1)  # (B, H): h Rh^T + Rb_h
+    n = g("Tanh", [g("Add", [x_h, g("Mul", [r, h_h])])])  # (B, H)
+    return [g("Add", [n, g("Mul", [z, g("Sub", [h, n])])])]  # (B, H)
+
+
+def _lstm_step(g: GraphBuilder, layer: int, x: str, h: str, c: str) -> list[str]:
+    """One LSTM step from x (B, 4H) = its input term; returns [h', c']."""
+    H = g.H
+    gates = g("Gemm", [h, f"R{layer}", x], transB=1)  # (B, 4H): i, o, f, c
+    sig, cand = g("Split", [gates, g.const("split_3H_H", [3 * H, H])], 2, axis=1)
+    i, o, f = g("Split", [g("Sigmoid", [sig]), g.const("split_H_H_H", [H, H, H])], 3, axis=1)
+    c_new = g("Add", [g("Mul", [f, c]), g("Mul", [i, g("Tanh", [cand])])])  # (B, H)
+    return [g("Mul", [o, g("Tanh", [c_new])]), c_new]  # (B, H) each
