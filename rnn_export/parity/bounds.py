@@ -200,11 +200,11 @@ def interpolate(z: Approx, n: Approx, h: Approx) -> Approx:
     """(1 - z) * n + z * h, elementwise: a GRU's new state from its update gate z.
 
     Propagated exactly (the function is bilinear): d = dz (h - n) + (1 - z) dn + z dh +
-    dz (dh - dn). The rounding covers every way of writing it in float32 kernels:
-    (1 - z) * n + z * h, n + z * (h - n) (PyTorch's), n + z * h - z * n, with or
-    without fused multiply-add: each of its three or four kernels rounds its own result,
-    and every such result is bounded by 2 |1 - z| |n| + 2 |z| (|h| + |n|) + |result|
-    in total (the magnitudes over the intervals).
+    dz (dh - dn). The rounding is the largest of the ways of writing it in float32
+    kernels, each of which rounds its own results (magnitudes over the intervals; a fused
+    multiply-add rounds less): (1 - z) * n + z * h rounds 1 - z, both products and the
+    sum; n + z * (h - n) (PyTorch's) the difference, the product and the sum;
+    n + z * h - z * n both products, the sum and the difference.
     """
     value = (1.0 - z.value) * n.value + z.value * h.value
     propagated = (
@@ -215,7 +215,15 @@ def interpolate(z: Approx, n: Approx, h: Approx) -> Approx:
     )
     mz, mn, mh = z.magnitude, n.magnitude, h.magnitude
     m1z = np.abs(1.0 - z.value) + z.radius
-    size = 2 * m1z * mn + 2 * mz * (mh + mn) + np.abs(value) + propagated
+    mhn = np.abs(h.value - n.value) + h.radius + n.radius
+    result = np.abs(value) + propagated
+    size = np.maximum.reduce(
+        [
+            2 * m1z * mn + mz * mh + result,
+            2 * mz * mhn + result,
+            2 * mz * mh + mn + mz * mn + result,
+        ]
+    )
     # (1 + 8 e): a kernel's input already carries the earlier kernels' rounding
     e = ELEMENTWISE_ROUNDING * U
     radius = propagated + e * (1 + 8 * e) * size + 4 * TINY
