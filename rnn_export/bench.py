@@ -335,15 +335,16 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
 def _bench_offline(rt_model, model, B, T, repeats, block_s, rng) -> dict:
     import torch
 
+    from rnn_export.models import model_state
+
     meta = rt_model.metadata
     tokens = rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64)
     # Padded batch: lengths spread over 1..T, and one row as long as the padding.
     lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
     lengths[0] = T
     state = rt_model.initial_state(B)
-    name = meta.states[0].input
     t_tokens, t_lengths = torch.from_numpy(tokens), torch.from_numpy(lengths)
-    t_state = torch.from_numpy(state[name])
+    t_state = model_state([torch.from_numpy(state[s.input]) for s in meta.states])
 
     with torch.inference_mode():
         want, _ = model(t_tokens, t_state, t_lengths)

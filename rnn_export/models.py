@@ -102,8 +102,14 @@ class GatedRNN(StackedRNN):
 
     def initial_state(self, batch_size: int):
         zeros = super().initial_state
-        states = tuple(zeros(batch_size) for _ in self.config.state_names)
-        return states if len(states) > 1 else states[0]  # (L, B, H), or (h, c) of them
+        return model_state(zeros(batch_size) for _ in self.config.state_names)  # or (h, c)
+
+
+def model_state(tensors):
+    """A model's state from its tensors in config.state_names order: the one tensor, or
+    the tuple (h, c) of the LSTM."""
+    tensors = tuple(tensors)
+    return tensors if len(tensors) > 1 else tensors[0]
 
 
 MODELS = {"cell": CellRNN, "stacked": StackedRNN, "gru": GatedRNN, "lstm": GatedRNN}

@@ -33,7 +33,7 @@ from rnn_export.export import (
     export_model,
     export_onnx,
 )
-from rnn_export.models import build_model
+from rnn_export.models import build_model, model_state
 from rnn_runtime.metadata import check_signature, read_metadata
 
 ATOL, RTOL = 1e-5, 1e-4  # float32, the issue's tolerances
@@ -43,7 +43,8 @@ VOCAB = Vocabulary(("<unk>", *"abcdefghijklmno"))  # V = 16
 LABELS = ("en", "fr", "de")
 SHA = "ab" * 32
 DATA = {"source": "embedded", "path": None, "seed": 0, "val_fraction": 0.2}
-# (arch, nonlinearity, layers): every nonlinearity of both arches; stacked with L = 1 and L > 1.
+# (arch, nonlinearity, layers): every nonlinearity of every arch; stacked with L = 1 and
+# L > 1; gru and lstm at L = 1, 2, 3.
 CASES = [
     ("cell", "tanh", 1),
     ("cell", "relu", 1),
@@ -51,7 +52,14 @@ CASES = [
     ("stacked", "tanh", 1),
     ("stacked", "tanh", 2),
     ("stacked", "relu", 3),
+    ("gru", "tanh", 1),
+    ("gru", "tanh", 2),
+    ("gru", "tanh", 3),
+    ("lstm", "tanh", 1),
+    ("lstm", "tanh", 2),
+    ("lstm", "tanh", 3),
 ]
+GATED = [case for case in CASES if case[0] in ("gru", "lstm")]
 
 
 # The PyTorch reference loops step by step; extra threads only contend on a busy box.
@@ -93,29 +101,47 @@ def _session(model, opset: int) -> ort.InferenceSession:
 
 
 def _batch(rng, model, B: int, T: int, lengths=None):
-    """Random tokens (B, T), a random non-zero state and mixed lengths (one row full)."""
+    """Random tokens (B, T), random non-zero states (a list: h, and c for the LSTM) and
+    mixed lengths (one row full)."""
     tokens = rng.integers(0, len(VOCAB), size=(B, T), dtype=np.int64)
-    state = rng.normal(0.0, 0.5, size=model.config.state_shape(B)).astype(np.float32)
+    shape = model.config.state_shape(B)
+    states = [rng.normal(0.0, 0.5, size=shape).astype(np.float32) for _ in model.config.state_names]
     if lengths is None:
         lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
         lengths[rng.integers(B)] = T
-    return tokens, state, np.asarray(lengths, dtype=np.int64)
+    return tokens, states, np.asarray(lengths, dtype=np.int64)
 
 
-def _torch(model, tokens, state, lengths):
+def _torch(model, tokens, states, lengths):
+    """[log_probs, *new states] of PyTorch, as numpy."""
     with torch.no_grad():
-        log_probs, hn = model(
-            torch.from_numpy(tokens), torch.from_numpy(state), torch.from_numpy(lengths)
+        log_probs, new = model(
+            torch.from_numpy(tokens),
+            model_state(torch.from_numpy(s) for s in states),
+            torch.from_numpy(lengths),
         )
-    return log_probs.numpy(), hn.numpy()
+    new = new if isinstance(new, tuple) else (new,)
+    return [log_probs.numpy(), *(s.numpy() for s in new)]
 
 
-def _onnx(session, tokens, state, lengths):
-    return session.run(["log_probs", "hn"], {"tokens": tokens, "h0": state, "lengths": lengths})
+def _names(session) -> list[tuple[str, str]]:
+    """(input, output) of each state, from the session's metadata."""
+    meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+    return [(s.input, s.output) for s in meta.states]
+
+
+def _onnx(session, tokens, states, lengths):
+    """[log_probs, *new states] of the main graph."""
+    names = _names(session)
+    feeds = {"tokens": tokens, "lengths": lengths}
+    feeds |= {i: x for (i, _), x in zip(names, states, strict=True)}
+    return session.run(["log_probs", *(o for _, o in names)], feeds)
 
 
 def _assert_close(got, want, what: str) -> None:
-    for name, g, w in zip(("log_probs", "hn"), got, want, strict=True):
+    names = ("log_probs", "hn", "cn")
+    assert len(got) == len(want), f"{what}: {len(got)} outputs; PyTorch {len(want)}"
+    for name, g, w in zip(names, got, want, strict=False):
         assert g.shape == w.shape, f"{what} {name}: shape {g.shape}; PyTorch {w.shape}"
         np.testing.assert_allclose(g, w, atol=ATOL, rtol=RTOL, err_msg=f"{what} {name}")
 
@@ -144,45 +170,51 @@ def test_onnx_matches_pytorch(arch, nonlinearity, layers):
                 )
 
 
-@pytest.mark.parametrize(("arch", "layers"), [("cell", 1), ("stacked", 2)])
+@pytest.mark.parametrize(("arch", "layers"), [("cell", 1), ("stacked", 2), ("gru", 1), ("lstm", 2)])
 def test_default_hidden_size_matches_pytorch(arch, layers):
     model = _model(arch, "tanh", layers, hidden=128)
     session = _session(model, DEFAULT_OPSET)
     _assert_matches(model, session, np.random.default_rng(2), ((3, 64), (17, 1000)))
 
 
-@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[0], CASES[4]])
+@pytest.mark.parametrize(
+    ("arch", "nonlinearity", "layers"),
+    [CASES[0], CASES[4], ("gru", "tanh", 2), ("lstm", "tanh", 2)],
+)
 def test_padded_row_equals_the_row_alone(arch, nonlinearity, layers):
-    """Y_h is each row's state at its own last step: padding after it never counts."""
+    """Y_h (and Y_c) are each row's state at its own last step: padding never counts."""
     model = _model(arch, nonlinearity, layers)
     session = _session(model, DEFAULT_OPSET)
     rng = np.random.default_rng(3)
-    tokens, state, lengths = _batch(rng, model, 4, 9, lengths=[9, 1, 5, 3])
+    tokens, states, lengths = _batch(rng, model, 4, 9, lengths=[9, 1, 5, 3])
     tokens[1:, 5:] = rng.integers(1, len(VOCAB), size=(3, 4))  # non-zero garbage as padding
-    log_probs, hn = _onnx(session, tokens, state, lengths)
+    log_probs, *new = _onnx(session, tokens, states, lengths)
     axis = 0 if arch == "cell" else 1
     for row, n in enumerate(lengths):
-        alone_state = np.take(state, [row], axis=axis)
-        alone = _onnx(session, tokens[row : row + 1, :n], alone_state, lengths[row : row + 1])
+        alone_states = [np.take(s, [row], axis=axis) for s in states]
+        alone = _onnx(session, tokens[row : row + 1, :n], alone_states, lengths[row : row + 1])
         np.testing.assert_allclose(log_probs[row : row + 1], alone[0], atol=ATOL, rtol=RTOL)
-        np.testing.assert_allclose(np.take(hn, [row], axis=axis), alone[1], atol=ATOL, rtol=RTOL)
+        for got, want in zip(new, alone[1:], strict=True):
+            np.testing.assert_allclose(np.take(got, [row], axis=axis), want, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[2], CASES[5]])
+@pytest.mark.parametrize(
+    ("arch", "nonlinearity", "layers"),
+    [CASES[2], CASES[5], ("gru", "tanh", 3), ("lstm", "tanh", 3)],
+)
 def test_one_step_loop_equals_one_call(arch, nonlinearity, layers):
     model = _model(arch, nonlinearity, layers)
     session = _session(model, DEFAULT_OPSET)
     rng = np.random.default_rng(4)
     B, T = 3, 40
-    tokens, state, lengths = _batch(rng, model, B, T, lengths=[T] * B)
-    whole = _onnx(session, tokens, state, lengths)
-    h = state
+    tokens, states, lengths = _batch(rng, model, B, T, lengths=[T] * B)
+    whole = _onnx(session, tokens, states, lengths)
+    new = states
     ones = np.ones(B, dtype=np.int64)
     for t in range(T):
-        log_probs, h = _onnx(session, tokens[:, t : t + 1], h, ones)
-    np.testing.assert_allclose(log_probs, whole[0], atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(h, whole[1], atol=ATOL, rtol=RTOL)
-    _assert_close((log_probs, h), _torch(model, tokens, state, lengths), "loop vs PyTorch")
+        log_probs, *new = _onnx(session, tokens[:, t : t + 1], new, ones)
+    _assert_close([log_probs, *new], whole, "loop vs one call")
+    _assert_close([log_probs, *new], _torch(model, tokens, states, lengths), "loop vs PyTorch")
 
 
 def _all_nodes(graph):
@@ -194,7 +226,9 @@ def _all_nodes(graph):
                 yield from _all_nodes(attr.g)
 
 
-@pytest.mark.parametrize(("arch", "layers"), [("cell", 1), ("stacked", 1), ("stacked", 3)])
+@pytest.mark.parametrize(
+    ("arch", "layers"), [("cell", 1), ("stacked", 1), ("stacked", 3), ("gru", 2), ("lstm", 3)]
+)
 def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     """B and T are symbolic; the same file runs T=1 and T=5000 and its size has no T in it."""
     model = _model(arch, "tanh", layers)
@@ -204,8 +238,17 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     assert dims == ["B", "T"]
     ops = [n.op_type for n in _all_nodes(proto.graph)]  # subgraphs (If branches, Scan body) too
     assert len(ops) <= 40 + 20 * layers  # a fixed set of nodes, whatever T
-    assert ops.count("RNN") == layers  # the B == 1 path: one RNN operator per layer
-    assert ops.count("Scan") == 1 and "Loop" not in ops  # B > 1: one Scan over time
+    if arch in ("gru", "lstm"):
+        # One GRU or LSTM operator per layer runs every (B, T): no loop, no If.
+        assert ops.count(arch.upper()) == layers and len(ops) <= 8 + 3 * layers
+        assert not {"Loop", "Scan", "If"} & set(ops)
+        gates = [n for n in proto.graph.node if n.op_type == "GRU"]
+        for node in gates:  # PyTorch's GRU: the reset gate multiplies h R_h^T + Rb_h
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["linear_before_reset"] == 1
+    else:
+        assert ops.count("RNN") == layers  # the B == 1 path: one RNN operator per layer
+        assert ops.count("Scan") == 1 and "Loop" not in ops  # B > 1: one Scan over time
     # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
     again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx").path
     assert path.read_bytes() == again.read_bytes()
@@ -213,7 +256,10 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     _assert_matches(model, session, np.random.default_rng(5), ((1, 1), (2, 5000)))
 
 
-@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), [CASES[1], CASES[4]])
+@pytest.mark.parametrize(
+    ("arch", "nonlinearity", "layers"),
+    [CASES[1], CASES[4], ("gru", "tanh", 2), ("lstm", "tanh", 2)],
+)
 def test_metadata_round_trip(arch, nonlinearity, layers, tmp_path):
     model = _model(arch, nonlinearity, layers)
     path = export_model(model, VOCAB, SHA, tmp_path / "m.onnx", opset=MIN_OPSET).path
@@ -236,14 +282,15 @@ def test_metadata_round_trip(arch, nonlinearity, layers, tmp_path):
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
-    (state,) = meta.states
-    assert (state.input, state.output, state.dtype, state.initial) == (
-        "h0",
-        "hn",
-        "float32",
-        "zeros",
+    names = [("h0", "hn"), ("c0", "cn")] if arch == "lstm" else [("h0", "hn")]
+    assert [(s.input, s.output) for s in meta.states] == names == list(config.state_names)
+    for state in meta.states:
+        assert (state.dtype, state.initial) == ("float32", "zeros")
+        assert state.shape == config.state_shape("B")
+    kinds = [n[0][0] for n in names]
+    assert meta.step.states == tuple(
+        (f"{k}_{layer}", f"{k}n_{layer}") for k in kinds for layer in range(layers)
     )
-    assert state.shape == config.state_shape("B")
     session = _ort_session(str(path))
     check_signature(meta, session.get_inputs(), session.get_outputs())
 
@@ -474,8 +521,17 @@ def _step_session(proto) -> tuple[ort.InferenceSession, object]:
     return _ort_session(meta.step.model_bytes()), meta.step
 
 
-def _layers(state: np.ndarray) -> list[np.ndarray]:
-    return [state[i] for i in range(state.shape[0])] if state.ndim == 3 else [state]
+def _layers(states: list[np.ndarray]) -> list[np.ndarray]:
+    """The step model's per-layer states: every layer of h, then of c."""
+    return [s[i] for s in states for i in range(s.shape[0])] if states[0].ndim == 3 else states
+
+
+def _unlayer(layers: list[np.ndarray], like: list[np.ndarray]) -> list[np.ndarray]:
+    """The model-layout states of the step model's per-layer outputs."""
+    if like[0].ndim == 2:
+        return layers
+    L = like[0].shape[0]
+    return [np.stack(layers[k * L : (k + 1) * L]) for k in range(len(like))]
 
 
 @pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES)
@@ -491,23 +547,23 @@ def test_step_model_matches_pytorch_and_the_main_graph(arch, nonlinearity, layer
         step_session, step = _step_session(proto)
         names = [step.log_probs, *(o for _, o in step.states)]
         for B in BATCHES:
-            tokens, state, _ = _batch(rng, model, B, 6, lengths=[6] * B)
-            h, h_main = state, state
+            tokens, states, _ = _batch(rng, model, B, 6, lengths=[6] * B)
+            new, new_main = states, states
             ones = np.ones(B, dtype=np.int64)
             for t in range(tokens.shape[1]):
                 feed = {step.token: np.ascontiguousarray(tokens[:, t])}
-                feed |= {i: x for (i, _), x in zip(step.states, _layers(h), strict=True)}
-                log_probs, *new = step_session.run(names, feed)
-                h = np.stack(new) if state.ndim == 3 else new[0]
-                main = _onnx(main_graph, np.ascontiguousarray(tokens[:, t : t + 1]), h_main, ones)
-                h_main = main[1]
+                feed |= {i: x for (i, _), x in zip(step.states, _layers(new), strict=True)}
+                log_probs, *out = step_session.run(names, feed)
+                new = _unlayer(out, states)
+                main = _onnx(main_graph, np.ascontiguousarray(tokens[:, t : t + 1]), new_main, ones)
+                new_main = main[1:]
                 where = f"{arch}/{nonlinearity}/L={layers} opset {opset} B={B} step {t}"
-                _assert_close((log_probs, h), main, f"{where} vs main graph")
-            want = _torch(model, tokens, state, np.full(B, 6, dtype=np.int64))
-            _assert_close((log_probs, h), want, f"{where} vs PyTorch")
+                _assert_close([log_probs, *new], main, f"{where} vs main graph")
+            want = _torch(model, tokens, states, np.full(B, 6, dtype=np.int64))
+            _assert_close([log_probs, *new], want, f"{where} vs PyTorch")
 
 
-@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES)
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), CASES[:6])
 def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
     """Gather, per layer [Gemm (input term, layers > 0)] Gemm + f, then Gemm + LogSoftmax:
     at batch 1 every node costs about as much as its math (issue 6)."""
@@ -527,6 +583,35 @@ def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
     assert [i.name for i in step.graph.input] == [
         meta.step.token,
         *(i for i, _ in meta.step.states),
+    ]
+
+
+# One step of a gated layer: the ONNX operators' setup costs more than these few nodes.
+GATED_STEP_OPS = {
+    "gru": ["Split", "Gemm", "Sigmoid", "Split", "Gemm", "Mul", "Add", "Tanh", "Sub", "Mul", "Add"],
+    "lstm": ["Gemm", "Split", "Sigmoid", "Split", "Mul", "Tanh", "Mul", "Add", "Tanh", "Mul"],
+}
+
+
+@pytest.mark.parametrize(("arch", "nonlinearity", "layers"), GATED)
+def test_gated_step_model_is_gemm_and_elementwise(arch, nonlinearity, layers):
+    """Gather, per layer [Gemm (input term, layers > 0)] and the cell's nodes, then the head;
+    its inputs are token, every layer's h, then (LSTM) every layer's c."""
+    proto = onnx.load_from_string(build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA).data)
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props})
+    step = onnx.load_from_string(meta.step.model_bytes())
+    want = ["Gather"]
+    for layer in range(layers):
+        want += (["Gemm"] if layer else []) + GATED_STEP_OPS[arch]
+    assert [node.op_type for node in step.graph.node] == [*want, "Gemm", "LogSoftmax"]
+    used = {name for node in step.graph.node for name in node.input}
+    assert {init.name for init in step.graph.initializer} <= used
+    kinds = ("h", "c") if arch == "lstm" else ("h",)
+    assert [i.name for i in step.graph.input] == ["token"] + [
+        f"{k}_{layer}" for k in kinds for layer in range(layers)
+    ]
+    assert [o.name for o in step.graph.output] == ["log_probs"] + [
+        f"{k}n_{layer}" for k in kinds for layer in range(layers)
     ]
 
 
@@ -582,7 +667,8 @@ def test_convert_on_a_full_disk_names_the_path(run_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("arch", "layers", "hidden"), [("stacked", 3, 256), ("cell", 1, 384), ("stacked", 1, 40)]
+    ("arch", "layers", "hidden"),
+    [("stacked", 3, 256), ("cell", 1, 384), ("stacked", 1, 40), ("gru", 2, 96), ("lstm", 3, 64)],
 )
 def test_estimated_file_size_is_the_real_one(arch, layers, hidden):
     model = _model(arch, "tanh", layers, hidden=hidden)

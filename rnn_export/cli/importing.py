@@ -25,7 +25,8 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     "--arch",
     required=True,
     type=click.Choice(ARCHS),
-    help="cell: the notes' RNN (embed, i2h, h2o); stacked: the notes' my_RNN (embedding, rnn, fc).",
+    help="cell: the notes' RNN (embed, i2h, h2o); stacked: the notes' my_RNN (embedding, "
+    "rnn, fc); gru, lstm: my_RNN around nn.GRU or nn.LSTM (3H or 4H gate rows).",
 )
 @click.option(
     "--vocab",
@@ -52,7 +53,8 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     "--nonlinearity",
     type=click.Choice(ALL_NONLINEARITIES),
     default=None,
-    help="The recurrence's activation [default: identity for cell, tanh for stacked]. "
+    help="The recurrence's activation [default: identity for cell, tanh for the others; "
+    "gru and lstm take tanh only]. "
     "identity is exactly the notes' cell (hidden = i2h(combined), no nonlinearity); tanh "
     "is nn.RNN's default (the notes' my_RNN); relu for nn.RNN(nonlinearity='relu').",
 )

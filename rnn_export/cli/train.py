@@ -21,7 +21,8 @@ from rnn_export.config import (
     "--arch",
     required=True,
     type=click.Choice(ARCHS),
-    help="cell: the notes' hand-built RNN; stacked: the notes' nn.RNN wrapper.",
+    help="cell: the notes' hand-built RNN; stacked: the notes' nn.RNN wrapper; gru, "
+    "lstm: the same wrapper around nn.GRU or nn.LSTM (state h, and c for lstm).",
 )
 @click.option(
     "--data",
@@ -57,14 +58,15 @@ from rnn_export.config import (
     "--num-layers",
     type=click.IntRange(min=1),
     default=None,
-    help="L, stacked RNN layers [default: 2 for stacked; cell has exactly 1].",
+    help="L, stacked RNN layers [default: 2 for stacked, 1 for gru and lstm; cell has exactly 1].",
 )
 @click.option(
     "--nonlinearity",
     type=click.Choice(ALL_NONLINEARITIES),
     default="tanh",
     show_default=True,
-    help="identity (cell only) is the notes' linear recurrence.",
+    help="identity (cell only) is the notes' linear recurrence; gru and lstm take tanh "
+    "only (their native gates).",
 )
 @click.option(
     "--batch-size",
