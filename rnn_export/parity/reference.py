@@ -208,10 +208,11 @@ def to_torch_state(state: tuple[np.ndarray, ...] | None):
     tensors ((h, c) for "lstm"); None stays None (zeros)."""
     import torch
 
+    from rnn_export.models import model_state
+
     if state is None:
         return None
-    tensors = tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
-    return tensors[0] if len(tensors) == 1 else tensors
+    return model_state(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
 
 
 def from_torch_state(state) -> tuple[np.ndarray, ...]:

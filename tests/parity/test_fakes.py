@@ -7,9 +7,10 @@ order) and `ulp-scaled` (every new state scaled by 1 + d, |d| up to 4 ulp, at ev
 stand for it. Trained models are tiny runs trained for one epoch (tests/conftest.py),
 untrained ones have random weights (tests/parity/conftest.py).
 
-gru and lstm get their own fakes (fakes.GATED_BROKEN) on both; by default they run the
-generic fakes on trained models, seed 0, and the correct variants at the newest opset:
-the rest of their sweep is marked slow (--run-slow).
+gru and lstm run, by default, on trained models (seed 0, the newest opset): the export,
+the correct variants, their own fakes (fakes.GATED_BROKEN) and the generic fakes that
+touch what differs in their graphs (a recurrent weight, lengths as the operators'
+sequence_lens); the rest of their sweep is marked slow (--run-slow).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ MARGIN = 10.0  # a broken file fails by at least this many times its allowance
 OPSETS = (14, 18)
 PLAIN, GATED = ("cell", "stacked"), ("gru", "lstm")
 SLOW = pytest.mark.slow
-# Generic fakes a gated file adds nothing to by default: output surgery, checked on the
-# plain arches (and for gated ones under --run-slow).
-GENERIC_ONLY = ("swapped-rows", "fixed-length")
+# The generic fakes gru and lstm run by default (the others under --run-slow).
+GATED_DEFAULT = ("perturbed-weight", "ignored-lengths")
 
 
 def _params(rows):
@@ -71,7 +71,7 @@ def models(tiny_run_dir, make_export, tmp_path_factory):
 @pytest.mark.parametrize(
     "arch, seed, opset",
     _params(
-        (arch, seed, opset, arch in GATED and seed > 0)
+        (arch, seed, opset, arch in GATED and (seed > 0 or opset != OPSETS[-1]))
         for arch in PLAIN + GATED
         for seed in (0, 1, 2)
         for opset in OPSETS
@@ -86,7 +86,7 @@ def test_trained_exports_pass(models, arch, seed, opset):
 @pytest.mark.parametrize(
     "variant, arch, trained, opset",
     _params(
-        (variant, arch, trained, opset, arch in GATED and opset != OPSETS[-1])
+        (variant, arch, trained, opset, arch in GATED and (opset != OPSETS[-1] or not trained))
         for variant in ("permuted-units", "ulp-scaled")
         for arch in PLAIN + GATED
         for trained in (True, False)
@@ -117,7 +117,7 @@ def _broken_rows():
         for name in [*fakes.broken_for(arch), "fixed-length"]:
             for trained in (True, False):
                 own = name in fakes.GATED_BROKEN.get(arch, {})
-                slow = arch in GATED and not own and (not trained or name in GENERIC_ONLY)
+                slow = arch in GATED and (not trained or not (own or name in GATED_DEFAULT))
                 yield name, arch, trained, slow
 
 
