@@ -65,9 +65,7 @@ def state_axes(meta) -> tuple[int, ...]:
 def check_state_count(states, ref_states) -> None:
     """Raises CaseFailure when the file returns another number of states than the model."""
     if len(states) != len(ref_states):
-        raise CaseFailure(
-            f"the file returns {len(states)} states; the model has {len(ref_states)}"
-        )
+        raise CaseFailure(f"the file returns {len(states)} states; the model has {len(ref_states)}")
 
 
 def random_state(config, B: int, rng) -> tuple[np.ndarray, ...]:

@@ -50,10 +50,6 @@ def _table(embedding: np.ndarray, weight: np.ndarray, biases: list[np.ndarray]) 
     )
 
 
-def _slice(linear: Linear, rows: slice) -> Linear:
-    return Linear(linear.weight[rows])
-
-
 class Cell:
     """One arch's layers: weights and the step of each layer.
 
@@ -72,6 +68,7 @@ class Cell:
             self.recurrent = [Linear(w[:, H:])]
             self.inputs, self.in_bias, self.rec_bias = [None], [None], [None]
             self.head = model.h2o
+            self._parts = {}
             return
         if config.arch not in ("stacked", "gru", "lstm"):
             raise ValueError(f"no float64 reference for arch {config.arch!r}")
@@ -91,18 +88,21 @@ class Cell:
         self.in_bias = [None] + [weight("bias_ih", k) for k in range(1, L)]
         self.rec_bias = [weight("bias_hh", k) for k in range(L)]
         self.head = model.fc
+        self._parts = {}
 
-    @property
-    def state_count(self) -> int:
-        """Tensors per layer state: 2 for "lstm" (h, c), else 1."""
-        return 2 if self.arch == "lstm" else 1
+    def _part(self, weights: list, k: int, rows: slice) -> Linear:
+        """Rows of layer k's weight matrix, made once (|W| included)."""
+        key = (id(weights), k, rows.start, rows.stop)
+        if key not in self._parts:
+            self._parts[key] = Linear(weights[k].weight[rows])
+        return self._parts[key]
 
     def _gates(self, k: int, rows: slice, tokens, x: Approx | None, h: Approx, biases) -> Approx:
         """One dot product per unit of the gate rows `rows`: input term + R h + biases."""
-        recurrent = (h, _slice(self.recurrent[k], rows))
+        recurrent = (h, self._part(self.recurrent, k, rows))
         if k == 0:
             return affine([recurrent], self.table[tokens][:, rows])
-        return affine([(x, _slice(self.inputs[k], rows)), recurrent], biases)
+        return affine([(x, self._part(self.inputs, k, rows)), recurrent], biases)
 
     def step(self, k: int, tokens, x: Approx | None, state: tuple[Approx, ...]):
         """Layer k's new state from its input (tokens for k == 0, else x: the new h of
@@ -127,10 +127,10 @@ class Cell:
                 a = affine([], self.table[tokens][:, n_rows])
             else:
                 a = affine(
-                    [(x, _slice(self.inputs[k], n_rows))], bias_terms(self.in_bias[k][n_rows])
+                    [(x, self._part(self.inputs, k, n_rows))], bias_terms(self.in_bias[k][n_rows])
                 )
             m = affine(
-                [(h, _slice(self.recurrent[k], n_rows))], bias_terms(self.rec_bias[k][n_rows])
+                [(h, self._part(self.recurrent, k, n_rows))], bias_terms(self.rec_bias[k][n_rows])
             )
             n = activation("tanh", add(a, multiply(r, m)))
             return (interpolate(z, n, h),)
