@@ -29,6 +29,13 @@ pytestmark = pytest.mark.parity
 
 SHORT_STREAM = 300
 MARGIN = 10.0  # a broken file fails by at least this many times its allowance
+# Short of MARGIN, measured: a 1e-4 change of one GRU recurrent weight reaches the new
+# state only through (1 - z) * r * tanh' (about 0.25 on trained models), while the
+# allowance carries two dot products (x W_n and h R_n) and the sigmoid gates. It fails at
+# 9.3x on the tiny trained GRU here and 5.45x on a default-size trained one
+# (docs/verify.md); a 1e-4 bias change and every GRU-specific fault fail at 20x or more.
+GRU_WEIGHT_MARGIN = 5.0
+GRU_WEIGHT_FAKES = ("perturbed-weight", "perturbed-step-model")
 OPSETS = (14, 18)
 PLAIN, GATED = ("cell", "stacked"), ("gru", "lstm")
 SLOW = pytest.mark.slow
@@ -127,7 +134,8 @@ def test_broken_files_fail_by_a_wide_margin(models, tmp_path, name, arch, traine
     report = _verdict(_fake(name, path, tmp_path / f"{name}.onnx", arch), run_dir)
     assert not report.passed
     deciding = report.deciding()
-    assert deciding.ratio >= MARGIN, (name, report.summary_line())
+    margin = GRU_WEIGHT_MARGIN if arch == "gru" and name in GRU_WEIGHT_FAKES else MARGIN
+    assert deciding.ratio >= margin, (name, report.summary_line())
     failed = {c.family for c in report.cases if not c.passed}
     if name == "perturbed-step-model":
         assert failed == {"step model"}, failed  # the main graph is intact
