@@ -80,7 +80,7 @@ def run_demo(
     from rnn_export.data import load_splits
     from rnn_export.export import export_onnx
     from rnn_export.parity import ParityError, verify_parity
-    from rnn_export.training import DEFAULT_EPOCHS, train
+    from rnn_export.training import train
     from rnn_runtime import open_model
 
     out = check_folder_output(out, "the demo's output folder")
@@ -92,9 +92,7 @@ def run_demo(
         clock = time.perf_counter()
 
         echo(f"[{arch}] train on the embedded task -> {out / arch}")
-        ckpt = train(
-            arch, out / arch, epochs=epochs or DEFAULT_EPOCHS, seed=seed, progress=progress
-        )
+        ckpt = train(arch, out / arch, epochs=epochs, seed=seed, progress=progress)
         seconds["train"] = _lap(clock)
         echo(f"[{arch}] val accuracy {ckpt.metrics['val_accuracy']:.4f}")
 

@@ -235,16 +235,17 @@ def estimate_file_bytes(config) -> int:
     The main graph holds the folded table (V, H), R_l (H, H) per layer, W_l (H, H) and
     b_l, B_l (3H) for l > 0, and the head (C, H + 1); the step model, stored base64
     (4 bytes per 3) in the metadata, holds the same minus B_l. All float32. A gated
-    arch with G gates (gated.GATES) holds in its main graph the embedding (V, H) and per
-    layer W_l, R_l (GH, H) and B_l (2GH); in its step model the table (V, GH), R_l and
-    for l > 0 W_l and b_l (GH) (and for the GRU Rb's h block, H per layer).
+    arch with G gates (gated.GATES) has in its step model the table (V, GH), R_l (GH, H)
+    and for l > 0 W_l (GH, H) and b_l (GH) (and for the GRU Rb's h block, H per layer),
+    and in its main graph the same (its Scan steps so) plus, for the operators, the
+    embedding (V, H) and per layer W_l, R_l (GH, H) and B_l (2GH).
     """
     V, H, L, C = config.vocab_size, config.hidden_size, config.num_layers, config.num_classes
     if config.arch in gated.GATED_ARCHS:
         GH = gated.GATES[config.arch] * H
-        main = V * H + L * (2 * GH * H + 2 * GH) + C * (H + 1)
         step = V * GH + L * GH * H + (L - 1) * (GH * H + GH) + C * (H + 1)
         step += L * H if config.arch == "gru" else 0
+        main = step + V * H + L * (2 * GH * H + 2 * GH)
         return 4 * main + -(-4 * step // 3) * 4
     step = V * H + L * H * H + (L - 1) * (H * H + H) + C * (H + 1)
     main = step + (L - 1) * 2 * H

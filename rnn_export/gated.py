@@ -5,13 +5,15 @@ gates z, r, h; LSTM gates i, o, f, c; B = [Wb, Rb]). PyTorch's GRU multiplies th
 gate into the recurrent product with its bias, n = tanh(x W_h^T + Wb_h + r * (h R_h^T +
 Rb_h)): ONNX's GRU with linear_before_reset=1, which every GRU node here carries.
 
-The main graph (B, T symbolic): per layer one ONNX GRU or LSTM operator over the whole
-sequence, with lengths as its sequence_lens (each row stops at its own last real token,
-Y_h and Y_c hold each row's state there), layer l's per-step output feeding layer l + 1.
-onnxruntime's gated kernels project the inputs of every step in one matrix product and
-run the steps in one kernel, at any B and T, so one path serves every shape (no If).
+The main graph (B, T symbolic), an If on B:
+    B == 1: per layer one ONNX GRU or LSTM operator over the whole sequence, lengths as
+        its sequence_lens, layer l's per-step output feeding layer l + 1: one kernel
+        runs every step (5-7x PyTorch at B = 1).
+    B > 1: rows sorted by length, a Scan whose step t runs only the rows still going
+        (rnn_export.graph.sorted_scan), the step written as in the step model below:
+        onnxruntime's gated kernels are slower than PyTorch here (0.6-1.2x).
     tokens (B, T) int64, h0 (L, B, H) [, c0 (L, B, H)], lengths (B) int64
-    -> log_probs (B, C), hn (L, B, H) [, cn (L, B, H)]
+    -> log_probs (B, C), hn (L, B, H) [, cn (L, B, H)], each row's after its last token
 
 The step model (token (B,), one (B, H) state per layer and state kind in; log_probs and
 the new states out) writes one step as Gemm and elementwise nodes instead: at batch 1
@@ -30,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
-from rnn_export.graph import STEP_TOKEN, GraphBuilder, fold_table, model_of
+from rnn_export.graph import STEP_TOKEN, GraphBuilder, fold_table, model_of, sorted_scan
 
 GATED_ARCHS = ("gru", "lstm")
 GATES = {"gru": 3, "lstm": 4}
@@ -38,7 +40,12 @@ OPERATORS = {"gru": "GRU", "lstm": "LSTM"}
 
 
 def main_graph(config, weights: dict, opset: int):
-    """One graph for every (B, T): per layer one GRU or LSTM operator with sequence_lens.
+    """One graph for every (B, T): an If picks the faster of two paths.
+
+    B == 1 -> _operator_branch: one GRU or LSTM operator per layer (one kernel, all steps).
+    B > 1  -> _scan_branch: graph.sorted_scan over rows sorted by length, the step in
+              Gemm and elementwise nodes (onnxruntime's gated kernels are slower than
+              PyTorch at B > 1: 0.6-1.2x at B = 32 and 256).
 
     Returns:
         onnx.ModelProto (no metadata), inputs tokens, each state of config.state_names and
@@ -47,25 +54,66 @@ def main_graph(config, weights: dict, opset: int):
     from onnx import TensorProto, helper
 
     g = GraphBuilder(config, opset, "")
-    L, H, C = g.L, g.H, config.num_classes
+    _step_weights(g, config.arch, weights)  # the Scan's step is the step model's
     g.const("embedding", weights["embedding"], np.float32)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         for name, value in (("W", W), ("R", R), ("B", B)):
-            g.const(f"{name}{layer}", value, np.float32)
-    g.const("out_weight", weights["out_weight"], np.float32)
-    g.const("out_bias", weights["out_bias"], np.float32)
+            g.const(f"op_{name}{layer}", value, np.float32)
+    one_row = _operator_branch(GraphBuilder(config, opset, "r_", g.inits))
+    many_rows = _scan_branch(GraphBuilder(config, opset, "q_", g.inits))
+    rows = g("Gather", [g("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
+    is_one_row = g("Equal", [rows, g.const("one1", [1])])
+    names = config.state_names
+    outputs = [LOG_PROBS, *(o for _, o in names)]
+    g.nodes.append(
+        helper.make_node("If", [is_one_row], outputs, then_branch=one_row, else_branch=many_rows)
+    )
+    f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
+    graph = helper.make_graph(
+        g.nodes,
+        f"rnn_export_{config.arch}",
+        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
+        + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
+        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
+        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
+        + [helper.make_tensor_value_info(o, f32, shape) for _, o in names],
+        initializer=list(g.inits.values()),
+    )
+    return model_of(graph, opset)
 
+
+def _branch(g: GraphBuilder, name: str, outputs: list[str]):
+    """g as an If branch with outputs (log_probs (B, C), each new (L, B, H) state)."""
+    from onnx import TensorProto, helper
+
+    f32, shape = TensorProto.FLOAT, list(g.config.state_shape("B"))
+    log_probs, *states = outputs
+    return helper.make_graph(
+        g.nodes,
+        name,
+        [],
+        [helper.make_tensor_value_info(log_probs, f32, ["B", g.config.num_classes])]
+        + [helper.make_tensor_value_info(s, f32, shape) for s in states],
+    )
+
+
+def _operator_branch(g: GraphBuilder):
+    """B == 1: per layer one GRU or LSTM operator over the whole sequence, lengths as its
+    sequence_lens (Y_h, Y_c: each row's state after its own last real token)."""
+    from onnx import TensorProto
+
+    config, L = g.config, g.L
     axis0 = g.const("axis0", [0])
     names = config.state_names
     x = g("Gather", ["embedding", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
     lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
     starts = [g.split_layers(state_in) for state_in, _ in names]  # (1, B, H) each
-    attrs = {"hidden_size": H}
+    attrs = {"hidden_size": g.H}
     if config.arch == "gru":
         attrs["linear_before_reset"] = 1
     finals: list[list[str]] = [[] for _ in names]
     for layer in range(L):
-        inputs = [x, f"W{layer}", f"R{layer}", f"B{layer}", lengths]
+        inputs = [x, f"op_W{layer}", f"op_R{layer}", f"op_B{layer}", lengths]
         inputs += [start[layer] for start in starts]
         y, *new = g(OPERATORS[config.arch], inputs, 1 + len(names), **attrs)
         if layer < L - 1:
@@ -74,28 +122,20 @@ def main_graph(config, weights: dict, opset: int):
         else:
             g.nodes[-1].output[0] = ""  # the top layer's per-step outputs are not needed
         for kind, state in zip(finals, new, strict=True):
-            kind.append(state)  # (1, B, H): each row after its own last real token
+            kind.append(state)  # (1, B, H)
     top = g("Squeeze", [finals[0][-1], axis0])  # (B, H)
     logits = g("Gemm", [top, "out_weight", "out_bias"], transB=1)  # (B, C)
-    g.nodes.append(helper.make_node("LogSoftmax", [logits], [LOG_PROBS], axis=-1))
-    for (_, state_out), layers in zip(names, finals, strict=True):
-        g.nodes.append(
-            helper.make_node("Concat", layers, [state_out], axis=0)
-            if L > 1
-            else helper.make_node("Identity", layers, [state_out])
-        )
-    f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
-    graph = helper.make_graph(
-        g.nodes,
-        f"rnn_export_{config.arch}",
-        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
-        + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
-        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
-        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", C])]
-        + [helper.make_tensor_value_info(o, f32, shape) for _, o in names],
-        initializer=list(g.inits.values()),
-    )
-    return model_of(graph, opset)
+    states = [kind[0] if L == 1 else g("Concat", kind, axis=0) for kind in finals]
+    return _branch(g, "one_row", [g("LogSoftmax", [logits], axis=-1), *states])
+
+
+def _scan_branch(g: GraphBuilder):
+    """B > 1: graph.sorted_scan with the step model's cell (Gemm and elementwise nodes)."""
+    cell = _gru_step if g.config.arch == "gru" else _lstm_step
+    width = GATES[g.config.arch] * g.H
+    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, width)
+    log_probs, hn = g.head(finals[0])
+    return _branch(g, "many_rows", [log_probs, hn, *(g.stack_layers(f) for f in finals[1:])])
 
 
 def step_graph(config, weights: dict, opset: int):

@@ -306,15 +306,17 @@ class GraphBuilder:
         attrs = {"num_outputs": self.L} if self.opset >= 18 else {}  # older: equal parts
         return self("Split", [x], self.L, axis=0, **attrs)
 
+    def stack_layers(self, finals: list[str]) -> str:
+        """A (L, B, H) state from each layer's (B, H) state."""
+        if self.L == 1:
+            return self("Unsqueeze", [finals[0], self.const("axis0", [0])])
+        # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
+        shape = self.const("state_shape", [self.L, -1, self.H])
+        return self("Reshape", [self("Concat", finals, axis=0), shape])
+
     def head(self, finals: list[str]) -> tuple[str, str]:
         """(log_probs (B, C), hn) from each layer's final (B, H) state."""
-        if self.config.arch == "cell":
-            hn = finals[0]
-        elif self.L == 1:
-            hn = self("Unsqueeze", [finals[0], self.const("axis0", [0])])
-        else:  # (L * B, H) -> (L, B, H): one node fewer than an Unsqueeze per layer + Concat
-            shape = self.const("state_shape", [self.L, -1, self.H])
-            hn = self("Reshape", [self("Concat", finals, axis=0), shape])
+        hn = finals[0] if self.config.arch == "cell" else self.stack_layers(finals)
         logits = self("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)  # (B, C)
         return self("LogSoftmax", [logits], axis=-1), hn
 
@@ -381,11 +383,33 @@ def _rnn_branch(g: GraphBuilder):
 
 
 def _sorted_scan_branch(g: GraphBuilder):
+    """B > 1, T > 1: sorted_scan with the plain cell h' = f(x + h R^T)."""
+
+    def cell(b: GraphBuilder, layer: int, x_run: str, h_run: str) -> list[str]:
+        return [b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))]  # (n, H)
+
+    (finals,) = sorted_scan(g, [STATE_IN], cell, g.H)
+    return g.branch("many_rows", g.head(finals))
+
+
+def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[list[str]]:
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
     longest row. The scan body slices the first n_t rows (n_t = rows with length > t),
     steps them, and concatenates the finished rows back unchanged.
+
+    Args:
+        states: the graph's state inputs (each of the model's state shape), in order.
+        cell: cell(b, layer, x_run, *state_runs) -> the layer's new states (n, H) in
+            the order of states, the first one the next layer's input; x_run (n, width)
+            is the layer's input term (the table row for layer 0, else
+            Gemm(x, W{l}, b{l}) of the layer below's new first state).
+        width: the table's row width (H, or GH for a gated cell).
+
+    Returns:
+        Per state, each layer's (B, H) state after each row's own last real token, in
+        the rows' own order.
     """
     from onnx import TensorProto, helper
 
@@ -396,37 +420,45 @@ def _sorted_scan_branch(g: GraphBuilder):
     lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
     longest = g("Gather", [lengths, axis0])  # [T']
     tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
-    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, H)
+    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, width)
     t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
     running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
     counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
-    axis = 1 if g.config.arch == "stacked" else 0
-    h0s = g.layer_states(g("Gather", [STATE_IN, order], axis=axis))  # (B, H) each
+    axis = 0 if g.config.arch == "cell" else 1
+    starts = [g.layer_states(g("Gather", [s, order], axis=axis)) for s in states]  # (B, H)
 
     b = GraphBuilder(g.config, g.opset, g.prefix + "b_", g.inits)
-    hs, x_t, n = [f"{b.prefix}h{layer}" for layer in range(L)], b.prefix + "x", b.prefix + "n"
-    x_run = b("Slice", [x_t, zero1, n])  # (n, H)
-    outs = []
-    for layer, h in enumerate(hs):
+    kinds = len(states)
+    # Carried states: every layer of the first state, then every layer of the next.
+    carried = [f"{b.prefix}{states[k][0]}{layer}" for k in range(kinds) for layer in range(L)]
+    x_t, n = b.prefix + "x", b.prefix + "n"
+    x_run = b("Slice", [x_t, zero1, n])  # (n, width)
+    outs = [""] * len(carried)
+    for layer in range(L):
         if layer:
             x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
-        h_run = b("Slice", [h, zero1, n])  # (n, H)
-        x_run = b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))  # (n, H)
-        done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])  # (B-n, H)
-        outs.append(b("Concat", [x_run, done], axis=0))  # (B, H)
+        mine = [carried[k * L + layer] for k in range(kinds)]
+        runs = [b("Slice", [h, zero1, n]) for h in mine]  # (n, H) each
+        new = cell(b, layer, x_run, *runs)
+        for k, (h, h_new) in enumerate(zip(mine, new, strict=True)):
+            done = b("Slice", [h, n, g.const("int64_max1", [np.iinfo(np.int64).max])])
+            outs[k * L + layer] = b("Concat", [h_new, done], axis=0)  # (B, H)
+        x_run = new[0]
     f32 = TensorProto.FLOAT
     body = helper.make_graph(
         b.nodes,
         "step_running_rows",
-        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in hs]
+        [helper.make_tensor_value_info(h, f32, ["B", H]) for h in carried]
         + [
-            helper.make_tensor_value_info(x_t, f32, ["B", H]),
+            helper.make_tensor_value_info(x_t, f32, ["B", width]),
             helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
         ],
         [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
     )
-    finals = g("Scan", [*h0s, x, counts], L, body=body, num_scan_inputs=2)
-    finals = finals if L > 1 else [finals]
+    flat = [h for start in starts for h in start]
+    finals = g("Scan", [*flat, x, counts], len(carried), body=body, num_scan_inputs=2)
+    finals = finals if len(carried) > 1 else [finals]
     row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
     unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order
-    return g.branch("many_rows", g.head([g("Gather", [f, unsort]) for f in finals]))
+    unsorted = [g("Gather", [f, unsort]) for f in finals]
+    return [unsorted[k * L : (k + 1) * L] for k in range(kinds)]

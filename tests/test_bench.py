@@ -218,3 +218,12 @@ def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
     )
     assert out.read_text() == '{"earlier": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_run_bench_quick_report_of_a_gated_arch(tmp_path, arch):
+    """bench runs a gru and an lstm (PyTorch fed every state, the LSTM's h and c)."""
+    run_dir, model_path = _run_dir_and_model(tmp_path, arch, seed=0)
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    _check_report(report.to_dict(), run_dir, threads=1)
+    assert f"arch {arch}, H=16, L=2" in report.format_table()

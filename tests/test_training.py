@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from rnn_export import training
+from rnn_export import config, training
 from rnn_export.checkpoint import load_checkpoint
 from rnn_export.config import ConfigError
 from rnn_export.data import encode_batch, folder_spec, load_splits
@@ -131,14 +131,14 @@ def test_names_one_epoch(tmp_path, names_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", config.ARCHS)
 def test_default_settings_reach_90_percent_on_the_embedded_task(tmp_path, arch):
     ckpt = training.train(arch, tmp_path / "run", progress=False)
     assert ckpt.metrics["val_accuracy"] >= 0.9
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", config.ARCHS)
 def test_default_settings_reach_80_percent_on_names(tmp_path, names_dir, arch):
     ckpt = training.train(arch, tmp_path / "run", data=folder_spec(names_dir), progress=False)
     assert ckpt.metrics["val_accuracy"] >= 0.8

@@ -11,6 +11,7 @@ from rnn_export.config import (
     ARCHS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_EPOCHS_BY_ARCH,
     DEFAULT_HIDDEN_SIZE,
     DEFAULT_LR,
 )
@@ -43,9 +44,9 @@ from rnn_export.config import (
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    default=DEFAULT_EPOCHS,
-    show_default=True,
-    help="Passes over the data.",
+    default=None,
+    help=f"Passes over the data [default: {DEFAULT_EPOCHS}; "
+    f"{DEFAULT_EPOCHS_BY_ARCH['gru']} for gru and lstm].",
 )
 @click.option(
     "--hidden-size",

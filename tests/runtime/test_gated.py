@@ -171,3 +171,29 @@ def test_a_partial_state_names_what_is_missing(gated):
         stream.set_state({s.input: np.zeros((1, 1, 16), np.float32) for s in rt.metadata.states})
     for key, value in before.items():
         np.testing.assert_array_equal(stream.get_state()[key], value)
+
+
+def test_inspect_stream_and_predict_commands(gated):
+    """The CLI on a gated file: inspect lists every state; stream and predict give
+    PyTorch's label and probability per line."""
+    from click.testing import CliRunner
+
+    from rnn_export.cli import main
+
+    model, rt = gated
+    runner = CliRunner()
+    shown = runner.invoke(main, ["inspect", str(rt.path)])
+    assert shown.exit_code == 0, shown.output
+    for state_in, state_out in model.config.state_names:
+        assert f"state       {state_in} -> {state_out}  (2, B, 16) float32" in shown.output
+    lines = ["abc", "jjhgfe", "a"]
+    streamed = runner.invoke(main, ["stream", str(rt.path)], input="\n".join(lines) + "\n")
+    predicted = runner.invoke(main, ["predict", str(rt.path), "--json", *lines])
+    assert streamed.exit_code == 0 and predicted.exit_code == 0, streamed.output
+    records = [json.loads(row) for row in predicted.stdout.splitlines()]
+    for line, text, record in zip(streamed.stdout.splitlines(), lines, records, strict=True):
+        want = _torch(model, ids(text))[0]
+        label, probability = line.split("\t")
+        assert label == record["label"] == LABELS[int(np.argmax(want))]
+        np.testing.assert_allclose(float(probability), np.exp(want.max()), atol=1e-4)
+        np.testing.assert_allclose(record["probability"], np.exp(want.max()), atol=1e-5)
