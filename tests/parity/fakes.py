@@ -101,24 +101,30 @@ def _move(model: onnx.ModelProto, name: str, index, delta: float) -> onnx.ModelP
 
 
 def perturb_weight(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
-    """One recurrent weight of layer 0 (shared by every path) moved by delta: R[0, 0], of
-    the candidate gate (the GRU step model keeps it apart as Rh0)."""
-    if "Rh0" in _names(model):
-        return _move(model, "Rh0", (0, 0), delta)
-    R = numpy_helper.to_array(_initializer(model, "R0"))
-    row = _candidate_row(R.shape[-2], R.shape[-1])
-    return _move(model, "R0", (*([0] * (R.ndim - 2)), row, 0), delta)
+    """One recurrent weight of layer 0 moved by delta in every path: R[0, 0], of the
+    candidate gate; in each copy of it (a gated graph's cell keeps it apart as Rh0 for the
+    GRU, its GRU/LSTM operator has its own op_R0)."""
+    names = _names(model)
+    found = [n for n in ("Rh0", "R0", "op_R0") if n in names]
+    assert found, "expected an exported graph with a recurrent weight R0"
+    for name in found:
+        R = numpy_helper.to_array(_initializer(model, name))
+        row = 0 if name == "Rh0" else _candidate_row(R.shape[-2], R.shape[-1])
+        model = _move(model, name, (*([0] * (R.ndim - 2)), row, 0), delta)
+    return model
 
 
 def perturb_bias(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
-    """Layer 0's input bias of unit 0 (of the candidate gate) moved by delta: a column of
-    the folded table (V, GH), or of B0 = [Wb, Rb] where the graph has no table."""
+    """Layer 0's input bias of unit 0 (of the candidate gate) moved by delta in every
+    path: a column of the folded table (V, GH), and op_B0 = [Wb, Rb] of a gated graph's
+    operator."""
     H = _hidden(model)
-    if "table" in _names(model):
-        table = numpy_helper.to_array(_initializer(model, "table"))
-        return _move(model, "table", (slice(None), _candidate_row(table.shape[1], H)), delta)
-    B = numpy_helper.to_array(_initializer(model, "B0"))  # (1, 2GH)
-    return _move(model, "B0", (0, _candidate_row(B.shape[1] // 2, H)), delta)
+    table = numpy_helper.to_array(_initializer(model, "table"))
+    model = _move(model, "table", (slice(None), _candidate_row(table.shape[1], H)), delta)
+    if "op_B0" in _names(model):
+        B = numpy_helper.to_array(_initializer(model, "op_B0"))  # (1, 2GH)
+        model = _move(model, "op_B0", (0, _candidate_row(B.shape[1] // 2, H)), delta)
+    return model
 
 
 def _passthrough(model: onnx.ModelProto, pairs) -> onnx.ModelProto:
@@ -165,22 +171,27 @@ def flip_linear_before_reset(model: onnx.ModelProto) -> onnx.ModelProto:
                 attr.i = 1 - attr.i
                 flipped += 1
     assert flipped, "expected a graph with GRU operators"
+    _reset_before_product(model)  # the Scan's cell at B > 1
     return _map_step_model(model, _reset_before_product)
 
 
-def _reset_before_product(step: onnx.ModelProto) -> onnx.ModelProto:
-    """In a step model: Gemm(h, Rh{l}, Rbh{l}) -> Gemm(r * h, ...), and r * Gemm -> Gemm."""
-    graph = step.graph
-    nodes = list(graph.node)
-    for gemm in [n for n in nodes if n.op_type == "Gemm" and n.input[1].startswith("Rh")]:
-        (mul,) = [n for n in graph.node if n.op_type == "Mul" and gemm.output[0] in n.input]
-        r = [x for x in mul.input if x != gemm.output[0]][0]
-        gated = f"{gemm.output[0]}_reset_h"
-        position = list(graph.node).index(gemm)
-        graph.node.insert(position, helper.make_node("Mul", [r, gemm.input[0]], [gated]))
-        gemm.input[0] = gated
-        mul.CopyFrom(helper.make_node("Identity", [gemm.output[0]], list(mul.output)))
-    return step
+def _reset_before_product(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In every cell written as nodes: Gemm(h, Rh{l}, Rbh{l}) -> Gemm(r * h, ...), and
+    r * Gemm -> Gemm."""
+    rewired = 0
+    for graph in _subgraphs(model.graph):
+        nodes = list(graph.node)
+        for gemm in [n for n in nodes if n.op_type == "Gemm" and n.input[1].startswith("Rh")]:
+            (mul,) = [n for n in graph.node if n.op_type == "Mul" and gemm.output[0] in n.input]
+            r = [x for x in mul.input if x != gemm.output[0]][0]
+            gated = f"{gemm.output[0]}_reset_h"
+            position = list(graph.node).index(gemm)
+            graph.node.insert(position, helper.make_node("Mul", [r, gemm.input[0]], [gated]))
+            gemm.input[0] = gated
+            mul.CopyFrom(helper.make_node("Identity", [gemm.output[0]], list(mul.output)))
+            rewired += 1
+    assert rewired, "expected a GRU cell written as Gemm and Mul nodes"
+    return model
 
 
 def _swap_gate_blocks(model: onnx.ModelProto, a: int, b: int) -> onnx.ModelProto:
@@ -191,7 +202,7 @@ def _swap_gate_blocks(model: onnx.ModelProto, a: int, b: int) -> onnx.ModelProto
     H = _hidden(model)
     swapped = 0
     for init in model.graph.initializer:
-        if not re.fullmatch(r"[WRBb]\d+|table", init.name):
+        if not re.fullmatch(r"(op_)?[WRBb]\d+|table", init.name):
             continue
         values = numpy_helper.to_array(init).copy()
         axes = [i for i, n in enumerate(values.shape) if n in (4 * H, 8 * H)]
@@ -296,23 +307,48 @@ def swap_rows(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _gated_cell_outputs(g, consumers) -> list:
+    """The nodes of a gated cell written as nodes that make its new states: the GRU's
+    h' = Add(n, Mul(z, Sub(h, n))); the LSTM's c' = Add(Mul(f, c), Mul(i, g)) and
+    h' = Mul(o, Tanh(c'))."""
+    producers = {out: node for node in g.node for out in node.output}
+
+    def made_by(name, op):
+        return name in producers and producers[name].op_type == op
+
+    found = []
+    for node in g.node:
+        if node.op_type != "Add":
+            continue
+        muls = [producers[i] for i in node.input if made_by(i, "Mul")]
+        if any(made_by(i, "Sub") for m in muls for i in m.input):
+            found.append(node)  # GRU h'
+        elif len(muls) == 2:
+            found.append(node)  # LSTM c'
+            for tanh in consumers.get(node.output[0], []):
+                if tanh.op_type == "Tanh":
+                    found += [n for n in consumers.get(tanh.output[0], []) if n.op_type == "Mul"]
+    return found
+
+
 def _new_state_sites(graph, gated: bool) -> list[tuple]:
     """(graph, node, output index) of every value that is a layer's new state at a step:
     every output of an RNN, GRU or LSTM operator; for the plain arches the activation
-    after a Gemm with a recurrent weight R{l} (the Gemm itself without an activation); in
-    a gated step model the nodes that produce its state outputs (hn_l, cn_l)."""
+    after a Gemm with a recurrent weight R{l} (the Gemm itself without an activation);
+    for gru and lstm the new states of the cells written as nodes."""
     sites = []
-    outputs = {o.name for o in graph.output[1:]}
     for g in _subgraphs(graph):
         consumers = {}
         for node in g.node:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
+        if gated:
+            sites += [(g, node, 0) for node in _gated_cell_outputs(g, consumers)]
         for node in g.node:
             if node.op_type in ("RNN", "GRU", "LSTM"):
                 sites += [(g, node, i) for i, out in enumerate(node.output) if out]
             elif gated:
-                sites += [(g, node, i) for i, out in enumerate(node.output) if out in outputs]
+                continue
             elif node.op_type == "Gemm" and node.input[1].startswith("R"):
                 after = [
                     n for n in consumers.get(node.output[0], []) if n.op_type in ("Tanh", "Relu")
