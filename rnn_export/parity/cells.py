@@ -32,9 +32,6 @@ from rnn_export.parity.bounds import (
     multiply,
 )
 
-# Gate blocks per layer, in PyTorch's order of the rows of weight_ih / weight_hh.
-GATES = {"cell": 1, "stacked": 1, "gru": 3, "lstm": 4}
-
 
 def f64(t) -> np.ndarray:
     """A torch tensor as a float64 numpy copy."""
@@ -54,7 +51,7 @@ class Cell:
     """One arch's layers: weights and the step of each layer.
 
     Args:
-        model: a model of rnn_export.models (config.arch in GATES).
+        model: a model of rnn_export.models (any arch).
     """
 
     def __init__(self, model):
