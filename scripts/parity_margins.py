@@ -60,12 +60,12 @@ def margins(run_dir: Path, opset: int, correct_only: bool = False) -> list[dict]
             except ParityError as e:
                 report = e.report
             case = report.deciding()
-            options = ckpt.training.get("options", ckpt.training)  # train.json's options
+            options = ckpt.options  # None for an imported model
+            epochs, seed = ("?", "?") if options is None else (options.epochs, options.seed)
             rows.append(
                 {
                     "model": f"{ckpt.config.arch} {ckpt.config.nonlinearity} "
-                    f"L={ckpt.config.num_layers} ({options.get('epochs', '?')} epochs, seed "
-                    f"{options.get('seed', '?')}, opset {opset})",
+                    f"L={ckpt.config.num_layers} ({epochs} epochs, seed {seed}, opset {opset})",
                     "file": name,
                     "expected": "pass" if name in CORRECT else "fail",
                     "passed": report.passed,
