@@ -40,7 +40,17 @@ def _torch_confusion(ckpt, samples, labels):
 
 
 def test_checkpoint_split_gives_training_accuracy_and_pytorch_figures(exported_run):
-    run_dir, path = exported_run
+    _check_split(*exported_run)
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_a_gated_run_evaluates_as_training_and_pytorch_did(arch, tiny_run_dir, tmp_path):
+    run_dir = tiny_run_dir(arch)
+    _check_split(run_dir, export_onnx(run_dir, tmp_path / f"{arch}.onnx"))
+
+
+def _check_split(run_dir, path) -> None:
+    """The file's figures on its RUN_DIR's split equal training's and PyTorch's."""
     ckpt = load_checkpoint(run_dir)
     report = evaluate_model(path, checkpoint=run_dir)
     assert report.accuracy == ckpt.metrics["val_accuracy"]

@@ -7,7 +7,7 @@ This module needs nothing but the standard library, so it runs on a device.
 
 Keys (all values are JSON text):
     rnn_export.schema      1
-    rnn_export.model       {"arch", "vocab_size", "num_classes", "hidden_size",
+    rnn_export.model       {"arch" (one of ARCHS), "vocab_size", "num_classes", "hidden_size",
                             "num_layers", "nonlinearity"}
     rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int or null
                             (null: no unknown token, as in an imported plain-list vocabulary)}
@@ -21,8 +21,10 @@ Keys (all values are JSON text):
     rnn_export.step        optional: a second, loop-free ONNX model for one step at a time,
                            {"token", "log_probs", "states": [{"input", "output"}, ...],
                             "sha256", "onnx_base64"}: inputs token (B,) int64 and one
-                           (B, H) float32 state per layer, outputs log_probs (B, C) and the
-                           new states. Layer l's state is the model state's slice [l] along
+                           (B, H) float32 state per layer and model state (every layer of
+                           io.states[0], then of io.states[1]: h_0, h_1, c_0, c_1 for a
+                           2-layer LSTM), outputs log_probs (B, C) and the new states.
+                           Layer l's state is the model state's slice [l] along
                            its first axis when that state is (L, B, H), the state itself
                            when it is (B, H). The runtime steps through it on the CPU: at
                            batch 1 every onnxruntime node costs about as much as its math,
