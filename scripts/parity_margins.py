@@ -5,7 +5,8 @@
 
 For each RUN_DIR: export it, then run `verify` on the export, on two correct files that
 round differently (hidden units permuted inside the file; every new state scaled by up
-to 4 ulp per step) and on every broken fake of the parity suite (tests/parity/fakes.py).
+to 4 ulp per step) and on every broken fake of the parity suite that applies to its arch
+(tests/parity/fakes.py: the generic ones, and for gru and lstm their own).
 Prints a Markdown table: per file, PASS/FAIL and the deciding check's error / allowance
 (a correct file must pass below 1, a broken one fail at 10 or more). The header says
 when, on which machine and with which command it was made.
@@ -29,13 +30,13 @@ import fakes  # noqa: E402  (the parity suite's fakes: one definition for tests 
 CORRECT = ("export", "permuted-units", "ulp-scaled")
 
 
-def _variants(run_dir: Path, path: Path, tmp: Path, opset: int, correct_only: bool):
+def _variants(run_dir: Path, path: Path, tmp: Path, opset: int, correct_only: bool, arch: str):
     yield "export", path
     yield "permuted-units", fakes.export_permuted(run_dir, tmp / "permuted.onnx", opset=opset)
     yield "ulp-scaled", fakes.write_fake(path, tmp / "ulp.onnx", fakes.ulp_scaled)
     if correct_only:
         return
-    for name, make in fakes.BROKEN.items():
+    for name, make in fakes.broken_for(arch).items():
         yield name, fakes.write_fake(path, tmp / f"{name}.onnx", make)
     yield "fixed-length", fakes.write_fake(path, tmp / "fixed.onnx", fakes.fixed_length, 7)
 
@@ -51,18 +52,20 @@ def margins(run_dir: Path, opset: int, correct_only: bool = False) -> list[dict]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = export_onnx(ckpt, tmp / "model.onnx", opset=opset)
-        for name, file in _variants(run_dir, path, tmp, opset, correct_only):
+        variants = _variants(run_dir, path, tmp, opset, correct_only, ckpt.config.arch)
+        for name, file in variants:
             started = time.perf_counter()
             try:
                 report = verify_parity(file, ckpt)
             except ParityError as e:
                 report = e.report
             case = report.deciding()
+            options = ckpt.options  # None for an imported model
+            epochs, seed = ("?", "?") if options is None else (options.epochs, options.seed)
             rows.append(
                 {
                     "model": f"{ckpt.config.arch} {ckpt.config.nonlinearity} "
-                    f"({ckpt.training.get('epochs', '?')} epochs, seed "
-                    f"{ckpt.training.get('seed', '?')}, opset {opset})",
+                    f"L={ckpt.config.num_layers} ({epochs} epochs, seed {seed}, opset {opset})",
                     "file": name,
                     "expected": "pass" if name in CORRECT else "fail",
                     "passed": report.passed,

@@ -30,7 +30,9 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="slow: full default training; run with --run-slow")
+    skip = pytest.mark.skip(
+        reason="slow (full default trainings, the long parity sweeps); run with --run-slow"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -9,6 +9,8 @@ its operations no worse than this rounding model says:
         |rounding| <= DOT_ROUNDING * sqrt(n) * u * sum |terms|
     elementwise kernel (activation, product, sum of two, state output, log-softmax):
         |rounding| <= ELEMENTWISE_ROUNDING * u * |result|  (16 ulp)
+    sigmoid: the same of max(s, 1 - s), as a logistic kernel computed from 1/2 + ...
+        (onnxruntime's) is accurate to a few ulp of 1, not of a tiny s
     plus TINY (the smallest normal float32) per operation, for flush-to-zero
 
 with u = 2**-24, float32's unit roundoff. Errors already present propagate through
@@ -76,9 +78,13 @@ class Approx:
         return Approx(self.value[index], self.radius[index])
 
 
-def _elementwise(value: np.ndarray, propagated: np.ndarray, cap: float = RADIUS_CAP) -> Approx:
-    # The kernel rounds its own result, which may be anywhere within the propagated radius.
-    radius = propagated + ELEMENTWISE_ROUNDING * U * (np.abs(value) + propagated) + TINY
+def _elementwise(
+    value: np.ndarray, propagated: np.ndarray, cap: float = RADIUS_CAP, scale=None
+) -> Approx:
+    # The kernel rounds its own result, which may be anywhere within the propagated radius;
+    # `scale` replaces |result| for a kernel whose error is relative to something else.
+    size = np.abs(value) if scale is None else scale
+    radius = propagated + ELEMENTWISE_ROUNDING * U * (size + propagated) + TINY
     return Approx(value, np.minimum(radius, cap))
 
 
@@ -162,7 +168,9 @@ def activation(name: str, z: Approx) -> Approx:
         slope = (z.value + z.radius > 0).astype(np.float64)
     else:
         slope = 1.0
-    return _elementwise(value, slope * z.radius, radius_cap(name))
+    # A logistic kernel rounds to a few ulp of 1 - s as well (see the module docstring).
+    scale = np.maximum(value, 1.0 - value) if name == "sigmoid" else None
+    return _elementwise(value, slope * z.radius, radius_cap(name), scale)
 
 
 def radius_cap(name: str) -> float:
@@ -186,6 +194,40 @@ def add(a: Approx, b: Approx) -> Approx:
 def one_minus(a: Approx) -> Approx:
     """1 - a, elementwise."""
     return _elementwise(1.0 - a.value, a.radius)
+
+
+def interpolate(z: Approx, n: Approx, h: Approx) -> Approx:
+    """(1 - z) * n + z * h, elementwise: a GRU's new state from its update gate z.
+
+    Propagated exactly (the function is bilinear): d = dz (h - n) + (1 - z) dn + z dh +
+    dz (dh - dn). The rounding is the largest of the ways of writing it in float32
+    kernels, each of which rounds its own results (magnitudes over the intervals; a fused
+    multiply-add rounds less): (1 - z) * n + z * h rounds 1 - z, both products and the
+    sum; n + z * (h - n) (PyTorch's) the difference, the product and the sum;
+    n + z * h - z * n both products, the sum and the difference.
+    """
+    value = (1.0 - z.value) * n.value + z.value * h.value
+    propagated = (
+        z.radius * np.abs(h.value - n.value)
+        + np.abs(1.0 - z.value) * n.radius
+        + np.abs(z.value) * h.radius
+        + z.radius * (n.radius + h.radius)
+    )
+    mz, mn, mh = z.magnitude, n.magnitude, h.magnitude
+    m1z = np.abs(1.0 - z.value) + z.radius
+    mhn = np.abs(h.value - n.value) + h.radius + n.radius
+    result = np.abs(value) + propagated
+    size = np.maximum.reduce(
+        [
+            2 * m1z * mn + mz * mh + result,
+            2 * mz * mhn + result,
+            2 * mz * mh + mn + mz * mn + result,
+        ]
+    )
+    # (1 + 8 e): a kernel's input already carries the earlier kernels' rounding
+    e = ELEMENTWISE_ROUNDING * U
+    radius = propagated + e * (1 + 8 * e) * size + 4 * TINY
+    return Approx(value, np.minimum(radius, RADIUS_CAP))
 
 
 def log_softmax(y: Approx) -> Approx:

@@ -34,6 +34,7 @@ HORIZON = 4  # steps from each start state
 START_STATES = 256  # per source
 SPARSE_STATES = 1024  # single-unit sparse states: H units x as many quiet tokens as fit
 B1_STATES = 512  # the B=1 path runs one call per state: at most this many of them
+CELL_RANGE = 3.0  # random LSTM cell states: uniform in +-this (tanh(3) = 0.995)
 
 
 def _lengths_label(lengths: np.ndarray):
@@ -59,6 +60,24 @@ def _agreement(got: np.ndarray, ref: Approx) -> tuple[float, int]:
 def state_axes(meta) -> tuple[int, ...]:
     """The batch axis of each state, in the metadata's order."""
     return tuple(s.batch_axis for s in meta.states)
+
+
+def check_state_count(states, ref_states) -> None:
+    """Raises CaseFailure when the file returns another number of states than the model."""
+    if len(states) != len(ref_states):
+        raise CaseFailure(f"the file returns {len(states)} states; the model has {len(ref_states)}")
+
+
+def random_state(config, B: int, rng) -> tuple[np.ndarray, ...]:
+    """A uniform random float32 state: h in [-1, 1] (tanh's range), an LSTM's cell state
+    c in [-CELL_RANGE, CELL_RANGE] (it is unbounded; trained cells mostly stay inside)."""
+    shape = config.state_shape(B)
+    ranges = [1.0 if name == "h0" else CELL_RANGE for name, _ in config.state_names]
+    return tuple(rng.uniform(-r, r, size=shape).astype(np.float32) for r in ranges)
+
+
+def zero_state(config, B: int) -> tuple[np.ndarray, ...]:
+    return tuple(np.zeros(config.state_shape(B), dtype=np.float32) for _ in config.state_names)
 
 
 @dataclass
@@ -105,8 +124,7 @@ class Case:
         )
         try:
             log_probs, states = self._drive(runner)
-            if len(states) != len(ref_states):
-                raise CaseFailure(f"the file returns {len(states)} states; the model has 1")
+            check_state_count(states, ref_states)
             outputs = [compare(log_probs, ref_lp, names[0], t_lp, tolerance)]
             outputs += [
                 compare(got, ref, name, want, tolerance)
@@ -143,13 +161,10 @@ def plan_cases(ckpt, example_length: int, rng, validation) -> list[Case]:
     def add(name, family, B, T, *, random_h0=True, lengths=None, **kwargs):
         """A case on random tokens; PyTorch gets state=None for zeros, lengths=None for full."""
         tokens = rng.integers(0, cfg.vocab_size, size=(B, T), dtype=np.int64)
-        if random_h0:
-            h0 = rng.uniform(-1.0, 1.0, size=cfg.state_shape(B)).astype(np.float32)
-        else:
-            h0 = np.zeros(cfg.state_shape(B), dtype=np.float32)
+        state = random_state(cfg, B, rng) if random_h0 else zero_state(cfg, B)
         ort_lengths = np.full(B, T, dtype=np.int64) if lengths is None else lengths
-        torch_state = (h0,) if random_h0 else None
-        case = Case(name, family, tokens, (h0,), ort_lengths, torch_state, lengths, **kwargs)
+        torch_state = state if random_h0 else None
+        case = Case(name, family, tokens, state, ort_lengths, torch_state, lengths, **kwargs)
         cases.append(case)
         return case
 
@@ -206,11 +221,11 @@ def validation_cases(ckpt, validation, batch_size: int = 256) -> list[Case]:
         texts = [text for text, _ in validation[start : start + batch_size]]
         tokens, lengths = encode_batch(texts, ckpt.vocab)
         B = len(texts)
-        h0 = np.zeros(ckpt.config.state_shape(B), dtype=np.float32)
+        state = zero_state(ckpt.config, B)
         name = f"rows {start}-{start + B - 1}"
         lengths = lengths.numpy()
         cases.append(
-            Case(name, "validation", tokens.numpy(), (h0,), lengths, None, lengths, agreement=True)
+            Case(name, "validation", tokens.numpy(), state, lengths, None, lengths, agreement=True)
         )
     return cases
 
@@ -237,7 +252,7 @@ class StartStates:
     single: np.ndarray
 
 
-def sparse_states(config, rng, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sparse_states(config, rng, tokens: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """States with few units on (each vector of each layer), and the first token after each.
 
     For every hidden unit i and every token of `tokens`, a state with only unit i on, at
@@ -246,19 +261,24 @@ def sparse_states(config, rng, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarr
     tight, and a wrong weight from unit i stands out (most after the tokens that leave the
     unit unsaturated, so every unit is tried after every token of `tokens`).
 
+    An LSTM's cell state has the same units on, at +-(0.5..CELL_RANGE), the others 0.
+
     Returns:
-        (states (n along the batch axis), first tokens (n,)).
+        (the state tuple (n along the batch axis), first tokens (n,)).
     """
     H, k = config.hidden_size, len(tokens)
     n = H * (k + 1)
-    state = np.zeros(config.state_shape(n), dtype=np.float32)
-    per_layer = state.reshape(-1, n, H) if state.ndim == 3 else state[None]
-    for rows in per_layer:
+    state = zero_state(config, n)
+    views = [s.reshape(-1, n, H) if s.ndim == 3 else s[None] for s in state]
+    for layer in range(views[0].shape[0]):
         for r in range(n):
             extra = [] if r < H * k else rng.choice(H, size=int(rng.integers(1, 3)), replace=False)
             units = np.array(sorted({r % H, *extra}))
             signs = rng.choice([-1.0, 1.0], units.size)
-            rows[r, units] = rng.uniform(0.9, 1.0, size=units.size) * signs
+            views[0][layer, r, units] = rng.uniform(0.9, 1.0, size=units.size) * signs
+            for cell in views[1:]:
+                size = rng.uniform(0.5, CELL_RANGE, size=units.size)
+                cell[layer, r, units] = size * rng.choice([-1.0, 1.0], units.size)
     first = np.concatenate([np.repeat(tokens, H), rng.integers(0, config.vocab_size, size=H)])
     return state, first.astype(np.int64)
 
@@ -358,8 +378,7 @@ class LocalCase:
         ref_lp, ref_states = reference
         t_lp, t_states = torch_steps
         log_probs, states = got
-        if len(states) != len(ref_states):
-            raise CaseFailure(f"the file returns {len(states)} states; the model has 1")
+        check_state_count(states, ref_states)
         series = [(log_probs, _pick(ref_lp, steps, rows, 0), _pick(t_lp, steps, rows, 0), 0)]
         series += [
             (g, _pick(r, steps, rows, a), _pick(t, steps, rows, a), a)
@@ -440,15 +459,13 @@ def plan_start_states(
             steps = np.sort(rng.choice(S - 1, size=min(N, S - 1), replace=False))
             states = tuple(rows_of_steps(s, steps, a) for s, a in zip(per_step, axes, strict=True))
             parts.append(("stream", states, continuation([tokens[0, t + 1 :] for t in steps])))
-    random = rng.uniform(-1.0, 1.0, size=cfg.state_shape(N)).astype(np.float32)
-    parts.append(("random", (random,), continuation([[]] * N)))
+    parts.append(("random", random_state(cfg, N, rng), continuation([[]] * N)))
     quiet = np.arange(1) if quiet_tokens is None else np.asarray(quiet_tokens)
     sparse, first = sparse_states(cfg, rng, quiet[: max(4, SPARSE_STATES // cfg.hidden_size)])
     follow = continuation([[]] * len(first))
     follow[:, 0] = first
-    parts.append(("sparse", (sparse,), follow))
-    zeros = np.zeros(cfg.state_shape(16), dtype=np.float32)
-    parts.append(("zero", (zeros,), continuation([[]] * 16)))
+    parts.append(("sparse", sparse, follow))
+    parts.append(("zero", zero_state(cfg, 16), continuation([[]] * 16)))
 
     states = concat_rows([p[1] for p in parts], axes)
     tokens = np.concatenate([p[2] for p in parts])

@@ -8,7 +8,8 @@ allowance). `check_against_pytorch` proves, one step from given states, that it 
 function PyTorch computes in float64. `TorchFloat32` runs the PyTorch model itself.
 
 States are tuples of arrays in the model's layout, in the metadata's order: (h,) with h
-(B, H) for "cell" and (L, B, H) for "stacked".
+(B, H) for "cell" and (L, B, H) for "stacked" and "gru"; (h, c), each (L, B, H), for
+"lstm".
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ import numpy as np
 from rnn_export.parity.bounds import (
     Approx,
     Linear,
-    Terms,
-    activation,
-    activation_value,
     affine,
     bias_terms,
     log_softmax,
     radius_cap,
     stack,
 )
+from rnn_export.parity.cells import Cell, f64
 
 # A step of the float64 reference and of PyTorch float64 from the same states agree to
 # float64 rounding; anything further apart is a bug in the reference, not in the file.
@@ -48,56 +47,27 @@ def _replace_rows(h: Approx, n: int, new: Approx) -> Approx:
     )
 
 
-def _f64(t) -> np.ndarray:
-    return t.detach().to("cpu").double().numpy().copy()
+def _rows(layers, index) -> list[tuple[Approx, ...]]:
+    return [tuple(s[index] for s in layer) for layer in layers]
 
 
 class Recurrence:
     """The model's recurrence in float64 with its float32 allowance.
 
+    A layer's state is a tuple of Approx (B, H): (h,), or (h, c) for "lstm"
+    (rnn_export.parity.cells).
+
     Args:
-        model: a CellRNN or StackedRNN (rnn_export.models).
+        model: a model of rnn_export.models.
     """
 
     def __init__(self, model):
-        config = model.config
-        self.config = config
-        self.nonlinearity = config.nonlinearity
-        H = config.hidden_size
-        if config.arch == "cell":
-            w, b = _f64(model.i2h.weight), _f64(model.i2h.bias)  # (H, 2H): [input | recurrent]
-            embedding = _f64(model.embed.weight)
-            first_input, first_biases = w[:, :H], [b]
-            self.recurrent = [Linear(w[:, H:])]
-            self.inputs, self.biases = [None], [None]
-            head = model.h2o
-        elif config.arch == "stacked":
-            rnn = model.rnn
-            embedding = _f64(model.embedding.weight)
-
-            def weight(kind, layer):
-                return _f64(getattr(rnn, f"{kind}_l{layer}"))
-
-            first_input = weight("weight_ih", 0)
-            first_biases = [weight("bias_ih", 0), weight("bias_hh", 0)]
-            L = config.num_layers
-            self.recurrent = [Linear(weight("weight_hh", k)) for k in range(L)]
-            self.inputs = [None] + [Linear(weight("weight_ih", k)) for k in range(1, L)]
-            self.biases = [None] + [
-                bias_terms(weight("bias_ih", k), weight("bias_hh", k)) for k in range(1, L)
-            ]
-            head = model.fc
-        else:
-            raise ValueError(f"no float64 reference for arch {config.arch!r}")
-        # Layer 0's input term depends only on the token: one row per token, as the
-        # exported table folds it (its rounding is charged to the step's dot product).
-        self.table = Terms(
-            embedding @ first_input.T + sum(first_biases),
-            np.abs(embedding) @ np.abs(first_input).T + sum(np.abs(x) for x in first_biases),
-            first_input.shape[1] + len(first_biases),
-        )
-        self.out = Linear(_f64(head.weight))
-        self.out_bias = bias_terms(_f64(head.bias))
+        self.config = model.config
+        self.nonlinearity = model.config.nonlinearity
+        self.cell = Cell(model)
+        self.table = self.cell.table
+        self.out = Linear(f64(self.cell.head.weight))
+        self.out_bias = bias_terms(f64(self.cell.head.bias))
 
     def quiet_tokens(self) -> np.ndarray:
         """Every token id, those whose layer-0 input terms are smallest first (sum over
@@ -106,65 +76,59 @@ class Recurrence:
 
     # --- states -----------------------------------------------------------------------
 
-    def layers_of(self, state: tuple[np.ndarray, ...]) -> list[Approx]:
-        """Each layer's (B, H) state from a model-layout state, as exact inputs."""
-        (h,) = state
+    def layers_of(self, state: tuple[np.ndarray, ...]) -> list[tuple[Approx, ...]]:
+        """Each layer's state tuple of (B, H) from a model-layout state, as exact inputs."""
         if self.config.arch == "cell":
-            return [Approx.exact(h)]
-        return [Approx.exact(h[k]) for k in range(h.shape[0])]
+            return [(Approx.exact(state[0]),)]
+        L = state[0].shape[0]
+        return [tuple(Approx.exact(s[k]) for s in state) for k in range(L)]
 
-    def state_of(self, layers: list[Approx]) -> tuple[Approx, ...]:
+    def state_of(self, layers: list[tuple[Approx, ...]]) -> tuple[Approx, ...]:
         """The model-layout state from the layers' states."""
         if self.config.arch == "cell":
-            return (layers[0],)
-        return (stack(layers),)
+            return layers[0]
+        return tuple(stack([layer[i] for layer in layers]) for i in range(len(layers[0])))
 
     # --- the recurrence ---------------------------------------------------------------
 
-    def step(self, tokens: np.ndarray, layers: list[Approx]) -> list[Approx]:
-        """One step: tokens (B,) int, each layer's state (B, H) -> the new layer states.
+    def step(self, tokens: np.ndarray, layers: list[tuple[Approx, ...]]):
+        """One step: tokens (B,) int, each layer's state -> the new layer states.
 
         Once every radius of every layer is at its cap (a long run has amplified the
         allowance until it says nothing), the bound stays there: only the values are
         computed, and the radius kept at the cap (a bound that always holds).
         """
         cap = radius_cap(self.nonlinearity)
-        if all(bool((h.radius >= cap).all()) for h in layers):
+        if self.config.arch in ("cell", "stacked") and all(
+            bool((h.radius >= cap).all()) for (h,) in layers
+        ):
             return self._step_values(tokens, layers, cap)
         x = None
         new = []
-        for k, h in enumerate(layers):
-            if k == 0:
-                z = affine([(h, self.recurrent[0])], self.table[tokens])
-            else:
-                z = affine([(x, self.inputs[k]), (h, self.recurrent[k])], self.biases[k])
-            x = activation(self.nonlinearity, z)
-            new.append(x)
+        for k, state in enumerate(layers):
+            state = self.cell.step(k, tokens, x, state)
+            x = state[0]
+            new.append(state)
         return new
 
-    def _step_values(self, tokens, layers: list[Approx], cap: float) -> list[Approx]:
+    def _step_values(self, tokens, layers, cap: float):
         """step() for layers whose bound says nothing: the exact values, radius at cap."""
         x = None
         new = []
-        for k, h in enumerate(layers):
-            z = h.value @ self.recurrent[k].weight.T
-            if k == 0:
-                z = z + self.table.value[tokens]
-            else:
-                z = z + x @ self.inputs[k].weight.T + self.biases[k].value
-            x = activation_value(self.nonlinearity, z)
-            new.append(Approx(x, np.full_like(x, cap)))
+        for k, (h,) in enumerate(layers):
+            x = self.cell.step_values(k, tokens, x, h.value)
+            new.append((Approx(x, np.full_like(x, cap)),))
         return new
 
     def head(self, top: Approx) -> Approx:
-        """log_probs (B, C) from the top layer's state."""
+        """log_probs (B, C) from the top layer's h."""
         return log_softmax(affine([(top, self.out)], self.out_bias))
 
     def run(self, tokens: np.ndarray, state: tuple[np.ndarray, ...], lengths=None):
         """The model on a padded batch, from an explicit float32 state.
 
         Args:
-            tokens: int (B, T); state: the model-layout float32 state;
+            tokens: int (B, T); state: the model-layout float32 state tuple;
             lengths: (B,), 1 <= lengths <= T, or None for all T; rows past their
                 length keep their state.
 
@@ -175,15 +139,17 @@ class Recurrence:
         lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
         # Longest rows first: step t computes only the rows still running, a prefix.
         order = np.argsort(-lengths, kind="stable")
-        layers = [h[order] for h in self.layers_of(state)]
+        layers = _rows(self.layers_of(state), order)
         tokens, lengths = tokens[order], lengths[order]
         for t in range(int(lengths.max(initial=0))):
             n = int(np.count_nonzero(lengths > t))
-            new = self.step(tokens[:n, t], [h[:n] for h in layers])
-            layers = [_replace_rows(h, n, x) for h, x in zip(layers, new, strict=True)]
-        back = np.argsort(order, kind="stable")
-        layers = [h[back] for h in layers]
-        return self.head(layers[-1]), self.state_of(layers)
+            new = self.step(tokens[:n, t], _rows(layers, slice(0, n)))
+            layers = [
+                tuple(_replace_rows(s, n, x) for s, x in zip(old, fresh, strict=True))
+                for old, fresh in zip(layers, new, strict=True)
+            ]
+        layers = _rows(layers, np.argsort(order, kind="stable"))
+        return self.head(layers[-1][0]), self.state_of(layers)
 
     def run_steps(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]):
         """The outputs after every step of tokens (B, T), one token per step.
@@ -197,7 +163,7 @@ class Recurrence:
             layers = self.step(tokens[:, t], layers)
             per_step.append(layers)
         B, T = tokens.shape
-        tops = stack([layers[-1] for layers in per_step])  # (T, B, H)
+        tops = stack([layers[-1][0] for layers in per_step])  # (T, B, H)
         H = tops.value.shape[-1]
         flat = self.head(Approx(tops.value.reshape(T * B, H), tops.radius.reshape(T * B, H)))
         log_probs = Approx(flat.value.reshape(T, B, -1), flat.radius.reshape(T, B, -1))
@@ -217,14 +183,17 @@ class Recurrence:
         log_probs, new_state = self.run(tokens[:, None], state)
         model64 = copy.deepcopy(model).double()
         with torch.inference_mode():
-            lp64, h64 = model64(
+            lp64, state64 = model64(
                 torch.from_numpy(np.ascontiguousarray(tokens[:, None])),
-                torch.from_numpy(state[0].astype(np.float64)),
+                to_torch_state(tuple(s.astype(np.float64) for s in state)),
             )
-        for name, mine, theirs in (
-            ("log_probs", log_probs.value, lp64.numpy()),
-            ("state", new_state[0].value, h64.numpy()),
-        ):
+        theirs = from_torch_state(state64)
+        pairs = [("log_probs", log_probs.value, lp64.numpy())]
+        pairs += [
+            (f"state {i}", mine.value, other)
+            for i, (mine, other) in enumerate(zip(new_state, theirs, strict=True))
+        ]
+        for name, mine, theirs in pairs:
             scale = max(1.0, float(np.abs(theirs).max(initial=0.0)))
             gap = float(np.abs(mine - theirs).max(initial=0.0))
             if not gap <= SELF_CHECK_RTOL * scale:
@@ -232,6 +201,25 @@ class Recurrence:
                     f"the float64 reference differs from PyTorch float64 by {gap:.3g} in "
                     f"{name} after one step: a bug in rnn-export's reference, not in the file"
                 )
+
+
+def to_torch_state(state: tuple[np.ndarray, ...] | None):
+    """A state tuple of numpy arrays as the model takes it: one tensor, or a tuple of
+    tensors ((h, c) for "lstm"); None stays None (zeros)."""
+    import torch
+
+    from rnn_export.models import model_state
+
+    if state is None:
+        return None
+    return model_state(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
+
+
+def from_torch_state(state) -> tuple[np.ndarray, ...]:
+    """The model's new state (a tensor or a tuple of tensors) as a tuple of numpy arrays."""
+    if isinstance(state, tuple | list):
+        return tuple(s.numpy() for s in state)
+    return (state.numpy(),)
 
 
 @contextmanager
@@ -261,10 +249,10 @@ class TorchFloat32:
         with torch.inference_mode(), torch_threads(self.threads):
             log_probs, new_state = self.model(
                 torch.from_numpy(np.ascontiguousarray(tokens)),
-                None if state is None else torch.from_numpy(state[0]),
+                to_torch_state(state),
                 None if lengths is None else torch.from_numpy(lengths),
             )
-        return log_probs.numpy(), (new_state.numpy(),)
+        return log_probs.numpy(), from_torch_state(new_state)
 
     def run_steps(self, tokens, state) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """The outputs after every step of tokens (B, T), one token per call with the state

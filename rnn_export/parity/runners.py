@@ -28,7 +28,10 @@ from rnn_runtime.session import PROVIDERS as RUNTIME_PROVIDERS
 PROVIDERS = {name: RUNTIME_PROVIDERS[name] for name in ("cpu", "cuda")}
 # Kernels that do the model's arithmetic: on a non-CPU provider none may run on the CPU.
 # (Integer shape arithmetic such as Add or Gather may legitimately stay on the CPU.)
-COMPUTE_OPS = {"RNN", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul", "Tanh", "Relu", "LogSoftmax"}
+COMPUTE_OPS = {
+    *("RNN", "GRU", "LSTM", "Scan", "Loop", "Gemm", "FusedGemm", "MatMul"),
+    *("Tanh", "Relu", "Sigmoid", "LogSoftmax"),
+}
 
 
 def run_errors() -> tuple[type[BaseException], ...]:
@@ -118,12 +121,12 @@ class StepModel:
                 self.session,
                 self.step,
                 np.ascontiguousarray(tokens[:, 0]),
-                state[0],
+                list(state),
                 self.run_options,
             )
         except self.errors as e:
             raise CaseFailure(f"onnxruntime raised {type(e).__name__}: {e}") from None
-        return log_probs, (new_state,)
+        return log_probs, tuple(new_state)
 
 
 def open_step_model(meta, provider: str, threads: int):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.config import state_names
 from rnn_export.parity.backends import check_runtime, open_runtime_runners
 from rnn_export.parity.cases import (
     EXAMPLE_LENGTH,
@@ -203,6 +204,7 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
             "hidden_size": meta.hidden_size,
             "num_layers": meta.num_layers,
             "nonlinearity": meta.nonlinearity,
+            "states": [s.input for s in meta.states],
             "vocab_size": meta.vocab_size,
             "num_classes": meta.num_classes,
             "opset": meta.opset,
@@ -300,10 +302,12 @@ def _open_model(path: Path, threads: int):
             check_signature(meta, session.get_inputs(), session.get_outputs())
     except MetadataError as e:
         raise ParityUsageError(f"{path}: {e}") from None
-    if meta.arch not in ("cell", "stacked") or len(meta.states) != 1:
+    expected = [i for i, _ in state_names(meta.arch)]
+    if [s.input for s in meta.states] != expected:
+        listed = ", ".join(s.input for s in meta.states) or "none"
         raise ParityUsageError(
-            f"{path}: verify checks the arches cell and stacked (one state tensor); this "
-            f"file is {meta.arch!r} with {len(meta.states)} state(s)"
+            f"{path}: expected the state inputs {', '.join(expected)} of arch "
+            f"{meta.arch!r}; the metadata lists {listed}"
         )
     return meta, session
 

@@ -34,8 +34,17 @@ def tiny_data(tmp_path_factory) -> dict:
     return folder_spec(folder)
 
 
-def write_run(run_dir, data: dict, arch: str, nonlinearity: str, hidden_size: int, seed: int = 0):
-    """An untrained checkpoint of the given shape on `data` (its validation split is real)."""
+def write_run(
+    run_dir,
+    data: dict,
+    arch: str,
+    nonlinearity: str,
+    hidden_size: int,
+    seed: int = 0,
+    num_layers: int | None = None,
+):
+    """An untrained checkpoint of the given shape on `data` (its validation split is real);
+    num_layers None: 1 for "cell", 2 for the others."""
     dataset = load_dataset(data)
     vocab = Vocabulary.build([text for text, _ in dataset.train])
     torch.manual_seed(seed)
@@ -44,7 +53,7 @@ def write_run(run_dir, data: dict, arch: str, nonlinearity: str, hidden_size: in
         vocab_size=len(vocab),
         labels=dataset.labels,
         hidden_size=hidden_size,
-        num_layers=1 if arch == "cell" else 2,
+        num_layers=num_layers or (1 if arch == "cell" else 2),
         nonlinearity=nonlinearity,
     )
     model = build_model(config).eval()
@@ -53,20 +62,21 @@ def write_run(run_dir, data: dict, arch: str, nonlinearity: str, hidden_size: in
 
 @pytest.fixture(scope="session")
 def make_export(tmp_path_factory, tiny_data):
-    """make_export(arch, nonlinearity, opset=None, hidden_size=TINY_H) -> (run_dir, model.onnx).
+    """make_export(arch, nonlinearity, opset=None, hidden_size=TINY_H, seed=0, num_layers=None)
+    -> (run_dir, model.onnx).
 
     hidden_size 128 uses the embedded default dataset, as a default-size run would.
     """
     root = tmp_path_factory.mktemp("runs")
     cache = {}
 
-    def make(arch, nonlinearity, opset=None, hidden_size=TINY_H, seed=0):
-        key = (arch, nonlinearity, opset, hidden_size, seed)
+    def make(arch, nonlinearity, opset=None, hidden_size=TINY_H, seed=0, num_layers=None):
+        key = (arch, nonlinearity, opset, hidden_size, seed, num_layers)
         if key not in cache:
-            run_dir = root / f"{arch}-{nonlinearity}-h{hidden_size}-s{seed}"
+            run_dir = root / f"{arch}-{nonlinearity}-h{hidden_size}-s{seed}-l{num_layers}"
             if not run_dir.exists():
                 data = embedded_spec() if hidden_size >= 128 else tiny_data
-                write_run(run_dir, data, arch, nonlinearity, hidden_size, seed)
+                write_run(run_dir, data, arch, nonlinearity, hidden_size, seed, num_layers)
             path = run_dir / f"model-opset{opset or 'default'}.onnx"
             if opset is None:
                 export_onnx(run_dir, path)

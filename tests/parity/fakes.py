@@ -4,12 +4,17 @@ correct ones that round differently (another machine's kernels) verify must pass
 The metadata (checkpoint sha256 included) is kept as it is, so a fake is judged on its
 numbers, not on the model/checkpoint match.
 
-Broken:   perturbed-weight (layer 0's recurrent weight R0[0, 0] + delta), perturbed-bias
-          (layer 0's bias of unit 0 + delta: a column of the folded table), state-passthrough
-          (hn = h0), ignored-lengths (padding run as input), lengths-off-by-one
-          (max(lengths - 1, 1)), swapped-rows (rows 0 and 1 of a batch swapped on output),
-          fixed-length (T fixed at export, as a traced graph), perturbed-step-model (only
-          the embedded step model's R0[0, 0] + delta).
+Broken:   perturbed-weight (layer 0's recurrent weight R0[0, 0] + delta; of the candidate
+          gate for gru and lstm), perturbed-bias (layer 0's bias of unit 0 + delta: a
+          column of the folded table, or of B0), state-passthrough (hn = h0),
+          ignored-lengths (padding run as input), lengths-off-by-one (max(lengths - 1, 1)),
+          swapped-rows (rows 0 and 1 of a batch swapped on output), fixed-length (T fixed
+          at export, as a traced graph), perturbed-step-model (only the embedded step
+          model's R0[0, 0] + delta).
+Gated:    linear-before-reset-flipped (gru: the reset gate applied to h before the
+          recurrent product, ONNX's linear_before_reset=0, in the main graph and the step
+          model), swapped-gates (lstm: the forget and output gates swapped everywhere),
+          cell-passthrough (lstm: cn = c0, in the main graph and the step model).
 Correct:  permuted-units (hidden units permuted inside the file: the same function, every
           sum in another order), ulp-scaled (every new state scaled by 1 + d, |d| up to
           4 ulp, per step: a runtime that rounds a few ulp worse).
@@ -28,7 +33,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS, state_names
 
 STEP_KEY = "rnn_export.step"
 
@@ -72,34 +77,153 @@ def _add(model, name: str, value) -> str:
     return name
 
 
-def perturb_weight(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
-    """One recurrent weight (layer 0's R[0, 0], shared by every path) moved by delta."""
+def _names(model: onnx.ModelProto) -> set[str]:
+    return {t.name for t in model.graph.initializer}
+
+
+def _candidate_row(rows: int, H: int) -> int:
+    """The first row of the candidate gate in a gate stack of `rows` rows: ONNX's GRU order
+    z, r, h and LSTM order i, o, f, c put it last; a plain RNN has one block."""
+    return {3 * H: 2 * H, 4 * H: 3 * H}.get(rows, 0)
+
+
+def _hidden(model: onnx.ModelProto) -> int:
+    return model.graph.output[1].type.tensor_type.shape.dim[-1].dim_value
+
+
+def _move(model: onnx.ModelProto, name: str, index, delta: float) -> onnx.ModelProto:
     model = copy.deepcopy(model)
-    init = _initializer(model, "R0")
-    weights = numpy_helper.to_array(init).copy()
-    weights.flat[0] += np.float32(delta)
-    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    init = _initializer(model, name)
+    values = numpy_helper.to_array(init).copy()
+    values[index] += np.float32(delta)
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return model
+
+
+def perturb_weight(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
+    """One recurrent weight of layer 0 moved by delta in every path: R[0, 0], of the
+    candidate gate; in each copy of it (a gated graph's cell keeps it apart as Rh0 for the
+    GRU, its GRU/LSTM operator has its own op_R0)."""
+    names = _names(model)
+    found = [n for n in ("Rh0", "R0", "op_R0") if n in names]
+    assert found, "expected an exported graph with a recurrent weight R0"
+    for name in found:
+        R = numpy_helper.to_array(_initializer(model, name))
+        row = 0 if name == "Rh0" else _candidate_row(R.shape[-2], R.shape[-1])
+        model = _move(model, name, (*([0] * (R.ndim - 2)), row, 0), delta)
     return model
 
 
 def perturb_bias(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
-    """Layer 0's bias of unit 0 moved by delta: column 0 of the folded table (V, H)."""
+    """Layer 0's input bias of unit 0 (of the candidate gate) moved by delta in every
+    path: a column of the folded table (V, GH), and op_B0 = [Wb, Rb] of a gated graph's
+    operator."""
+    H = _hidden(model)
+    table = numpy_helper.to_array(_initializer(model, "table"))
+    model = _move(model, "table", (slice(None), _candidate_row(table.shape[1], H)), delta)
+    if "op_B0" in _names(model):
+        B = numpy_helper.to_array(_initializer(model, "op_B0"))  # (1, 2GH)
+        model = _move(model, "op_B0", (0, _candidate_row(B.shape[1] // 2, H)), delta)
+    return model
+
+
+def _passthrough(model: onnx.ModelProto, pairs) -> onnx.ModelProto:
+    """Each output of pairs (input, output) is its input passed through an Identity."""
     model = copy.deepcopy(model)
-    init = _initializer(model, "table")
-    table = numpy_helper.to_array(init).copy()
-    table[:, 0] += np.float32(delta)
-    init.CopyFrom(numpy_helper.from_array(table, init.name))
+    graph = model.graph
+    for state_in, state_out in pairs:
+        _rename_output(graph, state_out, f"carried_{state_out}")
+        _rename_uses(graph, state_out, f"carried_{state_out}")
+        graph.node.append(helper.make_node("Identity", [state_in], [state_out]))
     return model
 
 
 def state_passthrough(model: onnx.ModelProto) -> onnx.ModelProto:
     """The state output is the input state passed through an Identity, not the carried one."""
+    return _passthrough(model, [(STATE_IN, STATE_OUT)])
+
+
+def cell_passthrough(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The LSTM's cell state passed through unchanged, cn = c0: in the main graph and in
+    the step model (cn_l = c_l); h is still computed from the carried cell state."""
+
+    def step_pairs(step):
+        return [
+            (i.name, o.name)
+            for i, o in zip(step.graph.input[1:], step.graph.output[1:], strict=True)
+            if i.name.startswith("c_")
+        ]
+
+    model = _passthrough(model, [("c0", "cn")])
+    return _map_step_model(model, lambda step: _passthrough(step, step_pairs(step)))
+
+
+def flip_linear_before_reset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The GRU's reset gate applied to h before the recurrent product (ONNX's
+    linear_before_reset=0): n = tanh(x W_h + Wb_h + (r * h) R_h + Rb_h). The main graph's
+    GRU nodes get the attribute flipped, the step model's Gemm/Mul nodes are rewired."""
     model = copy.deepcopy(model)
-    graph = model.graph
-    _rename_output(graph, STATE_OUT, "carried_state")
-    _rename_uses(graph, STATE_OUT, "carried_state")
-    graph.node.append(helper.make_node("Identity", [STATE_IN], [STATE_OUT]))
+    flipped = 0
+    for g in _subgraphs(model.graph):
+        for node in g.node:
+            if node.op_type == "GRU":
+                (attr,) = [a for a in node.attribute if a.name == "linear_before_reset"]
+                attr.i = 1 - attr.i
+                flipped += 1
+    assert flipped, "expected a graph with GRU operators"
+    _reset_before_product(model)  # the Scan's cell at B > 1
+    return _map_step_model(model, _reset_before_product)
+
+
+def _reset_before_product(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In every cell written as nodes: Gemm(h, Rh{l}, Rbh{l}) -> Gemm(r * h, ...), and
+    r * Gemm -> Gemm."""
+    rewired = 0
+    for graph in _subgraphs(model.graph):
+        nodes = list(graph.node)
+        for gemm in [n for n in nodes if n.op_type == "Gemm" and n.input[1].startswith("Rh")]:
+            (mul,) = [n for n in graph.node if n.op_type == "Mul" and gemm.output[0] in n.input]
+            r = [x for x in mul.input if x != gemm.output[0]][0]
+            gated = f"{gemm.output[0]}_reset_h"
+            position = list(graph.node).index(gemm)
+            graph.node.insert(position, helper.make_node("Mul", [r, gemm.input[0]], [gated]))
+            gemm.input[0] = gated
+            mul.CopyFrom(helper.make_node("Identity", [gemm.output[0]], list(mul.output)))
+            rewired += 1
+    assert rewired, "expected a GRU cell written as Gemm and Mul nodes"
     return model
+
+
+def _swap_gate_blocks(model: onnx.ModelProto, a: int, b: int) -> onnx.ModelProto:
+    """Gate blocks a and b of every weight, bias and table swapped (ONNX's LSTM order)."""
+    import re
+
+    model = copy.deepcopy(model)
+    H = _hidden(model)
+    swapped = 0
+    for init in model.graph.initializer:
+        if not re.fullmatch(r"(op_)?[WRBb]\d+|table", init.name):
+            continue
+        values = numpy_helper.to_array(init).copy()
+        axes = [i for i, n in enumerate(values.shape) if n in (4 * H, 8 * H)]
+        if not axes:
+            continue
+        x = np.moveaxis(values, axes[-1], 0)
+        for offset in range(0, x.shape[0], 4 * H):  # B = [Wb, Rb]: both halves
+            ia = slice(offset + a * H, offset + (a + 1) * H)
+            ib = slice(offset + b * H, offset + (b + 1) * H)
+            x[ia], x[ib] = x[ib].copy(), x[ia].copy()
+        init.CopyFrom(numpy_helper.from_array(np.moveaxis(x, 0, axes[-1]), init.name))
+        swapped += 1
+    assert swapped, "expected LSTM gate weights (4H rows)"
+    return model
+
+
+def swap_gates(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The LSTM's output and forget gates (ONNX order i, o, f, c: blocks 1 and 2) swapped in
+    every weight, bias and table of the main graph and the step model."""
+    model = _swap_gate_blocks(model, 1, 2)
+    return _map_step_model(model, lambda step: _swap_gate_blocks(step, 1, 2))
 
 
 def fixed_length(model: onnx.ModelProto, length: int) -> onnx.ModelProto:
@@ -183,19 +307,48 @@ def swap_rows(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _new_state_sites(graph) -> list[tuple]:
+def _gated_cell_outputs(g, consumers) -> list:
+    """The nodes of a gated cell written as nodes that make its new states: the GRU's
+    h' = Add(n, Mul(z, Sub(h, n))); the LSTM's c' = Add(Mul(f, c), Mul(i, g)) and
+    h' = Mul(o, Tanh(c'))."""
+    producers = {out: node for node in g.node for out in node.output}
+
+    def made_by(name, op):
+        return name in producers and producers[name].op_type == op
+
+    found = []
+    for node in g.node:
+        if node.op_type != "Add":
+            continue
+        muls = [producers[i] for i in node.input if made_by(i, "Mul")]
+        if any(made_by(i, "Sub") for m in muls for i in m.input):
+            found.append(node)  # GRU h'
+        elif len(muls) == 2:
+            found.append(node)  # LSTM c'
+            for tanh in consumers.get(node.output[0], []):
+                if tanh.op_type == "Tanh":
+                    found += [n for n in consumers.get(tanh.output[0], []) if n.op_type == "Mul"]
+    return found
+
+
+def _new_state_sites(graph, gated: bool) -> list[tuple]:
     """(graph, node, output index) of every value that is a layer's new state at a step:
-    the activation after a Gemm with a recurrent weight R{l} (the Gemm itself without an
-    activation), and both outputs of an RNN operator."""
+    every output of an RNN, GRU or LSTM operator; for the plain arches the activation
+    after a Gemm with a recurrent weight R{l} (the Gemm itself without an activation);
+    for gru and lstm the new states of the cells written as nodes."""
     sites = []
     for g in _subgraphs(graph):
         consumers = {}
         for node in g.node:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
+        if gated:
+            sites += [(g, node, 0) for node in _gated_cell_outputs(g, consumers)]
         for node in g.node:
-            if node.op_type == "RNN":
+            if node.op_type in ("RNN", "GRU", "LSTM"):
                 sites += [(g, node, i) for i, out in enumerate(node.output) if out]
+            elif gated:
+                continue
             elif node.op_type == "Gemm" and node.input[1].startswith("R"):
                 after = [
                     n for n in consumers.get(node.output[0], []) if n.op_type in ("Tanh", "Relu")
@@ -204,10 +357,16 @@ def _new_state_sites(graph) -> list[tuple]:
     return sites
 
 
-def _scale_states(model: onnx.ModelProto, scale: np.ndarray) -> onnx.ModelProto:
+def _gated(model: onnx.ModelProto) -> bool:
+    """Whether the file is of arch gru or lstm (from its metadata)."""
+    (entry,) = [p for p in model.metadata_props if p.key == "rnn_export.model"]
+    return json.loads(entry.value)["arch"] in ("gru", "lstm")
+
+
+def _scale_states(model: onnx.ModelProto, scale: np.ndarray, gated: bool) -> onnx.ModelProto:
     model = copy.deepcopy(model)
     _add(model, "ulp_scale", scale)
-    for k, (g, node, i) in enumerate(_new_state_sites(model.graph)):
+    for k, (g, node, i) in enumerate(_new_state_sites(model.graph, gated)):
         exact = f"{node.output[i]}_exact{k}"
         scaled = node.output[i]
         node.output[i] = exact
@@ -242,12 +401,15 @@ def ulp_scaled(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     k = np.random.default_rng(seed).integers(-4, 5, size=H)
     scale = (1.0 + k * 2.0**-23).astype(np.float32)
     assert np.all(np.abs(scale.astype(np.float64) - 1.0) <= 4 * 2.0**-23)
-    return _map_step_model(_scale_states(model, scale), lambda step: _scale_states(step, scale))
+    gated = _gated(model)
+    return _map_step_model(
+        _scale_states(model, scale, gated), lambda step: _scale_states(step, scale, gated)
+    )
 
 
 def permute_units(model: torch.nn.Module, seed: int = 0) -> tuple[torch.nn.Module, np.ndarray]:
-    """A copy of a CellRNN or StackedRNN whose hidden units (and embedding features) are
-    permuted: new unit i is old unit perm[i]. Returns (the copy, perm)."""
+    """A copy of a model whose hidden units (and embedding features) are permuted: new
+    unit i is old unit perm[i], within every gate block. Returns (the copy, perm)."""
     rng = np.random.default_rng(seed)
     config = model.config
     H = config.hidden_size
@@ -263,15 +425,17 @@ def permute_units(model: torch.nn.Module, seed: int = 0) -> tuple[torch.nn.Modul
             model.h2o.weight.copy_(model.h2o.weight[:, p])
         else:
             rnn = model.rnn
+            gates = rnn.weight_hh_l0.shape[0] // H
+            rows = torch.cat([p + j * H for j in range(gates)])  # p within each gate block
             model.embedding.weight.copy_(model.embedding.weight[:, q])
             for layer in range(config.num_layers):
                 w_ih = getattr(rnn, f"weight_ih_l{layer}")
-                w_ih.copy_(w_ih[p][:, q if layer == 0 else p])
+                w_ih.copy_(w_ih[rows][:, q if layer == 0 else p])
                 w_hh = getattr(rnn, f"weight_hh_l{layer}")
-                w_hh.copy_(w_hh[p][:, p])
+                w_hh.copy_(w_hh[rows][:, p])
                 for kind in ("ih", "hh"):
                     b = getattr(rnn, f"bias_{kind}_l{layer}")
-                    b.copy_(b[p])
+                    b.copy_(b[rows])
             model.fc.weight.copy_(model.fc.weight[:, p])
     return model, p.numpy()
 
@@ -305,7 +469,8 @@ def export_permuted(run_dir: Path, out: Path, seed: int = 0, opset: int | None =
     permuted, perm = permute_units(ckpt.model, seed)
     kwargs = {} if opset is None else {"opset": opset}
     model = onnx.load_from_string(build_onnx(permuted, ckpt.vocab, ckpt.sha256, **kwargs).data)
-    _gather_states(model.graph, [STATE_IN], [STATE_OUT], perm, model)
+    names = state_names(ckpt.config.arch)
+    _gather_states(model.graph, [i for i, _ in names], [o for _, o in names], perm, model)
 
     def permute_step(step: onnx.ModelProto) -> onnx.ModelProto:
         names = [i.name for i in step.graph.input[1:]], [o.name for o in step.graph.output[1:]]
@@ -327,6 +492,15 @@ BROKEN = {
     "swapped-rows": swap_rows,
     "perturbed-step-model": perturb_step_model,
 }
+GATED_BROKEN = {
+    "gru": {"linear-before-reset-flipped": flip_linear_before_reset},
+    "lstm": {"swapped-gates": swap_gates, "cell-passthrough": cell_passthrough},
+}
+
+
+def broken_for(arch: str) -> dict:
+    """The broken fakes that apply to arch: every generic one, and its own."""
+    return {**BROKEN, **GATED_BROKEN.get(arch, {})}
 
 
 def write_fake(src: Path, dst: Path, make, *args) -> Path:

@@ -138,3 +138,51 @@ def test_a_wrong_input_of_a_few_radii_is_caught(dot_products):
     wrong[0, 0] += 10 * float(z.radius[:, 0].max()) / float(np.abs(x[:, 0]).min() + 1e-9)
     got = x.astype(np.float64) @ wrong.T + h.astype(np.float64) @ R.T
     assert float((np.abs(got - z.value) / z.radius)[:, 0].max()) > 10
+
+
+def test_sigmoid_radius_covers_a_kernel_accurate_to_ulp_of_one():
+    """A logistic kernel computed from 1/2 + ... (onnxruntime's) rounds to ulp of 1, so a
+    tiny sigmoid is off by many ulp of itself: still within the radius."""
+    x = np.linspace(-30.0, 30.0, 6001).astype(np.float32)
+    y = activation("sigmoid", Approx.exact(x))
+    f = np.float32
+    half_tanh = (f(0.5) + f(0.5) * np.tanh(f(0.5) * x)).astype(np.float64)
+    ratio = np.abs(half_tanh - y.value) / y.radius
+    assert ratio.max() <= 0.5, ratio.max()
+    # the same error relative to the result: far beyond 16 ulp where the result is tiny
+    assert (np.abs(half_tanh - y.value) / y.value).max() > 1e3 * U
+
+
+def _blends(z, n, h):
+    """(1 - z) n + z h in float32 the ways kernels write it."""
+    f32 = np.float32
+    z, n, h = (v.astype(f32) for v in (z, n, h))
+    return {
+        "onnx": (f32(1) - z) * n + z * h,
+        "pytorch": n + z * (h - n),
+        "expanded": n + z * h - z * n,
+        "fma": ((f32(1) - z) * n).astype(np.float64) + z.astype(np.float64) * h,
+    }
+
+
+def test_interpolate_radius_covers_every_way_of_writing_it():
+    rng = np.random.default_rng(4)
+    N = 20000
+    z = Approx(rng.uniform(0, 1, N), rng.uniform(0, 1e-6, N))
+    n = Approx(rng.uniform(-1, 1, N), rng.uniform(0, 1e-5, N))
+    h = Approx(rng.uniform(-3, 3, N), rng.uniform(0, 1e-5, N))
+    y = bounds.interpolate(z, n, h)
+    np.testing.assert_allclose(y.value, (1 - z.value) * n.value + z.value * h.value, atol=1e-15)
+    worst = 0.0
+    for edges in [(-1, 1, -1), (1, -1, 1), (1, 1, 1), (0.3, -0.7, 0.1)]:
+        moved = [v.value + e * v.radius for v, e in zip((z, n, h), edges, strict=True)]
+        for name, got in _blends(*moved).items():
+            ratio = np.abs(got.astype(np.float64) - y.value) / y.radius
+            assert ratio.max() <= 1.0, name
+            worst = max(worst, float(ratio.max()))
+    assert worst > 0.3  # the propagated part is tight: the corners reach it
+    # exact inputs: only the kernels' rounding, of the size of a few ulp
+    exact = bounds.interpolate(*(Approx.exact(v.value.astype(np.float32)) for v in (z, n, h)))
+    for name, got in _blends(z.value, n.value, h.value).items():
+        ratio = np.abs(got.astype(np.float64) - exact.value) / exact.radius
+        assert 1e-3 < ratio.max() <= 0.5, (name, ratio.max())

@@ -1,5 +1,6 @@
-"""The parity matrix: arch x nonlinearity x opset x provider x shape case, the file against
-the model, under verify's rule: |file - float64| within the float32 allowance everywhere.
+"""The parity matrix: arch x nonlinearity (x layers for gru and lstm) x opset x provider x
+shape case, the file against the model, under verify's rule: |file - float64| within the
+float32 allowance everywhere, for log_probs and every state (hn, and cn for the LSTM).
 
 Tiny models (H=16) keep the whole matrix fast; tests/parity/test_verify.py runs the full
 `verify` on default-size models. CUDA cases run where CUDAExecutionProvider is available
@@ -20,12 +21,20 @@ from rnn_export.checkpoint import load_checkpoint
 from rnn_export.config import ARCHS, NONLINEARITIES
 from rnn_export.export import MIN_OPSET
 from rnn_export.parity import PROVIDERS, compare
+from rnn_export.parity.cases import random_state, zero_state
 from rnn_export.parity.reference import Recurrence, TorchFloat32
 
 pytestmark = pytest.mark.parity
 
 OPSETS = (MIN_OPSET, onnx.defs.onnx_opset_version())  # the oldest exported and the newest
-ARCH_NONLINEARITIES = [(a, n) for a in ARCHS for n in NONLINEARITIES[a]]
+GATED_LAYERS = (1, 2, 3)
+# (arch, nonlinearity, layers); None: the fixture's default (1 for cell, 2 for stacked)
+MODELS = [
+    (a, n, layers)
+    for a in ARCHS
+    for n in NONLINEARITIES[a]
+    for layers in (GATED_LAYERS if a in ("gru", "lstm") else (None,))
+]
 
 
 @dataclass(frozen=True)
@@ -54,14 +63,14 @@ SHAPES = {
 def sessions(make_export):
     cache = {}
 
-    def get(arch, nonlinearity, opset, provider):
+    def get(arch, nonlinearity, layers, opset, provider):
         ep = PROVIDERS[provider]
         available = ort.get_available_providers()
         if ep not in available:
             pytest.skip(f"{ep} is not available in this onnxruntime build ({', '.join(available)})")
-        key = (arch, nonlinearity, opset, provider)
+        key = (arch, nonlinearity, layers, opset, provider)
         if key not in cache:
-            run_dir, path = make_export(arch, nonlinearity, opset)
+            run_dir, path = make_export(arch, nonlinearity, opset, num_layers=layers)
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             session = ort.InferenceSession(str(path), options, providers=[ep])
@@ -75,27 +84,32 @@ def sessions(make_export):
 
 
 def make_inputs(name: str, shape: Shape, config):
+    """tokens, the state tuple (random as verify draws it, or zeros), lengths, the rng."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     B, T = shape.B, shape.T
     tokens = rng.integers(0, config.vocab_size, size=(B, T), dtype=np.int64)
     if shape.zero_state:
-        h0 = np.zeros(config.state_shape(B), dtype=np.float32)
+        state = zero_state(config, B)
     else:
-        h0 = rng.uniform(-1.0, 1.0, size=config.state_shape(B)).astype(np.float32)
+        state = random_state(config, B, rng)
     lengths = np.full(B, T, dtype=np.int64)
     if shape.mixed_lengths:
         lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
         lengths[0], lengths[-1] = T, 1
-    return tokens, h0, lengths, rng
+    return tokens, state, lengths, rng
 
 
-def run_onnx(session, tokens, h0, lengths, shape: Shape, rng):
+def run_onnx(session, names, tokens, state, lengths, shape: Shape, rng):
+    """(log_probs, *new states) of the file, driven as shape.drive says."""
+
     def call(tok, state, lens):
-        feed = {"tokens": np.ascontiguousarray(tok), "h0": state, "lengths": lens}
-        return session.run(["log_probs", "hn"], feed)
+        feed = {"tokens": np.ascontiguousarray(tok), "lengths": lens}
+        feed |= {i: s for (i, _), s in zip(names, state, strict=True)}
+        log_probs, *new = session.run(["log_probs", *(o for _, o in names)], feed)
+        return log_probs, tuple(new)
 
     if shape.drive == "whole":
-        return call(tokens, h0, lengths)
+        return call(tokens, state, lengths)
     B, T = tokens.shape
     if shape.drive == "steps":
         sizes = [1] * T
@@ -103,7 +117,7 @@ def run_onnx(session, tokens, h0, lengths, shape: Shape, rng):
         sizes = []
         while sum(sizes) < T:
             sizes.append(int(min(rng.integers(1, 33), T - sum(sizes))))
-    state, start = h0, 0
+    start = 0
     for size in sizes:
         log_probs, state = call(tokens[:, start : start + size], state, np.full(B, size))
         start += size
@@ -113,18 +127,24 @@ def run_onnx(session, tokens, h0, lengths, shape: Shape, rng):
 @pytest.mark.parametrize("case", SHAPES)
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("opset", OPSETS)
-@pytest.mark.parametrize("arch, nonlinearity", ARCH_NONLINEARITIES)
-def test_onnx_matches_the_model(sessions, arch, nonlinearity, opset, provider, case):
-    session, model, reference = sessions(arch, nonlinearity, opset, provider)
+@pytest.mark.parametrize("arch, nonlinearity, layers", MODELS)
+def test_onnx_matches_the_model(sessions, arch, nonlinearity, layers, opset, provider, case):
+    session, model, reference = sessions(arch, nonlinearity, layers, opset, provider)
     shape = SHAPES[case]
-    tokens, h0, lengths, rng = make_inputs(case, shape, model.config)
-    want = reference.run(tokens, (h0,), lengths)
+    names = model.config.state_names
+    tokens, state, lengths, rng = make_inputs(case, shape, model.config)
+    want = reference.run(tokens, state, lengths)
     torch32 = TorchFloat32(model, 1)(
-        tokens, None if shape.zero_state else (h0,), lengths if shape.mixed_lengths else None
+        tokens, None if shape.zero_state else state, lengths if shape.mixed_lengths else None
     )
-    got = run_onnx(session, tokens, h0, lengths, shape, rng)
+    got = run_onnx(session, names, tokens, state, lengths, shape, rng)
+    assert len(got[1]) == len(want[1]) == len(torch32[1]) == len(names)
     series = zip(
-        ("log_probs", "hn"), got, (want[0], want[1][0]), (torch32[0], torch32[1][0]), strict=True
+        ("log_probs", *(o for _, o in names)),
+        (got[0], *got[1]),
+        (want[0], *want[1]),
+        (torch32[0], *torch32[1]),
+        strict=True,
     )
     for name, g, ref, t32 in series:
         check = compare(g, ref, name, t32)

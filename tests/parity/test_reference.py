@@ -10,16 +10,24 @@ import torch
 
 from rnn_export.checkpoint import load_checkpoint
 from rnn_export.config import ARCHS, NONLINEARITIES
-from rnn_export.parity.reference import Recurrence, ReferenceError, TorchFloat32
+from rnn_export.parity.cases import random_state
+from rnn_export.parity.reference import (
+    Recurrence,
+    ReferenceError,
+    TorchFloat32,
+    from_torch_state,
+    to_torch_state,
+)
 
 pytestmark = pytest.mark.parity
 ARCH_NONLINEARITIES = [(a, n) for a in ARCHS for n in NONLINEARITIES[a]]
 
 
 def _inputs(config, B=5, T=9, seed=0):
+    """tokens, a random state tuple (h, and c for the LSTM), lengths."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, config.vocab_size, size=(B, T), dtype=np.int64)
-    state = rng.uniform(-1, 1, size=config.state_shape(B)).astype(np.float32)
+    state = random_state(config, B, rng)
     lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
     lengths[0] = T
     return tokens, state, lengths
@@ -30,21 +38,24 @@ def test_reference_is_pytorch_in_float64_with_mixed_lengths(make_export, arch, n
     run_dir, _ = make_export(arch, nonlinearity)
     model = load_checkpoint(run_dir).model
     tokens, state, lengths = _inputs(model.config)
-    log_probs, (hn,) = Recurrence(model).run(tokens, (state,), lengths)
+    log_probs, new = Recurrence(model).run(tokens, state, lengths)
+    assert len(new) == len(model.config.state_names)
     model64 = copy.deepcopy(model).double()
     with torch.inference_mode():
-        lp64, h64 = model64(
+        lp64, state64 = model64(
             torch.from_numpy(tokens),
-            torch.from_numpy(state.astype(np.float64)),
+            to_torch_state(tuple(s.astype(np.float64) for s in state)),
             torch.from_numpy(lengths),
         )
     np.testing.assert_allclose(log_probs.value, lp64.numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(hn.value, h64.numpy(), rtol=1e-12, atol=1e-12)
+    for mine, theirs in zip(new, from_torch_state(state64), strict=True):
+        np.testing.assert_allclose(mine.value, theirs, rtol=1e-12, atol=1e-12)
     # PyTorch float32 sits within the allowance, and the allowance is small
-    lp32, (h32,) = TorchFloat32(model, 1)(tokens, (state,), lengths)
-    assert (np.abs(h32 - hn.value) <= hn.radius).all()
+    lp32, new32 = TorchFloat32(model, 1)(tokens, state, lengths)
     assert (np.abs(lp32 - log_probs.value) <= log_probs.radius).all()
-    assert float(np.median(hn.radius)) < 1e-4
+    for mine, theirs in zip(new, new32, strict=True):
+        assert (np.abs(theirs - mine.value) <= mine.radius).all()
+        assert float(np.median(mine.radius)) < 1e-4
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -53,12 +64,13 @@ def test_every_step_equals_the_run_of_that_length(make_export, arch):
     model = load_checkpoint(run_dir).model
     tokens, state, _ = _inputs(model.config, T=6)
     reference = Recurrence(model)
-    per_step_lp, (per_step_h,) = reference.run_steps(tokens, (state,))
+    per_step_lp, per_step = reference.run_steps(tokens, state)
     for t in (0, 3, 5):
-        lp, (h,) = reference.run(tokens[:, : t + 1], (state,))
+        lp, new = reference.run(tokens[:, : t + 1], state)
         np.testing.assert_array_equal(per_step_lp.value[t], lp.value)
-        np.testing.assert_array_equal(per_step_h.value[t], h.value)
-        np.testing.assert_array_equal(per_step_h.radius[t], h.radius)
+        for steps, s in zip(per_step, new, strict=True):
+            np.testing.assert_array_equal(steps.value[t], s.value)
+            np.testing.assert_array_equal(steps.radius[t], s.radius)
 
 
 def test_self_check_catches_a_reference_that_is_not_the_model(make_export):
@@ -66,12 +78,12 @@ def test_self_check_catches_a_reference_that_is_not_the_model(make_export):
     model = load_checkpoint(run_dir).model
     tokens, state, _ = _inputs(model.config, T=1)
     reference = Recurrence(model)
-    reference.check_against_pytorch(model, tokens[:, 0], (state,))  # the real model: silent
+    reference.check_against_pytorch(model, tokens[:, 0], state)  # the real model: silent
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.rnn.weight_hh_l1[3, 4] += 1e-6
     with pytest.raises(ReferenceError, match=r"differs from PyTorch float64 by .* in log_probs"):
-        reference.check_against_pytorch(other, tokens[:, 0], (state,))
+        reference.check_against_pytorch(other, tokens[:, 0], state)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -97,16 +109,31 @@ def test_a_saturated_bound_keeps_the_values_and_the_cap(make_export, monkeypatch
             getattr(model.rnn, f"weight_hh_l{layer}").mul_(6.0)  # chaotic: the bound grows
     tokens, state, lengths = _inputs(model.config, B=4, T=300)
     reference = Recurrence(model)
-    fast = reference.run(tokens, (state,), lengths)
+    fast = reference.run(tokens, state, lengths)
     calls = []
     monkeypatch.setattr(Recurrence, "_step_values", lambda *a: calls.append(1) or None)
     monkeypatch.setattr(bounds, "radius_cap", lambda name: np.inf)  # never saturated
     import rnn_export.parity.reference as reference_module
 
     monkeypatch.setattr(reference_module, "radius_cap", lambda name: np.inf)
-    slow = Recurrence(model).run(tokens, (state,), lengths)
+    slow = Recurrence(model).run(tokens, state, lengths)
     assert not calls
     cap = bounds.RADIUS_CAP / 2 if nonlinearity == "relu" else 2.0
     np.testing.assert_allclose(fast[1][0].value, slow[1][0].value, rtol=1e-12, atol=1e-12)
     assert (fast[1][0].radius >= np.minimum(slow[1][0].radius, cap)).all()
     assert (fast[1][0].radius >= cap).any()  # it did saturate
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_self_check_catches_a_wrong_gated_reference(make_export, arch):
+    """The one-step self-check runs on the gated arches' state tuples too."""
+    run_dir, _ = make_export(arch, "tanh")
+    model = load_checkpoint(run_dir).model
+    tokens, state, _ = _inputs(model.config, T=1)
+    reference = Recurrence(model)
+    reference.check_against_pytorch(model, tokens[:, 0], state)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.rnn.bias_hh_l1[2 * model.config.hidden_size] += 1e-6  # GRU n / LSTM g, unit 0
+    with pytest.raises(ReferenceError, match=r"differs from PyTorch float64 by .* in log_probs"):
+        reference.check_against_pytorch(other, tokens[:, 0], state)

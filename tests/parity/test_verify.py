@@ -101,6 +101,29 @@ def test_default_size_model_passes_every_case(make_export, arch, nonlinearity):
         assert max(curve.windows["hn"]["vs_f64"]) == pytest.approx(stream.outputs[1].vs_f64)
 
 
+@pytest.mark.parametrize("arch", ["lstm", pytest.param("gru", marks=pytest.mark.slow)])
+def test_gated_model_checks_every_state(make_export, arch):
+    """lstm (L=2; gru under --run-slow): every family, every state output (hn, cn) in every
+    case and in the drift curves, the step model's per-layer states."""
+    run_dir, path = make_export(arch, "tanh")
+    report = verify_parity(path, run_dir, stream_steps=500)
+    assert report.passed, report.summary_line()
+    assert {c.family for c in report.cases} == FAMILIES
+    outputs = ["log_probs", "hn"] + (["cn"] if arch == "lstm" else [])
+    assert report.model_info["states"] == [o.replace("n", "0") for o in outputs[1:]]
+    for case in report.cases:
+        assert [o.output for o in case.outputs] == outputs, case.name
+        for o in case.outputs:
+            assert o.ratio <= 1.0 and o.torch_ratio <= 1.0, (case.name, o)
+    local = [c for c in report.cases if LOCAL in c.name or c.family == LOCAL]
+    assert len(local) == 4  # three paths of the main graph, and the step model
+    # the allowance is used where it is tight: for every state, not only h
+    for i in range(1, len(outputs)):
+        assert max(c.outputs[i].ratio for c in local) > 0.01
+    for curve in report.drift:
+        assert set(curve.windows) == set(outputs)
+
+
 def test_file_without_a_step_model(make_export, tmp_path):
     """Files from before the step model: every main-graph case, no step-model family."""
     import onnx
