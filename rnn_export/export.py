@@ -191,7 +191,8 @@ def build_onnx(
         StateSpec(state_in, state_out, config.state_shape("B"), "float32", "zeros")
         for state_in, state_out in config.state_names
     ]
-    graphs = gated if config.arch in gated.GATED_ARCHS else plain_graph
+    gated_arch = config.arch in gated.GATED_ARCHS
+    graphs = gated if gated_arch else plain_graph
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
     step = graphs.step_graph(config, weights, opset)
     onnx.checker.check_model(step, full_check=True)
@@ -229,16 +230,11 @@ def build_onnx(
         raise ExportError(f"cannot describe this model in the file's metadata: {e}") from e
 
     if graph == "step":
-        proto = step
+        # A step file is for other runtimes too: the gated cells' Splits written as Slices.
+        proto = gated.step_graph(config, weights, opset, portable=True) if gated_arch else step
     elif graph == "portable":
         from rnn_export.portable import portable_main_graph
 
-        if config.arch in gated.GATED_ARCHS:
-            raise ExportError(
-                f"the portable main graph is built for the plain arches (cell, stacked); "
-                f"for {config.arch} export the step file (--step-only), which every runtime "
-                f"of docs/runtimes.md runs"
-            )
         proto = portable_main_graph(config, weights, opset)
     else:
         proto = graphs.main_graph(config, weights, opset)

@@ -54,7 +54,7 @@ def main_graph(config, weights: dict, opset: int):
     from onnx import TensorProto, helper
 
     g = GraphBuilder(config, opset, "")
-    _step_weights(g, config.arch, weights)  # the Scan's step is the step model's
+    step_weights(g, config.arch, weights)  # the Scan's step is the step model's
     g.const("embedding", weights["embedding"], np.float32)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         for name, value in (("W", W), ("R", R), ("B", B)):
@@ -131,15 +131,18 @@ def _operator_branch(g: GraphBuilder):
 
 def _scan_branch(g: GraphBuilder):
     """B > 1: graph.sorted_scan with the step model's cell (Gemm and elementwise nodes)."""
-    cell = _gru_step if g.config.arch == "gru" else _lstm_step
+    cell = CELLS[g.config.arch]
     width = GATES[g.config.arch] * g.H
     finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, width)
     log_probs, hn = g.head(finals[0])
     return _branch(g, "many_rows", [log_probs, hn, *(g.stack_layers(f) for f in finals[1:])])
 
 
-def step_graph(config, weights: dict, opset: int):
+def step_graph(config, weights: dict, opset: int, portable: bool = False):
     """The step model: one step of every layer in Gemm and elementwise nodes, no If.
+
+    portable: Slices instead of Splits (for a step file of its own, which other runtimes
+    run; the embedded step model keeps the one Split node, cheaper on onnxruntime).
 
     Returns:
         onnx.ModelProto with inputs token (B,) int64 and the per-layer (B, H) states of
@@ -150,7 +153,7 @@ def step_graph(config, weights: dict, opset: int):
 
     g = GraphBuilder(config, opset, "")
     L, H, C = g.L, g.H, config.num_classes
-    _step_weights(g, config.arch, weights)
+    step_weights(g, config.arch, weights)
     names = step_state_names(config.arch, L)
     kinds = len(config.state_names)
     states_in = [[names[k * L + layer][0] for k in range(kinds)] for layer in range(L)]
@@ -159,8 +162,8 @@ def step_graph(config, weights: dict, opset: int):
     for layer, state in enumerate(states_in):
         if layer:
             x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)  # (B, GH)
-        cell = _gru_step if config.arch == "gru" else _lstm_step
-        new = cell(g, layer, x, *state)
+        cell = CELLS[config.arch]
+        new = cell(g, layer, x, *state, portable=portable)
         news.append(new)
         x = new[0]  # (B, H): h of this layer, the next one's input
     logits = g("Gemm", [x, "out_weight", "out_bias"], transB=1)
@@ -195,7 +198,7 @@ def _outside_bias(arch: str, Rb: np.ndarray, H: int) -> np.ndarray:
     return np.concatenate([Rb[: 2 * H], np.zeros(H, dtype=Rb.dtype)])
 
 
-def _step_weights(g: GraphBuilder, arch: str, weights: dict) -> None:
+def step_weights(g: GraphBuilder, arch: str, weights: dict) -> None:
     """The step model's initializers:
     table (V, GH)   embedding @ W_0^T + Wb_0 + outside part of Rb_0
     W{l} (GH, H), b{l} = Wb_l + outside part of Rb_l (GH,) for l > 0
@@ -221,22 +224,41 @@ def _step_weights(g: GraphBuilder, arch: str, weights: dict) -> None:
     g.const("out_bias", weights["out_bias"], np.float32)
 
 
-def _gru_step(g: GraphBuilder, layer: int, x: str, h: str) -> list[str]:
+def split_columns(g: GraphBuilder, x: str, sizes: list[int], portable: bool = False):
+    """x (B, sum(sizes)) cut into column blocks: one Split, or one Slice per block in the
+    portable graph (onnx2tf turns Split into a custom op TFLite cannot run)."""
+    if not portable:
+        name = "split_" + "_".join({g.H: "H", 2 * g.H: "2H", 3 * g.H: "3H"}[n] for n in sizes)
+        return g("Split", [x, g.const(name, sizes)], len(sizes), axis=1)
+    blocks, start = [], 0
+    for size in sizes:
+        ends = (g.const(f"col{start}", [start]), g.const(f"col{start + size}", [start + size]))
+        blocks.append(g("Slice", [x, *ends, g.const("axis1", [1])]))
+        start += size
+    return blocks
+
+
+def gru_step(g: GraphBuilder, layer: int, x: str, h: str, portable: bool = False) -> list[str]:
     """One GRU step (linear_before_reset=1) from x (B, 3H) = its input term; returns [h']."""
     H = g.H
-    x_zr, x_h = g("Split", [x, g.const("split_2H_H", [2 * H, H])], 2, axis=1)
+    x_zr, x_h = split_columns(g, x, [2 * H, H], portable)
     zr = g("Sigmoid", [g("Gemm", [h, f"Rzr{layer}", x_zr], transB=1)])  # (B, 2H)
-    z, r = g("Split", [zr, g.const("split_H_H", [H, H])], 2, axis=1)  # (B, H) each
+    z, r = split_columns(g, zr, [H, H], portable)  # (B, H) each
     h_h = g("Gemm", [h, f"Rh{layer}", f"Rbh{layer}"], transB=1)  # (B, H): h Rh^T + Rb_h
     n = g("Tanh", [g("Add", [x_h, g("Mul", [r, h_h])])])  # (B, H)
     return [g("Add", [n, g("Mul", [z, g("Sub", [h, n])])])]  # (B, H)
 
 
-def _lstm_step(g: GraphBuilder, layer: int, x: str, h: str, c: str) -> list[str]:
+def lstm_step(
+    g: GraphBuilder, layer: int, x: str, h: str, c: str, portable: bool = False
+) -> list[str]:
     """One LSTM step from x (B, 4H) = its input term; returns [h', c']."""
     H = g.H
     gates = g("Gemm", [h, f"R{layer}", x], transB=1)  # (B, 4H): i, o, f, c
-    sig, cand = g("Split", [gates, g.const("split_3H_H", [3 * H, H])], 2, axis=1)
-    i, o, f = g("Split", [g("Sigmoid", [sig]), g.const("split_H_H_H", [H, H, H])], 3, axis=1)
+    sig, cand = split_columns(g, gates, [3 * H, H], portable)
+    i, o, f = split_columns(g, g("Sigmoid", [sig]), [H, H, H], portable)
     c_new = g("Add", [g("Mul", [f, c]), g("Mul", [i, g("Tanh", [cand])])])  # (B, H)
     return [g("Mul", [o, g("Tanh", [c_new])]), c_new]  # (B, H) each
+
+
+CELLS = {"gru": gru_step, "lstm": lstm_step}

@@ -15,6 +15,10 @@ and none of those:
                                                               its state, exactly
     log_probs = LogSoftmax(Gemm(h_top, out_weight^T, out_bias))  (B, C)
 
+The gated arches ("gru", "lstm") use the same Scan with the step model's cell
+(rnn_export.gated, its Splits written as Slices) and a Where per state (h, and c for the
+LSTM); their table is the step model's (V, GH) input term of layer 0.
+
 Per-layer states come out of an (L, B, H) state by Gather (not Split) and go back by
 Unsqueeze + Concat. Every step computes every row (no sorting): slower than the default
 graph on onnxruntime for mixed lengths, and the same numbers, since a row's arithmetic is
@@ -23,7 +27,8 @@ the same Gemm + f in both.
 
 from __future__ import annotations
 
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS
+from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS
+from rnn_export.gated import CELLS, GATED_ARCHS, GATES, step_weights
 from rnn_export.graph import GraphBuilder, model_of
 
 
@@ -40,28 +45,43 @@ def portable_main_graph(config, weights: dict, opset: int):
     """
     from onnx import TensorProto, helper
 
-    g = GraphBuilder(config, opset, "", weights=weights)
+    gated = config.arch in GATED_ARCHS
+    if gated:
+        g = GraphBuilder(config, opset, "")
+        step_weights(g, config.arch, weights)  # the step model's: table (V, GH), W, b, R
+    else:
+        g = GraphBuilder(config, opset, "", weights=weights)
     L, H = g.L, g.H
+    names = config.state_names  # ((h0, hn),) or ((h0, hn), (c0, cn))
+    width = GATES[config.arch] * H if gated else H  # columns of a layer's input term
     axis0, axis1, axis2 = (g.const(f"axis{i}", [i]) for i in range(3))
     steps = g("Gather", [g("Shape", [TOKENS]), g.const("one", 1)])  # scalar T
     t = g("Unsqueeze", [g("Range", [g.const("zero", 0), steps, g.const("one", 1)]), axis1])
     running = g("Less", [t, g("Unsqueeze", [LENGTHS, axis0])])  # (T, B)
     running = g("Unsqueeze", [running, axis2])  # (T, B, 1)
-    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
-    if config.arch == "cell":
-        h0s = [STATE_IN]
-    else:
-        h0s = [g("Gather", [STATE_IN, g.const(f"layer{i}", i)], axis=0) for i in range(L)]
+    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, width)
+    starts = []  # layer-major: layer 0's h (and c), layer 1's, ...
+    for layer in range(L):
+        for state_in, _ in names:
+            if config.arch == "cell":
+                starts.append(state_in)
+            else:
+                starts.append(g("Gather", [state_in, g.const(f"layer{layer}", layer)], axis=0))
 
     b = GraphBuilder(config, opset, "b_", g.inits)
-    hs = [f"b_h{layer}" for layer in range(L)]
+    hs = [f"b_h{k}" for k in range(len(starts))]
     x_t, run_t = "b_x", "b_running"
     y, outs = x_t, []
-    for layer, h in enumerate(hs):
+    for layer in range(L):
+        state = hs[layer * len(names) : (layer + 1) * len(names)]
         if layer:
-            y = b("Gemm", [y, f"W{layer}", f"b{layer}"], transB=1)  # (B, H)
-        y = b.activation(b("Gemm", [h, f"R{layer}", y], transB=1))  # (B, H)
-        outs.append(b("Where", [run_t, y, h]))  # (B, H)
+            y = b("Gemm", [y, f"W{layer}", f"b{layer}"], transB=1)  # (B, width)
+        if gated:
+            new = CELLS[config.arch](b, layer, y, *state, portable=True)
+        else:
+            new = [b.activation(b("Gemm", [state[0], f"R{layer}", y], transB=1))]  # (B, H)
+        outs += [b("Where", [run_t, v, old]) for v, old in zip(new, state, strict=True)]
+        y = new[0]  # this layer's h: the next layer's input (rows past their end unused)
     f32 = TensorProto.FLOAT
     # Body shapes left unnamed: a body dim named like the outer graph's "B" is a second,
     # unrelated symbol to some runtimes.
@@ -70,36 +90,36 @@ def portable_main_graph(config, weights: dict, opset: int):
         "step_every_row",
         [helper.make_tensor_value_info(h, f32, [None, H]) for h in hs]
         + [
-            helper.make_tensor_value_info(x_t, f32, [None, H]),
+            helper.make_tensor_value_info(x_t, f32, [None, width]),
             helper.make_tensor_value_info(run_t, TensorProto.BOOL, [None, 1]),
         ],
         [helper.make_tensor_value_info(o, f32, [None, H]) for o in outs],
     )
-    finals = g("Scan", [*h0s, x, running], L, body=body, num_scan_inputs=2)
-    finals = finals if L > 1 else [finals]
-    if config.arch == "cell":
-        hn = finals[0]
-    else:
-        hn = g("Concat", [g("Unsqueeze", [f, axis0]) for f in finals], axis=0)  # (L, B, H)
-    logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)  # (B, C)
-    log_probs = g("LogSoftmax", [logits], axis=-1)
+    finals = g("Scan", [*starts, x, running], len(starts), body=body, num_scan_inputs=2)
+    finals = finals if len(starts) > 1 else [finals]
+    results = []
+    for k in range(len(names)):
+        layers = finals[k :: len(names)]
+        if config.arch == "cell":
+            results.append(layers[0])
+        else:
+            results.append(g("Concat", [g("Unsqueeze", [f, axis0]) for f in layers], axis=0))
+    logits = g("Gemm", [finals[(L - 1) * len(names)], "out_weight", "out_bias"], transB=1)
+    log_probs = g("LogSoftmax", [logits], axis=-1)  # (B, C)
     g.nodes.append(helper.make_node("Identity", [log_probs], [LOG_PROBS]))
-    g.nodes.append(helper.make_node("Identity", [hn], [STATE_OUT]))
+    for (_, state_out), result in zip(names, results, strict=True):
+        g.nodes.append(helper.make_node("Identity", [result], [state_out]))
     state_shape = list(config.state_shape("B"))
     used = {name for node in g.nodes for name in node.input}
     used |= {name for node in b.nodes for name in node.input}
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}_portable",
-        inputs=[
-            helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"]),
-            helper.make_tensor_value_info(STATE_IN, f32, state_shape),
-            helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]),
-        ],
-        outputs=[
-            helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes]),
-            helper.make_tensor_value_info(STATE_OUT, f32, state_shape),
-        ],
+        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
+        + [helper.make_tensor_value_info(i, f32, state_shape) for i, _ in names]
+        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
+        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
+        + [helper.make_tensor_value_info(o, f32, state_shape) for _, o in names],
         initializer=[v for k, v in g.inits.items() if k in used],
     )
     return model_of(graph, opset)

@@ -1,7 +1,7 @@
 """The runtimes table of docs/runtimes.md: every runtime x model x kind of file, through verify.
 
     python scripts/runtime_table.py [--hidden-size 32] [--stream-steps 1000] [--runtimes R,R]
-        [--tflite-python PYTHON312]
+        [--tflite-python PYTHON312] [--models ARCH:NONLINEARITY,...]
 
 Trains one small model of each arch and nonlinearity on the embedded task (one epoch),
 exports its default main graph, its portable main graph (`convert --portable`) and its
@@ -32,6 +32,8 @@ MODELS = (
     ("cell", "identity"),
     ("stacked", "tanh"),
     ("stacked", "relu"),
+    ("gru", "tanh"),
+    ("lstm", "tanh"),
 )
 KINDS = ("step", "portable", "default")
 TFLITE_STEPS = 100
@@ -112,7 +114,11 @@ def tflite_cell(run_dir: Path, step: Path, python: str) -> str:
 
 
 def table(
-    hidden_size: int, stream_steps: int, runtimes: list[str], tflite_python: str | None = None
+    hidden_size: int,
+    stream_steps: int,
+    runtimes: list[str],
+    tflite_python: str | None = None,
+    models: tuple[tuple[str, str], ...] = MODELS,
 ) -> str:
     from rnn_export.bench import cpu_name
     from rnn_export.data import embedded_spec
@@ -132,7 +138,7 @@ def table(
     ]
     with tempfile.TemporaryDirectory(prefix="rnn-export-runtimes-") as tmp:
         files = {}
-        for arch, nonlinearity in MODELS:
+        for arch, nonlinearity in models:
             run_dir = Path(tmp) / f"{arch}-{nonlinearity}"
             train(
                 arch,
@@ -167,10 +173,20 @@ def main() -> None:
     parser.add_argument(
         "--tflite-python", default=None, help="a Python with onnx2tf and ai-edge-litert"
     )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated arch:nonlinearity, e.g. gru:tanh,lstm:tanh (default: all)",
+    )
     args = parser.parse_args()
+    models = (
+        MODELS
+        if args.models is None
+        else tuple(tuple(m.split(":", 1)) for m in args.models.split(","))
+    )
     runtimes = installed_runtimes() if args.runtimes is None else args.runtimes.split(",")
     runtimes = [r for r in runtimes if r]  # --runtimes "": the TFLite rows alone
-    print(table(args.hidden_size, args.stream_steps, runtimes, args.tflite_python), end="")
+    print(table(args.hidden_size, args.stream_steps, runtimes, args.tflite_python, models), end="")
 
 
 if __name__ == "__main__":
