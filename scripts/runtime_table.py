@@ -79,14 +79,20 @@ def tflite_cell(run_dir: Path, step: Path, python: str) -> str:
     import torch
 
     from rnn_export.checkpoint import load_checkpoint
+    from rnn_export.models import model_state
     from rnn_runtime.model import load_metadata
 
     ckpt, meta = load_checkpoint(run_dir), load_metadata(step)
     rng = np.random.default_rng(0)
     V = ckpt.config.vocab_size
     tokens = np.stack([np.roll(np.arange(V), t) for t in range(TFLITE_STEPS)])  # (T, V)
-    state = rng.uniform(-0.9, 0.9, ckpt.config.state_shape(V)).astype(np.float32)
-    layers = [state] if state.ndim == 2 else list(state)
+    # One state per kind (h, and c for the LSTM); the step model takes each layer's, kind
+    # by kind (h_0 .. h_{L-1}, then c_0 ..).
+    states = [
+        rng.uniform(-0.9, 0.9, ckpt.config.state_shape(V)).astype(np.float32)
+        for _ in ckpt.config.state_names
+    ]
+    layers = [v for state in states for v in ([state] if state.ndim == 2 else list(state))]
     feeds = {i: x for (i, _), x in zip(meta.step.states, layers, strict=True)}
     with tempfile.TemporaryDirectory(prefix="rnn-export-tflite-") as tmp:
         feeds_path, out_path = Path(tmp) / "feeds.npz", Path(tmp) / "out.npz"
@@ -102,10 +108,12 @@ def tflite_cell(run_dir: Path, step: Path, python: str) -> str:
             return "does not run: " + last[-67:].replace("|", "/")
         got = dict(np.load(out_path))
     with torch.inference_mode():
-        lp, hn = ckpt.model(torch.from_numpy(tokens.T.copy()), torch.from_numpy(state))
-    hn = hn.numpy()
+        torch_state = model_state([torch.from_numpy(v) for v in states])
+        lp, new = ckpt.model(torch.from_numpy(tokens.T.copy()), torch_state)
+    new = new if isinstance(new, tuple) else (new,)
+    new_layers = [v for n in new for v in ([n.numpy()] if n.ndim == 2 else list(n.numpy()))]
     want = {meta.step.log_probs: lp.numpy()}
-    want |= {o: (hn if hn.ndim == 2 else hn[k]) for k, (_, o) in enumerate(meta.step.states)}
+    want |= {o: v for (_, o), v in zip(meta.step.states, new_layers, strict=True)}
     worst, ok = 0.0, True
     for name, w in want.items():
         worst = max(worst, float(np.abs(got[name] - w).max()))

@@ -73,9 +73,11 @@ def test_portable_graph_avoids_the_constructs_and_matches_pytorch(run, tmp_path)
         np.testing.assert_allclose(new[i], w.numpy(), atol=ATOL, rtol=RTOL)
 
 
-def test_step_file_is_the_step_graph_with_the_metadata(run):
-    if run.config.arch in ("gru", "lstm"):
-        pytest.skip("the gated step file differs from the embedded step model: its own test")
+@pytest.mark.parametrize("params", [("cell", "identity", None), ("stacked", "relu", 2)])
+def test_step_file_is_the_step_graph_with_the_metadata(params, tiny_run_dir):
+    """The plain arches' step file is the embedded step graph (the gated one slices: below)."""
+    arch, nonlinearity, layers = params
+    run = load_checkpoint(tiny_run_dir(arch, nonlinearity, num_layers=layers))
     full = build_onnx(run.model, run.vocab, run.sha256)
     step = build_onnx(run.model, run.vocab, run.sha256, graph="step")
     proto = onnx.load_from_string(step.data)
