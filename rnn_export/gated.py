@@ -32,7 +32,14 @@ from __future__ import annotations
 import numpy as np
 
 from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
-from rnn_export.graph import STEP_TOKEN, GraphBuilder, fold_table, model_of, sorted_scan
+from rnn_export.graph import (
+    STEP_TOKEN,
+    GraphBuilder,
+    fold_table,
+    main_signature,
+    model_of,
+    sorted_scan,
+)
 
 GATED_ARCHS = ("gru", "lstm")
 GATES = {"gru": 3, "lstm": 4}
@@ -51,7 +58,7 @@ def main_graph(config, weights: dict, opset: int):
         onnx.ModelProto (no metadata), inputs tokens, each state of config.state_names and
         lengths; outputs log_probs and each new state.
     """
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     g = GraphBuilder(config, opset, "")
     step_weights(g, config.arch, weights)  # the Scan's step is the step model's
@@ -68,15 +75,12 @@ def main_graph(config, weights: dict, opset: int):
     g.nodes.append(
         helper.make_node("If", [is_one_row], outputs, then_branch=one_row, else_branch=many_rows)
     )
-    f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
+    inputs, outputs = main_signature(config)
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}",
-        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
-        + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
-        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
-        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
-        + [helper.make_tensor_value_info(o, f32, shape) for _, o in names],
+        inputs=inputs,
+        outputs=outputs,
         initializer=list(g.inits.values()),
     )
     return model_of(graph, opset)

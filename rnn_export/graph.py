@@ -134,7 +134,7 @@ def main_graph(config, weights: dict, opset: int):
         onnx.ModelProto (no metadata) with inputs tokens, h0, lengths and outputs
         log_probs, hn.
     """
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     g = GraphBuilder(config, opset, "", weights=weights)
     step = _step_branch(GraphBuilder(config, opset, "s_", g.inits))
@@ -156,22 +156,33 @@ def main_graph(config, weights: dict, opset: int):
             "If", [is_step], [LOG_PROBS, STATE_OUT], then_branch=step, else_branch=longer
         )
     )
-    state_shape = list(config.state_shape("B"))
+    inputs, outputs = main_signature(config)
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}",
-        inputs=[
-            helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"]),
-            helper.make_tensor_value_info(STATE_IN, TensorProto.FLOAT, state_shape),
-            helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]),
-        ],
-        outputs=[
-            helper.make_tensor_value_info(LOG_PROBS, TensorProto.FLOAT, ["B", config.num_classes]),
-            helper.make_tensor_value_info(STATE_OUT, TensorProto.FLOAT, state_shape),
-        ],
+        inputs=inputs,
+        outputs=outputs,
         initializer=list(g.inits.values()),
     )
     return model_of(graph, opset)
+
+
+def main_signature(config) -> tuple[list, list]:
+    """The value infos of every main graph (default or portable, any arch): inputs tokens
+    (B, T), each state of config.state_names, lengths (B); outputs log_probs (B, C) and
+    each new state."""
+    from onnx import TensorProto, helper
+
+    f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
+    names = config.state_names
+    inputs = (
+        [helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
+        + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
+        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])]
+    )
+    outputs = [helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
+    outputs += [helper.make_tensor_value_info(o, f32, shape) for _, o in names]
+    return inputs, outputs
 
 
 def step_graph(config, weights: dict, opset: int):

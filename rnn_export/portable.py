@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS
 from rnn_export.gated import CELLS, GATED_ARCHS, GATES, step_weights
-from rnn_export.graph import GraphBuilder, model_of
+from rnn_export.graph import GraphBuilder, main_signature, model_of
 
 
 def portable_main_graph(config, weights: dict, opset: int):
@@ -109,17 +109,14 @@ def portable_main_graph(config, weights: dict, opset: int):
     g.nodes.append(helper.make_node("Identity", [log_probs], [LOG_PROBS]))
     for (_, state_out), result in zip(names, results, strict=True):
         g.nodes.append(helper.make_node("Identity", [result], [state_out]))
-    state_shape = list(config.state_shape("B"))
     used = {name for node in g.nodes for name in node.input}
     used |= {name for node in b.nodes for name in node.input}
+    inputs, outputs = main_signature(config)
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}_portable",
-        inputs=[helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
-        + [helper.make_tensor_value_info(i, f32, state_shape) for i, _ in names]
-        + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])],
-        outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
-        + [helper.make_tensor_value_info(o, f32, state_shape) for _, o in names],
+        inputs=inputs,
+        outputs=outputs,
         initializer=[v for k, v in g.inits.items() if k in used],
     )
     return model_of(graph, opset)
