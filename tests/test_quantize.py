@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from rnn_export.cli import main
+from rnn_export.data import embedded_spec
 from rnn_export.export import export_onnx
 from rnn_export.quantize import (
     MAX_PROB_ERROR,
@@ -55,7 +56,11 @@ def test_quantized_step_file_keeps_the_contract_and_passes_the_int8_rule(step_fi
     a = float_model.stream().feed("abcdefgh").probabilities
     b = int8_model.stream().feed("abcdefgh").probabilities
     assert 0 < np.abs(a - b).max() < MAX_PROB_ERROR
-    report = verify_quantized(out, run_dir)
+    # 1,000 texts, not the tiny run's 80: an all but untrained model has texts whose two
+    # top classes are closer than int8's error (6.7e-4 against 7.9e-4 here), and int8
+    # kernels round differently on other CPUs (VNNI or not); with 80 texts one such flip
+    # is 98.75% agreement, so the verdict would rest on how this CPU rounds.
+    report = verify_quantized(out, run_dir, data=embedded_spec(seed=1, size=5000))
     assert report.passed and report.texts > 0 and report.source == "validation split"
     assert report.agreement >= MIN_AGREEMENT and report.within >= MIN_WITHIN
     assert 0 < report.mean_prob_error <= report.max_prob_error
