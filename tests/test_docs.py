@@ -136,7 +136,11 @@ def test_readme_is_short_and_keeps_the_set_up_commands():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) < 250
     assert 'python -m pip install -e ".[cpu]" && rnn-export demo --out runs/demo' in text
-    assert 'python -m pip install -e ".[test]" && python -m pytest' in text
+    test_command = (
+        'python -m pip install -e ".[test]" && python scripts/onnx2tf_env.py && python -m pytest'
+    )
+    assert test_command in text
+    assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "../shared" not in text
 
 

@@ -72,9 +72,25 @@ def _tolerance_value(ctx, param, value):
     "--runtime",
     default="onnxruntime",
     show_default=True,
-    help="The runtime that executes the file: onnxruntime, openvino, tract or "
-    "onnx-reference (each but the last an extra of the package: pip install "
-    "'rnn-export[openvino]'). Others than onnxruntime run on the CPU.",
+    help="The runtime that executes the file: onnxruntime, openvino, tract, "
+    "onnx-reference or tflite (each but onnx-reference an extra of the package: pip "
+    "install 'rnn-export[openvino]'). Others than onnxruntime run on the CPU. tflite "
+    "converts the file with onnx2tf in a Python 3.12 of its own (python "
+    "scripts/onnx2tf_env.py makes it) and runs it in LiteRT's interpreter.",
+)
+@click.option(
+    "--onnx2tf-python",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --runtime tflite: the Python whose onnx2tf converts the file [default: "
+    "$RNN_EXPORT_ONNX2TF_PYTHON, this Python, or the one scripts/onnx2tf_env.py made].",
+)
+@click.option(
+    "--tflite-model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --runtime tflite: a .tflite you converted from this file's step model, "
+    "verified as its step model (nothing is converted).",
 )
 @click.option(
     "--openvino-precision",
@@ -96,6 +112,8 @@ def verify_command(
     plot_path,
     data_dir,
     runtime,
+    onnx2tf_python,
+    tflite_model,
     precision,
     quiet,
 ):
@@ -144,6 +162,8 @@ def verify_command(
                 data=data,
                 runtime=runtime,
                 precision=precision,
+                onnx2tf_python=onnx2tf_python,
+                tflite_model=tflite_model,
             )
         failed = False
     except ParityError as e:

@@ -12,6 +12,7 @@ backend needs no knowledge of how many states a model has.
     tract           tract's ONNX loader (the `tract` package), the model typed and
                     optimised once for symbolic B and T
     onnx-reference  onnx.reference.ReferenceEvaluator: the ONNX specification in numpy
+    tflite          onnx2tf's conversion run by LiteRT's interpreter (rnn_export.parity.tflite)
 
 Each but the ONNX reference (onnx is a dependency) is an optional extra of the package
 (`pip install ".[openvino]"`); a runtime that is not installed is a ParityUsageError
@@ -36,7 +37,9 @@ RUNTIMES = {
     "openvino": ("openvino", "openvino"),
     "tract": ("tract", "tract"),
     "onnx-reference": ("onnx.reference", None),
+    "tflite": ("ai_edge_litert.interpreter", "tflite"),
 }
+DISTRIBUTIONS = {"onnx-reference": "onnx", "tflite": "ai-edge-litert"}
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 
 
@@ -59,7 +62,7 @@ def check_runtime(name: str) -> str:
         raise ParityUsageError(
             f"runtime {name} is not installed; install it with pip install 'rnn-export[{extra}]'"
         ) from None
-    dist = "onnx" if name == "onnx-reference" else name
+    dist = DISTRIBUTIONS.get(name, name)
     return f"{name} {importlib.metadata.version(dist)}"
 
 
@@ -178,11 +181,21 @@ class _Tract(_Backend):
         return {n: t.to_numpy() for n, t in zip(self._outputs, got, strict=True)}
 
 
-def open_runtime_runners(runtime: str, path: Path, meta, threads: int, precision: str = "f32"):
+def open_runtime_runners(
+    runtime: str,
+    path: Path,
+    meta,
+    threads: int,
+    precision: str = "f32",
+    onnx2tf_python: str | Path | None = None,
+    tflite_model: Path | None = None,
+):
     """verify's runners for the file at path under `runtime`, on the CPU.
 
     A main file gives its main graph and its embedded step model; a step file gives
-    itself as the step model.
+    itself as the step model. Under tflite, onnx2tf converts each graph (onnx2tf_python:
+    rnn_export.parity.tflite.find_onnx2tf); tflite_model, a .tflite converted elsewhere,
+    is run as the step model instead, and nothing is converted.
 
     Returns:
         (ProviderStatus, [runners], [CaseResult for a graph that would not load]).
@@ -196,10 +209,26 @@ def open_runtime_runners(runtime: str, path: Path, meta, threads: int, precision
     graphs = [("step model", data)] if meta.is_step_file else [("main graph", data)]
     if meta.step is not None and not meta.is_step_file:
         graphs.append(("step model", meta.step.model_bytes()))
+    if tflite_model is not None and runtime != "tflite":
+        raise ParityUsageError("a .tflite model is verified with --runtime tflite")
+    python = None
+    if runtime == "tflite":
+        from rnn_export.parity import tflite
+
+        if tflite_model is not None:
+            given = _read_tflite(tflite_model)
+            graphs, version = [("step model", given)], f"{version} ({tflite_model.name})"
+        else:
+            python, converter = tflite.find_onnx2tf(onnx2tf_python)
+            version = f"{version}, onnx2tf {converter}"
     runners, failures = [], []
     for what, model_bytes in graphs:
         try:
-            session = open_backend(runtime, model_bytes, threads, precision)
+            if runtime == "tflite":
+                given = model_bytes if python is None else None
+                session = tflite.open_tflite(model_bytes, python, threads, given)
+            else:
+                session = open_backend(runtime, model_bytes, threads, precision)
         except CaseFailure as e:
             failures.append(CaseResult(label, f"load the {what}", "shapes", 0, 0, error=str(e)))
             continue
@@ -209,3 +238,14 @@ def open_runtime_runners(runtime: str, path: Path, meta, threads: int, precision
     reason = None if runners else "; ".join(f.error for f in failures)
     status = ProviderStatus(label, version, "ran" if runners else "unavailable", reason)
     return status, runners, failures
+
+
+def _read_tflite(path: Path) -> bytes:
+    """A .tflite file's bytes; a file that is not a TFLite flatbuffer is a ParityUsageError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ParityUsageError(f"cannot read the TFLite model {path}: {e.strerror}") from None
+    if data[4:8] != b"TFL3":  # the flatbuffer's file identifier
+        raise ParityUsageError(f"{path} is not a TFLite model (no TFL3 identifier)")
+    return data

@@ -54,6 +54,8 @@ def verify_parity(
     data: dict | None = None,
     runtime: str = "onnxruntime",
     precision: str = "f32",
+    onnx2tf_python: str | Path | None = None,
+    tflite_model: str | Path | None = None,
 ) -> ParityReport:
     """Run the ONNX file and the model side by side over the parity cases.
 
@@ -81,6 +83,10 @@ def verify_parity(
             another than onnxruntime runs on the CPU, providers "cpu" only. A step file
             (`convert --step-only`) runs the step-by-step families only.
         precision: OpenVINO's inference precision (f32 unless asked otherwise).
+        onnx2tf_python: under runtime tflite, the Python whose onnx2tf converts the file
+            (None: rnn_export.parity.tflite.find_onnx2tf's search).
+        tflite_model: under runtime tflite, a .tflite converted elsewhere from this file's
+            step model, run as the step model instead of converting.
 
     Returns:
         The ParityReport (report.passed is True).
@@ -107,7 +113,7 @@ def verify_parity(
             (example_length, stream_steps),
             seed,
             threads,
-            (runtime, precision),
+            (runtime, precision, onnx2tf_python, tflite_model),
         )
     report.wall_s = time.perf_counter() - started
     if not report.passed:
@@ -118,9 +124,13 @@ def verify_parity(
 def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, threads, backend):
     """verify_parity's work, under its thread limits; returns the report.
 
-    sizes = (example_length, stream_steps), backend = (runtime, precision).
+    sizes = (example_length, stream_steps),
+    backend = (runtime, precision, onnx2tf_python, tflite_model).
     """
-    (example_length, stream_steps), (runtime, precision) = sizes, backend
+    (example_length, stream_steps), (runtime, precision, *tflite_options) = sizes, backend
+    onnx2tf_python, tflite_model = tflite_options
+    if tflite_model is not None:
+        tflite_model = Path(tflite_model)
     wanted = parse_providers(providers)
     check_runtime(runtime)
     _check_not_swapped(Path(onnx_path), checkpoint)
@@ -179,7 +189,7 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
                     runners.append(step)
     else:
         status, opened, failures = open_runtime_runners(
-            runtime, onnx_path, meta, threads, precision
+            runtime, onnx_path, meta, threads, precision, onnx2tf_python, tflite_model
         )
         statuses.append(status)
         runners += opened
