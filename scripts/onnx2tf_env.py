@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from rnn_export.parity.tflite import ONNX2TF_ENV
+from rnn_export.parity.results import ParityUsageError
+from rnn_export.parity.tflite import ONNX2TF_ENV, find_onnx2tf
 from rnn_export.parity.tflite import ONNX2TF_VERSION as VERSION
 
 
@@ -35,14 +36,21 @@ def find_python312() -> str | None:
     return None
 
 
+def _onnx2tf_version(python: Path) -> str | None:
+    """onnx2tf's version under python, or None where it does not import."""
+    try:
+        return find_onnx2tf(python)[1]
+    except ParityUsageError:
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=None, help="a Python 3.12 (default: found)")
     parser.add_argument("--dir", type=Path, default=ONNX2TF_ENV, help="the venv")
     args = parser.parse_args()
     env_python = args.dir / "bin" / "python"
-    check = [str(env_python), "-c", f"import onnx2tf; assert onnx2tf.__version__ == {VERSION!r}"]
-    if env_python.is_file() and subprocess.run(check, capture_output=True).returncode == 0:
+    if env_python.is_file() and _onnx2tf_version(env_python) == VERSION:
         print(f"onnx2tf {VERSION} is ready in {args.dir}")
         return 0
     python = args.python or find_python312()

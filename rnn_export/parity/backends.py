@@ -188,7 +188,7 @@ def open_runtime_runners(
     threads: int,
     precision: str = "f32",
     onnx2tf_python: str | Path | None = None,
-    tflite_model: Path | None = None,
+    tflite_model: str | Path | None = None,
 ):
     """verify's runners for the file at path under `runtime`, on the CPU.
 
@@ -215,9 +215,10 @@ def open_runtime_runners(
     if runtime == "tflite":
         from rnn_export.parity import tflite
 
-        if tflite_model is not None:
-            given = _read_tflite(tflite_model)
-            graphs, version = [("step model", given)], f"{version} ({tflite_model.name})"
+        if tflite_model is not None:  # already converted: run as the step model
+            tflite_model = Path(tflite_model)
+            graphs = [("step model", _read_tflite(tflite_model))]
+            version = f"{version} ({tflite_model.name})"
         else:
             python, converter = tflite.find_onnx2tf(onnx2tf_python)
             version = f"{version}, onnx2tf {converter}"
@@ -225,8 +226,8 @@ def open_runtime_runners(
     for what, model_bytes in graphs:
         try:
             if runtime == "tflite":
-                given = model_bytes if python is None else None
-                session = tflite.open_tflite(model_bytes, python, threads, given)
+                converted = model_bytes if python is None else tflite.convert(model_bytes, python)
+                session = tflite.open_tflite(converted, threads)
             else:
                 session = open_backend(runtime, model_bytes, threads, precision)
         except CaseFailure as e:
@@ -243,7 +244,7 @@ def open_runtime_runners(
 def _read_tflite(path: Path) -> bytes:
     """A .tflite file's bytes; a file that is not a TFLite flatbuffer is a ParityUsageError."""
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except OSError as e:
         raise ParityUsageError(f"cannot read the TFLite model {path}: {e.strerror}") from None
     if data[4:8] != b"TFL3":  # the flatbuffer's file identifier

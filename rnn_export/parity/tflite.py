@@ -103,24 +103,24 @@ class TFLiteSession:
     resized to the feed's shape when it changes (B varies between verify's cases).
     """
 
-    name = "tflite"
-
     def __init__(self, tflite_bytes: bytes, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
         self._bytes = tflite_bytes  # the interpreter reads the buffer it was given
         self._interpreter = Interpreter(model_content=tflite_bytes, num_threads=threads)
         self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        # Tensor indices stay what they are when inputs are resized.
+        self._outputs = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
         self._shapes: dict[str, tuple] = {}
-
-    def get_inputs(self):
-        return list(self._inputs)
 
     def run(self, names, feeds, run_options=None):
         interpreter = self._interpreter
         unknown = sorted(set(feeds) - set(self._inputs))
         if unknown:
             raise CaseFailure(f"tflite has no input {unknown}; it has {sorted(self._inputs)}")
+        missing = [n for n in names if n not in self._outputs]
+        if missing:
+            raise CaseFailure(f"tflite has no output {missing}; it has {sorted(self._outputs)}")
         try:
             shapes = {n: tuple(np.shape(v)) for n, v in feeds.items()}
             if shapes != self._shapes:
@@ -132,23 +132,18 @@ class TFLiteSession:
                 dtype = self._inputs[n]["dtype"]
                 interpreter.set_tensor(self._inputs[n]["index"], np.asarray(value, dtype=dtype))
             interpreter.invoke()
-            outputs = {d["name"]: d for d in interpreter.get_output_details()}
-            missing = [n for n in names if n not in outputs]
-            if missing:
-                raise CaseFailure(f"tflite returned no output {missing}; got {sorted(outputs)}")
-            return [interpreter.get_tensor(outputs[n]["index"]).copy() for n in names]
+            return [interpreter.get_tensor(self._outputs[n]).copy() for n in names]
         except (RuntimeError, ValueError) as e:  # the interpreter's own errors
             raise CaseFailure(f"tflite raised {type(e).__name__}: {_last_line(str(e))}") from None
 
 
-def open_tflite(model_bytes: bytes, python: str, threads: int, tflite_bytes: bytes | None = None):
-    """A TFLiteSession on model_bytes converted by onnx2tf, or on tflite_bytes as given.
+def open_tflite(tflite_bytes: bytes, threads: int) -> TFLiteSession:
+    """A TFLiteSession on a .tflite file's bytes.
 
     Raises:
-        CaseFailure: it cannot be converted or loaded.
+        CaseFailure: the interpreter cannot load it.
     """
-    data = tflite_bytes if tflite_bytes is not None else convert(model_bytes, python)
     try:
-        return TFLiteSession(data, threads)
+        return TFLiteSession(tflite_bytes, threads)
     except (RuntimeError, ValueError) as e:
         raise CaseFailure(f"tflite cannot load it: {_last_line(str(e))}") from None

@@ -127,10 +127,8 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
     sizes = (example_length, stream_steps),
     backend = (runtime, precision, onnx2tf_python, tflite_model).
     """
-    (example_length, stream_steps), (runtime, precision, *tflite_options) = sizes, backend
-    onnx2tf_python, tflite_model = tflite_options
-    if tflite_model is not None:
-        tflite_model = Path(tflite_model)
+    example_length, stream_steps = sizes
+    runtime, precision, onnx2tf_python, tflite_model = backend
     wanted = parse_providers(providers)
     check_runtime(runtime)
     _check_not_swapped(Path(onnx_path), checkpoint)

@@ -115,11 +115,11 @@ def test_a_tflite_converted_elsewhere_is_verified_as_given(onnx2tf_python, step_
 
 
 def test_the_tflite_session_runs_a_step_like_onnxruntime(onnx2tf_python, step_files):
-    from rnn_export.parity.tflite import open_tflite
+    from rnn_export.parity.tflite import convert, open_tflite
 
     _, _, step = step_files("gru")
     data = step.read_bytes()
-    tflite = open_tflite(data, onnx2tf_python, threads=1)
+    tflite = open_tflite(convert(data, onnx2tf_python), threads=1)
     reference = open_backend("onnxruntime", data)
     rng = np.random.default_rng(0)
     graph = onnx.load(step).graph
