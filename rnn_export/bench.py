@@ -55,28 +55,51 @@ SCALING_POOL = 256  # pool size of the threads measurement
 # cost is spread over many steps, as in the main graph.
 OFFLINE_REPEAT = 16
 
-# Runs in a fresh interpreter: imports only the runtime, prints one JSON line. Peak RSS is
-# VmHWM of /proc/self/status: getrusage's ru_maxrss would also count the forked copy of
-# the (torch-sized) parent from before exec.
+# Runs in a fresh interpreter: imports only the runtime, prints one JSON line with the
+# time.time() at the start of each phase and at the first prediction (COLD_START_PHASES
+# after the interpreter's own start). Peak RSS is VmHWM of /proc/self/status: getrusage's
+# ru_maxrss would also count the forked copy of the (torch-sized) parent from before exec.
 _COLD_START = """\
-import json, resource, sys, time
+import time
+t = [time.time()]
+import sys
+import numpy
+t.append(time.time())
+import onnxruntime
+t.append(time.time())
 import rnn_runtime
+t.append(time.time())
 model = rnn_runtime.open_model(sys.argv[1], threads=int(sys.argv[2]))
+t.append(time.time())
 prediction = model.stream().step(int(sys.argv[3]))
-done = time.time()
+t.append(time.time())
+import importlib.util, json, os, resource
 try:
     with open("/proc/self/status") as f:
         peak = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
 except OSError:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({
-    "done": done,
+    "t": t,
     "label": prediction.label,
     "max_rss_kib": peak,
     "torch_imported": "torch" in sys.modules,
     "onnx_imported": "onnx" in sys.modules,
+    "bytecode_cached": os.path.exists(
+        importlib.util.cache_from_source(rnn_runtime.model.__file__)
+    ),
 }))
 """
+# The phases of a cold start, in order: the interpreter's own start (the spawn, site and
+# the import hooks of the environment) and then what the _COLD_START child times.
+COLD_START_PHASES = (
+    "interpreter",
+    "import numpy",
+    "import onnxruntime",
+    "import rnn_runtime",
+    "open_model",
+    "first step",
+)
 
 
 class BenchError(InputError):
@@ -441,30 +464,68 @@ def _bench_threads(model_path, products, cores, B, T, repeats, block_s, rng) -> 
     return out
 
 
-def _bench_cold_start(model_path: Path, threads: int, runs: int) -> dict:
-    """Start a fresh interpreter that imports only the runtime; time to its first prediction."""
-    seconds, rss = [], []
-    for _ in range(runs):
+def cold_start_runs(model_path: str | Path, threads: int = 1, runs: int = 3) -> list[dict]:
+    """Start fresh interpreters that import only the runtime and step once; time each phase.
+
+    First one untimed process runs with Python's default of caching bytecode (the
+    environment's PYTHONDONTWRITEBYTECODE is dropped for it), so that the runtime's
+    modules are timed as an install has them, compiled, not parsed from source on every
+    start; each result says whether they were.
+
+    Returns:
+        One dict per run: "phases" {COLD_START_PHASES name: seconds}, "seconds" (the
+        process start to its first prediction), "peak_rss_mib", "torch_imported",
+        "onnx_imported", "bytecode_cached".
+
+    Raises:
+        BenchError: a process failed (its stderr is in the message).
+    """
+    command = [sys.executable, "-c", _COLD_START, str(model_path), str(threads), "1"]
+    caching = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    results = []
+    for run in range(runs + 1):
         start = time.time()
         proc = subprocess.run(
-            [sys.executable, "-c", _COLD_START, str(model_path), str(threads), "1"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            command, capture_output=True, text=True, env=caching if run == 0 else None
         )
         if proc.returncode != 0:
             raise BenchError(
                 f"the cold-start process failed (exit {proc.returncode}): {proc.stderr.strip()}"
             )
+        if run == 0:
+            continue
         out = json.loads(proc.stdout.strip().splitlines()[-1])
-        seconds.append(out["done"] - start)
-        rss.append(out["max_rss_kib"] / 1024)
+        t = [start, *out["t"]]
+        results.append(
+            {
+                "phases": {
+                    name: b - a for name, a, b in zip(COLD_START_PHASES, t[:-1], t[1:], strict=True)
+                },
+                "seconds": t[-1] - start,
+                "peak_rss_mib": out["max_rss_kib"] / 1024,
+                "torch_imported": out["torch_imported"],
+                "onnx_imported": out["onnx_imported"],
+                "bytecode_cached": out["bytecode_cached"],
+            }
+        )
+    return results
+
+
+def _bench_cold_start(model_path: Path, threads: int, runs: int) -> dict:
+    """The median cold start of `runs` fresh processes (cold_start_runs), and its phases."""
+    results = cold_start_runs(model_path, threads, runs)
+    last = results[-1]
     return {
-        "seconds": statistics.median(seconds),
-        "peak_rss_mib": statistics.median(rss),
+        "seconds": statistics.median(r["seconds"] for r in results),
+        "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
+        "phases": {
+            name: statistics.median(r["phases"][name] for r in results)
+            for name in COLD_START_PHASES
+        },
         "runs": runs,
-        "torch_imported": out["torch_imported"],
-        "onnx_imported": out["onnx_imported"],
+        "torch_imported": last["torch_imported"],
+        "onnx_imported": last["onnx_imported"],
+        "bytecode_cached": all(r["bytecode_cached"] for r in results),
     }
 
 

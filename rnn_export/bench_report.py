@@ -203,6 +203,9 @@ class BenchReport:
             "5. cold start of a process that imports only the runtime",
             f"   start to first prediction {c['seconds'] * 1e3:8.1f} ms (median of {c['runs']}) "
             + _goal("cold_start_s", c["seconds"], " s"),
+            "   of which "
+            + ", ".join(f"{name} {1e3 * x:.0f} ms" for name, x in c["phases"].items())
+            + ("" if c["bytecode_cached"] else " (the runtime parsed from source)"),
             f"   peak RSS {c['peak_rss_mib']:.1f} MiB "
             + _goal("peak_rss_mib", c["peak_rss_mib"], " MiB")
             + f"{'' if not c['torch_imported'] else ' (torch was imported!)'}",

@@ -95,6 +95,15 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
     lines += [
         f"| cold start to first prediction | {c['seconds'] * 1e3:.0f} ms "
         f"| {goal('cold_start_s', '<=', ' s')} |",
+        *(
+            [
+                "| cold start, by phase | "
+                + ", ".join(f"{name} {1e3 * x:.0f} ms" for name, x in c["phases"].items())
+                + " | | |"
+            ]
+            if "phases" in c  # not in a --json file of an earlier version
+            else []
+        ),
         f"| peak RSS | {c['peak_rss_mib']:.1f} MiB | {goal('peak_rss_mib', '<=', ' MiB')} |",
         "",
         f"Offline throughput (padded batches, mixed lengths; goal >= "

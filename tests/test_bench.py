@@ -124,6 +124,8 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     cold = d["cold_start"]
     assert cold["runs"] == 1
     assert cold["torch_imported"] is False and cold["onnx_imported"] is False
+    assert cold["bytecode_cached"] is True
+    assert sum(cold["phases"].values()) == pytest.approx(cold["seconds"])  # one run
     numbers = list(_numbers({k: v for k, v in d.items() if k != "targets"}))
     assert st["main_graph_s"] in numbers
     assert len(numbers) >= 10

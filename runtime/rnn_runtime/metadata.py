@@ -49,12 +49,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rnn_runtime.errors import MetadataError
+
+try:  # CPython's own SHA-256 (Python 3.12+: _sha2; 3.11: _sha256), without OpenSSL
+    from _sha2 import sha256 as _builtin_sha256
+except ImportError:
+    try:
+        from _sha256 import sha256 as _builtin_sha256
+    except ImportError:
+        _builtin_sha256 = None
 
 SCHEMA_VERSION = 1
 PREFIX = "rnn_export."
@@ -76,10 +83,23 @@ _MAXIMA = {
     "hidden_size": MAX_HIDDEN,
     "num_layers": MAX_LAYERS,
 }
+# Below this size the step model is hashed by CPython's own SHA-256: hashlib would load
+# OpenSSL, 3.6 MiB of resident memory and 3 ms of a cold start on the project's machine
+# (docs/benchmarks.md), for a hash of a few hundred KB. Above it OpenSSL's speed wins
+# (240 MB/s against 1.7 GB/s there).
+_BUILTIN_HASH_BYTES = 8 << 20
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of data as hex, by the cheapest implementation for its size."""
+    if _builtin_sha256 is not None and len(data) < _BUILTIN_HASH_BYTES:
+        return _builtin_sha256(data).hexdigest()
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+class TensorSpec(NamedTuple):
     """One graph input or output: its name, shape ("B"/"T" symbolic) and dtype."""
 
     name: str
@@ -90,8 +110,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
-@dataclass(frozen=True)
-class StateSpec:
+class StateSpec(NamedTuple):
     """A recurrent state: fed in as `input`, returned as `output`, same shape and dtype."""
 
     input: str
@@ -118,8 +137,7 @@ class StateSpec:
         return self.shape.index("B")
 
 
-@dataclass(frozen=True)
-class StepSpec:
+class StepSpec(NamedTuple):
     """The optional one-step model (key rnn_export.step): names, checksum and bytes.
 
     states[l] = (input, output) names of layer l's (B, H) state.
@@ -129,8 +147,14 @@ class StepSpec:
     log_probs: str
     states: tuple[tuple[str, str], ...]
     sha256: str = ""
-    onnx_base64: str = field(default="", repr=False)
+    onnx_base64: str = ""
     in_file: bool = False  # a step file: the file's own graph is the step model
+
+    def __repr__(self) -> str:  # without the bytes
+        return (
+            f"StepSpec(token={self.token!r}, log_probs={self.log_probs!r}, "
+            f"states={self.states!r}, sha256={self.sha256!r}, in_file={self.in_file!r})"
+        )
 
     def model_bytes(self) -> bytes:
         """The serialized ONNX model, checked against its sha256.
@@ -145,7 +169,7 @@ class StepSpec:
             data = base64.b64decode(self.onnx_base64, validate=True)
         except (binascii.Error, ValueError) as e:
             raise MetadataError(f"metadata step.onnx_base64 is not valid base64: {e}") from None
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if digest != self.sha256:
             raise MetadataError(
                 f"the embedded step model has sha256 {digest[:12]}...; the metadata promises "
@@ -168,8 +192,7 @@ class StepSpec:
         }
 
 
-@dataclass(frozen=True)
-class ModelMetadata:
+class ModelMetadata(NamedTuple):
     """The validated metadata of one exported model."""
 
     arch: str
@@ -304,7 +327,7 @@ def build_metadata(
             names["in_file"] = True
         else:
             data = bytes(step["model"])
-            names["sha256"] = hashlib.sha256(data).hexdigest()
+            names["sha256"] = sha256_hex(data)
             names["onnx_base64"] = base64.b64encode(data).decode("ascii")
         props[PREFIX + "step"] = json.dumps(names)
     read_metadata(props)

@@ -56,3 +56,31 @@ def test_build_metadata_cannot_write_what_read_metadata_refuses(kwargs, message)
     pairs = [("h_0", "hn_0"), ("h_1", "hn_1"), ("c_0", "cn_0"), ("c_1", "cn_1")]
     with pytest.raises(MetadataError, match=message):
         _props(TWO_STATES, pairs, **kwargs)
+
+
+@pytest.mark.parametrize("size", [0, 3, 100_000])
+def test_sha256_hex_is_sha256_below_and_above_the_builtin_threshold(monkeypatch, size):
+    """The step model's checksum is the same SHA-256 whichever implementation hashes it."""
+    import hashlib
+
+    from rnn_runtime import metadata
+
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    want = hashlib.sha256(data).hexdigest()
+    assert metadata.sha256_hex(data) == want
+    monkeypatch.setattr(metadata, "_BUILTIN_HASH_BYTES", 0)  # always hashlib
+    assert metadata.sha256_hex(data) == want
+    monkeypatch.setattr(metadata, "_builtin_sha256", None)  # a Python without it
+    monkeypatch.setattr(metadata, "_BUILTIN_HASH_BYTES", 1 << 30)
+    assert metadata.sha256_hex(data) == want
+
+
+def test_a_step_spec_is_immutable_and_its_repr_leaves_out_the_bytes():
+    pairs = [("h_0", "hn_0"), ("h_1", "hn_1"), ("c_0", "cn_0"), ("c_1", "cn_1")]
+    meta = read_metadata(_props(TWO_STATES, pairs))
+    with pytest.raises(AttributeError):
+        meta.step.sha256 = "0" * 64
+    with pytest.raises(AttributeError):
+        meta.arch = "gru"
+    assert "onnx_base64" not in repr(meta.step) and meta.step.sha256 in repr(meta.step)
+    assert meta.step.model_bytes() == b"\x00"
