@@ -238,7 +238,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     import torch
 
     import rnn_runtime
-    from rnn_runtime.session import open_session
+    from rnn_runtime.session import bound_run, open_session
 
     ids = rng.integers(0, rt_model.metadata.vocab_size, size=997).tolist()
     stream = rt_model.stream()
@@ -300,9 +300,9 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy(y))
 
     def run_floor(n: int) -> None:
-        run = floor_session.run_with_iobinding
+        run = bound_run(floor_session, binding)  # called as the runtime calls
         for _ in range(n):
-            run(binding)
+            run()
 
     t = _time_blocks(runs | {"torch": run_torch, "floor": run_floor}, repeats, block_s)
     return {

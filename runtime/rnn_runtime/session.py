@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +210,31 @@ def open_session(
     return session
 
 
+def bound_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable[[], None]:
+    """A call with no arguments that runs `binding` on `session` (raises as
+    run_with_iobinding does): the one way the toolkit's hot loops call onnxruntime.
+
+    onnxruntime's Python InferenceSession.run_with_iobinding checks on every call
+    whether the binding belongs to the session and whether WebGPU graph capture is on,
+    then calls its C++ session; that is 0.3 to 0.4 us of a 5 us step of a small model
+    (docs/benchmarks.md). Where the wrapper has its usual C++ session (`_sess`) and
+    binding (`_iobinding`) and capture is off, the call goes to them directly, with the
+    check of the session done once here; otherwise through the public method. The
+    binding must be kept alive by the caller (its arrays and OrtValues with it).
+    """
+    c_session = getattr(session, "_sess", None)
+    c_binding = getattr(binding, "_iobinding", None)
+    if (
+        c_session is not None
+        and c_binding is not None
+        and getattr(binding, "_session", None) is c_session
+        and hasattr(c_session, "run_with_iobinding")
+        and not getattr(c_session, "is_webgpu_graph_capture_enabled", lambda: False)()
+    ):
+        return functools.partial(c_session.run_with_iobinding, c_binding, None)
+    return functools.partial(session.run_with_iobinding, binding)
+
+
 class StateBuffers:
     """Two sets of state buffers for n streams, each with the log-probabilities it came with.
 
@@ -316,10 +341,11 @@ def bind_chunk(session, meta, tokens, lengths, buffers: StateBuffers, k: int) ->
 class StepBindings:
     """Prebuilt one-token-per-row calls at batch n over a StateBuffers.
 
-    Write the ids into `tokens` (n,), then `advance()`: it runs bindings[k] with
-    k = buffers.current, which reads set k and writes set k ^ 1, and keeps the result
-    only if it is finite. Through the step model when `step_session` is given
-    (per-layer states, CPU only), else through the main graph (T = 1, lengths 1).
+    Write the ids into `tokens` (n,), then `advance()`: it runs bindings[k] (through
+    calls[k], see bound_run) with k = buffers.current, which reads set k and writes set
+    k ^ 1, and keeps the result only if it is finite. Through the step model when
+    `step_session` is given (per-layer states, CPU only), else through the main graph
+    (T = 1, lengths 1).
     """
 
     def __init__(self, meta, buffers: StateBuffers, n: int, session, step_session=None):
@@ -349,7 +375,7 @@ class StepBindings:
             ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
             bindings = [bind_chunk(session, meta, tokens, ones, buffers, k) for k in (0, 1)]
         self.bindings = tuple(bindings)
-        self.run = self.session.run_with_iobinding
+        self.calls = tuple(bound_run(self.session, b) for b in self.bindings)
         self._buffers = buffers
 
     def advance(self) -> bool:
@@ -362,7 +388,7 @@ class StepBindings:
         buffers = self._buffers
         k = buffers.current
         try:
-            self.run(self.bindings[k])
+            self.calls[k]()
         except RUN_ERRORS as e:
             raise run_failed(e) from e
         if buffers.nonfinite[k ^ 1]():

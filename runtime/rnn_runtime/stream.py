@@ -109,8 +109,7 @@ class StreamSession:
         self._token = self._steps.tokens
         self._rows = (buffers.log_probs[0][0], buffers.log_probs[1][0])  # views: set k's row
         self._nonfinite = buffers.nonfinite
-        self._bindings = self._steps.bindings
-        self._run = self._steps.run
+        self._calls = self._steps.calls
         self._last: np.ndarray | None = None
         self.reset()
 
@@ -148,7 +147,7 @@ class StreamSession:
         buffers = self._buffers
         k = buffers.current
         try:
-            self._run(self._bindings[k])
+            self._calls[k]()
         except RUN_ERRORS as e:
             raise run_failed(e) from e
         k ^= 1

@@ -12,6 +12,7 @@ from rnn_runtime.session import (
     MAX_THREADS,
     PROVIDERS,
     StateBuffers,
+    bound_run,
     check_threads,
     nonfinite_rows,
     open_session,
@@ -145,3 +146,52 @@ def test_nonfinite_rows_of_plain_arrays():
     h[1, 2, 0] = np.nan
     c[0, 4] = np.inf
     assert nonfinite_rows(specs, log_probs, [h, c]) == [0, 2]
+
+
+def _doubling_session():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    opsets = [helper.make_opsetid("", 14)]
+    model = helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    )
+    session = open_session(model.SerializeToString())
+    x, y = np.array([1, 2, 3], dtype=np.float32), np.zeros(3, dtype=np.float32)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
+    binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy(y))
+    return session, binding, x, y
+
+
+def test_bound_run_calls_the_cxx_session_directly_and_computes_the_same():
+    session, binding, x, y = _doubling_session()
+    run = bound_run(session, binding)
+    assert run.func == session._sess.run_with_iobinding  # the wrapper's checks skipped
+    run()
+    np.testing.assert_array_equal(y, [2, 4, 6])
+    x[:] = [5, 6, 7]  # the bound arrays feed the next call
+    run()
+    np.testing.assert_array_equal(y, [10, 12, 14])
+
+
+def test_bound_run_falls_back_to_the_public_call_where_it_cannot_go_direct():
+    session, binding, _, y = _doubling_session()
+    other, other_binding, _, _ = _doubling_session()
+
+    class Wrapped:  # an onnxruntime whose wrapper keeps no _sess
+        def __init__(self, session):
+            self.run_with_iobinding = session.run_with_iobinding
+
+    run = bound_run(Wrapped(session), binding)
+    assert run.func == session.run_with_iobinding
+    run()
+    np.testing.assert_array_equal(y, [2, 4, 6])
+    # A binding of another session goes through the public call, which refuses it.
+    with pytest.raises(ValueError, match="IOBinding must be used with the session"):
+        bound_run(session, other_binding)()

@@ -417,16 +417,16 @@ def test_a_run_that_onnxruntime_fails_is_a_stream_error(rt_model, monkeypatch):
     stream.feed("abc")
     before = stream.get_state()
 
-    def fail(binding):
+    def fail():
         raise RuntimeError("Error in execution: simulated")
 
-    monkeypatch.setattr(stream, "_run", fail)
+    monkeypatch.setattr(stream, "_calls", (fail, fail))
     with pytest.raises(StreamError, match=r"onnxruntime failed to run the step; nothing changed"):
         stream.step("a")
     np.testing.assert_array_equal(stream.get_state()["h0"], before["h0"])
     pool = rt_model.pool()
     member = pool.join(stream.model.stream())
-    monkeypatch.setattr(pool._steps, "run", fail)
+    monkeypatch.setattr(pool._steps, "calls", (fail, fail))
     with pytest.raises(StreamError, match=r"onnxruntime failed to run the step"):
         pool.step(["a"])
     assert pool.prediction_of(member) is None
