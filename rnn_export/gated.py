@@ -136,8 +136,7 @@ def _operator_branch(g: GraphBuilder):
 def _scan_branch(g: GraphBuilder):
     """B > 1: graph.sorted_scan with the step model's cell (Gemm and elementwise nodes)."""
     cell = CELLS[g.config.arch]
-    width = GATES[g.config.arch] * g.H
-    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, width)
+    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell)
     log_probs, hn = g.head(finals[0])
     return _branch(g, "many_rows", [log_probs, hn, *(g.stack_layers(f) for f in finals[1:])])
 

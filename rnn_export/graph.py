@@ -399,24 +399,24 @@ def _sorted_scan_branch(g: GraphBuilder):
     def cell(b: GraphBuilder, layer: int, x_run: str, h_run: str) -> list[str]:
         return [b.activation(b("Gemm", [h_run, f"R{layer}", x_run], transB=1))]  # (n, H)
 
-    (finals,) = sorted_scan(g, [STATE_IN], cell, g.H)
+    (finals,) = sorted_scan(g, [STATE_IN], cell)
     return g.branch("many_rows", g.head(finals))
 
 
-def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[list[str]]:
+def sorted_scan(g: GraphBuilder, states: list[str], cell) -> list[list[str]]:
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
-    longest row. The scan body slices the first n_t rows (n_t = rows with length > t),
-    steps them, and concatenates the finished rows back unchanged.
+    longest row. The scan body gathers the input term of the first n_t rows' tokens
+    (n_t = rows with length > t), slices their states, steps them, and concatenates the
+    finished rows back unchanged.
 
     Args:
         states: the graph's state inputs (each of the model's state shape), in order.
         cell: cell(b, layer, x_run, *state_runs) -> the layer's new states (n, H) in
             the order of states, the first one the next layer's input; x_run (n, width)
-            is the layer's input term (the table row for layer 0, else
-            Gemm(x, W{l}, b{l}) of the layer below's new first state).
-        width: the table's row width (H, or GH for a gated cell).
+            is the layer's input term (the table row for layer 0, width H or GH for a
+            gated cell, else Gemm(x, W{l}, b{l}) of the layer below's new first state).
 
     Returns:
         Per state, each layer's (B, H) state after each row's own last real token, in
@@ -431,7 +431,7 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[li
     lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
     longest = g("Gather", [lengths, axis0])  # [T']
     tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
-    x = g("Gather", ["table", g("Gather", [tokens, order], axis=1)])  # (T', B, width)
+    tokens = g("Gather", [tokens, order], axis=1)  # (T', B), rows in length order
     t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
     running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
     counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
@@ -442,8 +442,11 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[li
     kinds = len(states)
     # Carried states: every layer of the first state, then every layer of the next.
     carried = [f"{b.prefix}{states[k][0]}{layer}" for k in range(kinds) for layer in range(L)]
-    x_t, n = b.prefix + "x", b.prefix + "n"
-    x_run = b("Slice", [x_t, zero1, n])  # (n, width)
+    # Layer 0's input term is gathered per step for the running rows only: gathering the
+    # whole (T', B, width) term up front and slicing it per step wrote and read it all
+    # (16 MiB at B=256, T=128, H=128: 14% of the cell's run, docs/benchmarks.md).
+    tok_t, n = b.prefix + "tok", b.prefix + "n"
+    x_run = b("Gather", ["table", b("Slice", [tok_t, zero1, n])])  # (n, width)
     outs = [""] * len(carried)
     for layer in range(L):
         if layer:
@@ -461,13 +464,13 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, width: int) -> list[li
         "step_running_rows",
         [helper.make_tensor_value_info(h, f32, ["B", H]) for h in carried]
         + [
-            helper.make_tensor_value_info(x_t, f32, ["B", width]),
+            helper.make_tensor_value_info(tok_t, TensorProto.INT64, ["B"]),
             helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
         ],
         [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
     )
     flat = [h for start in starts for h in start]
-    finals = g("Scan", [*flat, x, counts], len(carried), body=body, num_scan_inputs=2)
+    finals = g("Scan", [*flat, tokens, counts], len(carried), body=body, num_scan_inputs=2)
     finals = finals if len(carried) > 1 else [finals]
     row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
     unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order

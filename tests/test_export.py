@@ -250,6 +250,13 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     else:
         assert ops.count("RNN") == layers  # the B == 1 path: one RNN operator per layer
         assert ops.count("Scan") == 1 and "Loop" not in ops  # B > 1: one Scan over time
+    # The Scan scans token ids; its step gathers layer 0's input term for the running rows
+    # only (no (T, B, width) term is gathered up front and sliced per step).
+    (scan,) = [n for n in _all_nodes(proto.graph) if n.op_type == "Scan"]
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    scanned = [i.type.tensor_type.elem_type for i in body.input[-2:]]
+    assert scanned == [onnx.TensorProto.INT64, onnx.TensorProto.INT64]  # token ids, n_t
+    assert [n.input[0] for n in body.node if n.op_type == "Gather"] == ["table"]
     # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
     again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx").path
     assert path.read_bytes() == again.read_bytes()
