@@ -2,11 +2,14 @@
 
     python scripts/bench_table.py MODEL.onnx --checkpoint RUN_DIR [--threads N] [--quick]
     python scripts/bench_table.py --from-json bench.json
+    python scripts/bench_table.py --goals cell.json gru.json ...
 
 Runs `rnn-export bench MODEL --checkpoint RUN --json FILE` (or reads a FILE written by an
 earlier run) and prints Markdown: a header with the date, the machine and the command,
 then one table of the streaming, pool, thread and cold-start figures with their goals and
 whether each was met, and one of the offline throughput grid with its roofline fractions.
+--goals prints one row per earlier --json file: every goal's figure and whether it was
+met, to set runs and arches side by side.
 """
 
 from __future__ import annotations
@@ -123,6 +126,44 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
     return "\n".join(lines)
 
 
+# Column heads of --goals, in TARGETS order, and how each figure is printed.
+_GOAL_COLUMNS = {
+    "streaming_speedup_vs_torch": ("step vs PyTorch", "{:.2f}x"),
+    "streaming_vs_handwritten": ("step vs hand loop", "{:.2f}x"),
+    "offline_speedup_vs_torch": ("offline vs PyTorch, lowest", "{:.2f}x"),
+    "offline_roofline_at_256": ("offline roofline, B=256", "{:.0%}"),
+    "pool_256_roofline": ("pool 256 roofline", "{:.0%}"),
+    "pool_256_threads_scaling": ("pool 256, 2 threads", "{:.2f}x"),
+    "cold_start_s": ("cold start", "{:.3f} s"),
+    "peak_rss_mib": ("peak RSS", "{:.1f} MiB"),
+}
+
+
+def format_goals(reports: list[dict]) -> str:
+    """One Markdown row per bench report: each goal's figure, "met" or "missed"."""
+    from rnn_export.bench_report import TARGETS, BenchReport
+
+    heads = [_GOAL_COLUMNS[g][0] for g in TARGETS]
+    lines = [
+        "| model | repeats | load | " + " | ".join(heads) + " |",
+        "| --- " * (len(heads) + 3) + "|",
+    ]
+    for report in reports:
+        bench = BenchReport(**report)
+        figures, goals = bench.figures(), bench.goals()
+        cells = []
+        for goal in TARGETS:
+            value, fmt = figures[goal], _GOAL_COLUMNS[goal][1]
+            verdict = {True: "met", False: "missed", None: ""}[goals[goal]]
+            cells.append("n/a" if value is None else f"{fmt.format(value)} {verdict}")
+        s, load = report["settings"], report["machine"].get("load_average")
+        lines.append(
+            f"| {s['arch']} H={s['hidden_size']} L={s['num_layers']} | {s['repeats']} "
+            f"| {'n/a' if load is None else f'{load:.2f}'} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path, help="a .onnx file made by convert")
@@ -130,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="rough figures in seconds")
     parser.add_argument("--from-json", type=Path, help="format an earlier bench --json file")
+    parser.add_argument(
+        "--goals", type=Path, nargs="+", metavar="JSON", help="one row of goals per file"
+    )
     args = parser.parse_args(argv)
     date = datetime.date.today().isoformat()
+    if args.goals:
+        print(format_goals([json.loads(p.read_text()) for p in args.goals]))
+        return 0
     if args.from_json is not None:
         report = json.loads(args.from_json.read_text())
         print(format_tables(report, None, date))

@@ -8,6 +8,13 @@ median kernel time and share of the median whole run, the rest being the executo
 cost per call. The matrix products here are what the bench's roofline times; the other
 nodes (Gather, activations, LogSoftmax) and the call itself are what a pool step pays
 beyond it.
+
+    python scripts/profile_step.py MODEL.onnx --offline 256 128 [--runs 20]
+
+profiles the main graph instead, on a padded batch of B rows and T steps with mixed
+lengths (as the bench's offline grid has them), and prints per operator type its kernel
+time per run and share: the If and Scan rows hold only their own cost (a Scan's per-step
+overhead), the nodes inside them are counted in their own rows.
 """
 
 from __future__ import annotations
@@ -29,17 +36,14 @@ def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, 
     import onnxruntime as ort
 
     import rnn_runtime
+    from rnn_runtime.session import open_session
 
     meta = rnn_runtime.load_metadata(model)
     if meta.step is None:
         raise SystemExit(f"error: {model} embeds no step model (re-export it with convert)")
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(
-            meta.step.model_bytes(), options, providers=["CPUExecutionProvider"]
+        session = open_session(
+            meta.step.model_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
         )
         rng = np.random.default_rng(0)
         binding = session.io_binding()
@@ -65,14 +69,76 @@ def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, 
     return {k: statistics.median(v) for k, v in kernels.items()}, statistics.median(whole)
 
 
+_CONTAINERS = ("If", "Scan", "Loop")
+
+
+def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
+    """Kernel milliseconds per run by operator type (containers: their own time only) and
+    the median whole run, of the main graph on a (B, T) batch with mixed lengths."""
+    import rnn_runtime
+    from rnn_runtime.session import open_session
+
+    rt = rnn_runtime.open_model(model)
+    meta = rt.metadata
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+    lengths[0] = T
+    feeds = {
+        meta.tokens.name: rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64),
+        meta.lengths.name: lengths,
+        **rt.initial_state(B),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        session = open_session(
+            model.read_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
+        )
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op, whole, pending = collections.defaultdict(float), [], []
+    for e in events:  # a node inside an If or a Scan ends before the node that holds it
+        if e.get("cat") == "Session" and e["name"] == "model_run":
+            whole.append(e["dur"])
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        op, start, dur = e["args"]["op_name"], e["ts"], e["dur"]
+        if op in _CONTAINERS:
+            inside = [x for x in pending if x[0] >= start and x[0] + x[1] <= start + dur]
+            pending = [x for x in pending if x not in inside]
+            per_op[op] += dur - sum(x[1] for x in inside)
+        else:
+            per_op[op] += dur
+        pending.append((start, dur))
+    return {op: us / runs / 1e3 for op, us in per_op.items()}, statistics.median(whole) / 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a .onnx file made by convert")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 256], help="batch sizes N")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    parser.add_argument("--runs", type=int, default=2000, help="profiled runs per N")
+    parser.add_argument("--runs", type=int, default=None, help="profiled runs (2000 per N; 20)")
+    parser.add_argument(
+        "--offline", type=int, nargs=2, metavar=("B", "T"), help="profile the main graph"
+    )
     args = parser.parse_args(argv)
     from rnn_export.bench import cpu_name
+
+    if args.offline:
+        B, T = args.offline
+        runs = args.runs or 20
+        per_op, whole = profile_offline(args.model, B, T, args.threads, runs)
+        print(
+            f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, threads "
+            f"{args.threads}, {runs} runs: `python scripts/profile_step.py {args.model.name} "
+            f"--offline {B} {T}`\n\nB = {B}, T = {T} (mixed lengths): median run "
+            f"{whole:.2f} ms\n\n| operator | ms per run | share |\n| --- | --- | --- |"
+        )
+        for op, ms in sorted(per_op.items(), key=lambda x: -x[1]):
+            own = " (its own cost)" if op in _CONTAINERS else ""
+            print(f"| {op}{own} | {ms:.2f} | {ms / whole:.0%} |")
+        return 0
+    args.runs = args.runs or 2000
 
     print(
         f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, threads "

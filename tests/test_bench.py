@@ -272,6 +272,26 @@ def test_bench_table_script_formats_a_report_with_its_verdicts(exported):
     assert "load average" in text.splitlines()[0]
     offline = [line for line in text.splitlines() if line.startswith("| 32 | 16 |")]
     assert len(offline) == 1 and offline[0].endswith("% |")  # the roofline fraction
+    row = next(line for line in text.splitlines() if line.startswith("| cold start, by phase"))
+    assert row.count(" ms") == len(report.cold_start["phases"])
+    # --goals: one row per report, each goal's own figure and verdict in TARGETS order.
+    quick = report.to_dict()
+    slow = quick | {"streaming": quick["streaming"] | {"speedup_vs_handwritten": 1.0}}
+    lines = bench_table.format_goals([quick, slow]).splitlines()
+    s = quick["settings"]
+    assert len(lines) == 4
+    assert lines[2].startswith(f"| {s['arch']} H={s['hidden_size']} L={s['num_layers']} | 1 |")
+    cells = [c.strip() for c in lines[2].split("|")[4:-1]]
+    figures = report.figures()
+    assert len(cells) == len(figures) == len(goals)
+    for cell, (goal, value) in zip(cells, figures.items(), strict=True):
+        assert cell == "n/a" if value is None else cell.endswith(" " + verdict[goals[goal]])
+    assert (
+        cells[1]
+        == f"{figures['streaming_vs_handwritten']:.2f}x "
+        + verdict[goals["streaming_vs_handwritten"]]
+    )
+    assert lines[3].split("|")[5].strip() == "1.00x missed"
 
 
 @pytest.mark.parametrize("arch", ["gru", "lstm"])
