@@ -36,6 +36,11 @@ def _goal(goal: str, value: float | None, unit: str = "x") -> str:
     return f"(goal {sign} {TARGETS[goal]:g}{unit}: {verdict})"
 
 
+def phases_text(phases: dict[str, float]) -> str:
+    """A cold start's phases in one line: "interpreter 25 ms, import numpy 72 ms, ..."."""
+    return ", ".join(f"{name} {1e3 * seconds:.0f} ms" for name, seconds in phases.items())
+
+
 def _fraction(value: float | None) -> str:
     return "    n/a" if value is None else f"{value:7.1%}"
 
@@ -198,7 +203,7 @@ class BenchReport:
             f"   start to first prediction {c['seconds'] * 1e3:8.1f} ms (median of {c['runs']}) "
             + _goal("cold_start_s", c["seconds"], " s"),
             "   of which "
-            + ", ".join(f"{name} {1e3 * x:.0f} ms" for name, x in c["phases"].items())
+            + phases_text(c["phases"])
             + ("" if c["bytecode_cached"] else " (the runtime parsed from source)"),
             f"   peak RSS {c['peak_rss_mib']:.1f} MiB "
             + _goal("peak_rss_mib", c["peak_rss_mib"], " MiB")

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+VERDICTS = {True: "met", False: "missed", None: "not measured"}  # BenchReport.goals() values
+
 
 def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) -> list[str]:
     """Run the bench command, writing its JSON to `out`; returns the command as argv."""
@@ -34,7 +36,7 @@ def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) 
 
 def format_tables(report: dict, command: str | None, date: str) -> str:
     """The Markdown for one bench report (the dict of `BenchReport.to_dict`)."""
-    from rnn_export.bench_report import BenchReport
+    from rnn_export.bench_report import BenchReport, phases_text
 
     goals = BenchReport(**report).goals()
     s, m, st, t = report["settings"], report["machine"], report["streaming"], report["targets"]
@@ -44,7 +46,7 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
         return f"{sign} {t[name]:g}{unit} | {verdict(name)}"
 
     def verdict(name: str) -> str:
-        return {True: "met", False: "missed", None: "not measured"}[goals[name]]
+        return VERDICTS[goals[name]]
 
     def fraction(x) -> str:
         return "n/a" if x is None else f"{x:.0%}"
@@ -99,11 +101,7 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
         f"| cold start to first prediction | {c['seconds'] * 1e3:.0f} ms "
         f"| {goal('cold_start_s', '<=', ' s')} |",
         *(
-            [
-                "| cold start, by phase | "
-                + ", ".join(f"{name} {1e3 * x:.0f} ms" for name, x in c["phases"].items())
-                + " | | |"
-            ]
+            [f"| cold start, by phase | {phases_text(c['phases'])} | | |"]
             if "phases" in c  # not in a --json file of an earlier version
             else []
         ),
@@ -154,8 +152,8 @@ def format_goals(reports: list[dict]) -> str:
         cells = []
         for goal in TARGETS:
             value, fmt = figures[goal], _GOAL_COLUMNS[goal][1]
-            verdict = {True: "met", False: "missed", None: ""}[goals[goal]]
-            cells.append("n/a" if value is None else f"{fmt.format(value)} {verdict}")
+            # A goal is not measured exactly where its figure is None.
+            cells.append("n/a" if value is None else f"{fmt.format(value)} {VERDICTS[goals[goal]]}")
         s, load = report["settings"], report["machine"].get("load_average")
         lines.append(
             f"| {s['arch']} H={s['hidden_size']} L={s['num_layers']} | {s['repeats']} "

@@ -95,20 +95,23 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
         for _ in range(runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    per_op, whole, pending = collections.defaultdict(float), [], []
-    for e in events:  # a node inside an If or a Scan ends before the node that holds it
+    # Events come in the order nodes end: the nodes inside an If or a Scan end before it,
+    # right after the nodes that started before it. `ended` holds (start, duration) of the
+    # nodes not yet claimed by a container; a container claims the tail that started
+    # within it (a container inside it already stands for its own nodes).
+    per_op, whole, ended = collections.defaultdict(float), [], []
+    for e in events:
         if e.get("cat") == "Session" and e["name"] == "model_run":
             whole.append(e["dur"])
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         op, start, dur = e["args"]["op_name"], e["ts"], e["dur"]
+        own = dur
         if op in _CONTAINERS:
-            inside = [x for x in pending if x[0] >= start and x[0] + x[1] <= start + dur]
-            pending = [x for x in pending if x not in inside]
-            per_op[op] += dur - sum(x[1] for x in inside)
-        else:
-            per_op[op] += dur
-        pending.append((start, dur))
+            while ended and ended[-1][0] >= start:
+                own -= ended.pop()[1]
+        per_op[op] += own
+        ended.append((start, dur))
     return {op: us / runs / 1e3 for op, us in per_op.items()}, statistics.median(whole) / 1e3
 
 
