@@ -4,17 +4,24 @@
 
 Runs the embedded step model at N rows (random tokens and states, IOBinding as the
 runtime's pool does) under onnxruntime's profiler and prints Markdown: per node its
-median kernel time and share of the median whole run, the rest being the executor's own
-cost per call. The matrix products here are what the bench's roofline times; the other
-nodes (Gather, activations, LogSoftmax) and the call itself are what a pool step pays
-beyond it.
+median kernel time and share of the median profiled run, the rest being the executor's
+own cost per call. The matrix products here are what the bench's roofline times; the
+other nodes (Gather, activations, LogSoftmax) and the call itself are what a pool step
+pays beyond it.
 
     python scripts/profile_step.py MODEL.onnx --offline 256 128 [--runs 20]
 
 profiles the main graph instead, on a padded batch of B rows and T steps with mixed
 lengths (as the bench's offline grid has them), and prints per operator type its kernel
-time per run and share: the If and Scan rows hold only their own cost (a Scan's per-step
-overhead), the nodes inside them are counted in their own rows.
+time per run and share: the If and Scan rows hold only their own cost, the nodes inside
+them are counted in their own rows.
+
+The profiler has a cost of its own, about a microsecond per node run, which lands
+outside the kernels: in the executor's row, and in an If's or a Scan's own time for the
+nodes inside them (a Scan of T steps runs its nodes T times). So every case is also run
+as many times without the profiler, on a session of its own, and both medians are
+printed, with their difference as a row: what the profiler added, to subtract from the
+executor's or the containers' rows before reading them as onnxruntime's own cost.
 """
 
 from __future__ import annotations
@@ -26,13 +33,27 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 
-def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, float], float]:
-    """Median kernel microseconds per node ("op: node name") and of the whole run."""
+def _median_run_us(run, runs: int) -> float:
+    """Median microseconds of `runs` calls of run(), each timed on its own."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def profile(
+    model: Path, rows: int, threads: int, runs: int
+) -> tuple[dict[str, float], float, float]:
+    """Median kernel microseconds per node ("op: node name"), of the whole profiled run,
+    and of a run without the profiler (same inputs, a session of its own)."""
     import onnxruntime as ort
 
     import rnn_runtime
@@ -41,13 +62,11 @@ def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, 
     meta = rnn_runtime.load_metadata(model)
     if meta.step is None:
         raise SystemExit(f"error: {model} embeds no step model (re-export it with convert)")
-    with tempfile.TemporaryDirectory() as tmp:
-        session = open_session(
-            meta.step.model_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
-        )
-        rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)
+    keep = []
+
+    def bind(session):
         binding = session.io_binding()
-        keep = []
         for spec in session.get_inputs():
             if spec.name == meta.step.token:
                 value = rng.integers(0, meta.vocab_size, size=rows, dtype=np.int64)
@@ -57,6 +76,17 @@ def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, 
             binding.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(value))
         for spec in session.get_outputs():
             binding.bind_output(spec.name)
+        return binding
+
+    plain = open_session(meta.step.model_bytes(), threads=threads)
+    binding = bind(plain)
+    plain.run_with_iobinding(binding)  # first-run allocations, as the profiled session's
+    unprofiled = _median_run_us(lambda: plain.run_with_iobinding(binding), runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = open_session(
+            meta.step.model_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
+        )
+        binding = bind(session)
         for _ in range(runs):
             session.run_with_iobinding(binding)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -66,15 +96,20 @@ def profile(model: Path, rows: int, threads: int, runs: int) -> tuple[dict[str, 
             kernels[f"{e['args']['op_name']}: {e['name'][: -len('_kernel_time')]}"].append(e["dur"])
         elif e.get("cat") == "Session" and e["name"] == "model_run":
             whole.append(e["dur"])
-    return {k: statistics.median(v) for k, v in kernels.items()}, statistics.median(whole)
+    medians = {k: statistics.median(v) for k, v in kernels.items()}
+    return medians, statistics.median(whole), unprofiled
 
 
 _CONTAINERS = ("If", "Scan", "Loop")
+# The last row of every table: not a row of the sum, but how much of the rows above
+# (the executor's, the containers' own) is the profiler's (profiled run - plain run).
+PROFILER_ROW = "(within the rows above: the profiler's own cost)"
 
 
 def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
-    """Kernel milliseconds per run by operator type (containers: their own time only) and
-    the median whole run, of the main graph on a (B, T) batch with mixed lengths."""
+    """Kernel milliseconds per run by operator type (containers: their own time only), the
+    median whole profiled run and the median run without the profiler, of the main graph
+    on a (B, T) batch with mixed lengths."""
     import rnn_runtime
     from rnn_runtime.session import open_session
 
@@ -88,6 +123,9 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
         meta.lengths.name: lengths,
         **rt.initial_state(B),
     }
+    plain = open_session(model.read_bytes(), threads=threads)
+    plain.run(None, feeds)  # first-run allocations, as the profiled session's
+    unprofiled = _median_run_us(lambda: plain.run(None, feeds), runs) / 1e3
     with tempfile.TemporaryDirectory() as tmp:
         session = open_session(
             model.read_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
@@ -112,7 +150,8 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
                 own -= ended.pop()[1]
         per_op[op] += own
         ended.append((start, dur))
-    return {op: us / runs / 1e3 for op, us in per_op.items()}, statistics.median(whole) / 1e3
+    per_run = {op: us / runs / 1e3 for op, us in per_op.items()}
+    return per_run, statistics.median(whole) / 1e3, unprofiled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,16 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         B, T = args.offline
         runs = args.runs or 20
-        per_op, whole = profile_offline(args.model, B, T, args.threads, runs)
+        per_op, whole, plain = profile_offline(args.model, B, T, args.threads, runs)
         print(
             f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, threads "
             f"{args.threads}, {runs} runs: `python scripts/profile_step.py {args.model.name} "
             f"--offline {B} {T}`\n\nB = {B}, T = {T} (mixed lengths): median run "
-            f"{whole:.2f} ms\n\n| operator | ms per run | share |\n| --- | --- | --- |"
+            f"{whole:.2f} ms under the profiler, {plain:.2f} ms without it\n\n"
+            "| operator | ms per run | share |\n| --- | --- | --- |"
         )
         for op, ms in sorted(per_op.items(), key=lambda x: -x[1]):
             own = " (its own cost)" if op in _CONTAINERS else ""
             print(f"| {op}{own} | {ms:.2f} | {ms / whole:.0%} |")
+        print(_profiler_row(whole, plain, "ms", ".2f"))
         return 0
     args.runs = args.runs or 2000
 
@@ -150,14 +191,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(map(str, args.rows))}`"
     )
     for rows in args.rows:
-        kernels, whole = profile(args.model, rows, args.threads, args.runs)
-        print(f"\nN = {rows}: median run {whole:.0f} us\n")
+        kernels, whole, plain = profile(args.model, rows, args.threads, args.runs)
+        print(
+            f"\nN = {rows}: median run {whole:.0f} us under the profiler, "
+            f"{plain:.1f} us without it\n"
+        )
         print("| node | us | share |\n| --- | --- | --- |")
         for name, us in kernels.items():
             print(f"| {name.strip()} | {us:.0f} | {us / whole:.0%} |")
         rest = whole - sum(kernels.values())
         print(f"| (executor, per call) | {rest:.0f} | {rest / whole:.0%} |")
+        print(_profiler_row(whole, plain, "us", ".0f"))
     return 0
+
+
+def _profiler_row(profiled: float, plain: float, unit: str, spec: str) -> str:
+    """The table row of what the profiler added: in the executor's or the containers' rows
+    above, not a row of its own in the sum of the shares."""
+    added = profiled - plain
+    return f"| {PROFILER_ROW} | {added:{spec}} | {added / profiled:.0%} |"
 
 
 if __name__ == "__main__":

@@ -13,14 +13,27 @@ from rnn_export.export import export_onnx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PROFILER = "(within the rows above: the profiler's own cost)"
+
+
 def _rows(out: str) -> dict[str, list[str]]:
-    """{first cell: other cells} of every Markdown table row but the headers."""
+    """{first cell: other cells} of every Markdown table row but the headers and the
+    profiler's row (checked apart: it is part of the rows above, not one of the sum)."""
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] not in ("node", "operator", "---"):
+        if line.startswith("| ") and cells[0] not in ("node", "operator", "---", PROFILER):
             rows[cells[0]] = cells[1:]
     return rows
+
+
+def _profiler_cost(out: str, unit: str) -> tuple[float, float, float]:
+    """(profiled median, plain median, the profiler row's figure) of the first table."""
+    head = out.split("median run ")[1]
+    profiled = float(head.split(f" {unit} under the profiler, ")[0])
+    plain = float(head.split(" under the profiler, ")[1].split(f" {unit} without it")[0])
+    row = next(line for line in out.splitlines() if line.startswith(f"| {PROFILER} |"))
+    return profiled, plain, float(row.split("|")[2])
 
 
 def _run(*args) -> str:
@@ -35,12 +48,16 @@ def _run(*args) -> str:
 @pytest.mark.parametrize("arch", ["cell", "gru"])
 def test_profile_step_times_every_node_of_the_step_model(tiny_run_dir, tmp_path, arch):
     model = export_onnx(tiny_run_dir(arch), tmp_path / "m.onnx")
-    rows = _rows(_run(model, "--rows", "4", "--runs", "50"))
+    out = _run(model, "--rows", "4", "--runs", "50")
+    rows = _rows(out)
     ops = {name.split(":")[0] for name in rows}
     assert {"Gather", "LogSoftmax", "(executor, per call)"} <= ops
     assert ops & {"Gemm", "FusedGemm"}
     shares = [int(cells[1].removesuffix("%")) for cells in rows.values()]
     assert all(x >= 0 for x in shares) and 90 <= sum(shares) <= 110  # each rounded to 1%
+    # The same calls without the profiler, and the difference as the profiler's own cost.
+    profiled, plain, added = _profiler_cost(out, "us")
+    assert plain > 0 and added == pytest.approx(profiled - plain, abs=1.0)  # printed .0f/.1f
 
 
 @pytest.mark.parametrize("arch", ["cell", "lstm"])
@@ -57,5 +74,6 @@ def test_profile_offline_counts_the_scan_apart_from_the_nodes_inside_it(
     ms = [float(cells[0]) for cells in rows.values()]
     assert all(x >= 0 for x in ms)
     # Counted once each: the kernels add up to no more than the whole run (rounding aside).
-    whole = float(out.split("median run ")[1].split(" ms")[0])
+    whole, plain, added = _profiler_cost(out, "ms")
     assert sum(ms) <= whole * 1.05 + 0.01 * len(ms)
+    assert plain > 0 and added == pytest.approx(whole - plain, abs=0.011)  # printed .2f
