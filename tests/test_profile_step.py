@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,23 @@ def test_profile_offline_counts_the_scan_apart_from_the_nodes_inside_it(
     whole, plain, added = _profiler_cost(out, "ms")
     assert sum(ms) <= whole * 1.05 + 0.01 * len(ms)
     assert plain > 0 and added == pytest.approx(whole - plain, abs=0.011)  # printed .2f
+    # The products alone, at the sorted schedule's rows and at the bench's roofline.
+    found = re.search(
+        r"the run ([\d.]+) ms; .* schedule\), ([\d.]+) ms \((\d+)% of the run\); .* "
+        r"roofline\) ([\d.]+) ms \((\d+)% of the run, (\d+)% of the sorted schedule's\)",
+        out,
+    )
+    assert found, out
+    run_ms, sorted_ms, p_sorted, roofline_ms, p_roofline, p_of_sorted = map(float, found.groups())
+    assert run_ms == pytest.approx(plain, abs=0.0051)
+    assert roofline_ms > 0 and sorted_ms > 0
+    assert _ratio_shown(p_sorted, sorted_ms, run_ms)
+    assert _ratio_shown(p_roofline, roofline_ms, run_ms)
+    assert _ratio_shown(p_of_sorted, roofline_ms, sorted_ms)
+
+
+def _ratio_shown(percent: float, a: float, b: float) -> bool:
+    """Whether a percentage printed .0% can be a / b of the exact figures that a and b
+    are printed .3f of (each within 0.0005 of its exact figure)."""
+    low, high = (a - 0.0005) / (b + 0.0005), (a + 0.0005) / max(b - 0.0005, 1e-9)
+    return low * 100 - 0.5 <= percent <= high * 100 + 0.5
