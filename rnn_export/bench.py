@@ -11,8 +11,12 @@ a busy machine slows both sides alike (medians over repeated blocks):
        (step_model=False), to show what the embedded step model saves;
     2. offline: tokens/s over padded batches (B x T grid, mixed lengths) of one
        onnxruntime session against PyTorch eager and as a fraction of the roofline;
+       beside it the schedule: the same products at each step's running rows, as the
+       export's length-sorted Scan runs them (roofline / schedule is the most this
+       schedule of products allows: smaller products run fewer GFLOP/s);
     3. pool: aggregate steps/s of the runtime's StreamPool at N streams, and the fraction
-       of the roofline each pool step reaches;
+       of the roofline each pool step reaches; beside it the pool's onnxruntime call
+       alone (the same IOBinding call without the pool's Python) and its fraction;
     4. threads: the pool of 256 streams and the largest offline batch at one thread and
        at all cores (skipped on a one-core machine);
     5. cold start: process start to first prediction, and peak RSS, of a fresh process
@@ -41,7 +45,14 @@ import numpy as np
 from rnn_export.bench_report import BenchReport
 from rnn_export.config import MAX_THREADS, check_int
 from rnn_export.errors import InputError
-from rnn_export.roofline import Product, ProductsRunner, step_and_head, step_products
+from rnn_export.roofline import (
+    Product,
+    ProductsRunner,
+    ScheduleRunner,
+    running_counts,
+    step_and_head,
+    step_products,
+)
 
 MAX_REPEATS = 1_000
 GRID_BATCHES = (1, 32, 256)
@@ -360,6 +371,14 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
             "head": ProductsRunner(head, B, rt_model.threads, repeat=OFFLINE_REPEAT),
         }
         runs |= {("roofline", k): r.run for k, r in rooflines.items()}
+        if B > 1:
+            # The same products at each step's running rows (the export's length-sorted
+            # Scan; B == 1 runs the RNN operator): the most of the roofline they allow.
+            schedule = ScheduleRunner(step, running_counts(lengths), rt_model.threads)
+            runs |= {
+                ("schedule", "with"): schedule.run,
+                ("schedule", "slices"): schedule.run_slices,
+            }
     t = _time_blocks(runs, repeats, block_s)
     real = int(lengths.sum())
     row = {
@@ -371,13 +390,17 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
         "speedup_vs_torch": t["torch"] / t["onnxruntime"],
         "roofline_s": None,
         "roofline_fraction": None,
+        "schedule_s": None,
+        "schedule_fraction": None,
     }
     if products is not None:
         # Every real token pays one step's recurrence at (up to) B rows; every row the head.
         step_s, head_s = (t[("roofline", k)] / OFFLINE_REPEAT for k in ("step", "head"))
         roofline = real / B * step_s + head_s
-        row["roofline_s"] = roofline
-        row["roofline_fraction"] = roofline / t["onnxruntime"]
+        row |= {"roofline_s": roofline, "roofline_fraction": roofline / t["onnxruntime"]}
+        if B > 1:
+            schedule = t[("schedule", "with")] - t[("schedule", "slices")] + head_s
+            row |= {"schedule_s": schedule, "schedule_fraction": roofline / schedule}
     return row
 
 
@@ -395,6 +418,19 @@ def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
                 pool.step(ids[i % 16])
 
         runs[size] = run_pool
+        # The pool's own onnxruntime call alone (what the pool runs per step, without its
+        # Python): the graph's cost apart from the runtime's.
+        # The bindings point into the buffers' and the tokens' arrays: keep them alive.
+        buffers = rt_model.state_buffers(size)
+        steps = rt_model.bind_steps(buffers, size)
+        steps.tokens[:] = ids[0]
+
+        def run_graph(n: int, steps=steps, buffers=buffers) -> None:
+            call = steps.calls[0]
+            for _ in range(n):
+                call()
+
+        runs[("graph", size)] = run_graph
         if products is not None:
             rooflines[size] = ProductsRunner(products, size, rt_model.threads)
             runs[("roofline", size)] = rooflines[size].run
@@ -405,9 +441,11 @@ def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
             "streams": size,
             "steps_per_s": size / t[size],
             "step_s": t[size],
+            "graph_s": t[("graph", size)],
             "roofline_s": None,
             "roofline_gflops": None,
             "roofline_fraction": None,
+            "graph_fraction": None,
         }
         if size in rooflines:
             roof = t[("roofline", size)]
@@ -415,6 +453,7 @@ def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
                 "roofline_s": roof,
                 "roofline_gflops": rooflines[size].flops / roof / 1e9,
                 "roofline_fraction": roof / t[size],
+                "graph_fraction": roof / t[("graph", size)],
             }
         rows.append(row)
     return rows

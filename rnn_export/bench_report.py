@@ -144,37 +144,45 @@ class BenchReport:
             "",
             "2. offline throughput, padded batches with mixed lengths (real tokens/s)",
             f"   {'B':>4} {'T':>4} {'onnxruntime':>13} {'torch':>13} {'speedup':>8} "
-            f"{'roofline':>8}",
+            f"{'roofline':>8} {'schedule':>8}",
         ]
         for row in self.offline:
             lines.append(
                 f"   {row['batch']:>4} {row['time']:>4} {row['onnxruntime_tokens_per_s']:>13,.0f} "
                 f"{row['torch_tokens_per_s']:>13,.0f} {row['speedup_vs_torch']:>7.2f}x "
-                f"{_fraction(row['roofline_fraction']):>8}"
+                f"{_fraction(row['roofline_fraction']):>8} "
+                f"{_fraction(row.get('schedule_fraction')):>8}"
             )
         worst = min(r["speedup_vs_torch"] for r in self.offline)
         lines += [
             f"   slowest speedup {worst:.2f}x " + _goal("offline_speedup_vs_torch", worst),
             f"   roofline at B=256 {_fraction(self._offline_roofline_256())} "
             + _goal("offline_roofline_at_256", self._offline_roofline_256(), ""),
+            "   schedule: the most of the roofline that the products alone reach at each",
+            "   step's running rows, as the length-sorted Scan runs them (B > 1)",
             "",
             "3. many streams: runtime pool, one step for every stream per call",
-            f"   {'streams':>7} {'steps/s':>12} {'us/step':>9} {'roofline us':>12} "
-            f"{'GFLOP/s':>8} {'fraction':>8}",
+            f"   {'streams':>7} {'steps/s':>12} {'us/step':>9} {'graph us':>9} "
+            f"{'roofline us':>12} {'GFLOP/s':>8} {'fraction':>8} {'graph':>8}",
         ]
         for row in self.pool:
-            roof = row["roofline_s"]
+            roof, graph = row["roofline_s"], row.get("graph_s")
             lines.append(
                 f"   {row['streams']:>7} {row['steps_per_s']:>12,.0f} {row['step_s'] * 1e6:>9.1f} "
+                + ("      n/a" if graph is None else f"{graph * 1e6:>9.1f}")
                 + (
-                    "         n/a      n/a"
+                    "          n/a      n/a"
                     if roof is None
-                    else f"{roof * 1e6:>12.1f} {row['roofline_gflops']:>8.1f}"
+                    else f" {roof * 1e6:>12.1f} {row['roofline_gflops']:>8.1f}"
                 )
                 + f" {_fraction(row['roofline_fraction']):>8}"
+                + f" {_fraction(row.get('graph_fraction')):>8}"
             )
         pool_256 = {r["streams"]: r for r in self.pool}.get(256, {}).get("roofline_fraction")
-        lines.append("   at 256 streams " + _goal("pool_256_roofline", pool_256, ""))
+        lines += [
+            "   at 256 streams " + _goal("pool_256_roofline", pool_256, ""),
+            "   graph: the pool's onnxruntime call alone, without the pool's Python",
+        ]
         lines += ["", "4. one thread against all cores"]
         sc = self.scaling
         if sc is None:

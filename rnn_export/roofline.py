@@ -142,6 +142,103 @@ class ProductsRunner:
             run()
 
 
+def schedule_models(products: tuple[Product, ...], counts: list[int]) -> tuple[bytes, bytes]:
+    """The step products at each step's running rows, as the length-sorted Scan runs them.
+
+    Args:
+        products: the products every step pays (the recurrence: step_and_head's first).
+        counts: n_t, the rows still running at step t (non-increasing, n_0 = B rows).
+
+    Returns:
+        Two models with inputs x{i} (B, k_i): "with" computes, for every step t and
+        product i, Gemm(x{i}[:n_t], w{i}) as an independent node (outputs y{i}_{t});
+        "slices" only the Slices x{i}[:n_t] (outputs s{i}_{t}) that the first one feeds
+        its Gemms with, to subtract: a Gemm on the first n rows of a tensor takes a
+        Slice in ONNX.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    B = counts[0]
+    inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
+    inits += [
+        numpy_helper.from_array(np.array([n], dtype=np.int64), f"n{t}")
+        for t, n in enumerate(counts)
+    ]
+    f32 = TensorProto.FLOAT
+    inputs, slices, gemms, shapes = [], [], [], {}
+    for i, p in enumerate(products):
+        w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        inputs.append(helper.make_tensor_value_info(f"x{i}", f32, [B, p.k]))
+        for t, n in enumerate(counts):
+            slices.append(helper.make_node("Slice", [f"x{i}", "zero", f"n{t}"], [f"s{i}_{t}"]))
+            gemms.append(helper.make_node("Gemm", [f"s{i}_{t}", f"w{i}"], [f"y{i}_{t}"], transB=1))
+            shapes |= {f"s{i}_{t}": [n, p.k], f"y{i}_{t}": [n, p.m]}
+
+    def model(nodes, outputs) -> bytes:
+        used = {name for n in nodes for name in n.input}
+        graph = helper.make_graph(
+            nodes,
+            "schedule",
+            inputs,
+            [helper.make_tensor_value_info(n.output[0], f32, shapes[n.output[0]]) for n in outputs],
+            [x for x in inits if x.name in used],
+        )
+        opsets = [helper.make_opsetid("", 14)]
+        return helper.make_model(
+            graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+        ).SerializeToString()
+
+    return model(slices + gemms, gemms), model(slices, slices)
+
+
+class ScheduleRunner:
+    """Calls schedule_models' two models through IOBinding, outputs preallocated.
+
+    `run(n)` and `run_slices(n)` make n calls each; the products' own time in one call is
+    the difference of the two (see schedule_models).
+    """
+
+    def __init__(self, products: tuple[Product, ...], counts: list[int], threads: int):
+        import onnxruntime as ort
+
+        from rnn_runtime.session import bound_run, open_session
+
+        rng = np.random.default_rng(1)
+        inputs = [rng.standard_normal((counts[0], p.k)).astype(np.float32) for p in products]
+        self._buffers = list(inputs)  # the arrays IOBinding points into must outlive it
+        self._runs = []
+        for model, prefix in zip(schedule_models(products, counts), ("y", "s"), strict=True):
+            session = open_session(model, threads=threads, name="the schedule model")
+            binding = session.io_binding()
+            for i, (p, x) in enumerate(zip(products, inputs, strict=True)):
+                binding.bind_ortvalue_input(f"x{i}", ort.OrtValue.ortvalue_from_numpy(x))
+                for t, n in enumerate(counts):
+                    y = np.zeros((n, p.m if prefix == "y" else p.k), dtype=np.float32)
+                    self._buffers.append(y)
+                    binding.bind_ortvalue_output(
+                        f"{prefix}{i}_{t}", ort.OrtValue.ortvalue_from_numpy(y)
+                    )
+            self._runs.append(bound_run(session, binding))
+            self._buffers.append((session, binding))
+
+    def run(self, n: int) -> None:
+        run = self._runs[0]
+        for _ in range(n):
+            run()
+
+    def run_slices(self, n: int) -> None:
+        run = self._runs[1]
+        for _ in range(n):
+            run()
+
+
+def running_counts(lengths: np.ndarray) -> list[int]:
+    """n_t for t < max(lengths): how many rows the length-sorted Scan runs at step t."""
+    return [int((lengths > t).sum()) for t in range(int(lengths.max()))]
+
+
 def step_and_head(products: tuple[Product, ...]) -> tuple[tuple[Product, ...], tuple]:
     """The products every token pays (the recurrence) and those once per row (the head)."""
     return tuple(p for p in products if not p.head), tuple(p for p in products if p.head)

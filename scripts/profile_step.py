@@ -160,68 +160,36 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
 def schedule_products(model: Path, B: int, T: int, threads: int, runs: int) -> dict[str, float]:
     """The main graph's matrix products alone, in milliseconds a run, on the batch that
     profile_offline runs: "sorted" at each step's running rows (the length-sorted Scan's
-    schedule, n_t rows at step t), "roofline" at B rows for the same real tokens (the
-    bench's offline roofline: real / B steps at B rows, the head once).
-
-    The sorted products are one model of every step's independent Gemms on Slices of
-    (B, k) inputs, less a model of the Slices alone (both medians of `runs` runs).
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
+    schedule: rnn_export.roofline.ScheduleRunner, as the bench times it), "roofline" at B
+    rows for the same real tokens (the bench's offline roofline)."""
     import rnn_runtime
-    from rnn_export.roofline import ProductsRunner, step_and_head, step_products
-    from rnn_runtime.session import open_session
+    from rnn_export.roofline import (
+        ProductsRunner,
+        ScheduleRunner,
+        running_counts,
+        step_and_head,
+        step_products,
+    )
 
     meta = rnn_runtime.load_metadata(model)
     step, head = step_and_head(step_products(meta.step.model_bytes()))
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)  # as profile_offline's
     lengths[0] = T
-    counts = [int((lengths > t).sum()) for t in range(T)]
-    inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
-    inits += [
-        numpy_helper.from_array(np.array([n], dtype=np.int64), f"n{t}")
-        for t, n in enumerate(counts)
-    ]
-    inputs, slices, gemms = [], [], []
-    for i, p in enumerate(step):
-        w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [B, p.k]))
-        for t in range(T):
-            slices.append(helper.make_node("Slice", [f"x{i}", "zero", f"n{t}"], [f"s{i}_{t}"]))
-            gemms.append(helper.make_node("Gemm", [f"s{i}_{t}", f"w{i}"], [f"y{i}_{t}"], transB=1))
-
-    def session(nodes):
-        outputs = [
-            helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes
-        ]
-        used = {name for n in nodes for name in n.input}
-        graph = helper.make_graph(
-            nodes, "schedule", inputs, outputs, [x for x in inits if x.name in used]
-        )
-        opsets = [helper.make_opsetid("", 14)]
-        built = helper.make_model(
-            graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-        )
-        return open_session(built.SerializeToString(), threads=threads, name="the schedule model")
-
-    feeds = {f"x{i}": rng.standard_normal((B, p.k)).astype(np.float32) for i, p in enumerate(step)}
-    times = {}
-    for name, nodes in (("with", slices + gemms), ("slices", slices)):
-        s = session(nodes)
-        s.run(None, feeds)
-        times[name] = _median_run_us(lambda s=s: s.run(None, feeds), runs) / 1e3
-    heads = ProductsRunner(head, B, threads)
-    heads.run(1)
-    head_ms = _median_run_us(lambda: heads.run(1), runs) / 1e3
-    steps = ProductsRunner(step, B, threads, repeat=16)
-    steps.run(1)
-    step_ms = _median_run_us(lambda: steps.run(1), runs) / 1e3 / 16
-    real = int(lengths.sum())
+    schedule = ScheduleRunner(step, running_counts(lengths), threads)
+    heads, steps = ProductsRunner(head, B, threads), ProductsRunner(step, B, threads, repeat=16)
+    ms = {}
+    for name, run in (
+        ("with", schedule.run),
+        ("slices", schedule.run_slices),
+        ("head", heads.run),
+        ("step", steps.run),
+    ):
+        run(1)  # first-run allocations
+        ms[name] = _median_run_us(lambda run=run: run(1), runs) / 1e3
     return {
-        "sorted": times["with"] - times["slices"] + head_ms,
-        "roofline": real / B * step_ms + head_ms,
+        "sorted": ms["with"] - ms["slices"] + ms["head"],
+        "roofline": int(lengths.sum()) / B * ms["step"] / 16 + ms["head"],
     }
 
 

@@ -115,10 +115,17 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
         )
         seconds = row["real_tokens"] / row["onnxruntime_tokens_per_s"]
         assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / seconds)
+        # The sorted schedule's products: B > 1 only (B == 1 runs the RNN operator).
+        if row["batch"] == 1:
+            assert row["schedule_s"] is None and row["schedule_fraction"] is None
+        else:
+            assert row["schedule_fraction"] == pytest.approx(row["roofline_s"] / row["schedule_s"])
+    assert any(row["schedule_s"] is not None for row in d["offline"])
     assert [r["streams"] for r in d["pool"]] == list(QUICK_POOL_SIZES)
     for row in d["pool"]:
         assert row["steps_per_s"] == pytest.approx(row["streams"] / row["step_s"])
         assert row["roofline_fraction"] == pytest.approx(row["roofline_s"] / row["step_s"])
+        assert row["graph_fraction"] == pytest.approx(row["roofline_s"] / row["graph_s"])
         flops = sum(2 * row["streams"] * k * m for k, m, _ in products)
         assert row["roofline_gflops"] == pytest.approx(flops / row["roofline_s"] / 1e9)
     cold = d["cold_start"]
