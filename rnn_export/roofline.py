@@ -142,7 +142,7 @@ class ProductsRunner:
             run()
 
 
-def schedule_models(products: tuple[Product, ...], counts: list[int]) -> tuple[bytes, bytes]:
+def schedule_model(products: tuple[Product, ...], counts: list[int]) -> bytes:
     """The step products at each step's running rows, as the length-sorted Scan runs them.
 
     Args:
@@ -150,54 +150,34 @@ def schedule_models(products: tuple[Product, ...], counts: list[int]) -> tuple[b
         counts: n_t, the rows still running at step t (non-increasing, n_0 = B rows).
 
     Returns:
-        Two models with inputs x{i} (B, k_i): "with" computes, for every step t and
-        product i, Gemm(x{i}[:n_t], w{i}) as an independent node (outputs y{i}_{t});
-        "slices" only the Slices x{i}[:n_t] (outputs s{i}_{t}) that the first one feeds
-        its Gemms with, to subtract: a Gemm on the first n rows of a tensor takes a
-        Slice in ONNX.
+        A model computing, for every step t and product i, y{i}_{t} = x{i}_{t} w{i}^T
+        with x{i}_{t} (n_t, k_i) an input of its own (ScheduleRunner binds the first n_t
+        rows of one (B, k_i) array), each product an independent Gemm node.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    B = counts[0]
-    inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
-    inits += [
-        numpy_helper.from_array(np.array([n], dtype=np.int64), f"n{t}")
-        for t, n in enumerate(counts)
-    ]
     f32 = TensorProto.FLOAT
-    inputs, slices, gemms, shapes = [], [], [], {}
+    inits, inputs, outputs, nodes = [], [], [], []
     for i, p in enumerate(products):
         w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        inputs.append(helper.make_tensor_value_info(f"x{i}", f32, [B, p.k]))
         for t, n in enumerate(counts):
-            slices.append(helper.make_node("Slice", [f"x{i}", "zero", f"n{t}"], [f"s{i}_{t}"]))
-            gemms.append(helper.make_node("Gemm", [f"s{i}_{t}", f"w{i}"], [f"y{i}_{t}"], transB=1))
-            shapes |= {f"s{i}_{t}": [n, p.k], f"y{i}_{t}": [n, p.m]}
-
-    def model(nodes, outputs) -> bytes:
-        used = {name for n in nodes for name in n.input}
-        graph = helper.make_graph(
-            nodes,
-            "schedule",
-            inputs,
-            [helper.make_tensor_value_info(n.output[0], f32, shapes[n.output[0]]) for n in outputs],
-            [x for x in inits if x.name in used],
-        )
-        opsets = [helper.make_opsetid("", 14)]
-        return helper.make_model(
-            graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-        ).SerializeToString()
-
-    return model(slices + gemms, gemms), model(slices, slices)
+            inputs.append(helper.make_tensor_value_info(f"x{i}_{t}", f32, [n, p.k]))
+            outputs.append(helper.make_tensor_value_info(f"y{i}_{t}", f32, [n, p.m]))
+            nodes.append(helper.make_node("Gemm", [f"x{i}_{t}", f"w{i}"], [f"y{i}_{t}"], transB=1))
+    graph = helper.make_graph(nodes, "schedule", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 14)]
+    return helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    ).SerializeToString()
 
 
 class ScheduleRunner:
-    """Calls schedule_models' two models through IOBinding, outputs preallocated.
+    """Calls schedule_model through IOBinding: each step's inputs are views of the first
+    n_t rows of one (B, k) array per product, the outputs preallocated.
 
-    `run(n)` and `run_slices(n)` make n calls each; the products' own time in one call is
-    the difference of the two (see schedule_models).
+    `run(n)` makes n calls, each computing every step's products once.
     """
 
     def __init__(self, products: tuple[Product, ...], counts: list[int], threads: int):
@@ -206,30 +186,23 @@ class ScheduleRunner:
         from rnn_runtime.session import bound_run, open_session
 
         rng = np.random.default_rng(1)
-        inputs = [rng.standard_normal((counts[0], p.k)).astype(np.float32) for p in products]
-        self._buffers = list(inputs)  # the arrays IOBinding points into must outlive it
-        self._runs = []
-        for model, prefix in zip(schedule_models(products, counts), ("y", "s"), strict=True):
-            session = open_session(model, threads=threads, name="the schedule model")
-            binding = session.io_binding()
-            for i, (p, x) in enumerate(zip(products, inputs, strict=True)):
-                binding.bind_ortvalue_input(f"x{i}", ort.OrtValue.ortvalue_from_numpy(x))
-                for t, n in enumerate(counts):
-                    y = np.zeros((n, p.m if prefix == "y" else p.k), dtype=np.float32)
-                    self._buffers.append(y)
-                    binding.bind_ortvalue_output(
-                        f"{prefix}{i}_{t}", ort.OrtValue.ortvalue_from_numpy(y)
-                    )
-            self._runs.append(bound_run(session, binding))
-            self._buffers.append((session, binding))
+        session = open_session(
+            schedule_model(products, counts), threads=threads, name="the schedule model"
+        )
+        binding = session.io_binding()
+        self._buffers = [session, binding]  # the arrays IOBinding points into outlive it
+        for i, p in enumerate(products):
+            x = rng.standard_normal((counts[0], p.k)).astype(np.float32)
+            self._buffers.append(x)
+            for t, n in enumerate(counts):
+                y = np.zeros((n, p.m), dtype=np.float32)
+                self._buffers.append(y)
+                binding.bind_ortvalue_input(f"x{i}_{t}", ort.OrtValue.ortvalue_from_numpy(x[:n]))
+                binding.bind_ortvalue_output(f"y{i}_{t}", ort.OrtValue.ortvalue_from_numpy(y))
+        self._run = bound_run(session, binding)
 
     def run(self, n: int) -> None:
-        run = self._runs[0]
-        for _ in range(n):
-            run()
-
-    def run_slices(self, n: int) -> None:
-        run = self._runs[1]
+        run = self._run
         for _ in range(n):
             run()
 

@@ -19,7 +19,7 @@ from rnn_export.roofline import (
     ScheduleRunner,
     products_model,
     running_counts,
-    schedule_models,
+    schedule_model,
     step_and_head,
     step_products,
 )
@@ -115,35 +115,27 @@ def test_running_counts_are_the_rows_still_going_at_each_step():
     assert running_counts(np.array([1])) == [1]
 
 
-def test_schedule_models_compute_each_steps_products_on_its_running_rows():
+def test_schedule_model_computes_each_steps_products_on_its_running_rows():
     import onnxruntime as ort
 
     products, counts = (Product(4, 6, False), Product(4, 5, False)), [3, 2, 2, 1]
-    with_gemms, slices = (onnx.load_from_string(m) for m in schedule_models(products, counts))
-    for model in (with_gemms, slices):
-        onnx.checker.check_model(model, full_check=True)
-    weights = {t.name: numpy_helper.to_array(t) for t in with_gemms.graph.initializer}
+    model = onnx.load_from_string(schedule_model(products, counts))
+    onnx.checker.check_model(model, full_check=True)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     rng = np.random.default_rng(0)
-    feeds = {f"x{i}": rng.standard_normal((3, 4)).astype(np.float32) for i in range(2)}
-    runs = {}
-    for name, model in (("with", with_gemms), ("slices", slices)):
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        outputs = [o.name for o in session.get_outputs()]
-        runs[name] = dict(zip(outputs, session.run(None, feeds), strict=True))
-    assert set(runs["with"]) == {f"y{i}_{t}" for i in range(2) for t in range(4)}
-    assert set(runs["slices"]) == {f"s{i}_{t}" for i in range(2) for t in range(4)}
+    x = [rng.standard_normal((3, 4)).astype(np.float32) for _ in products]
+    feeds = {f"x{i}_{t}": x[i][:n] for i in range(2) for t, n in enumerate(counts)}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    got = dict(zip(outputs, session.run(None, feeds), strict=True))
+    assert set(got) == {f"y{i}_{t}" for i in range(2) for t in range(4)}
     for i, p in enumerate(products):
         for t, n in enumerate(counts):
-            x = feeds[f"x{i}"][:n]
-            np.testing.assert_array_equal(runs["slices"][f"s{i}_{t}"], x)
-            want = x.astype(np.float64) @ weights[f"w{i}"].astype(np.float64).T
+            want = x[i][:n].astype(np.float64) @ weights[f"w{i}"].astype(np.float64).T
             assert want.shape == (n, p.m)
-            np.testing.assert_allclose(runs["with"][f"y{i}_{t}"], want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got[f"y{i}_{t}"], want, rtol=1e-5, atol=1e-6)
 
 
-def test_schedule_runner_binds_and_runs_both_models():
-    runner = ScheduleRunner((Product(8, 8, False),), [5, 3, 1], threads=1)
+def test_schedule_runner_binds_and_runs():
+    runner = ScheduleRunner((Product(8, 8, False), Product(8, 16, False)), [5, 3, 1], threads=1)
     runner.run(2)  # a wrong binding (name, shape) raises here
-    runner.run_slices(2)
