@@ -25,9 +25,15 @@ z and r for the GRU), computed by PyTorch in float32: layer 0 needs only a Gathe
                 n = Tanh(x_h + r * (h Rh^T + Rb_h)); h' = n + z * (h - n)  (PyTorch's form)
     LSTM layer: i, o, f = Split(Sigmoid(gates[:3H])), g = Tanh(gates[3H:]) where
                 gates = h R^T + x; c' = f * c + i * g; h' = o * Tanh(c')
+The graphs onnxruntime runs (the embedded step model, the default graph's Scan) hold
+each input term and the LSTM's R in two blocks, the gates' and the candidate's
+(step_weights' split form): x_zr and x_h, gates[:3H] and gates[3H:] are each their own
+Gather or Gemm, not cut by a Split; the portable graphs keep one block and Slices.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -61,7 +67,7 @@ def main_graph(config, weights: dict, opset: int):
     from onnx import helper
 
     g = GraphBuilder(config, opset, "")
-    step_weights(g, config.arch, weights)  # the Scan's step is the step model's
+    step_weights(g, config.arch, weights, split=True)  # the Scan's step is the step model's
     g.const("embedding", weights["embedding"], np.float32)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         for name, value in (("W", W), ("R", R), ("B", B)):
@@ -136,7 +142,8 @@ def _operator_branch(g: GraphBuilder):
 def _scan_branch(g: GraphBuilder):
     """B > 1: graph.sorted_scan with the step model's cell (Gemm and elementwise nodes)."""
     cell = CELLS[g.config.arch]
-    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell)
+    term = functools.partial(input_term, split=True)
+    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, input_term=term)
     log_probs, hn = g.head(finals[0])
     return _branch(g, "many_rows", [log_probs, hn, *(g.stack_layers(f) for f in finals[1:])])
 
@@ -144,8 +151,9 @@ def _scan_branch(g: GraphBuilder):
 def step_graph(config, weights: dict, opset: int, portable: bool = False):
     """The step model: one step of every layer in Gemm and elementwise nodes, no If.
 
-    portable: Slices instead of Splits (for a step file of its own, which other runtimes
-    run; the embedded step model keeps the one Split node, cheaper on onnxruntime).
+    portable: Slices instead of Splits and whole input terms (for a step file of its own,
+    which other runtimes run); the embedded step model, which only onnxruntime runs, has
+    step_weights' split form (one Split left per step, of the sigmoid gates).
 
     Returns:
         onnx.ModelProto with inputs token (B,) int64 and the per-layer (B, H) states of
@@ -156,15 +164,15 @@ def step_graph(config, weights: dict, opset: int, portable: bool = False):
 
     g = GraphBuilder(config, opset, "")
     L, H, C = g.L, g.H, config.num_classes
-    step_weights(g, config.arch, weights)
+    split = not portable  # onnxruntime's step model: each gate block its own Gather/Gemm
+    step_weights(g, config.arch, weights, split=split)
     names = step_state_names(config.arch, L)
     kinds = len(config.state_names)
     states_in = [[names[k * L + layer][0] for k in range(kinds)] for layer in range(L)]
-    x = g("Gather", ["table", STEP_TOKEN])  # (B, GH): layer 0's input term
+    x = STEP_TOKEN
     news = []
     for layer, state in enumerate(states_in):
-        if layer:
-            x = g("Gemm", [x, f"W{layer}", f"b{layer}"], transB=1)  # (B, GH)
+        x = input_term(g, layer, x, split)  # (B, GH), or its two blocks
         cell = CELLS[config.arch]
         new = cell(g, layer, x, *state, portable=portable)
         news.append(new)
@@ -201,30 +209,62 @@ def _outside_bias(arch: str, Rb: np.ndarray, H: int) -> np.ndarray:
     return np.concatenate([Rb[: 2 * H], np.zeros(H, dtype=Rb.dtype)])
 
 
-def step_weights(g: GraphBuilder, arch: str, weights: dict) -> None:
+def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False) -> None:
     """The step model's initializers:
     table (V, GH)   embedding @ W_0^T + Wb_0 + outside part of Rb_0
     W{l} (GH, H), b{l} = Wb_l + outside part of Rb_l (GH,) for l > 0
     LSTM: R{l} (4H, H). GRU: Rzr{l} (2H, H), Rh{l} (H, H), Rbh{l} (H,) (Rb's h block)
-    out_weight (C, H), out_bias (C,)"""
+    out_weight (C, H), out_bias (C,)
+
+    split: each input term and LSTM recurrent weight cut into its gate block (the first
+    (G-1)H rows: GRU z, r; LSTM i, o, f) and its candidate block (the last H: GRU h, LSTM
+    c), the same numbers: table_g (V, (G-1)H) and table_c (V, H); Wg{l}, bg{l}, Wc{l},
+    bc{l}; LSTM Rg{l} (3H, H), Rc{l} (H, H). Each block is then its own Gather or Gemm
+    (see input_term), so no Split copies it apart and the LSTM's activations fuse into
+    their Gemms (onnxruntime's graphs; the portable ones keep the whole blocks).
+    """
     W0, _, B0 = weights["layers"][0]
     H = W0.shape[2]
     GH = W0.shape[1]
+    cut = GH - H  # the gate block's columns
+
+    def const(name: str, value: np.ndarray, axis: int = 0) -> None:
+        if not split:
+            g.const(name, value, np.float32)
+            return
+        gates, cand = np.split(value, [cut], axis=axis)
+        stem, layer = name.rstrip("0123456789"), name[len(name.rstrip("0123456789")) :]
+        g.const(f"{stem}g{layer}" if layer else f"{stem}_g", gates, np.float32)
+        g.const(f"{stem}c{layer}" if layer else f"{stem}_c", cand, np.float32)
+
     outside = _outside_bias(arch, B0[0, GH:], H)
-    g.const("table", fold_table(weights["embedding"], W0[0], B0[0, :GH], outside), np.float32)
+    const("table", fold_table(weights["embedding"], W0[0], B0[0, :GH], outside), axis=1)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         Wb, Rb = B[0, :GH], B[0, GH:]
         if layer:
-            g.const(f"W{layer}", W[0], np.float32)
-            g.const(f"b{layer}", Wb + _outside_bias(arch, Rb, H), np.float32)
+            const(f"W{layer}", W[0])
+            const(f"b{layer}", Wb + _outside_bias(arch, Rb, H))
         if arch == "lstm":
-            g.const(f"R{layer}", R[0], np.float32)
+            const(f"R{layer}", R[0])
         else:
             g.const(f"Rzr{layer}", R[0, : 2 * H], np.float32)
             g.const(f"Rh{layer}", R[0, 2 * H :], np.float32)
             g.const(f"Rbh{layer}", Rb[2 * H :], np.float32)
     g.const("out_weight", weights["out_weight"], np.float32)
     g.const("out_bias", weights["out_bias"], np.float32)
+
+
+def input_term(g: GraphBuilder, layer: int, source: str, split: bool):
+    """A layer's input term: of token ids (layer 0: the table's rows) or of the layer
+    below's new h (Gemm with W{l}, b{l}); with split (see step_weights), the pair (gate
+    block, candidate block), else one (B, GH) tensor."""
+    if not split:
+        if layer == 0:
+            return g("Gather", ["table", source])
+        return g("Gemm", [source, f"W{layer}", f"b{layer}"], transB=1)
+    if layer == 0:
+        return g("Gather", ["table_g", source]), g("Gather", ["table_c", source])
+    return tuple(g("Gemm", [source, f"W{k}{layer}", f"b{k}{layer}"], transB=1) for k in ("g", "c"))
 
 
 def split_columns(g: GraphBuilder, x: str, sizes: list[int], portable: bool = False):
@@ -242,9 +282,10 @@ def split_columns(g: GraphBuilder, x: str, sizes: list[int], portable: bool = Fa
 
 
 def gru_step(g: GraphBuilder, layer: int, x: str, h: str, portable: bool = False) -> list[str]:
-    """One GRU step (linear_before_reset=1) from x (B, 3H) = its input term; returns [h']."""
+    """One GRU step (linear_before_reset=1) from x (B, 3H) = its input term, or the pair
+    (x_zr, x_h) of input_term's split form; returns [h']."""
     H = g.H
-    x_zr, x_h = split_columns(g, x, [2 * H, H], portable)
+    x_zr, x_h = x if isinstance(x, tuple) else split_columns(g, x, [2 * H, H], portable)
     zr = g("Sigmoid", [g("Gemm", [h, f"Rzr{layer}", x_zr], transB=1)])  # (B, 2H)
     z, r = split_columns(g, zr, [H, H], portable)  # (B, H) each
     h_h = g("Gemm", [h, f"Rh{layer}", f"Rbh{layer}"], transB=1)  # (B, H): h Rh^T + Rb_h
@@ -255,12 +296,19 @@ def gru_step(g: GraphBuilder, layer: int, x: str, h: str, portable: bool = False
 def lstm_step(
     g: GraphBuilder, layer: int, x: str, h: str, c: str, portable: bool = False
 ) -> list[str]:
-    """One LSTM step from x (B, 4H) = its input term; returns [h', c']."""
+    """One LSTM step from x (B, 4H) = its input term, or the pair (x_iof, x_c) of
+    input_term's split form (then each block is its own Gemm, its activation fused into
+    it by onnxruntime); returns [h', c']."""
     H = g.H
-    gates = g("Gemm", [h, f"R{layer}", x], transB=1)  # (B, 4H): i, o, f, c
-    sig, cand = split_columns(g, gates, [3 * H, H], portable)
-    i, o, f = split_columns(g, g("Sigmoid", [sig]), [H, H, H], portable)
-    c_new = g("Add", [g("Mul", [f, c]), g("Mul", [i, g("Tanh", [cand])])])  # (B, H)
+    if isinstance(x, tuple):
+        sig = g("Sigmoid", [g("Gemm", [h, f"Rg{layer}", x[0]], transB=1)])  # (B, 3H)
+        cand = g("Tanh", [g("Gemm", [h, f"Rc{layer}", x[1]], transB=1)])  # (B, H)
+    else:
+        gates = g("Gemm", [h, f"R{layer}", x], transB=1)  # (B, 4H): i, o, f, c
+        sig, cand = split_columns(g, gates, [3 * H, H], portable)
+        sig, cand = g("Sigmoid", [sig]), g("Tanh", [cand])
+    i, o, f = split_columns(g, sig, [H, H, H], portable)
+    c_new = g("Add", [g("Mul", [f, c]), g("Mul", [i, cand])])  # (B, H)
     return [g("Mul", [o, g("Tanh", [c_new])]), c_new]  # (B, H) each
 
 

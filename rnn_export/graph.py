@@ -403,7 +403,7 @@ def _sorted_scan_branch(g: GraphBuilder):
     return g.branch("many_rows", g.head(finals))
 
 
-def sorted_scan(g: GraphBuilder, states: list[str], cell) -> list[list[str]]:
+def sorted_scan(g: GraphBuilder, states: list[str], cell, input_term=None) -> list[list[str]]:
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
@@ -417,6 +417,9 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell) -> list[list[str]]:
             the order of states, the first one the next layer's input; x_run (n, width)
             is the layer's input term (the table row for layer 0, width H or GH for a
             gated cell, else Gemm(x, W{l}, b{l}) of the layer below's new first state).
+        input_term: input_term(b, layer, source) -> x_run, the layer's input term from
+            the running rows' token ids (layer 0) or the layer below's new first state,
+            in whatever form cell takes; None: the table's rows and Gemm(W{l}, b{l}).
 
     Returns:
         Per state, each layer's (B, H) state after each row's own last real token, in
@@ -446,11 +449,15 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell) -> list[list[str]]:
     # whole (T', B, width) term up front and slicing it per step wrote and read it all
     # (16 MiB at B=256, T=128, H=128: 14% of the cell's run, docs/benchmarks.md).
     tok_t, n = b.prefix + "tok", b.prefix + "n"
-    x_run = b("Gather", ["table", b("Slice", [tok_t, zero1, n])])  # (n, width)
+    x_run = b("Slice", [tok_t, zero1, n])  # (n,): the running rows' token ids
     outs = [""] * len(carried)
     for layer in range(L):
-        if layer:
+        if input_term is not None:
+            x_run = input_term(b, layer, x_run)
+        elif layer:
             x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
+        else:
+            x_run = b("Gather", ["table", x_run])  # (n, width)
         mine = [carried[k * L + layer] for k in range(kinds)]
         runs = [b("Slice", [h, zero1, n]) for h in mine]  # (n, H) each
         new = cell(b, layer, x_run, *runs)

@@ -256,7 +256,8 @@ def test_graph_does_not_depend_on_T(arch, layers, tmp_path):
     body = next(a.g for a in scan.attribute if a.name == "body")
     scanned = [i.type.tensor_type.elem_type for i in body.input[-2:]]
     assert scanned == [onnx.TensorProto.INT64, onnx.TensorProto.INT64]  # token ids, n_t
-    assert [n.input[0] for n in body.node if n.op_type == "Gather"] == ["table"]
+    tables = ["table_g", "table_c"] if arch in ("gru", "lstm") else ["table"]  # gated: split
+    assert [n.input[0] for n in body.node if n.op_type == "Gather"] == tables
     # Two exports of the same weights are byte-identical: nothing of a traced example leaks in.
     again = export_model(model, VOCAB, SHA, tmp_path / "again.onnx").path
     assert path.read_bytes() == again.read_bytes()
@@ -595,23 +596,30 @@ def test_step_model_has_the_fewest_nodes(arch, nonlinearity, layers):
 
 
 # One step of a gated layer: the ONNX operators' setup costs more than these few nodes.
-GATED_STEP_OPS = {
-    "gru": ["Split", "Gemm", "Sigmoid", "Split", "Gemm", "Mul", "Add", "Tanh", "Sub", "Mul", "Add"],
-    "lstm": ["Gemm", "Split", "Sigmoid", "Split", "Mul", "Tanh", "Mul", "Add", "Tanh", "Mul"],
+GATED_STEP_OPS = {  # after the layer's input term: its gate block and candidate block
+    "gru": ["Gemm", "Sigmoid", "Split", "Gemm", "Mul", "Add", "Tanh", "Sub", "Mul", "Add"],
+    "lstm": ["Gemm", "Sigmoid", "Gemm", "Tanh", "Split", "Mul", "Mul", "Add", "Tanh", "Mul"],
 }
 
 
 @pytest.mark.parametrize(("arch", "nonlinearity", "layers"), GATED)
 def test_gated_step_model_is_gemm_and_elementwise(arch, nonlinearity, layers):
-    """Gather, per layer [Gemm (input term, layers > 0)] and the cell's nodes, then the head;
-    its inputs are token, every layer's h, then (LSTM) every layer's c."""
+    """Per layer its input term in two blocks (two Gathers at layer 0, two Gemms above)
+    and the cell's nodes, then the head; no Split copies an input term apart, and each
+    activation of an LSTM's gate products follows its Gemm (fused by onnxruntime); its
+    inputs are token, every layer's h, then (LSTM) every layer's c."""
     proto = onnx.load_from_string(build_onnx(_model(arch, nonlinearity, layers), VOCAB, SHA).data)
     meta = read_metadata({p.key: p.value for p in proto.metadata_props})
     step = onnx.load_from_string(meta.step.model_bytes())
-    want = ["Gather"]
+    want = []
     for layer in range(layers):
-        want += (["Gemm"] if layer else []) + GATED_STEP_OPS[arch]
+        want += (["Gemm", "Gemm"] if layer else ["Gather", "Gather"]) + GATED_STEP_OPS[arch]
     assert [node.op_type for node in step.graph.node] == [*want, "Gemm", "LogSoftmax"]
+    gathers = [n.input[0] for n in step.graph.node if n.op_type == "Gather"]
+    assert gathers == ["table_g", "table_c"]
+    produced_by = {o: n.op_type for n in step.graph.node for o in n.output}
+    splits = [n for n in step.graph.node if n.op_type == "Split"]
+    assert [produced_by[n.input[0]] for n in splits] == ["Sigmoid"] * layers
     used = {name for node in step.graph.node for name in node.input}
     assert {init.name for init in step.graph.initializer} <= used
     kinds = ("h", "c") if arch == "lstm" else ("h",)

@@ -103,24 +103,27 @@ def _move(model: onnx.ModelProto, name: str, index, delta: float) -> onnx.ModelP
 def perturb_weight(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
     """One recurrent weight of layer 0 moved by delta in every path: R[0, 0], of the
     candidate gate; in each copy of it (a gated graph's cell keeps it apart as Rh0 for the
-    GRU, its GRU/LSTM operator has its own op_R0)."""
+    GRU and, split, as Rc0 for the LSTM; its GRU/LSTM operator has its own op_R0)."""
     names = _names(model)
-    found = [n for n in ("Rh0", "R0", "op_R0") if n in names]
+    found = [n for n in ("Rh0", "Rc0", "R0", "op_R0") if n in names]
     assert found, "expected an exported graph with a recurrent weight R0"
     for name in found:
         R = numpy_helper.to_array(_initializer(model, name))
-        row = 0 if name == "Rh0" else _candidate_row(R.shape[-2], R.shape[-1])
+        row = 0 if name in ("Rh0", "Rc0") else _candidate_row(R.shape[-2], R.shape[-1])
         model = _move(model, name, (*([0] * (R.ndim - 2)), row, 0), delta)
     return model
 
 
 def perturb_bias(model: onnx.ModelProto, delta: float = 1e-4) -> onnx.ModelProto:
     """Layer 0's input bias of unit 0 (of the candidate gate) moved by delta in every
-    path: a column of the folded table (V, GH), and op_B0 = [Wb, Rb] of a gated graph's
-    operator."""
+    path: a column of the folded table (V, GH), or of its candidate block table_c (V, H)
+    where a gated graph splits it, and op_B0 = [Wb, Rb] of a gated graph's operator."""
     H = _hidden(model)
-    table = numpy_helper.to_array(_initializer(model, "table"))
-    model = _move(model, "table", (slice(None), _candidate_row(table.shape[1], H)), delta)
+    if "table_c" in _names(model):
+        model = _move(model, "table_c", (slice(None), 0), delta)
+    else:
+        table = numpy_helper.to_array(_initializer(model, "table"))
+        model = _move(model, "table", (slice(None), _candidate_row(table.shape[1], H)), delta)
     if "op_B0" in _names(model):
         B = numpy_helper.to_array(_initializer(model, "op_B0"))  # (1, 2GH)
         model = _move(model, "op_B0", (0, _candidate_row(B.shape[1] // 2, H)), delta)
@@ -195,17 +198,20 @@ def _reset_before_product(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _swap_gate_blocks(model: onnx.ModelProto, a: int, b: int) -> onnx.ModelProto:
-    """Gate blocks a and b of every weight, bias and table swapped (ONNX's LSTM order)."""
+    """Gate blocks a and b of every weight, bias and table swapped (ONNX's LSTM order), in
+    the gate blocks (i, o, f: 3H rows) of the split ones too."""
     import re
 
     model = copy.deepcopy(model)
     H = _hidden(model)
     swapped = 0
     for init in model.graph.initializer:
-        if not re.fullmatch(r"(op_)?[WRBb]\d+|table", init.name):
+        split = re.fullmatch(r"[WRb]g\d+|table_g", init.name)
+        if not (split or re.fullmatch(r"(op_)?[WRBb]\d+|table", init.name)):
             continue
         values = numpy_helper.to_array(init).copy()
-        axes = [i for i, n in enumerate(values.shape) if n in (4 * H, 8 * H)]
+        sizes = (3 * H,) if split else (4 * H, 8 * H)
+        axes = [i for i, n in enumerate(values.shape) if n in sizes]
         if not axes:
             continue
         x = np.moveaxis(values, axes[-1], 0)
