@@ -218,7 +218,7 @@ def _products(meta) -> tuple[Product, ...] | None:
     return step_products(meta.step.model_bytes())
 
 
-def _time_blocks(
+def time_blocks(
     runs: dict[str, Callable[[int], None]], repeats: int, block_s: float
 ) -> dict[str, float]:
     """Median seconds per call of each runner, timing blocks interleaved across runners.
@@ -315,7 +315,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         for _ in range(n):
             run()
 
-    t = _time_blocks(runs | {"torch": run_torch, "floor": run_floor}, repeats, block_s)
+    t = time_blocks(runs | {"torch": run_torch, "floor": run_floor}, repeats, block_s)
     return {
         "runtime_s": t["runtime"],
         "torch_s": t["torch"],
@@ -376,7 +376,7 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
             # Scan; B == 1 runs the RNN operator): the most of the roofline they allow.
             schedule = ScheduleRunner(step, running_counts(lengths), rt_model.threads)
             runs["schedule"] = schedule.run
-    t = _time_blocks(runs, repeats, block_s)
+    t = time_blocks(runs, repeats, block_s)
     real = int(lengths.sum())
     row = {
         "batch": B,
@@ -431,7 +431,7 @@ def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
         if products is not None:
             rooflines[size] = ProductsRunner(products, size, rt_model.threads)
             runs[("roofline", size)] = rooflines[size].run
-    t = _time_blocks(runs, repeats, block_s)
+    t = time_blocks(runs, repeats, block_s)
     rows = []
     for size in sizes:
         row = {
@@ -485,7 +485,7 @@ def _bench_threads(model_path, products, cores, B, T, repeats, block_s, rng) -> 
         runs[("offline", threads)] = run_offline
         if products is not None:
             runs[("roofline", threads)] = ProductsRunner(products, SCALING_POOL, threads).run
-    t = _time_blocks(runs, repeats, block_s)
+    t = time_blocks(runs, repeats, block_s)
     real = int(lengths.sum())
     out = {"cores": cores, "pool_streams": SCALING_POOL, "batch": B, "time": T}
     for threads, key in ((1, "one"), (cores, "all")):

@@ -21,10 +21,12 @@ the schedule's smaller products and how much everything else.
 
 The profiler has a cost of its own, about a microsecond per node run, which lands
 outside the kernels: in the executor's row, and in an If's or a Scan's own time for the
-nodes inside them (a Scan of T steps runs its nodes T times). So every case is also run
-as many times without the profiler, on a session of its own, and both medians are
-printed, with their difference as a row: what the profiler added, to subtract from the
-executor's or the containers' rows before reading them as onnxruntime's own cost.
+nodes inside them (a Scan of T steps runs its nodes T times). So every case also runs
+without the profiler, on a session of its own, and both medians are printed, with their
+difference as a row: what the profiler added, to subtract from the executor's or the
+containers' rows before reading them as onnxruntime's own cost. Offline, the run without
+the profiler and the products alone are timed interleaved in blocks, as the bench times
+(rnn_export.bench.time_blocks), so that their ratios hold on a machine whose speed moves.
 """
 
 from __future__ import annotations
@@ -109,26 +111,29 @@ _CONTAINERS = ("If", "Scan", "Loop")
 PROFILER_ROW = "(within the rows above: the profiler's own cost)"
 
 
-def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
-    """Kernel milliseconds per run by operator type (containers: their own time only), the
-    median whole profiled run and the median run without the profiler, of the main graph
-    on a (B, T) batch with mixed lengths."""
+def _offline_batch(model: Path, B: int, T: int) -> dict:
+    """The main graph's feeds of a (B, T) batch with mixed lengths, as the bench's grid
+    has them (the same batch every time: seed 0)."""
     import rnn_runtime
-    from rnn_runtime.session import open_session
 
     rt = rnn_runtime.open_model(model)
     meta = rt.metadata
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
     lengths[0] = T
-    feeds = {
+    return {
         meta.tokens.name: rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64),
         meta.lengths.name: lengths,
         **rt.initial_state(B),
     }
-    plain = open_session(model.read_bytes(), threads=threads)
-    plain.run(None, feeds)  # first-run allocations, as the profiled session's
-    unprofiled = _median_run_us(lambda: plain.run(None, feeds), runs) / 1e3
+
+
+def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
+    """Kernel milliseconds per run by operator type (containers: their own time only) and
+    the median whole profiled run, of the main graph on _offline_batch."""
+    from rnn_runtime.session import open_session
+
+    feeds = _offline_batch(model, B, T)
     with tempfile.TemporaryDirectory() as tmp:
         session = open_session(
             model.read_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
@@ -154,15 +159,19 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
         per_op[op] += own
         ended.append((start, dur))
     per_run = {op: us / runs / 1e3 for op, us in per_op.items()}
-    return per_run, statistics.median(whole) / 1e3, unprofiled
+    return per_run, statistics.median(whole) / 1e3
 
 
-def schedule_products(model: Path, B: int, T: int, threads: int, runs: int) -> dict[str, float]:
-    """The main graph's matrix products alone, in milliseconds a run, on the batch that
-    profile_offline runs: "sorted" at each step's running rows (the length-sorted Scan's
-    schedule: rnn_export.roofline.ScheduleRunner, as the bench times it), "roofline" at B
-    rows for the same real tokens (the bench's offline roofline)."""
+def unprofiled_and_products(
+    model: Path, B: int, T: int, threads: int, repeats: int = 7
+) -> dict[str, float]:
+    """Milliseconds a run, timed interleaved in blocks (rnn_export.bench.time_blocks, as
+    the bench times), on _offline_batch: "run" the main graph without the profiler; its
+    matrix products alone, "sorted" at each step's running rows (the length-sorted Scan's
+    schedule: rnn_export.roofline.ScheduleRunner) and "roofline" at B rows for the same
+    real tokens (the bench's offline roofline)."""
     import rnn_runtime
+    from rnn_export.bench import time_blocks
     from rnn_export.roofline import (
         ProductsRunner,
         ScheduleRunner,
@@ -170,21 +179,26 @@ def schedule_products(model: Path, B: int, T: int, threads: int, runs: int) -> d
         step_and_head,
         step_products,
     )
+    from rnn_runtime.session import open_session
 
     meta = rnn_runtime.load_metadata(model)
     step, head = step_and_head(step_products(meta.step.model_bytes()))
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)  # as profile_offline's
-    lengths[0] = T
+    feeds = _offline_batch(model, B, T)
+    lengths = feeds[meta.lengths.name]
+    plain = open_session(model.read_bytes(), threads=threads)
     schedule = ScheduleRunner(step, running_counts(lengths), threads)
     heads, steps = ProductsRunner(head, B, threads), ProductsRunner(step, B, threads, repeat=16)
-    ms = {}
-    for name, run in (("sorted", schedule.run), ("head", heads.run), ("step", steps.run)):
-        run(1)  # first-run allocations
-        ms[name] = _median_run_us(lambda run=run: run(1), runs) / 1e3
+
+    def run_plain(n: int) -> None:
+        for _ in range(n):
+            plain.run(None, feeds)
+
+    runs = {"run": run_plain, "sorted": schedule.run, "head": heads.run, "step": steps.run}
+    s = time_blocks(runs, repeats, block_s=0.1)
     return {
-        "sorted": ms["sorted"] + ms["head"],
-        "roofline": int(lengths.sum()) / B * ms["step"] / 16 + ms["head"],
+        "run": s["run"] * 1e3,
+        "sorted": (s["sorted"] + s["head"]) * 1e3,
+        "roofline": (int(lengths.sum()) / B * s["step"] / 16 + s["head"]) * 1e3,
     }
 
 
@@ -203,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         B, T = args.offline
         runs = args.runs or 20
-        per_op, whole, plain = profile_offline(args.model, B, T, args.threads, runs)
+        per_op, whole = profile_offline(args.model, B, T, args.threads, runs)
+        products = unprofiled_and_products(args.model, B, T, args.threads)
+        plain = products["run"]
         print(
             f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, threads "
             f"{args.threads}, {runs} runs: `python scripts/profile_step.py {args.model.name} "
@@ -215,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
             own = " (its own cost)" if op in _CONTAINERS else ""
             print(f"| {op}{own} | {ms:.2f} | {ms / whole:.0%} |")
         print(_profiler_row(whole, plain, "ms", ".2f"))
-        products = schedule_products(args.model, B, T, args.threads, runs)
         print(
             f"\nWithout the profiler: the run {plain:.3f} ms; its matrix products alone, "
             f"at each step's running rows (the length-sorted schedule), "
