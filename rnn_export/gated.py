@@ -228,24 +228,24 @@ def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False)
     GH = W0.shape[1]
     cut = GH - H  # the gate block's columns
 
-    def const(name: str, value: np.ndarray, axis: int = 0) -> None:
+    def const(whole: str, blocks: tuple[str, str], value: np.ndarray, axis: int = 0) -> None:
+        """value as one initializer `whole`, or split: its gate and candidate blocks."""
         if not split:
-            g.const(name, value, np.float32)
+            g.const(whole, value, np.float32)
             return
-        gates, cand = np.split(value, [cut], axis=axis)
-        stem, layer = name.rstrip("0123456789"), name[len(name.rstrip("0123456789")) :]
-        g.const(f"{stem}g{layer}" if layer else f"{stem}_g", gates, np.float32)
-        g.const(f"{stem}c{layer}" if layer else f"{stem}_c", cand, np.float32)
+        for name, block in zip(blocks, np.split(value, [cut], axis=axis), strict=True):
+            g.const(name, block, np.float32)
 
     outside = _outside_bias(arch, B0[0, GH:], H)
-    const("table", fold_table(weights["embedding"], W0[0], B0[0, :GH], outside), axis=1)
+    table = fold_table(weights["embedding"], W0[0], B0[0, :GH], outside)
+    const("table", ("table_g", "table_c"), table, axis=1)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         Wb, Rb = B[0, :GH], B[0, GH:]
         if layer:
-            const(f"W{layer}", W[0])
-            const(f"b{layer}", Wb + _outside_bias(arch, Rb, H))
+            const(f"W{layer}", (f"Wg{layer}", f"Wc{layer}"), W[0])
+            const(f"b{layer}", (f"bg{layer}", f"bc{layer}"), Wb + _outside_bias(arch, Rb, H))
         if arch == "lstm":
-            const(f"R{layer}", R[0])
+            const(f"R{layer}", (f"Rg{layer}", f"Rc{layer}"), R[0])
         else:
             g.const(f"Rzr{layer}", R[0, : 2 * H], np.float32)
             g.const(f"Rh{layer}", R[0, 2 * H :], np.float32)

@@ -190,7 +190,8 @@ class ScheduleRunner:
             schedule_model(products, counts), threads=threads, name="the schedule model"
         )
         binding = session.io_binding()
-        self._buffers = [session, binding]  # the arrays IOBinding points into outlive it
+        self._session, self._binding = session, binding
+        self._buffers = []  # the arrays IOBinding points into must outlive it
         for i, p in enumerate(products):
             x = rng.standard_normal((counts[0], p.k)).astype(np.float32)
             self._buffers.append(x)
