@@ -33,8 +33,6 @@ Gather or Gemm, not cut by a Split; the portable graphs keep one block and Slice
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
@@ -42,6 +40,7 @@ from rnn_export.graph import (
     STEP_TOKEN,
     GraphBuilder,
     fold_table,
+    input_term,
     main_signature,
     model_of,
     sorted_scan,
@@ -142,8 +141,7 @@ def _operator_branch(g: GraphBuilder):
 def _scan_branch(g: GraphBuilder):
     """B > 1: graph.sorted_scan with the step model's cell (Gemm and elementwise nodes)."""
     cell = CELLS[g.config.arch]
-    term = functools.partial(input_term, split=True)
-    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, input_term=term)
+    finals = sorted_scan(g, [i for i, _ in g.config.state_names], cell, split=True)
     log_probs, hn = g.head(finals[0])
     return _branch(g, "many_rows", [log_probs, hn, *(g.stack_layers(f) for f in finals[1:])])
 
@@ -220,7 +218,7 @@ def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False)
     (G-1)H rows: GRU z, r; LSTM i, o, f) and its candidate block (the last H: GRU h, LSTM
     c), the same numbers: table_g (V, (G-1)H) and table_c (V, H); Wg{l}, bg{l}, Wc{l},
     bc{l}; LSTM Rg{l} (3H, H), Rc{l} (H, H). Each block is then its own Gather or Gemm
-    (see input_term), so no Split copies it apart and the LSTM's activations fuse into
+    (see graph.input_term), so no Split copies it apart and the LSTM's activations fuse into
     their Gemms (onnxruntime's graphs; the portable ones keep the whole blocks).
     """
     W0, _, B0 = weights["layers"][0]
@@ -252,19 +250,6 @@ def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False)
             g.const(f"Rbh{layer}", Rb[2 * H :], np.float32)
     g.const("out_weight", weights["out_weight"], np.float32)
     g.const("out_bias", weights["out_bias"], np.float32)
-
-
-def input_term(g: GraphBuilder, layer: int, source: str, split: bool):
-    """A layer's input term: of token ids (layer 0: the table's rows) or of the layer
-    below's new h (Gemm with W{l}, b{l}); with split (see step_weights), the pair (gate
-    block, candidate block), else one (B, GH) tensor."""
-    if not split:
-        if layer == 0:
-            return g("Gather", ["table", source])
-        return g("Gemm", [source, f"W{layer}", f"b{layer}"], transB=1)
-    if layer == 0:
-        return g("Gather", ["table_g", source]), g("Gather", ["table_c", source])
-    return tuple(g("Gemm", [source, f"W{k}{layer}", f"b{k}{layer}"], transB=1) for k in ("g", "c"))
 
 
 def split_columns(g: GraphBuilder, x: str, sizes: list[int], portable: bool = False):

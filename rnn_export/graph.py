@@ -403,7 +403,20 @@ def _sorted_scan_branch(g: GraphBuilder):
     return g.branch("many_rows", g.head(finals))
 
 
-def sorted_scan(g: GraphBuilder, states: list[str], cell, input_term=None) -> list[list[str]]:
+def input_term(g: GraphBuilder, layer: int, source: str, split: bool = False):
+    """A layer's input term: of token ids (layer 0: the table's rows) or of the layer
+    below's new h (Gemm with W{l}, b{l}); split (a gated graph's, see
+    gated.step_weights): the pair (gate block, candidate block), else one (B, width)."""
+    if not split:
+        if layer == 0:
+            return g("Gather", ["table", source])
+        return g("Gemm", [source, f"W{layer}", f"b{layer}"], transB=1)
+    if layer == 0:
+        return g("Gather", ["table_g", source]), g("Gather", ["table_c", source])
+    return tuple(g("Gemm", [source, f"W{k}{layer}", f"b{k}{layer}"], transB=1) for k in ("g", "c"))
+
+
+def sorted_scan(g: GraphBuilder, states: list[str], cell, split: bool = False) -> list[list[str]]:
     """B > 1, T > 1: rows sorted by length, longest first; step t runs only rows still going.
 
     Like PyTorch's packed sequences, padding costs no arithmetic; the Scan stops at the
@@ -417,9 +430,7 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, input_term=None) -> li
             the order of states, the first one the next layer's input; x_run (n, width)
             is the layer's input term (the table row for layer 0, width H or GH for a
             gated cell, else Gemm(x, W{l}, b{l}) of the layer below's new first state).
-        input_term: input_term(b, layer, source) -> x_run, the layer's input term from
-            the running rows' token ids (layer 0) or the layer below's new first state,
-            in whatever form cell takes; None: the table's rows and Gemm(W{l}, b{l}).
+        split: the input terms in input_term's split form (a gated cell's), not whole.
 
     Returns:
         Per state, each layer's (B, H) state after each row's own last real token, in
@@ -452,12 +463,7 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, input_term=None) -> li
     x_run = b("Slice", [tok_t, zero1, n])  # (n,): the running rows' token ids
     outs = [""] * len(carried)
     for layer in range(L):
-        if input_term is not None:
-            x_run = input_term(b, layer, x_run)
-        elif layer:
-            x_run = b("Gemm", [x_run, f"W{layer}", f"b{layer}"], transB=1)
-        else:
-            x_run = b("Gather", ["table", x_run])  # (n, width)
+        x_run = input_term(b, layer, x_run, split)  # (n, width), or its two blocks
         mine = [carried[k * L + layer] for k in range(kinds)]
         runs = [b("Slice", [h, zero1, n]) for h in mine]  # (n, H) each
         new = cell(b, layer, x_run, *runs)
