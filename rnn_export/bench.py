@@ -45,14 +45,7 @@ import numpy as np
 from rnn_export.bench_report import BenchReport
 from rnn_export.config import MAX_THREADS, check_int
 from rnn_export.errors import InputError
-from rnn_export.roofline import (
-    Product,
-    ProductsRunner,
-    ScheduleRunner,
-    running_counts,
-    step_and_head,
-    step_products,
-)
+from rnn_export.roofline import OfflineRoofline, Product, ProductsRunner, step_products
 
 MAX_REPEATS = 1_000
 GRID_BATCHES = (1, 32, 256)
@@ -62,9 +55,6 @@ QUICK_GRID_BATCHES = (1, 32)
 QUICK_GRID_LENGTHS = (16,)
 QUICK_POOL_SIZES = (1, 16)
 SCALING_POOL = 256  # pool size of the threads measurement
-# Products per call of the offline roofline: one call runs a whole batch, so its fixed
-# cost is spread over many steps, as in the main graph.
-OFFLINE_REPEAT = 16
 
 # Runs in a fresh interpreter: imports only the runtime, prints one JSON line with the
 # time.time() at the start of each phase and at the first prediction (COLD_START_PHASES
@@ -218,6 +208,14 @@ def _products(meta) -> tuple[Product, ...] | None:
     return step_products(meta.step.model_bytes())
 
 
+def mixed_lengths(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """int64 (B,) lengths of a padded batch: spread over 1..T, and one row (row 0) as long
+    as the padding."""
+    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
+    lengths[0] = T
+    return lengths
+
+
 def time_blocks(
     runs: dict[str, Callable[[int], None]], repeats: int, block_s: float
 ) -> dict[str, float]:
@@ -338,9 +336,7 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
 
     meta = rt_model.metadata
     tokens = rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64)
-    # Padded batch: lengths spread over 1..T, and one row as long as the padding.
-    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
-    lengths[0] = T
+    lengths = mixed_lengths(rng, B, T)
     state = rt_model.initial_state(B)
     t_tokens, t_lengths = torch.from_numpy(tokens), torch.from_numpy(lengths)
     t_state = model_state([torch.from_numpy(state[s.input]) for s in meta.states])
@@ -364,18 +360,14 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
                 model(t_tokens, t_state, t_lengths)
 
     runs = {"onnxruntime": run_ort, "torch": run_torch}
-    if products is not None:
-        step, head = step_and_head(products)
-        rooflines = {
-            "step": ProductsRunner(step, B, rt_model.threads, repeat=OFFLINE_REPEAT),
-            "head": ProductsRunner(head, B, rt_model.threads, repeat=OFFLINE_REPEAT),
-        }
-        runs |= {("roofline", k): r.run for k, r in rooflines.items()}
-        if B > 1:
-            # The same products at each step's running rows (the export's length-sorted
-            # Scan; B == 1 runs the RNN operator): the most of the roofline they allow.
-            schedule = ScheduleRunner(step, running_counts(lengths), rt_model.threads)
-            runs["schedule"] = schedule.run
+    # The sorted schedule for B > 1 only: B == 1 runs the RNN operator, not the Scan.
+    roofline = (
+        None
+        if products is None
+        else OfflineRoofline(products, lengths, rt_model.threads, schedule=B > 1)
+    )
+    if roofline is not None:
+        runs |= {("roofline", k): run for k, run in roofline.runs.items()}
     t = time_blocks(runs, repeats, block_s)
     real = int(lengths.sum())
     row = {
@@ -390,14 +382,12 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
         "schedule_s": None,
         "schedule_fraction": None,
     }
-    if products is not None:
-        # Every real token pays one step's recurrence at (up to) B rows; every row the head.
-        step_s, head_s = (t[("roofline", k)] / OFFLINE_REPEAT for k in ("step", "head"))
-        roofline = real / B * step_s + head_s
-        row |= {"roofline_s": roofline, "roofline_fraction": roofline / t["onnxruntime"]}
-        if B > 1:
-            schedule = t["schedule"] + head_s
-            row |= {"schedule_s": schedule, "schedule_fraction": roofline / schedule}
+    if roofline is not None:
+        s = roofline.seconds({k: t[("roofline", k)] for k in roofline.runs})
+        row |= {"roofline_s": s["roofline_s"], "schedule_s": s["schedule_s"]}
+        row["roofline_fraction"] = s["roofline_s"] / t["onnxruntime"]
+        if s["schedule_s"] is not None:
+            row["schedule_fraction"] = s["roofline_s"] / s["schedule_s"]
     return row
 
 
@@ -416,13 +406,12 @@ def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
 
         runs[size] = run_pool
         # The pool's own onnxruntime call alone (what the pool runs per step, without its
-        # Python): the graph's cost apart from the runtime's.
-        # The bindings point into the buffers' and the tokens' arrays: keep them alive.
-        buffers = rt_model.state_buffers(size)
-        steps = rt_model.bind_steps(buffers, size)
+        # Python): the graph's cost apart from the runtime's. StepBindings keeps its
+        # buffers, whose arrays its bindings point into.
+        steps = rt_model.bind_steps(rt_model.state_buffers(size), size)
         steps.tokens[:] = ids[0]
 
-        def run_graph(n: int, steps=steps, buffers=buffers) -> None:
+        def run_graph(n: int, steps=steps) -> None:
             call = steps.calls[0]
             for _ in range(n):
                 call()
@@ -464,8 +453,7 @@ def _bench_threads(model_path, products, cores, B, T, repeats, block_s, rng) -> 
     V = models[1].metadata.vocab_size
     ids = [rng.integers(0, V, size=SCALING_POOL, dtype=np.int64) for _ in range(16)]
     tokens = rng.integers(0, V, size=(B, T), dtype=np.int64)
-    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
-    lengths[0] = T
+    lengths = mixed_lengths(rng, B, T)
     state = models[1].initial_state(B)
     runs = {}
     for threads, model in models.items():

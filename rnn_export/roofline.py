@@ -71,6 +71,39 @@ def step_products(step_model: bytes) -> tuple[Product, ...]:
     return tuple(products)
 
 
+# An offline batch's roofline computes the products this many times per call, so that one
+# call's fixed cost is spread over many steps, as in the main graph.
+OFFLINE_REPEAT = 16
+
+
+def _weight(rng: np.random.Generator, p: Product) -> np.ndarray:
+    """A random (m, k) weight in the step model's layout (transB=1)."""
+    return (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
+
+
+def _serialized(nodes, inputs, outputs, inits, name: str) -> bytes:
+    """The model of one graph of Gemm nodes, at opset 14."""
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 14)]
+    model = helper.make_model(
+        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
+    )
+    return model.SerializeToString()
+
+
+class _BoundRunner:
+    """n calls of one session's IOBinding, called as the runtime calls (bound_run); the
+    subclass sets self._run."""
+
+    def run(self, n: int) -> None:
+        """n calls (each computing the model's products once, or `repeat` times)."""
+        run = self._run
+        for _ in range(n):
+            run()
+
+
 def products_model(
     products: tuple[Product, ...], rows: int, *, repeat: int = 1, seed: int = 0
 ) -> bytes:
@@ -86,22 +119,16 @@ def products_model(
     rng = np.random.default_rng(seed)
     nodes, inputs, outputs, inits = [], [], [], []
     for i, p in enumerate(products):
-        w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        inits.append(numpy_helper.from_array(_weight(rng, p), f"w{i}"))
         inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [rows, p.k]))
         for r in range(repeat):
             y = f"y{i}_{r}"
             nodes.append(helper.make_node("Gemm", [f"x{i}", f"w{i}"], [y], transB=1))
             outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [rows, p.m]))
-    graph = helper.make_graph(nodes, "roofline", inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", 14)]
-    model = helper.make_model(
-        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-    )
-    return model.SerializeToString()
+    return _serialized(nodes, inputs, outputs, inits, "roofline")
 
 
-class ProductsRunner:
+class ProductsRunner(_BoundRunner):
     """Calls the products model of `rows` rows through IOBinding, buffers preallocated.
 
     Attributes:
@@ -133,13 +160,7 @@ class ProductsRunner:
                 y = np.zeros((rows, p.m), dtype=np.float32)
                 self._buffers.append(y)
                 self._binding.bind_ortvalue_output(f"y{i}_{r}", ort.OrtValue.ortvalue_from_numpy(y))
-        self._run = bound_run(self._session, self._binding)  # called as the runtime calls
-
-    def run(self, n: int) -> None:
-        """n calls (each computing the products `repeat` times)."""
-        run = self._run
-        for _ in range(n):
-            run()
+        self._run = bound_run(self._session, self._binding)
 
 
 def schedule_model(products: tuple[Product, ...], counts: list[int]) -> bytes:
@@ -160,20 +181,15 @@ def schedule_model(products: tuple[Product, ...], counts: list[int]) -> bytes:
     f32 = TensorProto.FLOAT
     inits, inputs, outputs, nodes = [], [], [], []
     for i, p in enumerate(products):
-        w = (rng.standard_normal((p.m, p.k)) / np.sqrt(p.k)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        inits.append(numpy_helper.from_array(_weight(rng, p), f"w{i}"))
         for t, n in enumerate(counts):
             inputs.append(helper.make_tensor_value_info(f"x{i}_{t}", f32, [n, p.k]))
             outputs.append(helper.make_tensor_value_info(f"y{i}_{t}", f32, [n, p.m]))
             nodes.append(helper.make_node("Gemm", [f"x{i}_{t}", f"w{i}"], [f"y{i}_{t}"], transB=1))
-    graph = helper.make_graph(nodes, "schedule", inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", 14)]
-    return helper.make_model(
-        graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)
-    ).SerializeToString()
+    return _serialized(nodes, inputs, outputs, inits, "schedule")
 
 
-class ScheduleRunner:
+class ScheduleRunner(_BoundRunner):
     """Calls schedule_model through IOBinding: each step's inputs are views of the first
     n_t rows of one (B, k) array per product, the outputs preallocated.
 
@@ -202,11 +218,6 @@ class ScheduleRunner:
                 binding.bind_ortvalue_output(f"y{i}_{t}", ort.OrtValue.ortvalue_from_numpy(y))
         self._run = bound_run(session, binding)
 
-    def run(self, n: int) -> None:
-        run = self._run
-        for _ in range(n):
-            run()
-
 
 def running_counts(lengths: np.ndarray) -> list[int]:
     """n_t for t < max(lengths): how many rows the length-sorted Scan runs at step t."""
@@ -216,3 +227,40 @@ def running_counts(lengths: np.ndarray) -> list[int]:
 def step_and_head(products: tuple[Product, ...]) -> tuple[tuple[Product, ...], tuple]:
     """The products every token pays (the recurrence) and those once per row (the head)."""
     return tuple(p for p in products if not p.head), tuple(p for p in products if p.head)
+
+
+class OfflineRoofline:
+    """The products of one offline batch, timed as the bench reports them: the roofline
+    (each real token's share of one step's recurrence at B rows, OFFLINE_REPEAT steps a
+    call to spread its fixed cost, and the head once per row) and, with schedule, the
+    sorted schedule (ScheduleRunner: the recurrence at each step's running rows, and the
+    head; the bench leaves it out at B == 1, where the main graph runs the RNN operator).
+
+    Attributes:
+        runs: {"step", "head"[, "schedule"]: run(n)}, to time with the batch itself.
+    """
+
+    def __init__(
+        self,
+        products: tuple[Product, ...],
+        lengths: np.ndarray,
+        threads: int,
+        schedule: bool = True,
+    ):
+        step, head = step_and_head(products)
+        self._rows, self._real = int(lengths.size), int(lengths.sum())
+        self.runs = {
+            "step": ProductsRunner(step, self._rows, threads, repeat=OFFLINE_REPEAT).run,
+            "head": ProductsRunner(head, self._rows, threads, repeat=OFFLINE_REPEAT).run,
+        }
+        if schedule:
+            self.runs["schedule"] = ScheduleRunner(step, running_counts(lengths), threads).run
+
+    def seconds(self, t: dict) -> dict[str, float | None]:
+        """{"roofline_s", "schedule_s" (None without schedule)} from t: the median seconds
+        per call of each of `runs`, by the same names."""
+        step_s, head_s = t["step"] / OFFLINE_REPEAT, t["head"] / OFFLINE_REPEAT
+        return {
+            "roofline_s": self._real / self._rows * step_s + head_s,
+            "schedule_s": t["schedule"] + head_s if "schedule" in t else None,
+        }

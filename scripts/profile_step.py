@@ -111,16 +111,16 @@ _CONTAINERS = ("If", "Scan", "Loop")
 PROFILER_ROW = "(within the rows above: the profiler's own cost)"
 
 
-def _offline_batch(model: Path, B: int, T: int) -> dict:
+def offline_batch(model: Path, B: int, T: int) -> dict:
     """The main graph's feeds of a (B, T) batch with mixed lengths, as the bench's grid
     has them (the same batch every time: seed 0)."""
     import rnn_runtime
+    from rnn_export.bench import mixed_lengths
 
     rt = rnn_runtime.open_model(model)
     meta = rt.metadata
     rng = np.random.default_rng(0)
-    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
-    lengths[0] = T
+    lengths = mixed_lengths(rng, B, T)
     return {
         meta.tokens.name: rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64),
         meta.lengths.name: lengths,
@@ -128,12 +128,11 @@ def _offline_batch(model: Path, B: int, T: int) -> dict:
     }
 
 
-def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
+def profile_offline(model: Path, feeds: dict, threads: int, runs: int):
     """Kernel milliseconds per run by operator type (containers: their own time only) and
-    the median whole profiled run, of the main graph on _offline_batch."""
+    the median whole profiled run, of the main graph on feeds (offline_batch)."""
     from rnn_runtime.session import open_session
 
-    feeds = _offline_batch(model, B, T)
     with tempfile.TemporaryDirectory() as tmp:
         session = open_session(
             model.read_bytes(), threads=threads, profile_prefix=Path(tmp) / "profile"
@@ -163,42 +162,34 @@ def profile_offline(model: Path, B: int, T: int, threads: int, runs: int):
 
 
 def unprofiled_and_products(
-    model: Path, B: int, T: int, threads: int, repeats: int = 7
+    model: Path, feeds: dict, threads: int, repeats: int = 7
 ) -> dict[str, float]:
     """Milliseconds a run, timed interleaved in blocks (rnn_export.bench.time_blocks, as
-    the bench times), on _offline_batch: "run" the main graph without the profiler; its
-    matrix products alone, "sorted" at each step's running rows (the length-sorted Scan's
-    schedule: rnn_export.roofline.ScheduleRunner) and "roofline" at B rows for the same
-    real tokens (the bench's offline roofline)."""
+    the bench times), on feeds (offline_batch): "run" the main graph without the
+    profiler; its matrix products alone (rnn_export.roofline.OfflineRoofline, the
+    bench's), "sorted" at each step's running rows (the length-sorted Scan's schedule)
+    and "roofline" at B rows for the same real tokens."""
     import rnn_runtime
     from rnn_export.bench import time_blocks
-    from rnn_export.roofline import (
-        ProductsRunner,
-        ScheduleRunner,
-        running_counts,
-        step_and_head,
-        step_products,
-    )
+    from rnn_export.roofline import OfflineRoofline, step_products
     from rnn_runtime.session import open_session
 
     meta = rnn_runtime.load_metadata(model)
-    step, head = step_and_head(step_products(meta.step.model_bytes()))
-    feeds = _offline_batch(model, B, T)
-    lengths = feeds[meta.lengths.name]
+    products = OfflineRoofline(
+        step_products(meta.step.model_bytes()), feeds[meta.lengths.name], threads
+    )
     plain = open_session(model.read_bytes(), threads=threads)
-    schedule = ScheduleRunner(step, running_counts(lengths), threads)
-    heads, steps = ProductsRunner(head, B, threads), ProductsRunner(step, B, threads, repeat=16)
 
     def run_plain(n: int) -> None:
         for _ in range(n):
             plain.run(None, feeds)
 
-    runs = {"run": run_plain, "sorted": schedule.run, "head": heads.run, "step": steps.run}
-    s = time_blocks(runs, repeats, block_s=0.1)
+    t = time_blocks({"run": run_plain, **products.runs}, repeats, block_s=0.1)
+    s = products.seconds(t)
     return {
-        "run": s["run"] * 1e3,
-        "sorted": (s["sorted"] + s["head"]) * 1e3,
-        "roofline": (int(lengths.sum()) / B * s["step"] / 16 + s["head"]) * 1e3,
+        "run": t["run"] * 1e3,
+        "sorted": s["schedule_s"] * 1e3,
+        "roofline": s["roofline_s"] * 1e3,
     }
 
 
@@ -217,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         B, T = args.offline
         runs = args.runs or 20
-        per_op, whole = profile_offline(args.model, B, T, args.threads, runs)
-        products = unprofiled_and_products(args.model, B, T, args.threads)
+        feeds = offline_batch(args.model, B, T)
+        per_op, whole = profile_offline(args.model, feeds, args.threads, runs)
+        products = unprofiled_and_products(args.model, feeds, args.threads)
         plain = products["run"]
         print(
             f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, threads "

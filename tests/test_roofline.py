@@ -14,6 +14,8 @@ from rnn_export.data import Vocabulary
 from rnn_export.export import build_onnx
 from rnn_export.models import build_model
 from rnn_export.roofline import (
+    OFFLINE_REPEAT,
+    OfflineRoofline,
     Product,
     ProductsRunner,
     ScheduleRunner,
@@ -139,3 +141,20 @@ def test_schedule_model_computes_each_steps_products_on_its_running_rows():
 def test_schedule_runner_binds_and_runs():
     runner = ScheduleRunner((Product(8, 8, False), Product(8, 16, False)), [5, 3, 1], threads=1)
     runner.run(2)  # a wrong binding (name, shape) raises here
+
+
+def test_offline_roofline_counts_each_real_tokens_share_and_the_head_once():
+    products = (Product(8, 8, False), Product(8, 3, True))
+    lengths = np.array([4, 1, 3])  # 8 real tokens in 3 rows
+    roofline = OfflineRoofline(products, lengths, threads=1)
+    assert set(roofline.runs) == {"step", "head", "schedule"}
+    for run in roofline.runs.values():
+        run(1)  # a wrong binding raises here
+    t = {"step": 16.0, "head": 32.0, "schedule": 5.0}  # seconds per call, by name
+    s = roofline.seconds(t)
+    head = 32.0 / OFFLINE_REPEAT
+    assert s["roofline_s"] == pytest.approx(8 / 3 * 16.0 / OFFLINE_REPEAT + head)
+    assert s["schedule_s"] == pytest.approx(5.0 + head)
+    without = OfflineRoofline(products, lengths, threads=1, schedule=False)
+    assert set(without.runs) == {"step", "head"}
+    assert without.seconds({"step": 16.0, "head": 32.0})["schedule_s"] is None
