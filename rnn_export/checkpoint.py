@@ -45,7 +45,7 @@ VOCAB = "vocab.json"
 TRAIN = "train.json"
 METRICS = "metrics.json"
 CURVES = "curves.png"
-REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)
+REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)  # VOCAB: a model that reads tokens
 DATA_KEYS = ("source", "path", "seed", "val_fraction")
 
 
@@ -213,6 +213,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"{config_path}: not a model config: {e}") from None
     vocab_path = run_dir / VOCAB
     vocab = None
+    if config.reads_tokens:  # a features model has no vocab.json
+        _check_files(run_dir, list(REQUIRED))
     if config.reads_tokens or atomic.path_kind(vocab_path) is not None:
         try:
             vocab = Vocabulary.from_dict(read_json(vocab_path))
@@ -306,11 +308,16 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
             f"it is {kind}{hint}"
         )
-    for name in REQUIRED:
+    _check_files(run_dir, [name for name in REQUIRED if name != VOCAB])
+
+
+def _check_files(run_dir: Path, names: list[str]) -> None:
+    """Refuse a run directory that lacks one of names (or holds a non-file there)."""
+    for name in names:
         kind = atomic.path_kind(run_dir / name)
         if kind not in (None, "a regular file"):
             raise CheckpointError(f"{run_dir / name}: expected a regular file; it is {kind}")
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    missing = [name for name in REQUIRED if name in names and not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(
             f"{run_dir / missing[0]}: missing; a run directory holds {', '.join(REQUIRED)} "
