@@ -144,6 +144,15 @@ def check_folder_output(path: str | Path, what: str = "a folder") -> Path:
     return path
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether the paths a and b name one file: the same path, or another path to it (a
+    symbolic link, a hard link, "..")."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be read): not one file
+        return False
+
+
 def write_file(path: Path, data: bytes) -> None:
     """Write data to a new file at path and sync it (for files inside a temporary folder).
 

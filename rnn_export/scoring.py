@@ -78,8 +78,9 @@ class ScoreJob:
             )
         check_output_format(Path(self.output), fmt)
         atomic.check_file_output(self.output, "the predictions file")
-        if Path(self.output).resolve() == Path(self.input).resolve():
-            raise ScoreError(f"{self.output}: is the input; write the predictions elsewhere")
+        for what, path in (("the input", self.input), ("the model file", self.model)):
+            if atomic.same_file(self.output, path):
+                raise ScoreError(f"{self.output}: is {what}; write the predictions elsewhere")
         return replace(self, fmt=fmt)
 
 

@@ -28,6 +28,7 @@ of the tritonclient package (the `triton` extra).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ CONTROLS = (
 )
 PREFIX = "main/"  # the wrapped main graph's names, inside the variant
 DEFAULT_MAX_BATCH = 64
+CONFIG_HEADER = "# Written by rnn-export triton"  # how write_repository knows its own folder
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
@@ -323,7 +325,7 @@ def model_config(name: str, contract: dict, meta, max_batch_size: int, instances
     model = f"{meta.arch} (H={meta.hidden_size}, L={meta.num_layers}, C={num_classes})"
     tokens, lengths = meta.tokens.name, meta.lengths.name
     separator = ",\n"
-    return f"""# Written by rnn-export triton: stateful serving of {model}.
+    return f"""{CONFIG_HEADER}: stateful serving of {model}.
 # A request carries one sequence's next tokens: {tokens} [T] int64 and {lengths} [1] int64
 # (1 <= length <= T). Triton keeps the state between requests (zeros at the sequence start)
 # and stacks requests of different sequences along axis 0: 1/model.onnx is batch-first.
@@ -380,13 +382,20 @@ def write_repository(
     max_batch_size: int = DEFAULT_MAX_BATCH,
     instances: int = 1,
 ) -> Path:
-    """Write OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx (the batch-first variant).
+    """Write OUT/NAME/config.pbtxt and OUT/NAME/VERSION/model.onnx (the batch-first variant).
 
-    The model's folder OUT/NAME appears whole or not at all (other models in OUT are
-    left alone). Returns OUT/NAME.
+    Nothing this did not write is deleted or replaced:
+        - OUT/NAME absent (or an empty folder): it appears whole, version 1, or not at all;
+        - OUT/NAME a model folder this wrote (its config.pbtxt says so): the model goes
+          beside the versions there as the next one (highest + 1), and config.pbtxt,
+          which serves the newest version, is replaced; the other versions and any other
+          file (labels.txt...) stay as they are;
+        - anything else (a training run, a model folder of another tool): refused.
+    Other models in OUT are left alone. Returns OUT/NAME/VERSION.
 
     Raises:
-        TritonError: a bad name or option, a file that is not a model file.
+        TritonError: a bad name or option, a file that is not a model file, an OUT/NAME
+            this did not write.
         rnn_runtime errors: the model file does not open (it is checked as any open).
         WriteError: OUT/NAME cannot be written.
     """
@@ -403,17 +412,60 @@ def write_repository(
             raise TritonError(f"{option} must be an integer >= 1; got {value!r}")
     model = rnn_runtime.open_model(model_path, step_model=False)  # checks the file
     dest = atomic.check_folder_output(Path(out) / name, "the Triton model folder")
+    version = next_version(dest)
     variant, contract = build_variant(read_model_file(model_path), str(model_path))
     config = model_config(name, contract, model.metadata, max_batch_size, instances)
+    if version is None:  # a new model folder: whole or not at all
+        version = 1
+        _write_folder(dest, {"1/model.onnx": variant, "config.pbtxt": config.encode("utf-8")})
+    else:  # the version first: a kill before config.pbtxt leaves the old config serving
+        _write_folder(dest / str(version), {"model.onnx": variant})
+        atomic.replace_file(dest / "config.pbtxt", config.encode("utf-8"))
+    return dest / str(version)
+
+
+def next_version(dest: Path) -> int | None:
+    """The version the model gets in the model folder dest, one more than its highest;
+    None where dest is new (absent or an empty folder).
+
+    Raises:
+        TritonError: dest holds something this module did not write.
+    """
+    from rnn_export.atomic import path_kind
+
+    if path_kind(dest) is None:
+        return None
+    entries = list(dest.iterdir())
+    if not entries:
+        return None
+    config = dest / "config.pbtxt"
+    header = b""
+    if path_kind(config) == "a regular file":
+        with open(config, "rb") as f:
+            header = f.read(len(CONFIG_HEADER))
+    if header != CONFIG_HEADER.encode():
+        names = sorted(e.name for e in entries)
+        held = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise TritonError(
+            f"{dest}: exists and is not a model folder written by rnn-export triton (it "
+            f"holds {held}); nothing there is replaced: give another --name or --out"
+        )
+    versions = [int(e.name) for e in entries if re.fullmatch("[0-9]+", e.name)]
+    return 1 + max(versions, default=0)
+
+
+def _write_folder(dest: Path, files: dict[str, bytes]) -> None:
+    """Make the folder dest, holding files (relative path -> bytes), whole or not at all."""
+    import shutil
+
+    from rnn_export import atomic
+
     tmp = atomic.temp_folder(dest)
     try:
-        (tmp / "1").mkdir()
-        atomic.write_file(tmp / "1" / "model.onnx", variant)
-        atomic.write_file(tmp / "config.pbtxt", config.encode("utf-8"))
+        for relative, data in files.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_file(tmp / relative, data)
         atomic.swap_in(tmp, dest)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest

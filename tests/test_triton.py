@@ -5,6 +5,7 @@ config.pbtxt parses with tritonclient's model-config protobuf and matches the gr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -313,3 +314,52 @@ def _props(path):
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _tree(folder):
+    """Every file under folder with its bytes: what must stay as it was."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_refuses_a_folder_it_did_not_write_and_keeps_it(exported, tmp_path):
+    """`triton run.onnx --out .` names the model folder after a training run: refused."""
+    run_dir, path = exported
+    model = tmp_path / "run.onnx"
+    model.write_bytes(path.read_bytes())
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    before = _tree(tmp_path)
+    result = CliRunner().invoke(main, ["triton", str(model), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "is not a model folder written by rnn-export triton" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_adds_a_version_beside_the_others_and_keeps_them(exported, tmp_path):
+    _, path = exported
+    out = tmp_path / "repo"
+    args = ["triton", str(path), "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    folder = out / path.stem
+    (folder / "labels.txt").write_text("mine\n")
+    (folder / "2").mkdir()
+    (folder / "2" / "model.onnx").write_bytes(b"another version")
+    before = _tree(folder)
+    result = CliRunner().invoke(main, [*args, "--max-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "version 3" in result.output
+    after = _tree(folder)
+    for kept in ("labels.txt", "1/model.onnx", "2/model.onnx"):
+        assert after[Path(kept)] == before[Path(kept)]
+    assert after[Path("3/model.onnx")] == before[Path("1/model.onnx")]
+    assert "max_batch_size: 4" in (folder / "config.pbtxt").read_text()
+    assert set(after) == {*before, Path("3/model.onnx")}
+
+
+def test_an_empty_folder_becomes_version_1(exported, tmp_path):
+    _, path = exported
+    (tmp_path / "m").mkdir()
+    assert write_repository(path, tmp_path, name="m") == tmp_path / "m" / "1"
+    assert (tmp_path / "m" / "config.pbtxt").is_file()
