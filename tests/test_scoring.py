@@ -270,7 +270,7 @@ def _bad_inputs(tmp_path):
             "a.csv",
             "id,text\n1,AB\n2\n",
             [],
-            r"a\.csv row 2: has 1 values; the header has 2",
+            r"a\.csv row 2 \(line 3\): has 1 values; the header has 2",
         ),
         "empty csv": ("a.csv", "", [], r"a\.csv: is empty; expected a header row"),
         "not UTF-8": (
