@@ -456,16 +456,10 @@ def next_version(dest: Path) -> int | None:
 
 def _write_folder(dest: Path, files: dict[str, bytes]) -> None:
     """Make the folder dest, holding files (relative path -> bytes), whole or not at all."""
-    import shutil
-
     from rnn_export import atomic
 
-    tmp = atomic.temp_folder(dest)
-    try:
+    with atomic.temp_folder(dest) as tmp:
         for relative, data in files.items():
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             atomic.write_file(tmp / relative, data)
         atomic.swap_in(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

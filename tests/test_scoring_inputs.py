@@ -286,3 +286,35 @@ def test_a_text_over_the_limit_is_refused_in_bounded_memory(model_path, tmp_path
     assert done.stderr.count("\n") == 1
     assert f"in.jsonl:2: a text of {corpus.MAX_TEXT_CHARS + 1:,} characters" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_kill_half_way_leaves_what_ctrl_c_leaves(model_path, tmp_path, kind):
+    import os
+    import signal
+    import time
+
+    src = tmp_path / "in.txt"
+    src.write_text("ABCDabcd\n" * 400_000)
+    out = tmp_path / "out.txt"
+    out.write_bytes(EARLIER)
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'runtime'}", "PATH": "/usr/bin:/bin"}
+    args = ["score", str(model_path), "--input", str(src), "--output", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnn_export.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.txt.*.tmp")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    assert list(tmp_path.glob(".out.txt.*.tmp")), "the temporary output never appeared"
+    os.kill(proc.pid, getattr(signal, kind))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr == "interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
+    assert out.read_bytes() == EARLIER
