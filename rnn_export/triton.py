@@ -48,6 +48,11 @@ CONTROLS = (
 )
 PREFIX = "main/"  # the wrapped main graph's names, inside the variant
 DEFAULT_MAX_BATCH = 64
+MAX_INSTANCES = 256  # model instances (sessions) on one server: more is a typo
+# A model name and every tensor name config.pbtxt holds: safe in a folder name, a URL
+# (/v2/models/NAME) and a quoted text-format string alike.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+TENSOR_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
 CONFIG_HEADER = "# Written by rnn-export triton"  # how write_repository knows its own folder
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
@@ -295,6 +300,14 @@ def model_config(name: str, contract: dict, meta, max_batch_size: int, instances
         instances: model instances on the CPU.
     """
     num_classes = meta.num_classes
+    tensors = [meta.tokens.name, meta.lengths.name, meta.log_probs.name]
+    tensors += [n for s in contract["states"] for n in (s["input"], s["output"])]
+    for tensor in tensors:
+        if not isinstance(tensor, str) or not TENSOR_PATTERN.fullmatch(tensor):
+            raise TritonError(
+                f"the model's tensor name {tensor!r:.80} cannot be written into config.pbtxt: "
+                "expected at most 128 letters, digits, '_', '.', ':', '/' and '-'"
+            )
 
     def dims(shape) -> str:
         return "[ " + ", ".join("-1" if d == "T" else str(d) for d in shape[1:]) + " ]"
@@ -402,19 +415,29 @@ def write_repository(
     import rnn_runtime
     from rnn_export import atomic
     from rnn_runtime.model import read_model_file
+    from rnn_runtime.onnxfile import is_ort_format
 
     model_path = Path(model_path)
     name = model_path.stem if name is None else name
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise TritonError(f"a model name is a folder name; got {name!r}")
-    for option, value in (("max_batch_size", max_batch_size), ("instances", instances)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TritonError(f"{option} must be an integer >= 1; got {value!r}")
+    check_options(name, max_batch_size, instances)
+    data = read_model_file(model_path)
+    if is_ort_format(data):
+        raise TritonError(
+            f"{model_path}: is in ORT format; triton takes the .onnx model file (its main graph)"
+        )
     model = rnn_runtime.open_model(model_path, step_model=False)  # checks the file
+    meta = model.metadata
+    if meta.is_step_file:
+        what = "an int8 step file" if meta.provenance.get("quantized") else "a step file"
+        raise TritonError(
+            f"{model_path}: is {what}, which has no main graph; triton takes the model file "
+            "`rnn-export convert` writes by default"
+        )
     dest = atomic.check_folder_output(Path(out) / name, "the Triton model folder")
     version = next_version(dest)
-    variant, contract = build_variant(read_model_file(model_path), str(model_path))
-    config = model_config(name, contract, model.metadata, max_batch_size, instances)
+    variant, contract = build_variant(data, str(model_path))
+    config = model_config(name, contract, meta, max_batch_size, instances)
+    check_config(config, name, contract, max_batch_size, instances)
     if version is None:  # a new model folder: whole or not at all
         version = 1
         _write_folder(dest, {"1/model.onnx": variant, "config.pbtxt": config.encode("utf-8")})
@@ -422,6 +445,61 @@ def write_repository(
         _write_folder(dest / str(version), {"model.onnx": variant})
         atomic.replace_file(dest / "config.pbtxt", config.encode("utf-8"))
     return dest / str(version)
+
+
+def check_options(name: str, max_batch_size: int, instances: int) -> None:
+    """Refuse a model name or a number Triton (or its config.pbtxt) could not take.
+
+    Raises:
+        TritonError: naming the option, what it must be and what it is.
+    """
+    from rnn_export.config import MAX_BATCH_SIZE
+
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise TritonError(
+            "a model name is a folder name of at most 128 letters, digits, '_', '.' and '-' "
+            f"(not first); got {name!r:.80}"
+        )
+    bounds = (
+        ("max_batch_size", max_batch_size, MAX_BATCH_SIZE),
+        ("instances", instances, MAX_INSTANCES),
+    )
+    for option, value, most in bounds:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise TritonError(f"{option} must be an integer in 1 .. {most:,}; got {value!r:.40}")
+
+
+def check_config(text: str, name: str, contract: dict, max_batch_size: int, instances: int):
+    """Parse config.pbtxt as Triton's ModelConfig (tritonclient's protobuf, the `triton`
+    extra) and check that it says what was meant; without tritonclient, the fields were
+    checked as they were written (check_options, the tensor names in model_config).
+
+    Raises:
+        TritonError: the text does not parse, or says something else.
+    """
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return
+    try:
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise TritonError(f"config.pbtxt does not parse as Triton's ModelConfig: {e}") from None
+    got = (
+        config.name,
+        config.max_batch_size,
+        config.instance_group[0].count,
+        [(s.input_name, s.output_name) for s in config.sequence_batching.state],
+    )
+    want = (
+        name,
+        max_batch_size,
+        instances,
+        [(s["input"], s["output"]) for s in contract["states"]],
+    )
+    if got != want:
+        raise TritonError(f"config.pbtxt parses as {got!r:.200}; expected {want!r:.200}")
 
 
 def next_version(dest: Path) -> int | None:

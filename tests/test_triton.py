@@ -217,8 +217,16 @@ def test_states_are_generic_over_names_and_layouts():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--name", "a/b"], r"a model name is a folder name; got 'a/b'"),
+        (["--name", "a/b"], r"a model name is a folder name of .*; got 'a/b'"),
+        (["--name", 'a"b'], r"a model name is a folder name of .*; got 'a\"b'"),
+        (["--name", "a\nb"], r"a model name is a folder name of .*; got 'a\\nb'"),
+        (["--name", ".."], r"a model name is a folder name of .*; got '\.\.'"),
         (["--max-batch-size", "0"], r"Invalid value for '--max-batch-size'"),
+        (["--max-batch-size", str(2**31)], r"max_batch_size must be an integer in 1 \.\. 65,536"),
+        (
+            ["--instances", str(2**31)],
+            r"instances must be an integer in 1 \.\. 256; got 2147483648",
+        ),
     ],
 )
 def test_cli_bad_options(exported, tmp_path, args, message):
@@ -226,6 +234,7 @@ def test_cli_bad_options(exported, tmp_path, args, message):
     result = CliRunner().invoke(main, ["triton", str(path), "--out", str(tmp_path), *args])
     assert result.exit_code == 2
     assert __import__("re").search(message, result.output), result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_not_a_model_file(tmp_path):
@@ -363,3 +372,68 @@ def test_an_empty_folder_becomes_version_1(exported, tmp_path):
     (tmp_path / "m").mkdir()
     assert write_repository(path, tmp_path, name="m") == tmp_path / "m" / "1"
     assert (tmp_path / "m" / "config.pbtxt").is_file()
+
+
+@pytest.fixture(scope="module")
+def other_files(tiny_run_dir, tmp_path_factory):
+    """A step file, its int8 file and the int8 file in ORT format."""
+    from rnn_export.quantize import quantize_file
+
+    root = tmp_path_factory.mktemp("other-files")
+    step = export_onnx(tiny_run_dir("cell"), root / "m.step.onnx", graph="step")
+    return {
+        "step": step,
+        "int8": quantize_file(step, root / "m.int8.onnx").path,
+        "ort": quantize_file(step, root / "m.int8.ort", "ort").path,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("step", r"m\.step\.onnx: is a step file, which has no main graph"),
+        ("int8", r"m\.int8\.onnx: is an int8 step file, which has no main graph"),
+        ("ort", r"m\.int8\.ort: is in ORT format; triton takes the \.onnx model file"),
+    ],
+)
+def test_files_without_a_main_graph_are_refused(other_files, tmp_path, kind, message):
+    result = CliRunner().invoke(main, ["triton", str(other_files[kind]), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert __import__("re").search(message, result.output), result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tensor_name_config_pbtxt_cannot_hold_is_refused(exported, tmp_path):
+    _, path = exported
+    meta = rnn_runtime.open_model(path).metadata
+    _, contract = build_variant(read_model_file(path))
+    contract["states"][0]["input"] = 'h0"\nbackend: "python'
+    with pytest.raises(TritonError, match=r"tensor name .* cannot be written into config\.pbtxt"):
+        model_config("m", contract, meta, 4, 1)
+
+
+@pytest.mark.parametrize("tritonclient", [True, False], ids=["tritonclient", "without"])
+def test_config_is_checked_with_or_without_tritonclient(
+    exported, tmp_path, monkeypatch, tritonclient
+):
+    """The fields are bounded either way; with tritonclient the text is parsed back."""
+    import sys
+
+    from rnn_export.triton import check_config
+
+    _, path = exported
+    if not tritonclient:
+        monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
+    meta = rnn_runtime.open_model(path).metadata
+    _, contract = build_variant(read_model_file(path))
+    text = model_config("m", contract, meta, 4, 2)
+    check_config(text, "m", contract, 4, 2)
+    broken = text.replace("max_batch_size: 4", "max_batch_size: 2147483648")
+    if tritonclient:
+        with pytest.raises(TritonError, match="does not parse as Triton's ModelConfig"):
+            check_config(broken, "m", contract, 4, 2)
+        with pytest.raises(TritonError, match="expected"):
+            check_config(text, "m", contract, 5, 2)
+    with pytest.raises(TritonError, match=r"max_batch_size must be an integer in 1 \.\. 65,536"):
+        write_repository(path, tmp_path, max_batch_size=2**31)

@@ -22,14 +22,14 @@ import click
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Requests of different sequences Triton may stack into one run.",
+    help="Requests of different sequences Triton may stack into one run (at most 65,536).",
 )
 @click.option(
     "--instances",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Model instances (onnxruntime sessions) on the CPU.",
+    help="Model instances (onnxruntime sessions) on the CPU (at most 256).",
 )
 def triton_command(model_path, out, name, max_batch_size, instances):
     """Write OUT/NAME/config.pbtxt and OUT/NAME/VERSION/model.onnx for tritonserver.
