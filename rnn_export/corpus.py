@@ -401,7 +401,9 @@ class CorpusReader:
         pa, _ = import_pyarrow()
         try:
             yield
-        except pa.ArrowException as e:
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the system's (the file cannot be read): the CLI names the path
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CorpusError(
                 f"{self.path}: not a Parquet file pyarrow can read: {first}"
