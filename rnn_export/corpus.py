@@ -141,8 +141,11 @@ def read_line_blocks(f, where, first_line: int = 1) -> Iterator[tuple[int, list[
             size += len(piece)
         if not raw:
             return
+        data = b"".join(raw)
+        raw.clear()  # not held while the block's lines are scored: a long line counts once
         # Each block ends with a line end (or the file's end): its lines are the file's.
-        lines = split_lines(decode_utf8(b"".join(raw), where, CorpusError, first_line=line))
+        lines = split_lines(decode_utf8(data, where, CorpusError, first_line=line))
+        del data
         yield line, lines
         line += len(lines)
 
