@@ -160,7 +160,13 @@ def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
 
     Returns:
         One Prediction (None for an empty text) per text, in order.
+
+    Raises:
+        StreamError: as model.predict, naming the text's index in texts.
     """
+    import re
+
+    from rnn_runtime import StreamError
     from rnn_runtime.model import PREDICT_BATCH_SIZE
     from rnn_runtime.stream import MAX_CHUNK
 
@@ -169,7 +175,15 @@ def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
     batch: list[int] = []
 
     def run(rows: list[int]) -> None:
-        predictions = model.predict([texts[i] for i in rows], strict=strict, batch_size=len(rows))
+        try:
+            predictions = model.predict(
+                [texts[i] for i in rows], strict=strict, batch_size=len(rows)
+            )
+        except StreamError as e:  # "texts[k]: ..." names k of the batch: name it in texts
+            found = re.match(r"texts\[(\d+)\]: ", str(e))
+            if found is None:
+                raise
+            raise type(e)(f"texts[{rows[int(found[1])]}]: {str(e)[found.end() :]}") from None
         for i, prediction in zip(rows, predictions, strict=True):
             results[i] = prediction
 
@@ -177,8 +191,11 @@ def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
         n = len(texts[i])
         if n > MAX_PADDED:
             stream = model.stream(strict=strict)
-            for start in range(0, n, MAX_CHUNK):
-                stream.feed(texts[i][start : start + MAX_CHUNK])
+            try:
+                for start in range(0, n, MAX_CHUNK):
+                    stream.feed(texts[i][start : start + MAX_CHUNK])
+            except StreamError as e:
+                raise type(e)(f"texts[{i}]: {e}") from None
             results[i] = stream.prediction
             continue
         if batch and ((len(batch) + 1) * n > MAX_PADDED or len(batch) == PREDICT_BATCH_SIZE):

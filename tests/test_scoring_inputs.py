@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import rnn_runtime
 from rnn_export import corpus
 from rnn_export.cli import main
 from rnn_export.export import export_onnx
@@ -326,3 +327,49 @@ def test_a_kill_half_way_leaves_what_ctrl_c_leaves(model_path, tmp_path, kind):
     assert stderr == "interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
     assert out.read_bytes() == EARLIER
+
+
+class _RecordingModel:
+    """A stand-in for StreamModel that records the batches predict_texts makes."""
+
+    def __init__(self):
+        self.batches, self.streamed = [], []
+
+    def predict(self, texts, *, strict, batch_size):
+        assert batch_size == len(texts)
+        self.batches.append([len(t) for t in texts])
+        if "bad" in texts:
+            raise rnn_runtime.StreamError(f"texts[{texts.index('bad')}]: not finite")
+        return [len(t) for t in texts]
+
+    def stream(self, *, strict):
+        model = self
+
+        class Stream:
+            prediction = "streamed"
+
+            def feed(self, piece):
+                model.streamed.append(len(piece))
+
+        return Stream()
+
+
+def test_batches_are_bounded_in_padded_tokens_not_in_count():
+    from rnn_export.scoring import MAX_PADDED, predict_texts
+
+    texts = ["x" * 1000] * 300 + ["y" * 3] * 600 + ["", "z" * (MAX_PADDED + 5)]
+    model = _RecordingModel()
+    results = predict_texts(model, texts)
+    assert results[:900] == [1000] * 300 + [3] * 600 and results[900] is None
+    assert results[901] == "streamed" and sum(model.streamed) == MAX_PADDED + 5
+    assert max(model.streamed) <= 4096
+    assert sum(len(b) for b in model.batches) == 900
+    for batch in model.batches:
+        assert len(batch) * max(batch) <= MAX_PADDED and len(batch) <= 256
+
+
+def test_predict_texts_names_a_failing_text_by_its_index():
+    from rnn_export.scoring import predict_texts
+
+    with pytest.raises(rnn_runtime.StreamError, match=r"^texts\[0\]: not finite$"):
+        predict_texts(_RecordingModel(), ["bad", "a", "cccc"])
