@@ -454,7 +454,10 @@ class CorpusWriter:
             self._text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
         if fmt == "csv":
             self._csv = csv.writer(self._text, lineterminator="\n")
-            self._csv.writerow([key_name, *flat_columns(top_k)])
+            # Python's writer leaves a lone "\r" unquoted (only the line terminator's
+            # characters are): a row holding one is written with every field quoted.
+            self._csv_quoted = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            self._write_csv([[key_name, *flat_columns(top_k)]])
 
     def write(self, keys: list, columns: dict[str, list]) -> None:
         """Append records: keys and the flat prediction columns (flat_columns(top_k); a
@@ -465,9 +468,7 @@ class CorpusWriter:
             return
         rows = zip(keys, *(columns[n] for n in names), strict=True)
         if self.fmt == "csv":
-            self._csv.writerows(
-                [k, *("" if v is None else v for v in values)] for k, *values in rows
-            )
+            self._write_csv([k, *("" if v is None else v for v in values)] for k, *values in rows)
             return
         out = []
         for key, *values in rows:
@@ -487,6 +488,11 @@ class CorpusWriter:
             else:
                 out.append(f"{key}\t-")
         self._text.write("".join(line + "\n" for line in out))
+
+    def _write_csv(self, rows) -> None:
+        for row in rows:
+            quote = any(isinstance(v, str) and "\r" in v for v in row)
+            (self._csv_quoted if quote else self._csv).writerow(row)
 
     def _write_parquet(self, keys: list, columns: dict[str, list], names: list[str]) -> None:
         pa, pq = import_pyarrow()

@@ -373,3 +373,16 @@ def test_predict_texts_names_a_failing_text_by_its_index():
 
     with pytest.raises(rnn_runtime.StreamError, match=r"^texts\[0\]: not finite$"):
         predict_texts(_RecordingModel(), ["bad", "a", "cccc"])
+
+
+def test_csv_output_quotes_a_key_holding_a_carriage_return(model_path, tmp_path):
+    import csv
+
+    src = tmp_path / "in.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\r\n").writerows([["id", "text"], ["a\rb", "AB"], ["c", "A"]])
+    result = score(model_path, src)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows] == ["id", "a\rb", "c"] and len({len(r) for r in rows}) == 1
