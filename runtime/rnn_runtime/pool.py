@@ -16,7 +16,8 @@ A stream enters and leaves through its own `enter_pool` and `leave_pool`; which 
 have no prediction yet is kept in a set, never encoded in the log-probabilities.
 
 Thread safety: a pool (and its member streams) must not be used from two threads at
-once; distinct pools on one shared StreamModel may run concurrently.
+once: a call that finds another thread's call inside raises StreamError
+(rnn_runtime.ownership); distinct pools on one shared StreamModel may run concurrently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from rnn_runtime.errors import StreamError
+from rnn_runtime.ownership import Ownership
 from rnn_runtime.session import RUN_ERRORS, nonfinite_rows, run_failed
 from rnn_runtime.stream import Prediction, StreamSession
 
@@ -86,6 +88,7 @@ class StreamPool:
         self.model = model
         self._C = model.metadata.num_classes
         self._unpredicted: set[int] = set()  # id() of the members with no prediction yet
+        self._owner = Ownership("pool")
         self._allocate([], model.initial_state(0), np.zeros((0, self._C), np.float32))
 
     @property
@@ -134,6 +137,10 @@ class StreamPool:
         The stream keeps its state and prediction; until it leaves, it is advanced
         only through the pool.
         """
+        with self._owner:
+            return self._join(stream)
+
+    def _join(self, stream: StreamSession | None) -> StreamSession:
         if stream is None:
             stream = self.model.stream()
         if not isinstance(stream, StreamSession):
@@ -163,6 +170,10 @@ class StreamPool:
 
     def leave(self, stream: StreamSession) -> StreamSession:
         """Remove a member; it takes its state and prediction with it and runs alone again."""
+        with self._owner:
+            return self._leave(stream)
+
+    def _leave(self, stream: StreamSession) -> StreamSession:
         i = self._index(stream)
         state = self._state()
         own = {
@@ -215,8 +226,12 @@ class StreamPool:
         Returns:
             The predictions of the members advanced.
         """
+        with self._owner:
+            return self._step(tokens)
+
+    def _step(self, tokens) -> BatchPrediction:
         if isinstance(tokens, Mapping):
-            return self.feed(
+            return self._feed(
                 {
                     s: [self.model.token_id(t, strict=s.strict)]
                     for s, t in self._checked_items(tokens)
@@ -282,6 +297,10 @@ class StreamPool:
         Returns:
             The predictions of the members advanced, in `inputs` order.
         """
+        with self._owner:
+            return self._feed(inputs)
+
+    def _feed(self, inputs: Mapping) -> BatchPrediction:
         items = self._checked_items(inputs)
         ids = [self.model.token_ids(x, strict=s.strict) for s, x in items]
         for (s, _), x in zip(items, ids, strict=True):
