@@ -186,9 +186,72 @@ def test_pool_steps_through_the_step_model(rt_model, exported):
     model, _ = exported
     pool = rt_model.pool()
     members = [pool.join() for _ in range(5)]
-    assert pool._steps.session is rt_model.step_session
     texts = [TEXT[i:] + TEXT[:i] for i in range(5)]
     for t in range(len(TEXT)):
         pool.step(np.array([ids(x[t])[0] for x in texts], dtype=np.int64))
+    assert pool._steps.session is rt_model.step_session
     for member, text in zip(members, texts, strict=True):
         close(member.prediction.log_probs, torch_run(model, ids(text))[0])
+
+
+def test_joins_and_leaves_cost_amortized_constant_rows(counting, monkeypatch):
+    """n joins, a step, n / 2 leaves and a step: the rows of state the pool allocates (its
+    device buffers and its host copy) grow linearly with the operations, where rebuilding
+    the buffers per join allocates n * (n + 1) / 2 rows (2,001,000 here)."""
+    from rnn_runtime import pool as pool_module
+
+    n = 2000
+    streams = [counting.stream() for _ in range(n)]
+    rows = []
+    model_type = type(counting)
+    buffers = model_type.state_buffers
+    monkeypatch.setattr(model_type, "state_buffers", lambda m, b: rows.append(b) or buffers(m, b))
+    if hasattr(pool_module, "_Rows"):
+        resize = pool_module._Rows._resize
+        monkeypatch.setattr(
+            pool_module._Rows, "_resize", lambda r, c, keep: rows.append(c) or resize(r, c, keep)
+        )
+    pool = counting.pool()
+    for s in streams:
+        pool.join(s)
+    pool.step(np.ones(n, dtype=np.int64))
+    for s in streams[: n // 2]:
+        pool.leave(s)
+    pool.step(np.ones(n // 2, dtype=np.int64))
+    assert sum(rows) <= 8 * n
+    assert len(pool) == n // 2 and pool.streams == tuple(streams[n // 2 :])
+    np.testing.assert_array_equal(streams[0].get_state()["h0"], np.full((1, 4), 1.0))
+    np.testing.assert_array_equal(pool.leave(streams[-1]).get_state()["h0"], np.full((1, 4), 2.0))
+
+
+def test_a_churning_pool_keeps_each_members_count(counting):
+    """Joins, leaves (enough to drop the holes), steps and feeds in a random order: every
+    member's state counts exactly the tokens it was given."""
+    rng = np.random.default_rng(0)
+    pool = counting.pool()
+    count: dict[int, int] = {}
+    outside = [counting.stream() for _ in range(60)]
+    for s in outside:
+        count[id(s)] = 0
+    for _ in range(400):
+        op = rng.integers(4)
+        if op == 0 and outside:
+            pool.join(outside.pop(int(rng.integers(len(outside)))))
+        elif op == 1 and len(pool):
+            s = pool.streams[int(rng.integers(len(pool)))]
+            outside.append(pool.leave(s))
+            if count[id(s)]:
+                assert s.prediction is not None
+        elif op == 2 and len(pool):
+            pool.step(["a"] * len(pool))
+            for s in pool.streams:
+                count[id(s)] += 1
+        elif op == 3 and len(pool):
+            chosen = pool.streams[:: int(rng.integers(1, 4))]
+            pool.feed({s: "b" * (1 + i % 3) for i, s in enumerate(chosen)})
+            for i, s in enumerate(chosen):
+                count[id(s)] += 1 + i % 3
+    outside += [pool.leave(s) for s in pool.streams]
+    for s in outside:
+        np.testing.assert_array_equal(s.get_state()["h0"], np.full((1, 4), count[id(s)]))
+    assert len(pool) == 0 and len(outside) == 60

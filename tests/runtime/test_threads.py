@@ -12,33 +12,11 @@ import threading
 
 import numpy as np
 import pytest
-from reference import CHARS, LABELS, export_tiny
+from reference import LABELS
 
-from rnn_runtime import StreamError, open_model
+from rnn_runtime import StreamError
 
 BUSY = r"this (stream|pool) is being used by another thread; a \1 must not be shared"
-
-
-@pytest.fixture(scope="module")
-def counting(tmp_path_factory):
-    """A cell model whose state h[j] counts the tokens seen (exact in float32)."""
-    import torch
-
-    from rnn_export.config import ModelConfig
-    from rnn_export.models import build_model
-
-    vocab = ["<unk>", *CHARS]
-    config = ModelConfig("cell", len(vocab), LABELS, hidden_size=4, nonlinearity="relu")
-    model = build_model(config).eval()
-    H = config.hidden_size
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.embed.weight[:, 0] = 1.0  # every token's x[0] is 1
-        model.i2h.weight[:, 0] = 1.0  # + 1 ...
-        model.i2h.weight[:, H:] = torch.eye(H)  # ... to the state as it was
-    path = export_tiny(model, vocab, tmp_path_factory.mktemp("counting") / "count.onnx")
-    return open_model(path)
 
 
 def _hammer(workers) -> list[int]:
