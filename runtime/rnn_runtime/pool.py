@@ -8,7 +8,9 @@ and leaving cost O(1) amortized: the states move to the host (`_Rows`, whose cap
 doubles), members are appended or marked gone there, and the next step or feed builds
 the buffers once for the new membership. Steps
 for a subset of the members, and `feed` with chunks of different lengths (padded, with
-the `lengths` input), gather the rows concerned and scatter them back.
+the `lengths` input), gather the rows concerned and scatter them back; `feed` runs in
+calls of at most MAX_CHUNK padded tokens in all (rows x length, as a stream's chunk), so
+one long text among short ones costs a stream's memory, not the longest times the rows.
 
 A call whose result is not finite for some member (its state blew up) raises
 StreamError and changes nothing: every member keeps its state and prediction from
@@ -31,7 +33,7 @@ import numpy as np
 from rnn_runtime.errors import StreamError
 from rnn_runtime.ownership import Ownership
 from rnn_runtime.session import RUN_ERRORS, nonfinite_rows, run_failed
-from rnn_runtime.stream import Prediction, StreamSession
+from rnn_runtime.stream import MAX_CHUNK, Prediction, StreamSession
 
 _INT64 = np.dtype(np.int64)
 
@@ -401,28 +403,44 @@ class StreamPool:
         rows = [self._slot[id(s)] for s in streams]
         if len(set(rows)) != len(rows):
             raise StreamError("pool feed got the same stream twice")
-        lengths = np.array([x.size for x in ids], dtype=np.int64)
-        tokens = np.zeros((len(ids), int(lengths.max())), dtype=np.int64)
-        for r, x in enumerate(ids):
-            tokens[r, : x.size] = x
-        state = self._state()
-        sub = {
-            spec.input: np.ascontiguousarray(np.take(state[spec.input], rows, axis=spec.batch_axis))
-            for spec in self.model.metadata.states
-        }
-        try:
-            log_probs, new = self.model.run(tokens, sub, lengths)
-        except RUN_ERRORS as e:
-            raise run_failed(e) from e
         specs = self.model.metadata.states
-        bad = nonfinite_rows(specs, log_probs, [new[spec.input] for spec in specs])
-        if bad:
-            raise self._blown_up([rows[r] for r in bad], "feed")
-        for spec in specs:
-            index = [slice(None)] * state[spec.input].ndim
-            index[spec.batch_axis] = rows
-            state[spec.input][tuple(index)] = new[spec.input]
+        state = self._state()
+        sub = {s.input: np.take(state[s.input], rows, axis=s.batch_axis) for s in specs}
+        log_probs = np.zeros((len(ids), self._C), np.float32)
+        done = np.zeros(len(ids), np.int64)
+        sizes = np.array([x.size for x in ids], dtype=np.int64)
+        # Calls of at most MAX_CHUNK padded tokens: the rows still running, each at most
+        # T further tokens; the state of every call stays here until all have run.
+        while (active := np.flatnonzero(done < sizes)).size:
+            T = int(min((sizes - done)[active].max(), max(1, MAX_CHUNK // active.size)))
+            tokens = np.zeros((active.size, T), dtype=np.int64)
+            lengths = np.minimum(sizes[active] - done[active], T)
+            for j, r in enumerate(active):
+                tokens[j, : lengths[j]] = ids[r][done[r] : done[r] + lengths[j]]
+            part = {
+                s.input: np.ascontiguousarray(np.take(sub[s.input], active, axis=s.batch_axis))
+                for s in specs
+            }
+            try:
+                lp, new = self.model.run(tokens, part, lengths)
+            except RUN_ERRORS as e:
+                raise run_failed(e) from e
+            bad = nonfinite_rows(specs, lp, [new[s.input] for s in specs])
+            if bad:
+                raise self._blown_up([rows[active[r]] for r in bad], "feed")
+            _put_rows(specs, sub, active, new)
+            log_probs[active] = lp
+            done[active] += lengths
+        _put_rows(specs, state, rows, sub)
         self._buffers.write(state)
         self._last()[rows] = log_probs
         self._unpredicted.difference_update(id(s) for s in streams)
         return BatchPrediction(streams, log_probs, self.model.labels)
+
+
+def _put_rows(specs, state: dict[str, np.ndarray], rows, values: Mapping[str, np.ndarray]):
+    """Write values (batch len(rows) along each spec's batch axis) into rows of state."""
+    for spec in specs:
+        index = [slice(None)] * state[spec.input].ndim
+        index[spec.batch_axis] = rows
+        state[spec.input][tuple(index)] = values[spec.input]

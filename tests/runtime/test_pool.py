@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from reference import TEXT, close, ids, torch_run
+from reference import REPO, TEXT, close, ids, torch_run
 
 from rnn_runtime import StreamError
 from rnn_runtime.stream import StreamSession
@@ -255,3 +259,61 @@ def test_a_churning_pool_keeps_each_members_count(counting):
     for s in outside:
         np.testing.assert_array_equal(s.get_state()["h0"], np.full((1, 4), count[id(s)]))
     assert len(pool) == 0 and len(outside) == 60
+
+
+# Opens the model and a pool of 256 (warmed up), then limits the address space to what
+# it uses plus 300 MiB and feeds one member a long text, the others one character each.
+_LONG_FEED = """
+import json, resource, sys
+from rnn_runtime import open_model
+
+model = open_model(sys.argv[1])
+pool = model.pool()
+members = [pool.join() for _ in range(256)]
+pool.feed({m: "ab" for m in members})
+alone = model.stream()
+alone.feed("ab" * 3000)
+alone.reset()
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + 300 * 2**20, resource.RLIM_INFINITY))
+text = "abcdefghij" * (int(sys.argv[2]) // 10)
+want = alone.feed(text).log_probs
+try:
+    got = pool.feed({m: text if i == 0 else "b" for i, m in enumerate(members)})
+except MemoryError as e:
+    print(json.dumps({"error": str(e)}))
+else:
+    print(json.dumps({"want": want.tolist(), "got": got[0].log_probs.tolist(), "n": len(got)}))
+"""
+
+
+def test_a_long_text_in_a_pool_feed_costs_a_streams_memory(rt_model):
+    """One member of 200,000 characters among 255 of one: under an address-space limit
+    that stream.feed meets with room to spare, so does pool.feed (padding every row to the
+    longest asks for 390 MiB of token ids alone)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _LONG_FEED, str(rt_model.path), "200000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO / "runtime"), "PATH": ""},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert "error" not in result, result
+    assert result["n"] == 256
+    close(np.array(result["got"]), np.array(result["want"]))
+
+
+@QUIET_DOT
+def test_a_feed_that_blows_up_in_a_later_call_changes_nothing(growing):
+    """With 256 members the first call runs 16 tokens each (finite from zero); the long
+    text overflows in a later call, and every member keeps its state from before."""
+    pool = growing.pool()
+    members = [pool.join() for _ in range(256)]
+    state = pool._state()
+    with pytest.raises(StreamError, match=r"pool feed: the result of 1 member\(s\) \(row 0\)"):
+        pool.feed({m: "a" * 100 if i == 0 else "b" for i, m in enumerate(members)})
+    for name, value in pool._state().items():
+        np.testing.assert_array_equal(value, state[name])
+    assert all(pool.prediction_of(m) is None for m in members)
