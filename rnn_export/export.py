@@ -322,8 +322,9 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
     import onnxruntime as ort
 
     from rnn_runtime import ModelFileError
-    from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+    from rnn_runtime.metadata import MetadataError, read_metadata
     from rnn_runtime.session import RUN_ERRORS, open_session, open_step_session, run_step_model
+    from rnn_runtime.signature import check_signature
 
     version = ".".join(ort.__version__.split(".")[:2])
     try:

@@ -34,7 +34,8 @@ from rnn_export.export import (
     export_onnx,
 )
 from rnn_export.models import build_model, model_state
-from rnn_runtime.metadata import check_signature, read_metadata
+from rnn_runtime.metadata import read_metadata
+from rnn_runtime.signature import check_signature
 
 ATOL, RTOL = 1e-5, 1e-4  # float32, the tolerances
 BATCHES = (1, 3, 17)

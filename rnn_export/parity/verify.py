@@ -289,8 +289,9 @@ def _validation_split(ckpt, data: dict | None = None):
 def _open_model(path: Path, threads: int):
     """Read and validate the file's metadata and signature through a CPU session."""
     from rnn_export.atomic import path_kind
-    from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+    from rnn_runtime.metadata import MetadataError, read_metadata
     from rnn_runtime.session import open_step_session
+    from rnn_runtime.signature import check_signature
 
     if not path.is_file():
         kind = path_kind(path)

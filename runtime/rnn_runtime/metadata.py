@@ -2,8 +2,9 @@
 
 Everything a runner needs travels in the model's `metadata_props` as JSON values
 under one versioned schema. `build_metadata` writes it (used by the exporter),
-`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`).
-This module needs nothing but the standard library, so it runs on a device.
+`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`);
+rnn_runtime.signature checks a graph against it. This module needs nothing but the
+standard library, so it runs on a device.
 
 Keys (all values are JSON text):
     rnn_export.schema      1
@@ -557,49 +558,3 @@ def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
 
 # onnxruntime NodeArg.type -> the dtype names of this schema.
 ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-
-
-def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
-    """Check that the graph's inputs and outputs are those the metadata promises.
-
-    Args:
-        inputs, outputs: onnxruntime NodeArg lists (`session.get_inputs()`,
-            `session.get_outputs()`); each has .name, .shape and .type.
-
-    Raises:
-        MetadataError: naming the first input or output that contradicts the metadata.
-    """
-    got_in = {a.name: a for a in inputs}
-    got_out = {a.name: a for a in outputs}
-    want_in = [meta.tokens, meta.lengths] + [
-        TensorSpec(s.input, s.shape, s.dtype) for s in meta.states
-    ]
-    want_out = [meta.log_probs] + [TensorSpec(s.output, s.shape, s.dtype) for s in meta.states]
-    for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
-        if sorted(got) != sorted(w.name for w in want):
-            raise MetadataError(
-                f"graph {kind}s are {sorted(got)}; the metadata promises "
-                f"{sorted(w.name for w in want)}"
-            )
-        for spec in want:
-            arg = got[spec.name]
-            dtype = ORT_DTYPES.get(arg.type, arg.type)
-            if dtype != spec.dtype:
-                raise MetadataError(
-                    f"graph {kind} {spec.name!r} has type {dtype}; "
-                    f"the metadata promises {spec.dtype}"
-                )
-            shape = list(arg.shape)
-            if len(shape) != len(spec.shape):
-                raise MetadataError(
-                    f"graph {kind} {spec.name!r} has rank {len(shape)} {tuple(shape)}; "
-                    f"the metadata promises {spec.shape}"
-                )
-            for got_dim, want_dim in zip(shape, spec.shape, strict=True):
-                # A symbolic metadata dim must be symbolic in the graph; a fixed one must match.
-                fixed = isinstance(got_dim, int)
-                if (want_dim in ("B", "T")) == fixed or (fixed and got_dim != want_dim):
-                    raise MetadataError(
-                        f"graph {kind} {spec.name!r} has shape {tuple(shape)}; "
-                        f"the metadata promises {spec.shape}"
-                    )

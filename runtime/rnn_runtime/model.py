@@ -41,7 +41,7 @@ from rnn_runtime.errors import (
     ModelFileError,
     StreamError,
 )
-from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
+from rnn_runtime.metadata import ModelMetadata, read_metadata
 from rnn_runtime.onnxfile import is_ort_format, scan_model
 from rnn_runtime.pool import StreamPool
 from rnn_runtime.session import (
@@ -57,6 +57,7 @@ from rnn_runtime.session import (
     run_failed,
     run_step_model,
 )
+from rnn_runtime.signature import check_signature
 from rnn_runtime.stream import MAX_CHUNK, Prediction, StreamSession
 from rnn_runtime.tokens import Tokenizer
 

@@ -128,6 +128,12 @@ def _too_many_values(io):
     io["states"][0]["shape"] = ["B", 2048, 4096]  # 2**23 values per stream
 
 
+def _more_classes(props, m):
+    """model.num_classes and the labels say 4; the graph and io.log_probs say 3."""
+    edit_json("model", lambda d: d.__setitem__("num_classes", 4))(props, m)
+    edit_json("labels", lambda labels: [*labels, "west"])(props, m)
+
+
 OPEN_METADATA = {
     "no metadata": (_no_metadata, r"no rnn-export metadata \(was it made by `rnn-export convert`"),
     "schema 2": (_raw("schema", "2"), r"unknown metadata schema version 2; this runtime reads"),
@@ -203,6 +209,15 @@ OPEN_METADATA = {
     "duplicate labels": (
         _raw("labels", '["north", "north", "east"]'),
         r"expected distinct labels; got \['north'\]",
+    ),
+    "4 classes for a 3-class graph": (
+        _more_classes,
+        r"the metadata promises 4 classes \(model.num_classes, 4 labels\); the graph's "
+        r"log_probs has 3$",
+    ),
+    "hidden size 99 for 16": (
+        _set("model", "hidden_size", 99),
+        r"the metadata promises hidden size 99; the graph's state 'hn' has 16 \(shape",
     ),
 }
 
