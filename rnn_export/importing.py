@@ -39,7 +39,7 @@ import torch
 
 from rnn_export import atomic
 from rnn_export.checkpoint import Checkpoint, check_replaceable, load_checkpoint, save_checkpoint
-from rnn_export.config import ARCHS, NONLINEARITIES, ModelConfig
+from rnn_export.config import ARCHS, NONLINEARITIES, ModelConfig, check_label
 from rnn_export.data import Vocabulary
 from rnn_export.errors import InputError, decode_utf8
 from rnn_export.models import build_model
@@ -118,6 +118,11 @@ def import_weights(
             f"{(V, H)}, so the model reads V = {V} token ids"
         )
     names = tuple(labels) if not isinstance(labels, (str, Path)) else read_labels(Path(labels))
+    for label in names:
+        try:
+            check_label(label, ImportWeightsError)
+        except ImportWeightsError as e:
+            raise ImportWeightsError(f"{_name(labels)}: {e}") from None
     head = "h2o.weight" if arch == "cell" else "fc.weight"
     if len(names) != C:
         raise ImportWeightsError(
@@ -342,8 +347,9 @@ def read_vocab(path: Path) -> Vocabulary:
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
-    """LABELS: a JSON list of strings, or a .txt with one label per line (blank lines
-    skipped, surrounding white space stripped)."""
+    """LABELS: a JSON list of strings, or a .txt with one label per line (lines end at
+    "\n" alone, as everywhere in the toolkit; blank lines skipped, surrounding white
+    space stripped)."""
     if atomic.path_kind(path) != "a regular file":
         kind = atomic.path_kind(path)
         raise ImportWeightsError(
@@ -352,7 +358,7 @@ def read_labels(path: Path) -> tuple[str, ...]:
         )
     raw = path.read_bytes()
     if path.suffix == ".txt":
-        return tuple(s.strip() for s in decode_utf8(raw, path).splitlines() if s.strip())
+        return tuple(s.strip() for s in decode_utf8(raw, path).split("\n") if s.strip())
     value = parse_json(raw, path)
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise ImportWeightsError(

@@ -485,6 +485,37 @@ def test_bad_vocab_labels_and_options(tmp_path, vocab, labels, kwargs, match):
         )
 
 
+BREAKS = ["a\tb", "a\rb", "a\x0cb", "a\x85b", "a\u2028b", "a\x00b", "a\x1bb"]
+
+
+# In a .txt a newline ends the label: "a\nb" is two labels there.
+@pytest.mark.parametrize(
+    "form, label", [("json", "a\nb")] + [(form, x) for form in ("json", "txt") for x in BREAKS]
+)
+def test_a_label_with_a_control_character_or_line_break_is_refused(tmp_path, label, form):
+    """A label is one field of one line in score's and stream's text outputs."""
+    torch.save(_cell_state(), tmp_path / "w.pt")
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))
+    labels = tmp_path / f"l.{form}"
+    names = ["x", label, "z"]
+    if form == "json":
+        labels.write_text(json.dumps(names))
+    else:
+        labels.write_bytes("\n".join(names).encode("utf-8"))
+    args = ["--arch", "cell", "--vocab", str(tmp_path / "v.json"), "--labels", str(labels)]
+    result = CliRunner().invoke(
+        main, ["import", str(tmp_path / "w.pt"), *args, "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(
+        rf"error: \S+l\.{form}: a label must not hold a control character or line break "
+        r"\(each label is one field of a line in the text outputs\); '.*' holds .* at "
+        r"character 1\n",
+        result.stderr,
+    ), result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "args, match",
     [

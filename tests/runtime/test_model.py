@@ -210,6 +210,14 @@ OPEN_METADATA = {
         _raw("labels", '["north", "north", "east"]'),
         r"expected distinct labels; got \['north'\]",
     ),
+    "a label with a tab": (
+        _raw("labels", '["north", "so\\tuth", "east"]'),
+        r"expected labels without a control character or line break; got \['so\\tuth'\]",
+    ),
+    "a label with U+2028": (
+        _raw("labels", '["north", "south\\u2028", "east"]'),
+        r"expected labels without a control character or line break; got \['south\\u2028'\]",
+    ),
     "4 classes for a 3-class graph": (
         _more_classes,
         r"the metadata promises 4 classes \(model.num_classes, 4 labels\); the graph's "
