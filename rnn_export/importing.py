@@ -51,7 +51,11 @@ DEFAULT_NONLINEARITY = {"cell": "identity", "stacked": "tanh", "gru": "tanh", "l
 GATES = {"stacked": 1, "gru": 3, "lstm": 4}
 AUTO_PREFIXES = ("module.", "model.")
 MAX_WEIGHTS_BYTES = 2**31  # an exportable model's weights are far smaller (ONNX's 2 GiB)
-_BLOCKED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch.load(weights_only=True) names a global it refuses "Unsupported global: GLOBAL x.y"
+# or "unsupported GLOBAL x.y whose module x is blocked", inside a message of several lines.
+_BLOCKED = re.compile(r"GLOBAL ([\w.]+)")
+# torch's lines around the reason, which would only repeat that the load was refused.
+_BOILERPLATE = ("Weights only load failed", "Check the documentation of torch.load")
 
 
 class ImportWeightsError(InputError):
@@ -170,24 +174,27 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
         from safetensors.torch import load
 
         try:
-            return load(data), "safetensors", sha256
+            loaded = load(data)
         except (SafetensorError, ValueError) as e:
-            raise ImportWeightsError(f"{path}: not a safetensors file: {e}") from None
+            raise ImportWeightsError(f"{path}: not a safetensors file: {_one_line(e)}") from None
+        return _check_kinds(loaded, path), "safetensors", sha256
     try:
         # From the bytes hashed above: the sha256 recorded is that of what was read.
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         blocked = _BLOCKED.search(str(e))
         if blocked is None:
-            raise ImportWeightsError(f"{path}: not a PyTorch weights file: {e}") from None
+            raise ImportWeightsError(
+                f"{path}: not a PyTorch weights file: {_one_line(e)}"
+            ) from None
         raise ImportWeightsError(
-            f"{path}: refused: it needs the global {blocked.group(1)}, which "
-            "torch.load(weights_only=True) blocks (a pickled module or custom class runs "
-            "code when loaded, so it is never loaded unsafely); save the weights alone: "
-            "torch.save(model.state_dict(), path)"
+            f"{path}: refused: it needs the global {blocked.group(1)}: the file needs code "
+            "to load (a pickled module, custom class or function runs code when loaded), "
+            "which torch.load(weights_only=True) blocks, so nothing in it ran; save the "
+            "weights alone: torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise ImportWeightsError(f"{path}: not a PyTorch weights file: {e}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, NotImplementedError) as e:
+        raise ImportWeightsError(f"{path}: not a PyTorch weights file: {_one_line(e)}") from None
     if not isinstance(loaded, Mapping):
         raise ImportWeightsError(
             f"{path}: expected a state_dict ({{name: tensor}}); it holds a {type(loaded).__name__}"
@@ -198,7 +205,41 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
                 f"{path}: expected a state_dict ({{name: tensor}}); entry {name!r:.60} holds "
                 f"a {type(value).__name__}"
             )
-    return dict(loaded), "torch", sha256
+    return _check_kinds(dict(loaded), path), "torch", sha256
+
+
+# The floating dtypes a weight may have (float32 on import); other floats (float8) have
+# no arithmetic to check them with. Integer, complex and quantized tensors are named by
+# check_tensors, which expects floating-point.
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_kinds(tensors: dict, path: Path) -> dict:
+    """tensors, once each is an ordinary tensor: dense (strided), not nested, with data on
+    the CPU, and of a float dtype in _FLOATS if floating-point at all."""
+    for name, value in tensors.items():
+        if value.is_nested:
+            what = "a nested tensor"
+        elif value.layout != torch.strided:
+            what = f"a sparse tensor (layout {value.layout})"
+        elif value.device.type != "cpu":
+            what = f"a tensor on the {value.device.type} device, without data in the file"
+        elif value.is_floating_point() and value.dtype not in _FLOATS:
+            what = f"a tensor of dtype {value.dtype}"
+        else:
+            continue
+        raise ImportWeightsError(
+            f"{path}: tensor {name!r:.60} is {what}; expected a dense tensor with its data "
+            "on the CPU, of dtype float32 (or float16, bfloat16, float64)"
+        )
+    return tensors
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line, without torch's lines around the reason."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    kept = [x for x in lines if not x.startswith(_BOILERPLATE)]
+    return " ".join(kept or lines)[:500]
 
 
 def strip_prefix(tensors: dict, prefix: str | None, path: Path) -> tuple[dict, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 
@@ -16,7 +17,7 @@ from torch import nn
 from torch.autograd import Variable
 
 from rnn_export.cli import main
-from rnn_export.importing import ImportWeightsError, import_weights
+from rnn_export.importing import ImportWeightsError, import_weights, read_state_dict
 
 # The project's parity tolerance (issue 4).
 ATOL, RTOL = 1e-5, 1e-4
@@ -402,6 +403,93 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     ):
         import_weights(tmp_path / "w.pt", "cell", ["a", "b"], ["x", "y"], tmp_path / "o")
     assert not marker.exists()
+
+
+class _System:
+    """A pickle that would run a shell command when loaded unsafely."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickle_that_would_call_os_system_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"embed.weight": torch.zeros(2, 2), "x": _System(marker)}, tmp_path / "w.pt")
+    with pytest.raises(ImportWeightsError) as info:
+        read_state_dict(tmp_path / "w.pt")
+    message = str(info.value)
+    assert re.fullmatch(
+        r"\S+w\.pt: refused: it needs the global (posix|nt|os)\.system: the file needs code "
+        r"to load .*, so nothing in it ran; save the weights alone: .*",
+        message,
+    ), message
+    assert "\n" not in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
+def _sparse_csr(p):
+    torch.save(_edit(_cell_state(), h2o__weight=torch.randn(3, 4).to_sparse_csr()), p)
+
+
+def _f8_safetensors(p):
+    from safetensors.torch import save_file
+
+    save_file(_edit(_cell_state(), i2h__bias=torch.zeros(4).to(torch.float8_e5m2)), p)
+
+
+KINDS = {
+    "sparse COO": (
+        lambda p: torch.save(_edit(_cell_state(), h2o__weight=torch.randn(3, 4).to_sparse()), p),
+        r"tensor 'h2o.weight' is a sparse tensor \(layout torch.sparse_coo\)",
+    ),
+    "sparse CSR": (
+        _sparse_csr,
+        r"tensor 'h2o.weight' is a sparse tensor \(layout torch.sparse_csr\)",
+    ),
+    "meta": (
+        lambda p: torch.save(_edit(_cell_state(), i2h__bias=torch.empty(4, device="meta")), p),
+        r"tensor 'i2h.bias' is a tensor on the meta device, without data in the file",
+    ),
+    "float8": (
+        lambda p: torch.save(
+            _edit(_cell_state(), i2h__bias=torch.zeros(4).to(torch.float8_e4m3fn)), p
+        ),
+        r"tensor 'i2h.bias' is a tensor of dtype torch.float8_e4m3fn",
+    ),
+    "float8 safetensors": (
+        _f8_safetensors,
+        r"tensor 'i2h.bias' is a tensor of dtype torch.float8_e5m2",
+    ),
+    "nested": (
+        lambda p: torch.save(
+            _edit(_cell_state(), h2o__bias=torch.nested.nested_tensor([torch.zeros(2)] * 2)), p
+        ),
+        r"tensor 'h2o.bias' is a nested tensor",
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_tensor_of_another_kind_is_refused_naming_it(tmp_path, kind):
+    write, match = KINDS[kind]
+    weights = tmp_path / ("w.safetensors" if "safetensors" in kind else "w.pt")
+    write(weights)
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))
+    (tmp_path / "l.json").write_text(json.dumps(["x", "y", "z"]))
+    args = ["--arch", "cell", "--vocab", str(tmp_path / "v.json")]
+    args += ["--labels", str(tmp_path / "l.json"), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, ["import", str(weights), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert re.search(
+        match + r"; expected a dense tensor with its data on the CPU, of dtype float32",
+        result.stderr,
+    ), result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("name, write, match", BAD, ids=[b[0] for b in BAD])
