@@ -32,6 +32,9 @@ import hashlib
 import io
 import pickle
 import re
+import struct
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,6 +57,21 @@ MAX_WEIGHTS_BYTES = 2**31  # an exportable model's weights are far smaller (ONNX
 # torch.load(weights_only=True) names a global it refuses "Unsupported global: GLOBAL x.y"
 # or "unsupported GLOBAL x.y whose module x is blocked", inside a message of several lines.
 _BLOCKED = re.compile(r"GLOBAL ([\w.]+)")
+# What torch.load raises for a damaged file (its unpickler and zip reader meet any byte).
+_DAMAGED = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    NotImplementedError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    struct.error,
+    zipfile.BadZipFile,
+)
 # torch's lines around the reason, which would only repeat that the load was refused.
 _BOILERPLATE = ("Weights only load failed", "Check the documentation of torch.load")
 
@@ -180,7 +198,9 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
         return _check_kinds(loaded, path), "safetensors", sha256
     try:
         # From the bytes hashed above: the sha256 recorded is that of what was read.
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a damaged file: the error says it
+            warnings.simplefilter("ignore")
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         blocked = _BLOCKED.search(str(e))
         if blocked is None:
@@ -193,7 +213,7 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
             "which torch.load(weights_only=True) blocks, so nothing in it ran; save the "
             "weights alone: torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, NotImplementedError) as e:
+    except _DAMAGED as e:
         raise ImportWeightsError(f"{path}: not a PyTorch weights file: {_one_line(e)}") from None
     if not isinstance(loaded, Mapping):
         raise ImportWeightsError(
