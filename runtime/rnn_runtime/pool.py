@@ -6,9 +6,10 @@ provider's device. `step` with one token per member runs the batch through prebu
 IOBindings, ping-ponging two batched state buffers, like a single stream does. Joining
 and leaving cost O(1) amortized: the states move to the host (`_Rows`, whose capacity
 doubles), members are appended or marked gone there, and the next step or feed builds
-the buffers once for the new membership. Steps
-for a subset of the members, and `feed` with chunks of different lengths (padded, with
-the `lengths` input), gather the rows concerned and scatter them back; `feed` runs in
+the buffers once for the new membership; a member that `join()` makes gets buffers of
+its own only when it leaves. Steps for a subset of the members, and `feed` with chunks of
+different lengths (padded, with the `lengths` input), gather the rows concerned and
+scatter them back; `feed` runs in
 calls of at most MAX_CHUNK padded tokens in all (rows x length, as a stream's chunk), so
 one long text among short ones costs a stream's memory, not the longest times the rows.
 
@@ -244,7 +245,7 @@ class StreamPool:
 
     def _join(self, stream: StreamSession | None) -> StreamSession:
         if stream is None:
-            stream = self.model.stream()
+            stream = StreamSession._for_pool(self.model)
         if not isinstance(stream, StreamSession):
             raise StreamError(f"a pool takes StreamSession objects; got {type(stream).__name__}")
         if stream.model is not self.model:

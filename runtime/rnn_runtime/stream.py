@@ -98,6 +98,21 @@ class StreamSession:
     """
 
     def __init__(self, model, *, strict: bool = False):
+        self._setup(model, strict)
+        self._bind()
+        self.reset()
+
+    @classmethod
+    def _for_pool(cls, model, *, strict: bool = False) -> StreamSession:
+        """A stream at the initial state for StreamPool.join to take in at once: it runs in
+        the pool's buffers, so it gets its own (allocated and bound, the cost of a new
+        stream) only when it leaves."""
+        stream = cls.__new__(cls)
+        stream._setup(model, strict)
+        stream._buffers = None
+        return stream
+
+    def _setup(self, model, strict: bool) -> None:
         self.model = model
         self.strict = strict
         self._labels = model.metadata.labels
@@ -105,6 +120,12 @@ class StreamSession:
         self._vocab_size = model.tokenizer.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)
+        self._last: np.ndarray | None = None
+        self._owner = owner = Ownership("stream")
+        self._acquire, self._release = owner.acquire, owner.release
+
+    def _bind(self) -> None:
+        model = self.model
         self._buffers = buffers = model.state_buffers(1)
         # CPU OrtValues made from numpy share its memory: writing the array feeds the graph.
         self._steps = model.bind_steps(buffers, 1)
@@ -112,10 +133,6 @@ class StreamSession:
         self._rows = (buffers.log_probs[0][0], buffers.log_probs[1][0])  # views: set k's row
         self._nonfinite = buffers.nonfinite
         self._calls = self._steps.calls
-        self._last: np.ndarray | None = None
-        self._owner = owner = Ownership("stream")
-        self._acquire, self._release = owner.acquire, owner.release
-        self.reset()
 
     def __repr__(self) -> str:
         where = " (in a pool)" if self._pool is not None else ""
@@ -297,7 +314,10 @@ class StreamSession:
         with self._owner:
             if self._pool is not None:
                 raise StreamError("this stream is already in a pool")
-            state = self._buffers.read()
+            if self._buffers is None:  # made by _for_pool: at the initial state
+                state = {k: v.copy() for k, v in self._zeros.items()}
+            else:
+                state = self._buffers.read()
             self._pool = pool
             return state, self._last
 
@@ -307,6 +327,8 @@ class StreamSession:
         with self._owner:
             if self._pool is not pool:
                 raise StreamError("this stream is not a member of that pool")
+            if self._buffers is None:
+                self._bind()
             self._buffers.write(state)
             self._last = last
             self._pool = None

@@ -226,6 +226,16 @@ def test_joins_and_leaves_cost_amortized_constant_rows(counting, monkeypatch):
     assert len(pool) == n // 2 and pool.streams == tuple(streams[n // 2 :])
     np.testing.assert_array_equal(streams[0].get_state()["h0"], np.full((1, 4), 1.0))
     np.testing.assert_array_equal(pool.leave(streams[-1]).get_state()["h0"], np.full((1, 4), 2.0))
+    # New members made by join() get buffers of their own only when they leave.
+    rows.clear()
+    fresh = counting.pool()
+    made = [fresh.join() for _ in range(n)]
+    fresh.step(np.ones(n, dtype=np.int64))
+    assert sum(rows) <= 8 * n
+    alone = fresh.leave(made[7])
+    np.testing.assert_array_equal(alone.get_state()["h0"], np.full((1, 4), 1.0))
+    alone.step("a")
+    np.testing.assert_array_equal(alone.get_state()["h0"], np.full((1, 4), 2.0))
 
 
 def test_a_churning_pool_keeps_each_members_count(counting):
