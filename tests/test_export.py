@@ -34,8 +34,7 @@ from rnn_export.export import (
     export_onnx,
 )
 from rnn_export.models import build_model, model_state
-from rnn_runtime.metadata import read_metadata
-from rnn_runtime.signature import check_signature
+from rnn_runtime.metadata import check_signature, read_metadata
 
 ATOL, RTOL = 1e-5, 1e-4  # float32, the tolerances
 BATCHES = (1, 3, 17)
@@ -377,7 +376,7 @@ def _wrong_schema(path: Path) -> Path:
     proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     for prop in proto.metadata_props:
         if prop.key == "rnn_export.schema":
-            prop.value = "2"
+            prop.value = "3"
     onnx.save(proto, path)
     return path
 
@@ -386,7 +385,7 @@ def _wrong_schema(path: Path) -> Path:
     ("make", "message"),
     [
         (_foreign_onnx, "no rnn-export metadata"),
-        (_wrong_schema, "unknown metadata schema version 2"),
+        (_wrong_schema, "unknown metadata schema version 3"),
         (lambda p: p.write_bytes(b"not a model") and p, "cannot load it as a model"),
         (lambda p: p, "no such model file"),
     ],

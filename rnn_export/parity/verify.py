@@ -294,10 +294,9 @@ def _open_model(path: Path, threads: int):
     onnxruntime would load next to a path, is refused with the runtime's message.
     """
     from rnn_export.atomic import path_kind
-    from rnn_runtime.metadata import MetadataError, read_metadata
+    from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
     from rnn_runtime.model import read_file
     from rnn_runtime.session import open_step_session
-    from rnn_runtime.signature import check_signature
 
     if not path.is_file():
         kind = path_kind(path)

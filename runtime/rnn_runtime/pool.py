@@ -324,7 +324,9 @@ class StreamPool:
         if isinstance(tokens, Mapping):
             return self._feed(
                 {
-                    s: [self.model.token_id(t, strict=s.strict)]
+                    s: self.model.step_input(t, strict=s.strict)[None]
+                    if self.model.tokenizer is None
+                    else [self.model.token_id(t, strict=s.strict)]
                     for s, t in self._checked_items(tokens)
                 }
             )
@@ -343,6 +345,11 @@ class StreamPool:
 
     def _ids_per_member(self, tokens) -> np.ndarray:
         n = len(self._members)
+        if self.model.tokenizer is None:  # a features model: one frame per member, (n, F)
+            frames = self.model.sequence(tokens)
+            if len(frames) != n:
+                raise StreamError(f"pool step got {len(frames)} frames; the pool has {n} members")
+            return frames
         if (
             type(tokens) is np.ndarray
             and tokens.dtype is _INT64
@@ -394,9 +401,9 @@ class StreamPool:
     def _feed(self, inputs: Mapping) -> BatchPrediction:
         self._settle()
         items = self._checked_items(inputs)
-        ids = [self.model.token_ids(x, strict=s.strict) for s, x in items]
+        ids = [self.model.sequence(x, strict=s.strict) for s, x in items]
         for (s, _), x in zip(items, ids, strict=True):
-            if x.size == 0:
+            if len(x) == 0:
                 raise StreamError(f"pool feed needs at least one token per stream; {s!r} got none")
         streams = tuple(s for s, _ in items)
         if not items:
@@ -409,12 +416,13 @@ class StreamPool:
         sub = {s.input: np.take(state[s.input], rows, axis=s.batch_axis) for s in specs}
         log_probs = np.zeros((len(ids), self._C), np.float32)
         done = np.zeros(len(ids), np.int64)
-        sizes = np.array([x.size for x in ids], dtype=np.int64)
+        sizes = np.array([len(x) for x in ids], dtype=np.int64)
+        reader = self.model.reader
         # Calls of at most MAX_CHUNK padded tokens: the rows still running, each at most
         # T further tokens; the state of every call stays here until all have run.
         while (active := np.flatnonzero(done < sizes)).size:
             T = int(min((sizes - done)[active].max(), max(1, MAX_CHUNK // active.size)))
-            tokens = np.zeros((active.size, T), dtype=np.int64)
+            tokens = np.zeros((active.size, T, *reader.step_shape), dtype=reader.dtype)
             lengths = np.minimum(sizes[active] - done[active], T)
             for j, r in enumerate(active):
                 tokens[j, : lengths[j]] = ids[r][done[r] : done[r] + lengths[j]]
