@@ -15,6 +15,28 @@ def _tolerance_value(ctx, param, value):
     return value
 
 
+def _module_spec(source, args, weights, convention):
+    """The ModuleSpec of the --module options, or None without --module."""
+    if source is None:
+        if args is not None or weights is not None:
+            raise click.UsageError("--module-args and --weights go with --module FILE.py:CLASS")
+        return None
+    if weights is None:
+        raise click.UsageError("--module needs --weights: your state_dict file")
+    from rnn_export.parity.module import ModuleSpec, parse_kwargs
+
+    call, batch_first, output, encoding = convention
+    return ModuleSpec(
+        source,
+        weights,
+        parse_kwargs(args),
+        call=call,
+        batch_first=batch_first,
+        output=output,
+        encoding=encoding,
+    )
+
+
 @click.command("verify")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
@@ -101,6 +123,59 @@ def _tolerance_value(ctx, param, value):
     help="OpenVINO's inference precision (its default on a CPU with AMX is bf16, which "
     "cannot meet the float32 allowance).",
 )
+@click.option(
+    "--module",
+    "module_source",
+    metavar="FILE.py:CLASS",
+    default=None,
+    help="Your own nn.Module class: it is loaded with --weights and run in float64 beside "
+    "the file on generated rows (and on --data), and the file is held to its allowance "
+    "against it. This imports FILE.py and runs your code.",
+)
+@click.option(
+    "--module-args",
+    metavar="JSON",
+    default=None,
+    help="The class's constructor arguments as a JSON object, e.g. '{\"input_size\": 57, "
+    '"hidden_size": 128, "output_size": 18}\' [default: none].',
+)
+@click.option(
+    "--weights",
+    "module_weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --module: your state_dict file (torch.save(model.state_dict(), path) or "
+    ".safetensors), loaded into your class with its own tensor names.",
+)
+@click.option(
+    "--module-call",
+    type=click.Choice(["sequence", "step"]),
+    default="sequence",
+    show_default=True,
+    help="How your module is called: sequence, forward(x) -> out over a whole sequence "
+    "(the tutorial's CharRNN, nn.RNN-style); step, forward(x_t, h) -> (out, h) one step "
+    "per call (the tutorial's classic RNN; h from its initHidden() when it has one).",
+)
+@click.option(
+    "--module-batch-first/--module-time-first",
+    default=False,
+    show_default=True,
+    help="Whether a sequence call takes (B, T, ...) or (T, B, ...).",
+)
+@click.option(
+    "--module-output",
+    type=click.Choice(["log-probs", "probs", "logits"]),
+    default="log-probs",
+    show_default=True,
+    help="What your module returns.",
+)
+@click.option(
+    "--module-input",
+    type=click.Choice(["tokens", "onehot", "features"]),
+    default=None,
+    help="What your module takes per step: token ids, one-hot float vectors or float "
+    "frames [default: the model's input kind].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the one-line summary.")
 def verify_command(
     model_path,
@@ -115,6 +190,13 @@ def verify_command(
     onnx2tf_python,
     tflite_model,
     precision,
+    module_source,
+    module_args,
+    module_weights,
+    module_call,
+    module_batch_first,
+    module_output,
+    module_input,
     quiet,
 ):
     """Check that MODEL.onnx computes what the checkpoint's PyTorch model computes.
@@ -122,10 +204,13 @@ def verify_command(
     Every output is held to a float32 allowance: |file - float64| may not exceed the
     rounding a correct float32 implementation can make (a few ulp per operation,
     carried through the model from the same inputs). Local checks run the file for 1
-    to 8 steps from many states (inside validation texts, along a 10,000-step stream,
+    to 4 steps from many states (inside validation texts, along a 10,000-step stream,
     random and sparse states) through every path of its graph and its step model; whole
     runs (B up to 17, T up to 1000, mixed lengths, the validation split, chunks, the
-    stream) report the drift from PyTorch float32 and float64. Prints one summary line
+    stream) report the drift from PyTorch float32 and float64. With --module, your own
+    class and weights (your code runs) are the reference too: an import that mapped a
+    tensor wrongly fails here. With --data, the file's label order is checked against
+    the data's labels. Prints one summary line
     (PASS/FAIL, the deciding check, its error / allowance), then the table. Exit 0 when
     every check passes, 1 when any fails, 2 for usage errors (e.g. a model and
     checkpoint that do not belong together).
@@ -135,6 +220,12 @@ def verify_command(
     from rnn_export.parity import ParityError, Tolerance, verify_parity
 
     data = None if data_dir is None else folder_spec(data_dir)
+    module = _module_spec(
+        module_source,
+        module_args,
+        module_weights,
+        (module_call, module_batch_first, module_output, module_input),
+    )
 
     # Bad output paths fail before the minutes of work that fill them.
     if report_path is not None:
@@ -164,6 +255,7 @@ def verify_command(
                 precision=precision,
                 onnx2tf_python=onnx2tf_python,
                 tflite_model=tflite_model,
+                module=module,
             )
         failed = False
     except ParityError as e:

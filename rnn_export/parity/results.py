@@ -29,6 +29,8 @@ FAMILY_ORDER = (
     "chunks",
     "stream",
     "step model",
+    "user module",
+    "labels",
 )
 
 

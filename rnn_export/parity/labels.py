@@ -1,0 +1,128 @@
+"""Are the file's labels in the order its outputs mean? Checked on labelled data.
+
+Every numerical check compares output vectors index by index, so labels imported in
+another order (sorted instead of the training order) pass them all while nearly every
+prediction names the wrong class. On real data the order shows: the confusion matrix of
+the file's outputs against the data's labels has its mass on the diagonal when the
+order is right, and on a permutation of it when it is not. `check_labels` finds the
+relabelling of the outputs that the data supports best (an assignment that maximizes
+the matched rows) and fails when the file's own order gets less than half of its
+accuracy, naming the labels that look swapped.
+
+A model that has not learned enough to tell its classes apart is not judged: when the
+best relabelling makes more than INFORMATIVE of the errors of always answering the
+commonest class, a relabelling can gain merely by pointing the model's favourite output
+at the commonest class, and the order cannot be seen in its predictions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rnn_export.parity.results import CaseResult, ParityUsageError
+
+FAMILY = "labels"
+# The file's order fails when it matches fewer than this share of the rows that the
+# best relabelling matches: a wrong order leaves a few percent, a right one ~100%.
+ORDER_SHARE = 0.5
+# The order is judged only for a model informative enough to show it: the best
+# relabelling's errors at most this share of those of always answering the commonest class.
+INFORMATIVE = 0.75
+NAMED = 3  # swapped labels named in the message
+
+
+def best_assignment(gain: np.ndarray) -> np.ndarray:
+    """The permutation p maximizing sum_j gain[p[j], j] (square gain), by the Hungarian
+    method with potentials, O(n^3).
+
+    Returns:
+        p (n,) int: p[j] is the row assigned to column j.
+    """
+    n = gain.shape[0]
+    cost = gain.max(initial=0.0) - gain.astype(np.float64)  # minimize
+    u, v = np.zeros(n + 1), np.zeros(n + 1)
+    match = np.zeros(n + 1, dtype=np.int64)  # match[col] = row, 1-based; 0 = free
+    way = np.zeros(n + 1, dtype=np.int64)
+    for row in range(1, n + 1):
+        match[0] = row
+        col0 = 0
+        low = np.full(n + 1, np.inf)
+        used = np.zeros(n + 1, dtype=bool)
+        while True:
+            used[col0] = True
+            r0 = match[col0]
+            cols = np.flatnonzero(~used)
+            reduced = cost[r0 - 1, cols - 1] - u[r0] - v[cols]
+            better = reduced < low[cols]
+            low[cols[better]] = reduced[better]
+            way[cols[better]] = col0
+            col1 = cols[np.argmin(low[cols])]
+            delta = low[col1]
+            u[match[used]] += delta
+            v[used] -= delta
+            low[~used] -= delta
+            col0 = col1
+            if match[col0] == 0:
+                break
+        while col0:
+            col1 = way[col0]
+            match[col0] = match[col1]
+            col0 = col1
+    return match[1:] - 1
+
+
+def check_labels(
+    file_labels, data_labels, truth: np.ndarray, predicted: np.ndarray, provider: str = "cpu"
+) -> CaseResult:
+    """The file's label order against labelled data.
+
+    Args:
+        file_labels: the file's labels (output index -> name).
+        data_labels: the data's label names (truth index -> name).
+        truth: (N,) indices into data_labels; predicted: (N,) the file's top outputs.
+
+    Returns:
+        A CaseResult of family "labels": an error naming the swapped labels and both
+        accuracies when the order fails, else the accuracy in its detail.
+
+    Raises:
+        ParityUsageError: the data has labels the file does not.
+    """
+    file_labels = list(file_labels)
+    missing = sorted(set(data_labels) - set(file_labels))
+    if missing:
+        raise ParityUsageError(
+            f"the data has labels the file does not: {', '.join(missing[:5])}; the file's "
+            f"labels are {', '.join(file_labels[:8])}{', ...' if len(file_labels) > 8 else ''}"
+        )
+    C, N = len(file_labels), len(truth)
+    index = np.array([file_labels.index(name) for name in data_labels], dtype=np.int64)
+    confusion = np.zeros((C, C), dtype=np.int64)  # (true, predicted), in the file's order
+    np.add.at(confusion, (index[np.asarray(truth)], np.asarray(predicted)), 1)
+    as_filed = int(np.trace(confusion))
+    p = best_assignment(confusion)
+    best = int(confusion[p, np.arange(C)].sum())
+    commonest = int(confusion.sum(axis=1).max(initial=0))
+    base = dict(
+        provider=provider, name=f"{N} labelled rows", family=FAMILY, batch_size=N, length="-"
+    )
+    figures = f"{as_filed}/{N} right under the file's labels, {best}/{N} with them reordered"
+    informative = N - best <= INFORMATIVE * (N - commonest)
+    if not informative:
+        figures += (
+            f"; not judged: the model is not informative enough (always answering the "
+            f"commonest class gets {commonest}/{N})"
+        )
+    elif as_filed < ORDER_SHARE * best:
+        moved = [j for j in range(C) if p[j] != j]
+        moved.sort(key=lambda j: -confusion[p[j], j])
+        named = ", ".join(
+            f"output {j} labelled {file_labels[j]!r} matches {file_labels[p[j]]!r} rows"
+            for j in moved[:NAMED]
+        )
+        more = f" (and {len(moved) - NAMED} more)" if len(moved) > NAMED else ""
+        return CaseResult(
+            **base,
+            error=f"the file's labels look out of order: {named}{more}; {figures}",
+        )
+    return CaseResult(**base, detail=figures, agreement=as_filed / max(N, 1))

@@ -1,0 +1,329 @@
+"""verify against the user's own module, with models written the way their users write them.
+
+The PyTorch tutorial's name classifiers, defined here as a user defines them (not the
+toolkit's classes): `CharRNN` (nn.RNN over one-hot letters, `h2o`, LogSoftmax; a whole
+sequence per call) and the classic `RNN` (i2h, h2h, h2o; one step per call). Their
+state_dicts are folded by hand into the importable form (embedding = W_ih^T, W_ih = an
+exact identity or permutation), imported, exported and verified:
+
+- correct files pass, whatever exactly representable or sparse input weight the fold
+  leaves (their small pre-activations expose the tanh kernel's absolute rounding);
+- with the user's module given, a transposed tensor or the wrong nonlinearity fails by at
+  least 10x its allowance;
+- with labelled data given, labels imported in another order than the training's fail.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from rnn_export.cli import main
+from rnn_export.data import folder_spec
+from rnn_export.export import export_onnx
+from rnn_export.importing import import_weights
+from rnn_export.parity import ParityError, verify_parity
+from rnn_export.parity.labels import best_assignment
+from rnn_export.parity.module import ModuleSpec
+
+pytestmark = pytest.mark.parity
+
+CHARS = "abcdefghijkl"
+V, H = len(CHARS), 12
+# The user's training order (the tutorial's is its files' glob order): not sorted.
+LABELS = ("zebra", "apple", "mango")
+LETTERS = {"zebra": "abcd", "apple": "efgh", "mango": "ijkl"}  # each class's own letters
+SHORT_STREAM = 300
+MARGIN = 10.0  # a wrong import fails by at least this many times its allowance
+
+
+class CharRNN(nn.Module):
+    def __init__(self, input_size, hidden_size, output_size):
+        super().__init__()
+        self.rnn = nn.RNN(input_size, hidden_size)
+        self.h2o = nn.Linear(hidden_size, output_size)
+        self.softmax = nn.LogSoftmax(dim=1)
+
+    def forward(self, line_tensor):
+        rnn_out, hidden = self.rnn(line_tensor)
+        output = self.h2o(hidden[0])
+        return self.softmax(output)
+
+
+class RNN(nn.Module):
+    def __init__(self, input_size, hidden_size, output_size):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.i2h = nn.Linear(input_size, hidden_size)
+        self.h2h = nn.Linear(hidden_size, hidden_size)
+        self.h2o = nn.Linear(hidden_size, output_size)
+        self.softmax = nn.LogSoftmax(dim=1)
+
+    def forward(self, input, hidden):
+        hidden = torch.tanh(self.i2h(input) + self.h2h(hidden))
+        output = self.softmax(self.h2o(hidden))
+        return output, hidden
+
+    def initHidden(self):
+        return torch.zeros(1, self.hidden_size)
+
+
+SOURCE = """
+import torch
+from torch import nn
+"""
+
+
+def _class_source(cls) -> str:
+    import inspect
+
+    return inspect.getsource(cls)
+
+
+def line_tensor(line: str) -> torch.Tensor:
+    """The tutorial's lineToTensor: (T, 1, V) one-hot letters."""
+    t = torch.zeros(len(line), 1, V)
+    for i, ch in enumerate(line):
+        t[i][0][CHARS.find(ch)] = 1
+    return t
+
+
+def _names(rng: random.Random, label: str, n: int) -> list[str]:
+    letters = LETTERS[label]
+    return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """The user's files: their module file, the data folder (one .txt per label), a
+    CharRNN trained by the tutorial's loop, a classic RNN with small random weights and
+    the same with a sparse input weight."""
+    root = tmp_path_factory.mktemp("user")
+    (root / "models.py").write_text(
+        SOURCE + "\n\n" + _class_source(CharRNN) + "\n\n" + _class_source(RNN), encoding="utf-8"
+    )
+    rng = random.Random(0)
+    data = root / "names"
+    data.mkdir()
+    lines = {label: _names(rng, label, 40) for label in LABELS}
+    for label, texts in lines.items():
+        (data / f"{label}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (root / "vocab.json").write_text(json.dumps(list(CHARS)), encoding="utf-8")
+    (root / "labels.json").write_text(json.dumps(LABELS), encoding="utf-8")
+    (root / "labels_sorted.json").write_text(json.dumps(sorted(LABELS)), encoding="utf-8")
+
+    torch.manual_seed(0)
+    char_rnn = CharRNN(V, H, len(LABELS))
+    optimizer = torch.optim.SGD(char_rnn.parameters(), lr=0.1)
+    for _ in range(300):  # the tutorial's loop: one random name per step
+        label = rng.choice(LABELS)
+        loss = nn.NLLLoss()(
+            char_rnn(line_tensor(rng.choice(lines[label]))), torch.tensor([LABELS.index(label)])
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save(char_rnn.state_dict(), root / "charrnn.pt")
+
+    classic = RNN(V, H, len(LABELS))
+    with torch.no_grad():
+        for p in classic.parameters():
+            p.mul_(0.2)  # small pre-activations: the tanh kernel's rounding shows
+    torch.save(classic.state_dict(), root / "rnn.pt")
+    with torch.no_grad():  # a user's sparse input weight: most entries zero
+        classic.i2h.weight.mul_(torch.rand(H, V, generator=torch.Generator().manual_seed(2)) < 0.2)
+    torch.save(classic.state_dict(), root / "rnn_sparse.pt")
+    return root
+
+
+def fold(sd: dict, fold_with: str, transpose_recurrent: bool = False) -> dict:
+    """The user's state_dict in the importable form (embedding, rnn, fc), by hand.
+
+    fold_with: "identity" (embedding = W_ih^T, W_ih = I) or "permutation" (the same
+    through a permutation P: embedding = (P W_ih)^T, W_ih = P^T).
+    """
+    if "i2h.weight" in sd:  # the classic RNN: i2h and h2h are nn.RNN's ih and hh
+        W, R, b_i, b_h = sd["i2h.weight"], sd["h2h.weight"], sd["i2h.bias"], sd["h2h.bias"]
+    else:
+        W, R = sd["rnn.weight_ih_l0"], sd["rnn.weight_hh_l0"]
+        b_i, b_h = sd["rnn.bias_ih_l0"], sd["rnn.bias_hh_l0"]
+    P = torch.eye(H)
+    if fold_with == "permutation":
+        P = P[torch.randperm(H, generator=torch.Generator().manual_seed(1))]
+    return {
+        "embedding.weight": (P @ W).T.contiguous(),
+        "rnn.weight_ih_l0": P.T.contiguous(),
+        "rnn.weight_hh_l0": (R.T if transpose_recurrent else R).contiguous(),
+        "rnn.bias_ih_l0": b_i.clone(),
+        "rnn.bias_hh_l0": b_h.clone(),
+        "fc.weight": sd["h2o.weight"].clone(),
+        "fc.bias": sd["h2o.bias"].clone(),
+    }
+
+
+def deploy(user, tmp_path, which: str, fold_with="identity", *, labels="labels.json", **kw):
+    """Fold, import, convert: (the .onnx file, its RUN_DIR)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    sd = torch.load(user / f"{which}.pt", weights_only=True)
+    torch.save(fold(sd, fold_with, kw.pop("transpose_recurrent", False)), tmp_path / "folded.pt")
+    run_dir = import_weights(
+        tmp_path / "folded.pt",
+        "stacked",
+        user / "vocab.json",
+        user / labels,
+        tmp_path / "run",
+        **kw,
+    ).run_dir
+    return export_onnx(run_dir, tmp_path / "model.onnx"), run_dir
+
+
+def module_spec(user, which: str) -> ModuleSpec:
+    if which == "charrnn":
+        return ModuleSpec(
+            f"{user / 'models.py'}:CharRNN",
+            user / "charrnn.pt",
+            {"input_size": V, "hidden_size": H, "output_size": len(LABELS)},
+            encoding="onehot",
+        )
+    return ModuleSpec(
+        f"{user / 'models.py'}:RNN",
+        user / f"{which}.pt",
+        {"input_size": V, "hidden_size": H, "output_size": len(LABELS)},
+        call="step",
+        encoding="onehot",
+    )
+
+
+def _verdict(path, run_dir, **kwargs):
+    try:
+        return verify_parity(path, run_dir, stream_steps=SHORT_STREAM, **kwargs)
+    except ParityError as e:
+        return e.report
+
+
+@pytest.mark.parametrize(
+    "which, fold_with",
+    [
+        ("charrnn", "identity"),
+        ("charrnn", "permutation"),
+        ("rnn", "identity"),
+        ("rnn_sparse", "identity"),
+    ],
+)
+def test_a_correct_tutorial_import_passes_beside_the_users_module(user, tmp_path, which, fold_with):
+    path, run_dir = deploy(user, tmp_path, which, fold_with)
+    report = _verdict(path, run_dir, module=module_spec(user, which))
+    assert report.passed, report.summary_line()
+    mine = [c for c in report.cases if c.family == "user module"]
+    assert mine and all(c.ratio < 1.0 for c in mine)
+    # The user's float64 math and the RUN_DIR's reference are the same function: the file
+    # sits as close to the one as to the other (far inside the allowance).
+    assert max(c.ratio for c in mine) < 0.1, [c.ratio for c in mine]
+
+
+@pytest.mark.parametrize(
+    "which, wrong",
+    [
+        ("charrnn", {"transpose_recurrent": True}),
+        ("rnn", {"transpose_recurrent": True}),
+        ("charrnn", {"nonlinearity": "relu"}),
+    ],
+)
+def test_a_wrong_import_fails_by_a_wide_margin_against_the_users_module(
+    user, tmp_path, which, wrong
+):
+    path, run_dir = deploy(user, tmp_path, which, **wrong)
+    # Without the user's module the file matches the RUN_DIR it was wrongly rebuilt into.
+    assert _verdict(path, run_dir).passed
+    report = _verdict(path, run_dir, module=module_spec(user, which))
+    assert not report.passed
+    mine = [c for c in report.cases if c.family == "user module"]
+    assert min(c.ratio for c in mine) >= MARGIN, [c.ratio for c in mine]
+    assert report.deciding().family == "user module"
+
+
+def test_labels_in_another_order_fail_with_data(user, tmp_path):
+    data = folder_spec(user / "names")
+    path, run_dir = deploy(user, tmp_path / "right", "charrnn")
+    right = _verdict(path, run_dir, data=data)
+    assert right.passed, right.summary_line()
+    (check,) = [c for c in right.cases if c.family == "labels"]
+    assert "not judged" not in check.detail  # the trained model is informative
+    assert check.agreement > 0.9
+
+    path, run_dir = deploy(user, tmp_path / "sorted", "charrnn", labels="labels_sorted.json")
+    report = _verdict(path, run_dir, data=data)
+    assert not report.passed
+    (check,) = [c for c in report.cases if c.family == "labels"]
+    assert "labels look out of order" in check.error
+    assert report.deciding() is check
+    # The numbers agree with the RUN_DIR: the labels alone are wrong.
+    assert all(c.passed for c in report.cases if c.family != "labels")
+
+
+def test_cli_verify_with_the_users_module(user, tmp_path):
+    path, run_dir = deploy(user, tmp_path, "rnn", transpose_recurrent=True)
+    args = ["verify", str(path), "--checkpoint", str(run_dir), "-q"]
+    module = [
+        "--module",
+        f"{user / 'models.py'}:RNN",
+        "--module-args",
+        json.dumps({"input_size": V, "hidden_size": H, "output_size": len(LABELS)}),
+        "--weights",
+        str(user / "rnn.pt"),
+        "--module-call",
+        "step",
+        "--module-input",
+        "onehot",
+    ]
+    result = CliRunner().invoke(main, args + module)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("FAIL: worst cpu/user module:")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--module", "models.py:RNN"], "--module needs --weights"),
+        (["--weights", "rnn.pt"], "go with --module"),
+        (["--module", "models.py:Nope", "--weights", "rnn.pt"], "has no class Nope"),
+        (["--module", "models.py", "--weights", "rnn.pt"], "expected FILE.py:CLASS"),
+        (["--module", "models.py:RNN", "--weights", "rnn.pt", "--module-args", "[1]"], "JSON"),
+        (
+            [
+                "--module",
+                "models.py:RNN",
+                "--weights",
+                "charrnn.pt",
+                "--module-args",
+                '{"input_size": 12, "hidden_size": 12, "output_size": 3}',
+            ],
+            "not a state_dict of RNN",
+        ),  # noqa: E501
+    ],
+)
+def test_cli_module_usage_errors_exit_2_with_one_line(user, tmp_path, monkeypatch, extra, message):
+    path, run_dir = deploy(user, tmp_path, "rnn")
+    monkeypatch.chdir(user)
+    result = CliRunner().invoke(main, ["verify", str(path), "--checkpoint", str(run_dir), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_best_assignment_is_the_best_permutation():
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5):
+        gain = rng.integers(0, 20, size=(n, n))
+        p = best_assignment(gain)
+        best = max(sum(gain[q[j], j] for j in range(n)) for q in itertools.permutations(range(n)))
+        assert sorted(p) == list(range(n))
+        assert gain[p, np.arange(n)].sum() == best
