@@ -8,33 +8,13 @@ from pathlib import Path
 
 import click
 
+from rnn_export.cli.module_options import module_options, module_spec
+
 
 def _tolerance_value(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"expected a finite number >= 0; got {value}")
     return value
-
-
-def _module_spec(source, args, weights, convention):
-    """The ModuleSpec of the --module options, or None without --module."""
-    if source is None:
-        if args is not None or weights is not None:
-            raise click.UsageError("--module-args and --weights go with --module FILE.py:CLASS")
-        return None
-    if weights is None:
-        raise click.UsageError("--module needs --weights: your state_dict file")
-    from rnn_export.parity.module import ModuleSpec, parse_kwargs
-
-    call, batch_first, output, encoding = convention
-    return ModuleSpec(
-        source,
-        weights,
-        parse_kwargs(args),
-        call=call,
-        batch_first=batch_first,
-        output=output,
-        encoding=encoding,
-    )
 
 
 @click.command("verify")
@@ -123,59 +103,7 @@ def _module_spec(source, args, weights, convention):
     help="OpenVINO's inference precision (its default on a CPU with AMX is bf16, which "
     "cannot meet the float32 allowance).",
 )
-@click.option(
-    "--module",
-    "module_source",
-    metavar="FILE.py:CLASS",
-    default=None,
-    help="Your own nn.Module class: it is loaded with --weights and run in float64 beside "
-    "the file on generated rows (and on --data), and the file is held to its allowance "
-    "against it. This imports FILE.py and runs your code.",
-)
-@click.option(
-    "--module-args",
-    metavar="JSON",
-    default=None,
-    help="The class's constructor arguments as a JSON object, e.g. '{\"input_size\": 57, "
-    '"hidden_size": 128, "output_size": 18}\' [default: none].',
-)
-@click.option(
-    "--weights",
-    "module_weights",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="With --module: your state_dict file (torch.save(model.state_dict(), path) or "
-    ".safetensors), loaded into your class with its own tensor names.",
-)
-@click.option(
-    "--module-call",
-    type=click.Choice(["sequence", "step"]),
-    default="sequence",
-    show_default=True,
-    help="How your module is called: sequence, forward(x) -> out over a whole sequence "
-    "(the tutorial's CharRNN, nn.RNN-style); step, forward(x_t, h) -> (out, h) one step "
-    "per call (the tutorial's classic RNN; h from its initHidden() when it has one).",
-)
-@click.option(
-    "--module-batch-first/--module-time-first",
-    default=False,
-    show_default=True,
-    help="Whether a sequence call takes (B, T, ...) or (T, B, ...).",
-)
-@click.option(
-    "--module-output",
-    type=click.Choice(["log-probs", "probs", "logits"]),
-    default="log-probs",
-    show_default=True,
-    help="What your module returns.",
-)
-@click.option(
-    "--module-input",
-    type=click.Choice(["tokens", "onehot", "features"]),
-    default=None,
-    help="What your module takes per step: token ids, one-hot float vectors or float "
-    "frames [default: the model's input kind].",
-)
+@module_options
 @click.option("--quiet", "-q", is_flag=True, help="Print only the one-line summary.")
 def verify_command(
     model_path,
@@ -190,14 +118,8 @@ def verify_command(
     onnx2tf_python,
     tflite_model,
     precision,
-    module_source,
-    module_args,
-    module_weights,
-    module_call,
-    module_batch_first,
-    module_output,
-    module_input,
     quiet,
+    **module,
 ):
     """Check that MODEL.onnx computes what the checkpoint's PyTorch model computes.
 
@@ -220,12 +142,7 @@ def verify_command(
     from rnn_export.parity import ParityError, Tolerance, verify_parity
 
     data = None if data_dir is None else folder_spec(data_dir)
-    module = _module_spec(
-        module_source,
-        module_args,
-        module_weights,
-        (module_call, module_batch_first, module_output, module_input),
-    )
+    module = module_spec(**module)
 
     # Bad output paths fail before the minutes of work that fill them.
     if report_path is not None:

@@ -179,7 +179,13 @@ class UserModel:
     def __init__(self, module, spec: ModuleSpec, config):
         self.module, self.spec = module, spec
         self.V, self.H = config.vocab_size, config.hidden_size
-        self.encoding = spec.encoding or getattr(config, "input_kind", "tokens")
+        kind = getattr(config, "input_kind", "tokens")
+        self.encoding = spec.encoding or kind
+        if self.encoding == "features" and kind != "features":
+            raise ParityUsageError(
+                f"the module takes features; the model's input is {kind} (use --module-input "
+                "tokens or onehot)"
+            )
 
     def log_probs(self, inputs: np.ndarray, lengths: np.ndarray, encoding: str) -> np.ndarray:
         """inputs (B, T) token ids or (B, T, F) frames, lengths (B,) -> float64 (B, C).
@@ -323,3 +329,28 @@ def module_cases(runners, user: UserModel, recurrence, inputs, zeros, output: st
                 agreement = float(np.mean(got.argmax(axis=-1) == theirs.argmax(axis=-1)))
             results.append(CaseResult(**base, outputs=(check,), agreement=agreement))
     return results
+
+
+def check_run_dir(ckpt, spec: ModuleSpec, seed: int = 0):
+    """Does a RUN_DIR compute what the user's module computes? Its model's float64
+    reference (verify's) against the module on generated rows from zeros, no file needed.
+
+    Returns:
+        The OutputCheck of the log-probabilities: error / the float32 allowance those rows
+        get. A correct import is a tiny fraction of it, a wrong one far over it.
+
+    Raises:
+        ParityUsageError: the module cannot be loaded or called as declared.
+    """
+    from rnn_export.parity.cases import zero_state
+    from rnn_export.parity.reference import Recurrence
+
+    user = UserModel(load_user_module(spec), spec, ckpt.config)
+    tokens, lengths = generated_rows(ckpt.config.vocab_size, np.random.default_rng(seed))
+    ref, _ = Recurrence(ckpt.model).run(tokens, zero_state(ckpt.config, len(lengths)), lengths)
+    theirs = user.log_probs(tokens, lengths, user.encoding)
+    if theirs.shape != ref.value.shape:
+        raise ParityUsageError(
+            f"the module returns {theirs.shape[-1]} classes; the model has {ref.value.shape[-1]}"
+        )
+    return compare(theirs, ref, "log_probs")

@@ -259,13 +259,7 @@ def _user_model(module, config):
         return None
     from rnn_export.parity.module import UserModel, load_user_module
 
-    user = UserModel(load_user_module(module), module, config)
-    if user.encoding == "features" and getattr(config, "input_kind", "tokens") != "features":
-        raise ParityUsageError(
-            "the module takes features; the file takes token ids (use --module-input tokens "
-            "or onehot)"
-        )
-    return user
+    return UserModel(load_user_module(module), module, config)
 
 
 def _against_user(runners, ckpt, meta, recurrence, user, data, validation, rng):

@@ -287,6 +287,42 @@ def test_cli_verify_with_the_users_module(user, tmp_path):
     assert result.output.startswith("FAIL: worst cpu/user module:")
 
 
+@pytest.mark.parametrize("transpose, code", [(False, 0), (True, 1)])
+def test_cli_import_checks_the_run_dir_against_the_users_module(user, tmp_path, transpose, code):
+    sd = torch.load(user / "charrnn.pt", weights_only=True)
+    torch.save(fold(sd, "identity", transpose), tmp_path / "folded.pt")
+    args = [
+        "import",
+        str(tmp_path / "folded.pt"),
+        "--arch",
+        "stacked",
+        "--vocab",
+        str(user / "vocab.json"),
+        "--labels",
+        str(user / "labels.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--module",
+        f"{user / 'models.py'}:CharRNN",
+        "--module-args",
+        json.dumps({"input_size": V, "hidden_size": H, "output_size": len(LABELS)}),
+        "--weights",
+        str(user / "charrnn.pt"),
+        "--module-input",
+        "onehot",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("  module")]
+    ratio = float(line.split(", ")[-1].split("x")[0].split(" ")[0])
+    if transpose:
+        assert line.startswith("  module   FAIL") and ratio >= MARGIN, line
+        assert "does not compute what your module computes" in result.output
+    else:
+        # float64 against float64: the same function to float64 rounding
+        assert line.startswith("  module   PASS") and ratio < 1e-6, line
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
