@@ -9,10 +9,11 @@ relabelling of the outputs that the data supports best (an assignment that maxim
 the matched rows) and fails when the file's own order gets less than half of its
 accuracy, naming the labels that look swapped.
 
-A model that has not learned enough to tell its classes apart is not judged: when the
-best relabelling makes more than INFORMATIVE of the errors of always answering the
-commonest class, a relabelling can gain merely by pointing the model's favourite output
-at the commonest class, and the order cannot be seen in its predictions.
+A model that has not learned enough to show its order is not judged. A relabelling can
+gain from the marginals alone (pointing a model's favourite output at the commonest
+class), so the gain must come from the model's information: the best relabelling's
+agreement beyond what its marginals give by chance, Cohen's kappa of the relabelled
+confusion matrix, must reach INFORMATIVE_KAPPA.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ FAMILY = "labels"
 # The file's order fails when it matches fewer than this share of the rows that the
 # best relabelling matches: a wrong order leaves a few percent, a right one ~100%.
 ORDER_SHARE = 0.5
-# The order is judged only for a model informative enough to show it: the best
-# relabelling's errors at most this share of those of always answering the commonest class.
-INFORMATIVE = 0.75
-NAMED = 3  # swapped labels named in the message
+# The order is judged only for a model whose best relabelling agrees with the data
+# beyond chance: kappa >= this ("fair agreement"); a constant predictor has kappa 0.
+INFORMATIVE_KAPPA = 0.2
+NAMED = 2  # swapped labels named in the one-line message
 
 
 def best_assignment(gain: np.ndarray) -> np.ndarray:
@@ -102,27 +103,30 @@ def check_labels(
     as_filed = int(np.trace(confusion))
     p = best_assignment(confusion)
     best = int(confusion[p, np.arange(C)].sum())
-    commonest = int(confusion.sum(axis=1).max(initial=0))
+    # By chance: rows expected on the relabelled diagonal were predictions independent
+    # of the truth, with the same counts per label and per output.
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / max(N, 1)
+    chance = float(expected[p, np.arange(C)].sum())
+    kappa = (best - chance) / (N - chance) if chance < N else 0.0
     base = dict(
         provider=provider, name=f"{N} labelled rows", family=FAMILY, batch_size=N, length="-"
     )
-    figures = f"{as_filed}/{N} right under the file's labels, {best}/{N} with them reordered"
-    informative = N - best <= INFORMATIVE * (N - commonest)
-    if not informative:
+    figures = f"{as_filed}/{N} right as filed, {best}/{N} reordered"
+    if kappa < INFORMATIVE_KAPPA:
         figures += (
-            f"; not judged: the model is not informative enough (always answering the "
-            f"commonest class gets {commonest}/{N})"
+            f"; not judged: the model agrees with the data little beyond chance (kappa "
+            f"{kappa:.2f} reordered, {chance:.0f}/{N} by chance)"
         )
     elif as_filed < ORDER_SHARE * best:
         moved = [j for j in range(C) if p[j] != j]
         moved.sort(key=lambda j: -confusion[p[j], j])
         named = ", ".join(
-            f"output {j} labelled {file_labels[j]!r} matches {file_labels[p[j]]!r} rows"
-            for j in moved[:NAMED]
+            f"{file_labels[j]!r} outputs match {file_labels[p[j]]!r} rows" for j in moved[:NAMED]
         )
-        more = f" (and {len(moved) - NAMED} more)" if len(moved) > NAMED else ""
+        more = f" (+{len(moved) - NAMED} more)" if len(moved) > NAMED else ""
         return CaseResult(
             **base,
-            error=f"the file's labels look out of order: {named}{more}; {figures}",
+            error=f"labels out of order: {as_filed}/{N} right as filed, {best}/{N} reordered; "
+            f"{named}{more}",
         )
     return CaseResult(**base, detail=figures, agreement=as_filed / max(N, 1))

@@ -261,7 +261,8 @@ def test_labels_in_another_order_fail_with_data(user, tmp_path):
     report = _verdict(path, run_dir, data=data)
     assert not report.passed
     (check,) = [c for c in report.cases if c.family == "labels"]
-    assert "labels look out of order" in check.error
+    assert check.error.startswith("labels out of order: ")
+    assert "outputs match" in report.summary_line()
     assert report.deciding() is check
     # The numbers agree with the RUN_DIR: the labels alone are wrong.
     assert all(c.passed for c in report.cases if c.family != "labels")
@@ -363,3 +364,35 @@ def test_best_assignment_is_the_best_permutation():
         best = max(sum(gain[q[j], j] for j in range(n)) for q in itertools.permutations(range(n)))
         assert sorted(p) == list(range(n))
         assert gain[p, np.arange(n)].sum() == best
+
+
+def _predictions(rng, truth: np.ndarray, right: float) -> np.ndarray:
+    """A classifier's top outputs: the true class with probability `right`, else random."""
+    noise = rng.integers(0, 4, size=truth.shape)
+    return np.where(rng.random(truth.shape) < right, truth, noise)
+
+
+@pytest.mark.parametrize(
+    "file_order, right, verdict",
+    [
+        (("a", "b", "c", "d"), 0.6, "pass"),
+        (("b", "c", "d", "a"), 0.6, "fail"),  # every output one label off
+        (("b", "a", "c", "d"), 0.6, "fail"),  # two labels swapped
+        (("b", "c", "d", "a"), 0.0, "not judged"),  # random outputs: no order to see
+    ],
+)
+def test_check_labels(file_order, right, verdict):
+    from rnn_export.parity.labels import check_labels
+
+    rng = np.random.default_rng(0)
+    data_labels = ("a", "b", "c", "d")
+    truth = rng.choice(4, size=2000, p=[0.55, 0.25, 0.15, 0.05])  # imbalanced, as names
+    # The model was trained with the data's order: output k means data_labels[k]; the file
+    # names output k file_order[k].
+    outputs = _predictions(rng, truth, right)
+    result = check_labels(file_order, data_labels, truth, outputs)
+    if verdict == "fail":
+        assert not result.passed and result.error.startswith("labels out of order: ")
+    else:
+        assert result.passed, result.error
+        assert ("not judged" in result.detail) == (verdict == "not judged")
