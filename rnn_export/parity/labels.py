@@ -129,4 +129,4 @@ def check_labels(
             error=f"labels out of order: {as_filed}/{N} right as filed, {best}/{N} reordered; "
             f"{named}{more}",
         )
-    return CaseResult(**base, detail=figures, agreement=as_filed / max(N, 1))
+    return CaseResult(**base, detail=figures)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rnn_export.parity.bounds import Approx
+from rnn_export.parity.cases import decision_agreement
 from rnn_export.parity.compare import CaseFailure, compare
 from rnn_export.parity.results import CaseResult, ParityUsageError
 
@@ -324,10 +325,12 @@ def module_cases(runners, user: UserModel, recurrence, inputs, zeros, output: st
             except CaseFailure as e:
                 results.append(CaseResult(**base, error=str(e)))
                 continue
-            agreement = None
-            if real:
-                agreement = float(np.mean(got.argmax(axis=-1) == theirs.argmax(axis=-1)))
-            results.append(CaseResult(**base, outputs=(check,), agreement=agreement))
+            agreement = clear = None
+            if real:  # top labels: the module's in float64 against the file's
+                agreement, clear = decision_agreement(got, expected)
+            results.append(
+                CaseResult(**base, outputs=(check,), agreement=agreement, clear_disagreements=clear)
+            )
     return results
 
 
