@@ -367,6 +367,59 @@ def test_best_assignment_is_the_best_permutation():
         assert gain[p, np.arange(n)].sum() == best
 
 
+class Spotter(nn.Module):
+    """A user's GRU classifier: batch-first, token ids in, logits out, its own names."""
+
+    def __init__(self, vocab, hidden, classes):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, hidden)
+        self.gru = nn.GRU(hidden, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):  # (B, T) -> (B, C) logits after the last step
+        out, _ = self.gru(self.emb(x))
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_a_batch_first_gru_returning_logits(tmp_path, transpose):
+    (tmp_path / "spotter.py").write_text(SOURCE + "\n\n" + _class_source(Spotter))
+    torch.manual_seed(3)
+    model = Spotter(V, H, len(LABELS))
+    torch.save(model.state_dict(), tmp_path / "user.pt")
+    sd = dict(model.state_dict())
+    if transpose:
+        # each gate's block transposed, as a hand-written loader might store it
+        sd["gru.weight_hh_l1"] = torch.cat([b.T for b in sd["gru.weight_hh_l1"].chunk(3)])
+    torch.save(sd, tmp_path / "saved.pt")
+    (tmp_path / "vocab.json").write_text(json.dumps(list(CHARS)))
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    run_dir = import_weights(
+        tmp_path / "saved.pt",
+        "gru",
+        tmp_path / "vocab.json",
+        tmp_path / "labels.json",
+        tmp_path / "run",
+        mapping={"emb.": "embedding.", "gru.": "rnn.", "head.": "fc."},
+    ).run_dir
+    path = export_onnx(run_dir, tmp_path / "model.onnx")
+    spec = ModuleSpec(
+        f"{tmp_path / 'spotter.py'}:Spotter",
+        tmp_path / "user.pt",
+        {"vocab": V, "hidden": H, "classes": len(LABELS)},
+        batch_first=True,
+        output="logits",
+        encoding="tokens",
+    )
+    report = _verdict(path, run_dir, module=spec)
+    mine = [c for c in report.cases if c.family == "user module"]
+    if transpose:
+        assert not report.passed and min(c.ratio for c in mine) >= MARGIN
+    else:
+        assert report.passed, report.summary_line()
+        assert max(c.ratio for c in mine) < 0.1
+
+
 def _predictions(rng, truth: np.ndarray, right: float) -> np.ndarray:
     """A classifier's top outputs: the true class with probability `right`, else random."""
     noise = rng.integers(0, 4, size=truth.shape)
