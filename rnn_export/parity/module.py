@@ -122,7 +122,10 @@ def _load_class(source: str):
         raise ParityUsageError(f"--module: {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look classes up here
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (SyntaxError, ImportError, OSError) as e:
+        raise ParityUsageError(f"--module: cannot import {path}: {type(e).__name__}: {e}") from None
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         found = sorted(k for k, v in vars(module).items() if isinstance(v, type))

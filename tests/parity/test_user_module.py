@@ -332,6 +332,7 @@ def test_cli_import_checks_the_run_dir_against_the_users_module(user, tmp_path, 
         (["--weights", "rnn.pt"], "go with --module"),
         (["--module", "models.py:Nope", "--weights", "rnn.pt"], "has no class Nope"),
         (["--module", "models.py", "--weights", "rnn.pt"], "expected FILE.py:CLASS"),
+        (["--module", "broken.py:RNN", "--weights", "rnn.pt"], "cannot import broken.py"),
         (["--module", "models.py:RNN", "--weights", "rnn.pt", "--module-args", "[1]"], "JSON"),
         (
             [
@@ -349,6 +350,7 @@ def test_cli_import_checks_the_run_dir_against_the_users_module(user, tmp_path, 
 def test_cli_module_usage_errors_exit_2_with_one_line(user, tmp_path, monkeypatch, extra, message):
     path, run_dir = deploy(user, tmp_path, "rnn")
     monkeypatch.chdir(user)
+    (user / "broken.py").write_text("import no_such_module_here\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["verify", str(path), "--checkpoint", str(run_dir), *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output
