@@ -452,3 +452,80 @@ def test_check_labels(file_order, right, verdict):
     else:
         assert result.passed, result.error
         assert ("not judged" in result.detail) == (verdict == "not judged")
+
+
+@pytest.mark.slow
+def test_the_tutorial_charrnn_on_the_names_data(names_dir, tmp_path):
+    """The tutorial's CharRNN trained on the names data (batches of names of one length,
+    Adam), its labels in the tutorial's file order: imported with them sorted instead,
+    verify --data fails on the label order; imported in its own order, it passes."""
+    import string
+    import unicodedata
+
+    letters = string.ascii_letters + " .,;'"
+
+    def ascii_of(s):  # the tutorial's unicodeToAscii
+        return "".join(
+            c
+            for c in unicodedata.normalize("NFD", s)
+            if unicodedata.category(c) != "Mn" and c in letters
+        )
+
+    files = sorted(names_dir.glob("*.txt"), key=lambda f: f.stat().st_size)  # not sorted by name
+    labels = [f.stem for f in files]
+    names = [
+        (ascii_of(line), k)
+        for k, f in enumerate(files)
+        for line in f.read_text(encoding="utf-8").split("\n")
+        if ascii_of(line)
+    ]
+    torch.manual_seed(0)
+    model = CharRNN(len(letters), 64, len(labels))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
+    rng = random.Random(0)
+    by_length: dict[int, list] = {}
+    for name, k in names:
+        by_length.setdefault(len(name), []).append((name, k))
+    lengths = [n for n in by_length if len(by_length[n]) >= 32]
+    for _ in range(400):
+        batch = rng.sample(by_length[rng.choice(lengths)], 32)
+        x = torch.zeros(len(batch[0][0]), len(batch), len(letters))
+        for b, (name, _) in enumerate(batch):
+            for t, ch in enumerate(name):
+                x[t, b, letters.find(ch)] = 1
+        loss = nn.NLLLoss()(model(x), torch.tensor([k for _, k in batch]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    hidden = 64
+    folded = {
+        "embedding.weight": sd["rnn.weight_ih_l0"].T.contiguous(),
+        "rnn.weight_ih_l0": torch.eye(hidden),
+        "rnn.weight_hh_l0": sd["rnn.weight_hh_l0"],
+        "rnn.bias_ih_l0": sd["rnn.bias_ih_l0"],
+        "rnn.bias_hh_l0": sd["rnn.bias_hh_l0"],
+        "fc.weight": sd["h2o.weight"],
+        "fc.bias": sd["h2o.bias"],
+    }
+    torch.save(folded, tmp_path / "folded.pt")
+    (tmp_path / "vocab.json").write_text(json.dumps(list(letters)))
+    data = folder_spec(names_dir)
+    verdicts = {}
+    for order, listed in (("trained", labels), ("sorted", sorted(labels))):
+        (tmp_path / f"{order}.json").write_text(json.dumps(listed))
+        run_dir = import_weights(
+            tmp_path / "folded.pt",
+            "stacked",
+            tmp_path / "vocab.json",
+            tmp_path / f"{order}.json",
+            tmp_path / order,
+        ).run_dir
+        path = export_onnx(run_dir, tmp_path / f"{order}.onnx")
+        report = _verdict(path, run_dir, data=data)
+        (verdicts[order],) = [c for c in report.cases if c.family == "labels"]
+        others = [c for c in report.cases if c.family != "labels"]
+        assert all(c.passed for c in others), report.summary_line()
+    assert verdicts["trained"].passed and "not judged" not in verdicts["trained"].detail
+    assert not verdicts["sorted"].passed
+    assert verdicts["sorted"].error.startswith("labels out of order: ")
