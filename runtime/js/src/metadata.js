@@ -1,0 +1,299 @@
+// The contract inside every .onnx file that `rnn-export convert` writes, read and
+// validated as rnn_runtime/metadata.py does (same keys, limits and checks; the Python
+// module's docstring documents the keys). Input kinds plug in through `input`: schema 1
+// files take character tokens, {kind: "tokens"}.
+
+import { MetadataError } from './errors.js';
+
+export const SCHEMA_VERSION = 1;
+export const PREFIX = 'rnn_export.';
+export const ARCHS = ['cell', 'stacked', 'gru', 'lstm'];
+const DTYPES = ['int64', 'float32'];
+const INITIALS = ['zeros'];
+export const MAX_VOCAB = 2 ** 20;
+export const MAX_CLASSES = 2 ** 16;
+export const MAX_HIDDEN = 2 ** 14;
+export const MAX_LAYERS = 64;
+export const MAX_STATES = 16;
+export const MAX_RANK = 8;
+export const MAX_DIM = 2 ** 20;
+export const MAX_STATE_FLOATS = 2 ** 22;
+export const MAX_OPSET = 1000;
+const MAXIMA = {
+  vocab_size: MAX_VOCAB,
+  num_classes: MAX_CLASSES,
+  hidden_size: MAX_HIDDEN,
+  num_layers: MAX_LAYERS,
+};
+
+/**
+ * @typedef {{name: string, shape: (number|string)[], dtype: string}} TensorSpec
+ * @typedef {{input: string, output: string, shape: (number|string)[], dtype: string,
+ *   initial: string, batchAxis: number}} StateSpec
+ * @typedef {{token: string, logProbs: string, states: [string, string][], sha256: string,
+ *   onnxBase64: string, inFile: boolean}} StepSpec
+ * @typedef {{kind: 'tokens'}} InputSpec
+ * @typedef {{schemaVersion: number, arch: string, vocabSize: number, numClasses: number,
+ *   hiddenSize: number, numLayers: number, nonlinearity: string, vocab: string[],
+ *   unkId: number|null, labels: string[], input: InputSpec, tokens: TensorSpec,
+ *   lengths: TensorSpec, logProbs: TensorSpec, states: StateSpec[], provenance: object,
+ *   checkpointSha256: string, step: StepSpec|null, isStepFile: boolean}} ModelMetadata
+ */
+
+function get(obj, key) {
+  return Object.hasOwn(obj, key) ? obj[key] : undefined;
+}
+
+function isObject(x) {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function isInt(x, minimum = 0) {
+  return Number.isSafeInteger(x) && x >= minimum;
+}
+
+function shown(x) {
+  let text;
+  try {
+    text = JSON.stringify(x);
+  } catch {
+    text = String(x);
+  }
+  return text === undefined ? String(x) : text.slice(0, 200);
+}
+
+function expect(cond, what, got) {
+  if (!cond) throw new MetadataError(`metadata: expected ${what}; got ${shown(got)}`);
+}
+
+function wellFormed(value) {
+  if (typeof value === 'string') return value.isWellFormed();
+  if (Array.isArray(value)) return value.every(wellFormed);
+  if (isObject(value)) return Object.entries(value).every(([k, v]) => k.isWellFormed() && wellFormed(v));
+  return true;
+}
+
+function load(props, key) {
+  const full = PREFIX + key;
+  if (!props.has(full)) throw new MetadataError(`metadata key '${full}' is missing`);
+  let value;
+  try {
+    value = JSON.parse(props.get(full));
+  } catch (e) {
+    throw new MetadataError(`metadata key '${full}' is not valid JSON text: ${e.message.slice(0, 200)}`);
+  }
+  // Lone surrogates ("\ud800") parse, then fail wherever the text is printed.
+  if (!wellFormed(value)) {
+    throw new MetadataError(`metadata key '${full}' is not valid JSON text: a lone surrogate`);
+  }
+  return value;
+}
+
+function repeated(items) {
+  const seen = new Set();
+  const twice = new Set();
+  for (const x of items) (seen.has(x) ? twice : seen).add(x);
+  return [...twice];
+}
+
+function shape(raw, where) {
+  expect(Array.isArray(raw) && raw.length <= MAX_RANK, `${where}.shape of rank <= 8`, raw);
+  for (const d of raw) {
+    expect(
+      d === 'B' || d === 'T' || (isInt(d, 1) && d <= MAX_DIM),
+      `${where}.shape of ints in [1, ${MAX_DIM}], 'B' or 'T'`,
+      raw,
+    );
+  }
+  return [...raw];
+}
+
+function tensor(raw, where, dtype) {
+  expect(isObject(raw), `${where} to be an object`, raw);
+  const name = get(raw, 'name');
+  expect(typeof name === 'string' && name !== '', `${where}.name`, name);
+  expect(get(raw, 'dtype') === dtype, `${where}.dtype '${dtype}'`, get(raw, 'dtype'));
+  return { name, shape: shape(get(raw, 'shape'), where), dtype };
+}
+
+function state(raw, i) {
+  const where = `io.states[${i}]`;
+  expect(isObject(raw), `${where} to be an object`, raw);
+  for (const key of ['input', 'output']) {
+    const v = get(raw, key);
+    expect(typeof v === 'string' && v !== '', `${where}.${key}`, v);
+  }
+  const dims = shape(get(raw, 'shape'), where);
+  expect(
+    dims.filter((d) => d === 'B').length === 1 && !dims.includes('T'),
+    `${where}.shape with one 'B'`,
+    dims,
+  );
+  const floats = dims.reduce((n, d) => n * (d === 'B' ? 1 : d), 1);
+  expect(floats <= MAX_STATE_FLOATS, `${where}.shape of at most ${MAX_STATE_FLOATS} values`, dims);
+  expect(DTYPES.includes(get(raw, 'dtype')), `${where}.dtype in ${shown(DTYPES)}`, get(raw, 'dtype'));
+  expect(INITIALS.includes(get(raw, 'initial')), `${where}.initial in ${shown(INITIALS)}`, get(raw, 'initial'));
+  return {
+    input: raw.input,
+    output: raw.output,
+    shape: dims,
+    dtype: raw.dtype,
+    initial: raw.initial,
+    batchAxis: dims.indexOf('B'),
+  };
+}
+
+function step(raw, numLayers, states) {
+  expect(isObject(raw), 'step to be an object', raw);
+  const inFile = get(raw, 'in_file') ?? false;
+  expect(typeof inFile === 'boolean', 'step.in_file true or false', inFile);
+  const keys = inFile ? ['token', 'log_probs'] : ['token', 'log_probs', 'sha256', 'onnx_base64'];
+  for (const key of keys) {
+    const v = get(raw, key);
+    expect(typeof v === 'string' && v !== '', `step.${key}`, v);
+  }
+  const layers = get(raw, 'states');
+  expect(
+    Array.isArray(layers) &&
+      layers.every(
+        (x) =>
+          isObject(x) &&
+          ['input', 'output'].every((k) => typeof get(x, k) === 'string' && x[k] !== ''),
+      ),
+    'step.states to be a list of {input, output} names',
+    layers,
+  );
+  // The step model's states are each model state's per-layer views, in metadata order.
+  const want = numLayers * states.length;
+  expect(layers.length === want, `${want} step states (one per layer and state)`, layers.length);
+  for (const s of states) {
+    expect(
+      (s.shape.length === 3 && s.batchAxis === 1) ||
+        (s.shape.length === 2 && numLayers === 1 && s.batchAxis === 0),
+      '(L, B, H) or, with one layer, (B, H) states for a step model',
+      s.shape,
+    );
+  }
+  const pairs = layers.map((x) => [x.input, x.output]);
+  const names = [raw.token, raw.log_probs, ...pairs.flat()];
+  expect(new Set(names).size === names.length, 'distinct step input and output names', names);
+  if (inFile) {
+    return { token: raw.token, logProbs: raw.log_probs, states: pairs, sha256: '', onnxBase64: '', inFile: true };
+  }
+  expect(/^[0-9a-f]{64}$/.test(raw.sha256), 'step.sha256', raw.sha256);
+  return {
+    token: raw.token,
+    logProbs: raw.log_probs,
+    states: pairs,
+    sha256: raw.sha256,
+    onnxBase64: raw.onnx_base64,
+    inFile: false,
+  };
+}
+
+/**
+ * Read and validate rnn-export's metadata from a model's metadata_props.
+ * @param {Map<string, string>} props key -> value
+ * @returns {ModelMetadata}
+ * @throws {MetadataError} no rnn-export metadata, an unknown schema version, or values
+ *   of the wrong type or inconsistent with each other
+ */
+export function readMetadata(props) {
+  if (![...props.keys()].some((k) => k.startsWith(PREFIX))) {
+    throw new MetadataError(
+      'this file has no rnn-export metadata (was it made by `rnn-export convert`?)',
+    );
+  }
+  const version = load(props, 'schema');
+  if (version !== SCHEMA_VERSION) {
+    throw new MetadataError(
+      `unknown metadata schema version ${shown(version)}; this runtime reads version ${SCHEMA_VERSION}`,
+    );
+  }
+  const model = load(props, 'model');
+  expect(isObject(model), 'model to be an object', model);
+  for (const [key, most] of Object.entries(MAXIMA)) {
+    const value = get(model, key);
+    expect(isInt(value, 1) && value <= most, `model.${key} in [1, ${most}]`, value);
+  }
+  expect(ARCHS.includes(get(model, 'arch')), `model.arch in ${shown(ARCHS)}`, get(model, 'arch'));
+  expect(typeof get(model, 'nonlinearity') === 'string', 'model.nonlinearity', get(model, 'nonlinearity'));
+
+  const vocab = load(props, 'vocab');
+  expect(isObject(vocab), 'vocab to be an object', vocab);
+  const tokens = get(vocab, 'tokens');
+  expect(
+    Array.isArray(tokens) && tokens.every((t) => typeof t === 'string'),
+    'vocab.tokens to be a list of strings',
+    tokens,
+  );
+  expect(tokens.length === model.vocab_size, `${model.vocab_size} vocab tokens`, tokens.length);
+  expect(new Set(tokens).size === tokens.length, 'unique vocab tokens', repeated(tokens));
+  const unk = get(vocab, 'unk_id') ?? null;
+  expect(
+    unk === null || (isInt(unk) && unk < tokens.length),
+    `vocab.unk_id in [0, ${tokens.length}) or null (no unknown token)`,
+    unk,
+  );
+
+  const labels = load(props, 'labels');
+  expect(
+    Array.isArray(labels) && labels.every((x) => typeof x === 'string'),
+    'labels to be a list of strings',
+    labels,
+  );
+  expect(labels.length === model.num_classes, `${model.num_classes} labels`, labels.length);
+  expect(new Set(labels).size === labels.length, 'distinct labels', repeated(labels));
+
+  const io = load(props, 'io');
+  expect(isObject(io), 'io to be an object', io);
+  const rawStates = get(io, 'states');
+  expect(
+    Array.isArray(rawStates) && rawStates.length > 0 && rawStates.length <= MAX_STATES,
+    `io.states to be a list of 1 to ${MAX_STATES} states`,
+    rawStates,
+  );
+  const states = rawStates.map(state);
+  const tensors = {
+    tokens: tensor(get(io, 'tokens'), 'io.tokens', 'int64'),
+    lengths: tensor(get(io, 'lengths'), 'io.lengths', 'int64'),
+    logProbs: tensor(get(io, 'log_probs'), 'io.log_probs', 'float32'),
+  };
+  const names = [...Object.values(tensors).map((t) => t.name), ...states.flatMap((s) => [s.input, s.output])];
+  expect(new Set(names).size === names.length, 'distinct input and output names', names);
+
+  const provenance = load(props, 'provenance');
+  expect(isObject(provenance), 'provenance to be an object', provenance);
+  const opset = get(provenance, 'opset');
+  expect(isInt(opset, 1) && opset <= MAX_OPSET, `provenance.opset in [1, ${MAX_OPSET}]`, opset);
+  const sha = get(provenance, 'checkpoint_sha256');
+  expect(typeof sha === 'string' && sha.length === 64, 'provenance.checkpoint_sha256', sha);
+  const toolVersion = get(provenance, 'tool_version');
+  expect(typeof toolVersion === 'string', 'provenance.tool_version to be a str', toolVersion);
+  const libraries = get(provenance, 'libraries');
+  expect(
+    isObject(libraries) && Object.values(libraries).every((v) => typeof v === 'string'),
+    'provenance.libraries to be an object of version strings',
+    libraries,
+  );
+  const stepSpec = props.has(PREFIX + 'step') ? step(load(props, 'step'), model.num_layers, states) : null;
+  return {
+    schemaVersion: version,
+    arch: model.arch,
+    vocabSize: model.vocab_size,
+    numClasses: model.num_classes,
+    hiddenSize: model.hidden_size,
+    numLayers: model.num_layers,
+    nonlinearity: model.nonlinearity,
+    vocab: tokens,
+    unkId: unk,
+    labels,
+    input: { kind: 'tokens' },
+    ...tensors,
+    states,
+    provenance,
+    checkpointSha256: sha,
+    step: stepSpec,
+    isStepFile: stepSpec !== null && stepSpec.inFile,
+  };
+}
