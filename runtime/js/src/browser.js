@@ -13,5 +13,5 @@ export { ort };
  */
 export async function open(source, options = {}) {
   if (typeof Blob !== 'undefined' && source instanceof Blob) source = new Uint8Array(await source.arrayBuffer());
-  return RnnModel.open(ort, source, { sessionOptions: { executionProviders: ['wasm'] }, ...options });
+  return RnnModel.open(ort, source, { sessionOptions: { executionProviders: ['wasm'] }, preallocate: false, ...options });
 }

@@ -77,8 +77,10 @@ export class RnnModel {
    * Open a model file's bytes.
    * @param {typeof import('onnxruntime-common')} ort onnxruntime-node or onnxruntime-web
    * @param {Uint8Array|ArrayBuffer} data the .onnx file's bytes
-   * @param {{name?: string, sessionOptions?: object}} [options] name: how messages name
-   *   the file; sessionOptions: onnxruntime session options (default one intra-op thread)
+   * @param {{name?: string, sessionOptions?: object, preallocate?: boolean}} [options] name:
+   *   how messages name the file; sessionOptions: onnxruntime session options (default one
+   *   intra-op thread); preallocate: pass the output buffers to session.run (onnxruntime-node
+   *   writes into them; onnxruntime-web's WASM backend does not, so browser.js turns it off)
    * @returns {Promise<RnnModel>}
    * @throws {ModelFileError} empty, truncated or not an ONNX file
    * @throws {MetadataError} no rnn-export contract, or one that is invalid or lies
@@ -120,10 +122,12 @@ export class RnnModel {
       e.message = `${where}: ${e.message}`;
       throw e;
     }
-    return new RnnModel(ort, meta, session, where);
+    return new RnnModel(ort, meta, session, where, options.preallocate ?? true);
   }
 
-  constructor(ort, metadata, session, name) {
+  constructor(ort, metadata, session, name, preallocate = true) {
+    /** whether steps pass their output buffers to session.run */
+    this.preallocate = preallocate;
     this.ort = ort;
     /** @type {import('./metadata.js').ModelMetadata} */
     this.metadata = metadata;

@@ -53,8 +53,8 @@ export class StepBatch {
   async advance() {
     const k = this.current;
     const next = k ^ 1;
-    const out = await this.model.run(this.feeds[k], this.fetches[k]);
-    // A backend that does not write into pre-allocated outputs returns its own arrays.
+    const out = await this.model.run(this.feeds[k], this.model.preallocate ? this.fetches[k] : undefined);
+    // Without pre-allocated outputs (onnxruntime-web: its WASM heap) the outputs are copied.
     const targets = [this.logProbs[next], ...this.states[next]];
     this.outputs.forEach((name, i) => {
       const data = out[name].data;

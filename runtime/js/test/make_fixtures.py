@@ -9,7 +9,8 @@ the stream's log-probabilities and verify's float32 allowance around it, (S, C))
 (the Python runtime's log-probabilities, (S, C)); ARCH.saved.bin (a Python stream after
 SAVED_STEPS steps, saved) and ARCH.continued.bin (it restored in Python, stepped through
 the next CONTINUE_STEPS tokens, saved). With the names data present, names.json: NAMES
-texts and the Python runtime's prediction of each through the gru model.
+texts and the Python runtime's prediction of each through the gru model. demo.json: the
+text the browser test types and the Python runtime's prediction after it (gru model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STEPS = 10_000
 SAVED_STEPS = 500
 CONTINUE_STEPS = 1_000
 NAMES = 2_000
+DEMO_TEXT = "a cat, a bat and a dog: ABBA DD"
 ARCHS = ("cell", "stacked", "gru", "lstm")
 # The real data lives next to the repository (../shared/data), never inside it.
 NAMES_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "names"
@@ -99,6 +101,19 @@ def _names(out: Path) -> None:
     (out / "names.json").write_text(json.dumps(record, ensure_ascii=False))
 
 
+def _demo(out: Path) -> None:
+    from rnn_runtime import StreamModel
+
+    stream = StreamModel(out / "gru.onnx").stream()
+    prediction = stream.feed(DEMO_TEXT)
+    record = {
+        "text": DEMO_TEXT,
+        "label": prediction.label,
+        "log_probs": prediction.log_probs.tolist(),
+    }
+    (out / "demo.json").write_text(json.dumps(record))
+
+
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +122,7 @@ def main(argv: list[str]) -> None:
         run_dir = _model(arch, out, Path(given[arch]) if arch in given else None)
         _stream(arch, out, run_dir)
     _names(out)
+    _demo(out)
 
 
 if __name__ == "__main__":
