@@ -6,40 +6,16 @@
 // RNN_RUNTIME_JS_SCREENSHOT names where the page's screenshot goes.
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { closeness, fixture, json } from './fixtures.js';
+import { CHROMIUM, launch } from './chromium.js';
 import { serveStatic } from './serve.js';
 
-export const CHROMIUM = '/usr/bin/chromium';
-export const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const required = process.env.RNN_RUNTIME_JS_BROWSER === 'required';
 const skip = !existsSync(CHROMIUM) && !required && `no Chromium at ${CHROMIUM} (Debian's chromium package)`;
-
-/** A fresh profile, the flags above, Debian's Chromium; returns [context, cleanup]. */
-export async function launch() {
-  const { chromium } = await import('playwright-core');
-  const profile = mkdtempSync(join(tmpdir(), 'rnn-runtime-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-  });
-  return [context, async () => {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }];
-}
 
 test('the demo page gives the Python runtime\'s label and probabilities', { skip, timeout: 120_000 }, async (t) => {
   const expected = json('demo.json');
