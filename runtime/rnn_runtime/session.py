@@ -450,7 +450,8 @@ def open_step_session(
     """
     step = meta.step
     session = open_session(step_bytes, providers=providers, threads=threads, quiet=True, name=name)
-    want_in = {step.token: ("tensor(int64)", 1)} | {i: ("tensor(float)", 2) for i, _ in step.states}
+    first = ("tensor(int64)", 1) if meta.reads_tokens else ("tensor(float)", 2)  # ids or frames
+    want_in = {step.token: first} | {i: ("tensor(float)", 2) for i, _ in step.states}
     want_out = {step.log_probs: ("tensor(float)", 2)} | {
         o: ("tensor(float)", 2) for _, o in step.states
     }
