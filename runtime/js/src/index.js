@@ -3,8 +3,8 @@
 // platform entries (node.js, browser.js) pass onnxruntime-node or onnxruntime-web.
 
 export { MetadataError, ModelFileError, SnapshotError, StreamError, UnknownCharError } from './errors.js';
-export { TokenInput, inputEncoder } from './inputs.js';
-export { SCHEMA_VERSION, readMetadata } from './metadata.js';
+export { FrameInput, TokenInput, inputEncoder } from './inputs.js';
+export { SCHEMA_VERSION, SCHEMA_VERSIONS, readMetadata } from './metadata.js';
 export { RnnModel, PREDICT_BATCH_SIZE } from './model.js';
 export { readMetadataProps } from './onnxfile.js';
 export { StreamPool } from './pool.js';

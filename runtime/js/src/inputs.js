@@ -1,7 +1,8 @@
 // What a stream takes per step, by the model's input kind: the seam where input kinds
 // plug in. An input encoder validates one step's input (or a sequence of them) before
-// anything runs, and writes it into row `row` of the step model's input tensor. Schema 1
-// files take character tokens (TokenInput).
+// anything runs, and writes it into row `row` of the step model's input tensor. Token
+// models ("tokens", "onehot") take characters or ids (TokenInput), "features" models
+// frames of F numbers (FrameInput).
 
 import { StreamError, UnknownCharError } from './errors.js';
 
@@ -24,7 +25,7 @@ function shownToken(token) {
 export class TokenInput {
   /** @param {import('./metadata.js').ModelMetadata} meta */
   constructor(meta) {
-    this.kind = 'tokens';
+    this.kind = meta.input.kind;
     /** @type {Map<string, number>} every token but the unknown one */
     this.charIds = new Map();
     meta.vocab.forEach((c, i) => {
@@ -102,6 +103,57 @@ export class TokenInput {
   }
 }
 
+/** Frames of F float32 values (input kind "features"); the graph normalizes them itself. */
+export class FrameInput {
+  /** @param {import('./metadata.js').ModelMetadata} meta */
+  constructor(meta) {
+    this.kind = 'features';
+    this.size = meta.input.size;
+  }
+
+  buffer(batch) {
+    return { type: 'float32', data: new Float32Array(batch * this.size), dims: [batch, this.size] };
+  }
+
+  write(data, row, frame) {
+    data.set(frame, row * this.size);
+  }
+
+  /**
+   * One validated frame: F finite numbers (an array or a typed array).
+   * @returns {Float32Array}
+   * @throws {StreamError} another size, or a value that is not a finite number
+   */
+  one(frame, _strict = false, where = 'a frame') {
+    if (typeof frame === 'string' || frame === null || typeof frame !== 'object' || typeof frame.length !== 'number') {
+      throw new StreamError(`${where} is an array of ${this.size} numbers; got ${typeof frame === 'string' ? 'a string' : typeof frame}`);
+    }
+    if (frame.length !== this.size) {
+      throw new StreamError(`${where} has ${frame.length} values; this model expects frames of ${this.size}`);
+    }
+    const out = Float32Array.from(frame);
+    const bad = out.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0 || Array.from(frame).some((x) => typeof x !== 'number')) {
+      throw new StreamError(`${where} has a value that is not a finite number at ${Math.max(bad, 0)}; frames must be finite`);
+    }
+    return out;
+  }
+
+  /** Validated frames of a sequence: an array of frames, or one flat array of T * F values. */
+  many(frames) {
+    if (frames instanceof Float32Array || frames instanceof Float64Array) {
+      if (frames.length % this.size !== 0) {
+        throw new StreamError(`${frames.length} values are not whole frames of ${this.size}`);
+      }
+      const out = [];
+      for (let t = 0; t < frames.length; t += this.size) out.push(this.one(frames.subarray(t, t + this.size), false, `frame ${t / this.size}`));
+      return out;
+    }
+    if (!Array.isArray(frames)) throw new StreamError(`frames must be an array of frames; got ${typeof frames}`);
+    return frames.map((f, t) => this.one(f, false, `frame ${t}`));
+  }
+}
+
 /**
  * The input encoder of a model's input kind.
  * @param {import('./metadata.js').ModelMetadata} meta
@@ -110,7 +162,10 @@ export class TokenInput {
 export function inputEncoder(meta) {
   switch (meta.input.kind) {
     case 'tokens':
+    case 'onehot': // token ids too: the graph holds the one-hot table
       return new TokenInput(meta);
+    case 'features':
+      return new FrameInput(meta);
     default:
       throw new StreamError(`input kind ${JSON.stringify(meta.input.kind)} is not served by this runtime`);
   }

@@ -1,13 +1,18 @@
 // The contract inside every .onnx file that `rnn-export convert` writes, read and
 // validated as rnn_runtime/metadata.py does (same keys, limits and checks; the Python
-// module's docstring documents the keys). Input kinds plug in through `input`: schema 1
-// files take character tokens, {kind: "tokens"}.
+// module's docstring documents the keys). Schema 2 describes the model's stages: its
+// input kind ("tokens", "onehot": token ids; "features": F float32 values per frame) and
+// its head; schema 1 files are token models with a log-softmax head at the last step.
 
 import { MetadataError } from './errors.js';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSIONS = [1, 2]; // what this runtime reads
 export const PREFIX = 'rnn_export.';
 export const ARCHS = ['cell', 'stacked', 'gru', 'lstm'];
+export const INPUT_KINDS = ['tokens', 'onehot', 'features'];
+export const HEADS = ['log_softmax'];
+export const HEAD_STEPS = ['last'];
 const DTYPES = ['int64', 'float32'];
 const INITIALS = ['zeros'];
 export const MAX_VOCAB = 2 ** 20;
@@ -32,12 +37,16 @@ const MAXIMA = {
  *   initial: string, batchAxis: number}} StateSpec
  * @typedef {{token: string, logProbs: string, states: [string, string][], sha256: string,
  *   onnxBase64: string, inFile: boolean}} StepSpec
- * @typedef {{kind: 'tokens'}} InputSpec
+ * @typedef {{kind: 'tokens'|'onehot'|'features', size: number, mean?: number[],
+ *   scale?: number[]}} InputSpec  size: layer 0's input width (E, V or F)
+ * @typedef {{output: string, steps: string}} HeadSpec
  * @typedef {{schemaVersion: number, arch: string, vocabSize: number, numClasses: number,
  *   hiddenSize: number, numLayers: number, nonlinearity: string, vocab: string[],
- *   unkId: number|null, labels: string[], input: InputSpec, tokens: TensorSpec,
+ *   unkId: number|null, labels: string[], input: InputSpec, head: HeadSpec, tokens: TensorSpec,
  *   lengths: TensorSpec, logProbs: TensorSpec, states: StateSpec[], provenance: object,
  *   checkpointSha256: string, step: StepSpec|null, isStepFile: boolean}} ModelMetadata
+ * `tokens` is the main graph's input whatever the kind: int64 (B, T) token ids, or float32
+ * (B, T, F) frames for "features" (then vocab is empty); `step.token` likewise.
  */
 
 function get(obj, key) {
@@ -143,11 +152,12 @@ function state(raw, i) {
   };
 }
 
-function step(raw, numLayers, states) {
+function step(raw, numLayers, states, version) {
   expect(isObject(raw), 'step to be an object', raw);
   const inFile = get(raw, 'in_file') ?? false;
   expect(typeof inFile === 'boolean', 'step.in_file true or false', inFile);
-  const keys = inFile ? ['token', 'log_probs'] : ['token', 'log_probs', 'sha256', 'onnx_base64'];
+  const first = version >= 2 ? 'input' : 'token';
+  const keys = inFile ? [first, 'log_probs'] : [first, 'log_probs', 'sha256', 'onnx_base64'];
   for (const key of keys) {
     const v = get(raw, key);
     expect(typeof v === 'string' && v !== '', `step.${key}`, v);
@@ -175,20 +185,71 @@ function step(raw, numLayers, states) {
     );
   }
   const pairs = layers.map((x) => [x.input, x.output]);
-  const names = [raw.token, raw.log_probs, ...pairs.flat()];
+  const names = [raw[first], raw.log_probs, ...pairs.flat()];
   expect(new Set(names).size === names.length, 'distinct step input and output names', names);
   if (inFile) {
-    return { token: raw.token, logProbs: raw.log_probs, states: pairs, sha256: '', onnxBase64: '', inFile: true };
+    return { token: raw[first], logProbs: raw.log_probs, states: pairs, sha256: '', onnxBase64: '', inFile: true };
   }
   expect(/^[0-9a-f]{64}$/.test(raw.sha256), 'step.sha256', raw.sha256);
   return {
-    token: raw.token,
+    token: raw[first],
     logProbs: raw.log_probs,
     states: pairs,
     sha256: raw.sha256,
     onnxBase64: raw.onnx_base64,
     inFile: false,
   };
+}
+
+/** The input and head stages of model (schema 1: tokens, E = H, log-softmax at the last step). */
+function stages(model, version) {
+  if (version === 1) {
+    return { input: { kind: 'tokens', size: get(model, 'hidden_size') }, head: { output: HEADS[0], steps: HEAD_STEPS[0] } };
+  }
+  const raw = get(model, 'input');
+  const head = get(model, 'head');
+  expect(isObject(raw), 'model.input to be an object', raw);
+  const kind = get(raw, 'kind');
+  const size = get(raw, 'size');
+  expect(INPUT_KINDS.includes(kind), `model.input.kind in ${shown(INPUT_KINDS)}`, kind);
+  expect(isInt(size, 1) && size <= MAX_DIM, `model.input.size in [1, ${MAX_DIM}]`, size);
+  expect(isObject(head), 'model.head to be an object', head);
+  expect(HEADS.includes(get(head, 'output')), `model.head.output in ${shown(HEADS)}`, get(head, 'output'));
+  expect(HEAD_STEPS.includes(get(head, 'steps')), `model.head.steps in ${shown(HEAD_STEPS)}`, get(head, 'steps'));
+  const input = { kind, size };
+  if (kind === 'features') {
+    for (const k of ['mean', 'scale']) {
+      const values = get(raw, k);
+      expect(
+        Array.isArray(values) && values.length === size && values.every((x) => typeof x === 'number' && Number.isFinite(x)),
+        `model.input.${k}: ${size} finite numbers`,
+        values,
+      );
+      input[k] = values;
+    }
+    expect(input.scale.every((x) => x !== 0), 'a non-zero scale', input.scale);
+  }
+  return { input, head: { output: head.output, steps: head.steps } };
+}
+
+/** The vocabulary's tokens and unknown id, checked against model.vocab_size. */
+function vocabulary(vocab, vocabSize) {
+  expect(isObject(vocab), 'vocab to be an object', vocab);
+  const tokens = get(vocab, 'tokens');
+  expect(
+    Array.isArray(tokens) && tokens.every((t) => typeof t === 'string'),
+    'vocab.tokens to be a list of strings',
+    tokens,
+  );
+  expect(tokens.length === vocabSize, `${vocabSize} vocab tokens`, tokens.length);
+  expect(new Set(tokens).size === tokens.length, 'unique vocab tokens', repeated(tokens));
+  const unk = get(vocab, 'unk_id') ?? null;
+  expect(
+    unk === null || (isInt(unk) && unk < tokens.length),
+    `vocab.unk_id in [0, ${tokens.length}) or null (no unknown token)`,
+    unk,
+  );
+  return [tokens, unk];
 }
 
 /**
@@ -205,36 +266,29 @@ export function readMetadata(props) {
     );
   }
   const version = load(props, 'schema');
-  if (version !== SCHEMA_VERSION) {
+  if (!SCHEMA_VERSIONS.includes(version)) {
     throw new MetadataError(
-      `unknown metadata schema version ${shown(version)}; this runtime reads version ${SCHEMA_VERSION}`,
+      `unknown metadata schema version ${shown(version)}; this runtime reads versions ${SCHEMA_VERSIONS.join(', ')}`,
     );
   }
   const model = load(props, 'model');
   expect(isObject(model), 'model to be an object', model);
+  const { input, head } = stages(model, version);
+  const frames = input.kind === 'features';
   for (const [key, most] of Object.entries(MAXIMA)) {
     const value = get(model, key);
-    expect(isInt(value, 1) && value <= most, `model.${key} in [1, ${most}]`, value);
+    const low = key === 'vocab_size' && frames ? 0 : 1;
+    expect(isInt(value, low) && value <= most, `model.${key} in [${low}, ${most}]`, value);
   }
+  expect(!frames || model.vocab_size === 0, 'model.vocab_size 0 (features)', model);
   expect(ARCHS.includes(get(model, 'arch')), `model.arch in ${shown(ARCHS)}`, get(model, 'arch'));
   expect(typeof get(model, 'nonlinearity') === 'string', 'model.nonlinearity', get(model, 'nonlinearity'));
+  if (input.kind === 'onehot') expect(input.size === model.vocab_size, 'model.input.size V for onehot', input.size);
 
-  const vocab = load(props, 'vocab');
-  expect(isObject(vocab), 'vocab to be an object', vocab);
-  const tokens = get(vocab, 'tokens');
-  expect(
-    Array.isArray(tokens) && tokens.every((t) => typeof t === 'string'),
-    'vocab.tokens to be a list of strings',
-    tokens,
-  );
-  expect(tokens.length === model.vocab_size, `${model.vocab_size} vocab tokens`, tokens.length);
-  expect(new Set(tokens).size === tokens.length, 'unique vocab tokens', repeated(tokens));
-  const unk = get(vocab, 'unk_id') ?? null;
-  expect(
-    unk === null || (isInt(unk) && unk < tokens.length),
-    `vocab.unk_id in [0, ${tokens.length}) or null (no unknown token)`,
-    unk,
-  );
+  let tokens = [];
+  let unk = null;
+  if (frames) expect(!props.has(PREFIX + 'vocab'), 'no vocab for a features model', 'a vocab');
+  else [tokens, unk] = vocabulary(load(props, 'vocab'), model.vocab_size);
 
   const labels = load(props, 'labels');
   expect(
@@ -254,8 +308,12 @@ export function readMetadata(props) {
     rawStates,
   );
   const states = rawStates.map(state);
+  const key = version >= 2 ? 'input' : 'tokens';
+  const mainIn = tensor(get(io, key), `io.${key}`, frames ? 'float32' : 'int64');
+  const wantShape = frames ? ['B', 'T', input.size] : ['B', 'T'];
+  expect(shown(mainIn.shape) === shown(wantShape), `io.${key}.shape ${shown(wantShape)}`, mainIn.shape);
   const tensors = {
-    tokens: tensor(get(io, 'tokens'), 'io.tokens', 'int64'),
+    tokens: mainIn,
     lengths: tensor(get(io, 'lengths'), 'io.lengths', 'int64'),
     logProbs: tensor(get(io, 'log_probs'), 'io.log_probs', 'float32'),
   };
@@ -276,7 +334,7 @@ export function readMetadata(props) {
     'provenance.libraries to be an object of version strings',
     libraries,
   );
-  const stepSpec = props.has(PREFIX + 'step') ? step(load(props, 'step'), model.num_layers, states) : null;
+  const stepSpec = props.has(PREFIX + 'step') ? step(load(props, 'step'), model.num_layers, states, version) : null;
   return {
     schemaVersion: version,
     arch: model.arch,
@@ -288,7 +346,8 @@ export function readMetadata(props) {
     vocab: tokens,
     unkId: unk,
     labels,
-    input: { kind: 'tokens' },
+    input,
+    head,
     ...tensors,
     states,
     provenance,

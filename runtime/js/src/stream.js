@@ -141,21 +141,21 @@ export class Stream {
   }
 
   /**
-   * Advance by one character or token id.
-   * @param {string|number} token
+   * Advance by one character or token id (a frame of F numbers for a features model).
+   * @param {string|number|ArrayLike<number>} token
    * @returns {Promise<Prediction>}
    * @throws {StreamError} a bad token, or a result that is not finite (the state is kept)
    */
   async step(token) {
     this.checkFree();
     this.model.input.write(this.batch.input, 0, this.model.input.one(token, this.strict));
-    if ((await this.batch.advance()).length > 0) throw blownUp(`the step on ${JSON.stringify(token)}`);
+    if ((await this.batch.advance()).length > 0) throw blownUp(`the step on ${String(JSON.stringify(token)).slice(0, 40)}`);
     return new Prediction(this.batch.logProbsRow(0), this.model.labels);
   }
 
   /**
-   * Advance by a text or a sequence of token ids, step by step.
-   * @param {string|Iterable<number>} tokens
+   * Advance by a text or a sequence of token ids (of frames for a features model), step by step.
+   * @param {string|Iterable<number>|ArrayLike<number>[]|Float32Array} tokens
    * @returns {Promise<Prediction|null>} after the last token (for empty input, the current one)
    * @throws {StreamError} bad tokens, or a result that is not finite: the stream is then as
    *   it was before the call

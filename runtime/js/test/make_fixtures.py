@@ -11,6 +11,8 @@ SAVED_STEPS steps, saved) and ARCH.continued.bin (it restored in Python, stepped
 the next CONTINUE_STEPS tokens, saved). With the names data present, names.json: NAMES
 texts and the Python runtime's prediction of each through the gru model. demo.json: the
 text the browser test types and the Python runtime's prediction after it (gru model).
+features.onnx / features.json: a features model (F = 5) with random weights, FRAMES random
+frames and its main graph's log-probabilities after each prefix of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ STEPS = 10_000
 SAVED_STEPS = 500
 CONTINUE_STEPS = 1_000
 NAMES = 2_000
+FRAMES = 40
 DEMO_TEXT = "a cat, a bat and a dog: ABBA DD"
 ARCHS = ("cell", "stacked", "gru", "lstm")
 # The real data lives next to the repository (../shared/data), never inside it.
@@ -114,6 +117,42 @@ def _demo(out: Path) -> None:
     (out / "demo.json").write_text(json.dumps(record))
 
 
+def _features(out: Path) -> None:
+    """A features model (schema 2: F float32 values per frame) with random weights, and its
+    main graph's log-probabilities after each prefix of random frames (row r of one call
+    stops at length r + 1), run by onnxruntime."""
+    import onnxruntime as ort
+    import torch
+
+    from rnn_export.config import ModelConfig
+    from rnn_export.export import build_onnx
+    from rnn_export.models import build_model
+    from rnn_runtime.metadata import read_metadata
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        arch="gru",
+        labels=("x", "y", "z"),
+        hidden_size=8,
+        input_kind="features",
+        input_size=5,
+        vocab_size=0,
+    )
+    data = build_onnx(build_model(config).eval(), None, "0" * 64).data
+    (out / "features.onnx").write_bytes(data)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+    frames = np.random.default_rng(0).normal(size=(FRAMES, 5)).astype(np.float32)
+    feeds = {
+        meta.tokens.name: np.repeat(frames[None], FRAMES, axis=0),
+        meta.lengths.name: np.arange(1, FRAMES + 1, dtype=np.int64),
+    }
+    feeds |= {s.input: np.zeros(s.concrete_shape(FRAMES), np.float32) for s in meta.states}
+    (log_probs,) = session.run([meta.log_probs.name], feeds)
+    record = {"frames": frames.tolist(), "log_probs": log_probs.tolist()}
+    (out / "features.json").write_text(json.dumps(record))
+
+
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +162,7 @@ def main(argv: list[str]) -> None:
         _stream(arch, out, run_dir)
     _names(out)
     _demo(out)
+    _features(out)
 
 
 if __name__ == "__main__":
