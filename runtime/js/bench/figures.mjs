@@ -9,6 +9,21 @@ import { join } from 'node:path';
 import { launch } from '../test/chromium.js';
 import { serveStatic } from '../test/serve.js';
 
+// The Python runtime's stream step, median of 7 blocks.
+const PYTHON_STEP = `
+import sys, time, statistics
+import rnn_runtime
+model = rnn_runtime.open_model(sys.argv[1]); stream = model.stream()
+n = int(sys.argv[2]); V = model.metadata.vocab_size
+tokens = [(i * 7919) % V for i in range(n)]
+times = []
+for _ in range(7):
+    t = time.perf_counter()
+    for x in tokens: stream.step(x)
+    times.append((time.perf_counter() - t) / n * 1e6)
+print(statistics.median(times))
+`;
+
 const [dir, steps = '2000'] = process.argv.slice(2);
 const python = process.env.PYTHON ?? 'python';
 const here = new URL('.', import.meta.url).pathname;
@@ -33,18 +48,3 @@ for (const arch of ['cell', 'stacked', 'gru', 'lstm']) {
 await close();
 await server.close();
 console.log(JSON.stringify({ cpu, steps: Number(steps), rows }, null, 1));
-
-// The Python runtime's stream step, median of 7 interleaved-free blocks.
-var PYTHON_STEP = `
-import sys, time, statistics
-import rnn_runtime
-model = rnn_runtime.open_model(sys.argv[1]); stream = model.stream()
-n = int(sys.argv[2]); V = model.metadata.vocab_size
-tokens = [(i * 7919) % V for i in range(n)]
-times = []
-for _ in range(7):
-    t = time.perf_counter()
-    for x in tokens: stream.step(x)
-    times.append((time.perf_counter() - t) / n * 1e6)
-print(statistics.median(times))
-`;
