@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ VOCAB = "vocab.json"
 TRAIN = "train.json"
 METRICS = "metrics.json"
 CURVES = "curves.png"
-REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)
+REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)  # VOCAB: a model that reads tokens
 DATA_KEYS = ("source", "path", "seed", "val_fraction")
 
 
@@ -156,8 +155,7 @@ def save_checkpoint(
     if data is not None and "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
-    tmp = atomic.temp_folder(run_dir)
-    try:
+    with atomic.temp_folder(run_dir) as tmp:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         files = {
             WEIGHTS: save_safetensors(weights),
@@ -180,9 +178,6 @@ def save_checkpoint(
         except CheckpointError as e:
             raise CheckpointError(_kept(run_dir, tmp, e, "fails a check")) from None
         atomic.swap_in(tmp, run_dir)
-    finally:
-        # Reached with tmp still present only when something above failed or was interrupted.
-        shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
 
 
@@ -213,6 +208,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"{config_path}: not a model config: {e}") from None
     vocab_path = run_dir / VOCAB
     vocab = None
+    if config.reads_tokens:  # a features model has no vocab.json
+        _check_files(run_dir, list(REQUIRED))
     if config.reads_tokens or atomic.path_kind(vocab_path) is not None:
         try:
             vocab = Vocabulary.from_dict(read_json(vocab_path))
@@ -306,11 +303,16 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
             f"it is {kind}{hint}"
         )
-    for name in REQUIRED:
+    _check_files(run_dir, [name for name in REQUIRED if name != VOCAB])
+
+
+def _check_files(run_dir: Path, names: list[str]) -> None:
+    """Refuse a run directory that lacks one of names (or holds a non-file there)."""
+    for name in names:
         kind = atomic.path_kind(run_dir / name)
         if kind not in (None, "a regular file"):
             raise CheckpointError(f"{run_dir / name}: expected a regular file; it is {kind}")
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    missing = [name for name in REQUIRED if name in names and not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(
             f"{run_dir / missing[0]}: missing; a run directory holds {', '.join(REQUIRED)} "

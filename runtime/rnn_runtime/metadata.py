@@ -2,7 +2,8 @@
 
 Everything a runner needs travels in the model's `metadata_props` as JSON values
 under one versioned schema. `build_metadata` writes it (used by the exporter),
-`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`).
+`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`);
+records.check_signature checks a graph against it (with rnn_runtime.signature's sizes).
 This module needs nothing but the standard library, so it runs on a device.
 
 Keys (all values are JSON text):
@@ -51,7 +52,7 @@ of rank <= MAX_RANK (8) with fixed dimensions <= MAX_DIM (2**20) and at most
 MAX_STATE_FLOATS (2**22) values per stream and state, opset <= MAX_OPSET (1000). Every
 value must be UTF-8 JSON that Python reads (no nesting past its recursion limit, no int
 of 4,300+ digits) and its strings valid Unicode (no lone surrogates); labels and vocab
-tokens must be distinct.
+tokens must be distinct, and a label holds no control character or line break.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -90,6 +92,10 @@ MAX_RANK = 8
 MAX_DIM = 1 << 20
 MAX_STATE_FLOATS = 1 << 22
 MAX_OPSET = 1000
+# A label is one tab-separated field of a line in the text outputs: no C0 or C1 control
+# (tab, newline, carriage return, U+0085...), no line or paragraph separator (the set of
+# rnn_export.config.LABEL_BREAKS).
+_LABEL_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAXIMA = {
     "vocab_size": MAX_VOCAB,
     "num_classes": MAX_CLASSES,
@@ -406,6 +412,11 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     )
     _expect(len(labels) == model["num_classes"], f"{model['num_classes']} labels", len(labels))
     _expect(len(set(labels)) == len(labels), "distinct labels", _repeated(labels))
+    _expect(
+        not any(map(_LABEL_BREAKS.search, labels)),
+        "labels without a control character or line break",
+        [x for x in labels if _LABEL_BREAKS.search(x)][:3],
+    )
 
     io = _load(props, "io")
     _expect(isinstance(io, dict), "io to be an object", io)

@@ -35,6 +35,7 @@ from rnn_runtime.errors import (
     StreamError,
     ThreadsError,
 )
+from rnn_runtime.signature import check_step_signature
 
 # Short names (as every command spells them) -> onnxruntime's full names.
 PROVIDERS = {
@@ -341,18 +342,20 @@ def bind_chunk(session, meta, tokens, lengths, buffers: StateBuffers, k: int) ->
 class StepBindings:
     """Prebuilt one-token-per-row calls at batch n over a StateBuffers.
 
-    Write the ids into `tokens` (n,), then `advance()`: it runs bindings[k] (through
-    calls[k], see bound_run) with k = buffers.current, which reads set k and writes set
-    k ^ 1, and keeps the result only if it is finite. Through the step model when
-    `step_session` is given (per-layer states, CPU only), else through the main graph
-    (T = 1, lengths 1).
+    Write the ids into `tokens` (n,) (frames: (n, F)), then `advance()`: it runs
+    bindings[k] (through calls[k], see bound_run) with k = buffers.current, which reads
+    set k and writes set k ^ 1, and keeps the result only if it is finite. Through the
+    step model when `step_session` is given (per-layer states, CPU only), else through
+    the main graph (T = 1, lengths 1).
     """
 
     def __init__(self, meta, buffers: StateBuffers, n: int, session, step_session=None):
+        # One step's input per row: a token id, or a features model's frame of F values.
+        dtype, frame = (np.int64, ()) if meta.reads_tokens else (np.float32, (meta.input_size,))
         if step_session is not None:
             step = meta.step
             self.session = step_session
-            self.tokens = np.zeros((n,), dtype=np.int64)
+            self.tokens = np.zeros((n, *frame), dtype=dtype)
             tokens = ort.OrtValue.ortvalue_from_numpy(self.tokens)
             bindings = []
             for k in (0, 1):
@@ -369,7 +372,7 @@ class StepBindings:
                 bindings.append(binding)
         else:
             self.session = session
-            self._tokens = np.zeros((n, 1), dtype=np.int64)
+            self._tokens = np.zeros((n, 1, *frame), dtype=dtype)
             self.tokens = self._tokens[:, 0]  # a view: writing it feeds the graph
             tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
             ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
@@ -445,7 +448,8 @@ def open_step_session(
         step_bytes: the step model (already checked by onnxfile.scan_model).
 
     Raises:
-        MetadataError: inputs or outputs that differ from what the metadata promises.
+        MetadataError: inputs or outputs that differ from what the metadata promises
+            (names, types, ranks; classes and hidden size: signature.check_step_signature).
         ModelFileError, ProviderError: as open_session.
     """
     step = meta.step
@@ -462,4 +466,5 @@ def open_step_session(
         found = {a.name: (a.type, len(a.shape)) for a in got}
         if found != want:
             raise MetadataError(f"{name}'s {kind}s are {found}; the metadata promises {want}")
+    check_step_signature(meta, session.get_outputs(), name)
     return session

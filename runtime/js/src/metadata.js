@@ -24,6 +24,9 @@ export const MAX_RANK = 8;
 export const MAX_DIM = 2 ** 20;
 export const MAX_STATE_FLOATS = 2 ** 22;
 export const MAX_OPSET = 1000;
+// A label is one tab-separated field of a line in the text outputs: no C0 or C1 control,
+// no line or paragraph separator (metadata.py's _LABEL_BREAKS).
+const LABEL_BREAKS = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
 const MAXIMA = {
   vocab_size: MAX_VOCAB,
   num_classes: MAX_CLASSES,
@@ -298,6 +301,11 @@ export function readMetadata(props) {
   );
   expect(labels.length === model.num_classes, `${model.num_classes} labels`, labels.length);
   expect(new Set(labels).size === labels.length, 'distinct labels', repeated(labels));
+  expect(
+    !labels.some((x) => LABEL_BREAKS.test(x)),
+    'labels without a control character or line break',
+    labels.filter((x) => LABEL_BREAKS.test(x)).slice(0, 3),
+  );
 
   const io = load(props, 'io');
   expect(isObject(io), 'io to be an object', io);

@@ -49,6 +49,9 @@ test('schema 2 metadata is validated as metadata.py does', async () => {
   assert.throws(() => readMetadata(bad((m) => ((m.input.mean = [1]), m))), { name: 'MetadataError', message: /5 finite numbers/ });
   assert.throws(() => readMetadata(bad((m) => ((m.vocab_size = 3), m))), { name: 'MetadataError', message: /vocab_size 0/ });
   assert.throws(() => readMetadata(bad((m) => ((m.head.steps = 'every'), m))), MetadataError);
+  const tabbed = new Map(props);
+  tabbed.set('rnn_export.labels', JSON.stringify(['x', 'y\tz', 'w']));
+  assert.throws(() => readMetadata(tabbed), { name: 'MetadataError', message: /without a control character/ });
   const future = new Map(props);
   future.set('rnn_export.schema', '3');
   assert.throws(() => readMetadata(future), { name: 'MetadataError', message: /versions 1, 2/ });
