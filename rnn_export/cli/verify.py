@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rnn_export.cli.module_options import module_options, module_spec
+from rnn_export.runtimes import RUNTIME_NAMES
 
 
 def _tolerance_value(ctx, param, value):
@@ -72,13 +73,15 @@ def _tolerance_value(ctx, param, value):
 )
 @click.option(
     "--runtime",
+    type=click.Choice(RUNTIME_NAMES),
     default="onnxruntime",
     show_default=True,
-    help="The runtime that executes the file: onnxruntime, openvino, tract, "
-    "onnx-reference or tflite (each but onnx-reference an extra of the package: pip "
-    "install 'rnn-export[openvino]'). Others than onnxruntime run on the CPU. tflite "
-    "converts the file with onnx2tf in a Python 3.12 of its own (python "
-    "scripts/onnx2tf_env.py makes it) and runs it in LiteRT's interpreter.",
+    help="The runtime that executes the file (openvino, tract and tflite are extras of the "
+    "package: pip install 'rnn-export[openvino]'). Others than onnxruntime run on the CPU. "
+    "tflite converts the file with onnx2tf in a Python 3.12 of its own (python "
+    "scripts/onnx2tf_env.py makes it) and runs it in LiteRT's interpreter; "
+    "onnxruntime-node and onnxruntime-web run it through the JavaScript runtime (python "
+    "scripts/js_env.py installs its packages and Chromium).",
 )
 @click.option(
     "--onnx2tf-python",
