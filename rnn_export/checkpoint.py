@@ -45,7 +45,7 @@ VOCAB = "vocab.json"
 TRAIN = "train.json"
 METRICS = "metrics.json"
 CURVES = "curves.png"
-REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)
+REQUIRED = (WEIGHTS, CONFIG, VOCAB, TRAIN, METRICS)  # VOCAB: a model that reads tokens
 DATA_KEYS = ("source", "path", "seed", "val_fraction")
 
 
@@ -102,7 +102,7 @@ class Checkpoint:
         )
 
 
-def model_identity(weights_sha256: str, config: ModelConfig, vocab: Vocabulary) -> str:
+def model_identity(weights_sha256: str, config: ModelConfig, vocab: Vocabulary | None) -> str:
     """The hex sha256 that identifies a model: its weights, config and vocabulary.
 
     The three are hashed as one canonical JSON document (sorted keys, ASCII, no spaces),
@@ -112,7 +112,7 @@ def model_identity(weights_sha256: str, config: ModelConfig, vocab: Vocabulary) 
         "identity": "rnn-export model 1",
         "weights_sha256": weights_sha256,
         "config": config.to_dict(),
-        "vocab": vocab.to_dict(),
+        "vocab": None if vocab is None else vocab.to_dict(),
     }
     text = json.dumps(document, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -152,10 +152,7 @@ def save_checkpoint(
         WriteError: a file cannot be written (full disk...); run_dir is as it was.
     """
     run_dir = Path(run_dir)
-    if len(vocab) != model.config.vocab_size:
-        raise CheckpointError(
-            f"model expects vocab_size {model.config.vocab_size}; vocabulary has {len(vocab)}"
-        )
+    _check_vocab(model.config, vocab, "the vocabulary given")
     if data is not None and "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
@@ -165,10 +162,11 @@ def save_checkpoint(
         files = {
             WEIGHTS: save_safetensors(weights),
             CONFIG: _json(model.config.to_dict()),
-            VOCAB: _json(vocab.to_dict()),
             TRAIN: _json({"data": data, **training}),
             METRICS: _json(metrics),
         }
+        if vocab is not None:  # a features model reads no tokens: it has no vocab.json
+            files[VOCAB] = _json(vocab.to_dict())
         if curves_png is not None:
             files[CURVES] = curves_png
         try:
@@ -214,15 +212,15 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{config_path}: not a model config: {e}") from None
     vocab_path = run_dir / VOCAB
-    try:
-        vocab = Vocabulary.from_dict(read_json(vocab_path))
-    except DataError as e:
-        raise CheckpointError(f"{vocab_path}: not a vocabulary: {e}") from None
-    if len(vocab) != config.vocab_size:
-        raise CheckpointError(
-            f"{vocab_path}: has {len(vocab)} tokens; {config_path} says vocab_size "
-            f"{config.vocab_size}"
-        )
+    vocab = None
+    if config.reads_tokens:  # a features model has no vocab.json
+        _check_files(run_dir, list(REQUIRED))
+    if config.reads_tokens or atomic.path_kind(vocab_path) is not None:
+        try:
+            vocab = Vocabulary.from_dict(read_json(vocab_path))
+        except DataError as e:
+            raise CheckpointError(f"{vocab_path}: not a vocabulary: {e}") from None
+    _check_vocab(config, vocab, vocab_path, config_path)
     train_path = run_dir / TRAIN
     training = read_json(train_path)
     if not isinstance(training, dict):
@@ -252,6 +250,23 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         options=options,
         weights_sha256=weights_sha256,
     )
+
+
+def _check_vocab(config: ModelConfig, vocab, vocab_path, config_path="the model") -> None:
+    """A vocabulary of config.vocab_size tokens for a model that reads tokens; none for a
+    features model."""
+    if not config.reads_tokens:
+        if vocab is not None:
+            raise CheckpointError(
+                f"{vocab_path}: a features model reads no tokens, so it has no vocabulary; "
+                f"got one of {len(vocab)} tokens"
+            )
+        return
+    if vocab is None or len(vocab) != config.vocab_size:
+        got = "none" if vocab is None else f"{len(vocab)} tokens"
+        raise CheckpointError(
+            f"{vocab_path}: has {got}; {config_path} says vocab_size {config.vocab_size}"
+        )
 
 
 def _read_data(training: dict, path: Path) -> dict | None:
@@ -293,11 +308,16 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir}: expected a run directory (a folder made by `rnn-export train`); "
             f"it is {kind}{hint}"
         )
-    for name in REQUIRED:
+    _check_files(run_dir, [name for name in REQUIRED if name != VOCAB])
+
+
+def _check_files(run_dir: Path, names: list[str]) -> None:
+    """Refuse a run directory that lacks one of names (or holds a non-file there)."""
+    for name in names:
         kind = atomic.path_kind(run_dir / name)
         if kind not in (None, "a regular file"):
             raise CheckpointError(f"{run_dir / name}: expected a regular file; it is {kind}")
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    missing = [name for name in REQUIRED if name in names and not (run_dir / name).is_file()]
     if missing:
         raise CheckpointError(
             f"{run_dir / missing[0]}: missing; a run directory holds {', '.join(REQUIRED)} "
@@ -350,7 +370,7 @@ def _read_options(training: dict, config: ModelConfig, path: Path, config_path: 
         options = TrainOptions.from_dict(given)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: not training options: {e}") from None
-    trained = options.model_config(config.vocab_size, config.labels)
+    trained = options.model_config(config.vocab_size, config.labels, config.input_size)
     if trained != config:
         raise CheckpointError(
             f"{path}: options describe the model {trained.describe()}; {config_path} "

@@ -3,7 +3,12 @@ it) and the options it was trained with (TrainOptions).
 
 Every size and number is bounded, so that a config read from a file or an option is
 refused before anything is allocated:
-    vocab_size   V   2 .. 65,536 (single characters, the unknown token included)
+    input_kind       "tokens" (an Embedding (V, E)), "onehot" (V symbols fed to layer 0 as
+                     one-hot vectors) or "features" (F float32 values per step)
+    vocab_size   V   2 .. 65,536 (single characters, the unknown token included); 0 for
+                     "features"
+    input_size   E   1 .. 4,096: the embedding size of "tokens" (None: E = H), the
+                     frame size F of "features" (required); None for "onehot" (width V)
     hidden_size  H   1 .. 4,096
     num_layers   L   1 .. 16 (exactly 1 for "cell")
     (gru and lstm have their native gates only: nonlinearity is always "tanh")
@@ -23,6 +28,12 @@ from dataclasses import asdict, dataclass, field, fields
 from rnn_export.errors import InputError
 
 ARCHS = ("cell", "stacked", "gru", "lstm")
+# The input stage: what a step reads (see ModelConfig).
+INPUT_KINDS = ("tokens", "onehot", "features")
+# The head stage: what the model answers and when. Only these today; the stage is the seam
+# for heads at every step and for sigmoid or raw outputs.
+HEADS = ("log_softmax",)
+HEAD_STEPS = ("last",)
 NONLINEARITIES = {
     "cell": ("tanh", "relu", "identity"),
     "stacked": ("tanh", "relu"),
@@ -46,6 +57,7 @@ DEFAULT_NUM_LAYERS = {"cell": 1, "stacked": 2, "gru": 1, "lstm": 1}
 
 MAX_VOCAB_SIZE = 65_536
 MAX_HIDDEN_SIZE = 4_096
+MAX_INPUT_SIZE = 4_096
 MAX_NUM_LAYERS = 16
 MAX_LABELS = 10_000
 MAX_LABEL_CHARS = 256
@@ -58,6 +70,7 @@ MAX_THREADS = 256
 
 # One name per tensor, the same in PyTorch, in the ONNX graph and in the runtime.
 TOKENS = "tokens"
+FEATURES = "features"  # a "features" model's main input: float32 (B, T, F)
 LENGTHS = "lengths"
 STATE_IN = "h0"
 LOG_PROBS = "log_probs"
@@ -68,6 +81,11 @@ STATE_OUT = "hn"
 # state), in PyTorch, in the graph, in the metadata and in the runtime; the step model
 # names layer l's as f"{k}_{l}" in and f"{k}n_{l}" out.
 STATE_KINDS = {"cell": ("h",), "stacked": ("h",), "gru": ("h",), "lstm": ("h", "c")}
+
+
+def input_name(config) -> str:
+    """The main graph's input: "tokens" (int64 (B, T) ids) or "features" (float32 (B, T, F))."""
+    return TOKENS if config.reads_tokens else FEATURES
 
 
 def state_names(arch: str) -> tuple[tuple[str, str], ...]:
@@ -103,6 +121,15 @@ class ModelConfig:
         num_layers: L; always 1 for "cell".
         nonlinearity: "tanh" or "relu" for both arches, also "identity" for "cell";
             always "tanh" for "gru" and "lstm".
+        input_kind: the input stage, one of INPUT_KINDS: "tokens" (token ids through an
+            Embedding (V, E)), "onehot" (token ids as one-hot vectors of width V, as the
+            PyTorch tutorial's name classifier feeds its letters) or "features" (F float32
+            values per step, normalized by a per-feature mean and scale the model holds).
+        input_size: E for "tokens" (None: E = H, the notes' models), F for "features"
+            (required); None for "onehot".
+        head: the head stage's output, one of HEADS: log-probabilities over C classes.
+        head_steps: when the head answers, one of HEAD_STEPS: after each row's last real
+            step.
     """
 
     arch: str
@@ -111,6 +138,10 @@ class ModelConfig:
     hidden_size: int = DEFAULT_HIDDEN_SIZE
     num_layers: int = 1
     nonlinearity: str = "tanh"
+    input_kind: str = "tokens"
+    input_size: int | None = None
+    head: str = "log_softmax"
+    head_steps: str = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, (list, tuple)):
@@ -123,7 +154,13 @@ class ModelConfig:
                 f"nonlinearity for arch {self.arch!r} must be one of "
                 f"{NONLINEARITIES[self.arch]}; got {self.nonlinearity!r:.80}"
             )
-        check_int("vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        self._check_input()
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {HEADS}; got {self.head!r:.80}")
+        if self.head_steps not in HEAD_STEPS:
+            raise ConfigError(
+                f"head_steps must be one of {HEAD_STEPS}; got {self.head_steps!r:.80}"
+            )
         check_int("hidden_size", self.hidden_size, 1, MAX_HIDDEN_SIZE)
         check_int("num_layers", self.num_layers, 1, MAX_NUM_LAYERS)
         if self.arch == "cell" and self.num_layers != 1:
@@ -137,9 +174,44 @@ class ModelConfig:
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels must be unique; got {list(self.labels)!r:.200}")
 
+    def _check_input(self) -> None:
+        kind = self.input_kind
+        if kind not in INPUT_KINDS:
+            raise ConfigError(f"input_kind must be one of {INPUT_KINDS}; got {kind!r:.80}")
+        if kind == "features":
+            if self.vocab_size != 0:
+                raise ConfigError(
+                    f"a features model reads no tokens: vocab_size must be 0; got "
+                    f"{self.vocab_size!r:.40}"
+                )
+            if self.input_size is None:
+                raise ConfigError("a features model needs input_size F (values per step)")
+        else:
+            check_int("vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        if kind == "onehot" and self.input_size is not None:
+            raise ConfigError(
+                f"a onehot model's input width is its vocab_size V = {self.vocab_size}; "
+                f"input_size must be null; got {self.input_size!r:.40}"
+            )
+        if self.input_size is not None:
+            check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE)
+
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def input_width(self) -> int:
+        """The width of layer 0's input per step: E for "tokens", V for "onehot", F for
+        "features"."""
+        if self.input_kind == "onehot":
+            return self.vocab_size
+        return self.hidden_size if self.input_size is None else self.input_size
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether a step reads a token id (tokens, onehot) rather than a float frame."""
+        return self.input_kind != "features"
 
     def state_shape(self, batch_size: int | str = "B") -> tuple:
         """Shape of each state: (B, H) for "cell", (L, B, H) for the others (the LSTM's h
@@ -154,15 +226,27 @@ class ModelConfig:
         return state_names(self.arch)
 
     def describe(self) -> str:
-        """One line for people: "cell, L=1, H=128, tanh, V=30, C=4"."""
+        """One line for people: "cell, L=1, H=128, tanh, V=30, C=4" (the input stage
+        named when it is not an Embedding (V, H): "onehot V=57", "E=32", "features F=40")."""
+        inputs = {
+            "tokens": f"V={self.vocab_size}"
+            + ("" if self.input_size in (None, self.hidden_size) else f", E={self.input_size}"),
+            "onehot": f"onehot V={self.vocab_size}",
+            "features": f"features F={self.input_size}",
+        }[self.input_kind]
         return (
             f"{self.arch}, L={self.num_layers}, H={self.hidden_size}, {self.nonlinearity}, "
-            f"V={self.vocab_size}, C={self.num_classes}"
+            f"{inputs}, C={self.num_classes}"
         )
 
     def to_dict(self) -> dict:
+        """The config as JSON values. The stage fields at their defaults are left out, so
+        a model of the notes' form keeps the dict (and so the identity) it always had."""
         d = asdict(self)
         d["labels"] = list(self.labels)
+        for name, default in _STAGE_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -180,6 +264,14 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+
+_STAGE_DEFAULTS = {
+    "input_kind": "tokens",
+    "input_size": None,
+    "head": "log_softmax",
+    "head_steps": "last",
+}
 
 
 @dataclass(frozen=True)
@@ -200,6 +292,8 @@ class TrainOptions:
         seed: seeds the weights and the batch order (and the embedded task's data).
         threads: torch CPU threads while training. With these small matrices more
             threads gain little and collapse when cores are shared.
+        input_kind: the input stage, one of INPUT_KINDS ("features": F is the data's).
+        input_size: E, the embedding size of "tokens" (None: E = H).
     """
 
     arch: str
@@ -212,6 +306,8 @@ class TrainOptions:
     clip: float = DEFAULT_CLIP
     seed: int = 0
     threads: int = 1
+    input_kind: str = "tokens"
+    input_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_layers is None:
@@ -220,7 +316,10 @@ class TrainOptions:
             epochs = DEFAULT_EPOCHS_BY_ARCH.get(self.arch, DEFAULT_EPOCHS)
             object.__setattr__(self, "epochs", epochs)
         # The model's own checks (arch, nonlinearity, sizes), before any data is read.
-        self.model_config(vocab_size=2, labels=("a", "b"))
+        if self.input_kind == "features":
+            self.model_config(vocab_size=0, labels=("a", "b"), input_size=self.input_size or 1)
+        else:
+            self.model_config(vocab_size=2, labels=("a", "b"))
         check_int("epochs", self.epochs, 1, MAX_EPOCHS)
         check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         check_float("lr", self.lr, MAX_LR)
@@ -228,8 +327,9 @@ class TrainOptions:
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("threads", self.threads, 1, MAX_THREADS)
 
-    def model_config(self, vocab_size: int, labels) -> ModelConfig:
-        """The ModelConfig these options train, for a vocabulary and labels."""
+    def model_config(self, vocab_size: int, labels, input_size: int | None = None) -> ModelConfig:
+        """The ModelConfig these options train, for a vocabulary (vocab_size 0 for
+        "features") and labels; input_size: the data's frame size F ("features")."""
         return ModelConfig(
             arch=self.arch,
             vocab_size=vocab_size,
@@ -237,10 +337,18 @@ class TrainOptions:
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             nonlinearity=self.nonlinearity,
+            input_kind=self.input_kind,
+            input_size=input_size if self.input_kind == "features" else self.input_size,
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The options as JSON values; the input stage's fields at their defaults are left
+        out, as ModelConfig.to_dict does."""
+        d = asdict(self)
+        for name in ("input_kind", "input_size"):
+            if d[name] == _STAGE_DEFAULTS[name]:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainOptions:

@@ -40,9 +40,9 @@ from torch import nn
 
 from rnn_export import __version__, atomic, gated
 from rnn_export import graph as plain_graph
-from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
+from rnn_export.config import LENGTHS, LOG_PROBS, input_name, step_state_names
 from rnn_export.errors import InputError
-from rnn_export.graph import STEP_TOKEN, count_nodes, onnx_weights
+from rnn_export.graph import count_nodes, onnx_weights, step_input_name
 from rnn_export.models import CellRNN, StackedRNN
 
 # protobuf refuses a message over 2 GiB; the graphs and metadata around the weights take
@@ -176,10 +176,12 @@ def build_onnx(
     config = model.config
     if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ExportError(f"sha256 must be 64 lowercase hex digits; got {sha256!r}")
-    if len(vocab.tokens) != config.vocab_size:
-        raise ExportError(
-            f"model expects vocab_size {config.vocab_size}; vocabulary has {len(vocab.tokens)}"
-        )
+    if not config.reads_tokens:
+        if vocab is not None:
+            raise ExportError("a features model reads no tokens; it takes no vocabulary")
+    elif vocab is None or len(vocab.tokens) != config.vocab_size:
+        got = "none" if vocab is None else len(vocab.tokens)
+        raise ExportError(f"model expects vocab_size {config.vocab_size}; vocabulary has {got}")
     estimate = estimate_file_bytes(config)
     if estimate > MAX_FILE_BYTES:
         raise ExportError(
@@ -194,6 +196,9 @@ def build_onnx(
     gated_arch = config.arch in gated.GATED_ARCHS
     graphs = gated if gated_arch else plain_graph
     weights = onnx_weights(model)  # one copy (and one folded table) for both graphs
+    normalization = ()
+    if not config.reads_tokens:
+        normalization = (weights["mean"].tolist(), weights["scale"].tolist())
     step = graphs.step_graph(config, weights, opset)
     onnx.checker.check_model(step, full_check=True)
     step_bytes = step.SerializeToString()
@@ -204,8 +209,8 @@ def build_onnx(
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             nonlinearity=config.nonlinearity,
-            vocab=vocab.tokens,
-            unk_id=vocab.unk_id,
+            vocab=() if vocab is None else vocab.tokens,
+            unk_id=None if vocab is None else vocab.unk_id,
             labels=config.labels,
             states=states,
             checkpoint_sha256=sha256,
@@ -216,11 +221,14 @@ def build_onnx(
                 "onnxruntime": ort.__version__,
             },
             tool_version=__version__,
-            tokens_name=TOKENS,
+            tokens_name=input_name(config),
             lengths_name=LENGTHS,
             log_probs_name=LOG_PROBS,
+            input_kind=config.input_kind,
+            input_size=config.input_width,
+            normalization=normalization,
             step={
-                "token": STEP_TOKEN,
+                "token": step_input_name(config),
                 "log_probs": LOG_PROBS,
                 "states": step_states,
                 "model": None if graph == "step" else step_bytes,
@@ -257,7 +265,7 @@ def build_onnx(
         step={
             "nodes": count_nodes(step.graph),
             "bytes": len(step_bytes),
-            "token": STEP_TOKEN,
+            "token": step_input_name(config),
             "states": [h for h, _ in step_states],
         },
     )
@@ -272,17 +280,21 @@ def estimate_file_bytes(config) -> int:
     arch with G gates (gated.GATES) has in its step model the table (V, GH), R_l (GH, H)
     and for l > 0 W_l (GH, H) and b_l (GH) (and for the GRU Rb's h block, H per layer),
     and in its main graph the same (its Scan steps so) plus, for the operators, the
-    embedding (V, H) and per layer W_l, R_l (GH, H) and B_l (2GH).
+    embedding (V, E) and per layer W_l, R_l (GH, H) and B_l (2GH). A "features" model
+    has no table: W_0 (GH, F), b_0 (GH) and its normalization (2F) instead.
     """
     V, H, L, C = config.vocab_size, config.hidden_size, config.num_layers, config.num_classes
+    E = config.input_width
+    G = gated.GATES.get(config.arch, 1)
+    GH = G * H
+    first = V * GH if config.reads_tokens else E * GH + GH + 2 * E  # layer 0's input term
+    step = first + L * GH * H + (L - 1) * (GH * H + GH) + C * (H + 1)
     if config.arch in gated.GATED_ARCHS:
-        GH = gated.GATES[config.arch] * H
-        step = V * GH + L * GH * H + (L - 1) * (GH * H + GH) + C * (H + 1)
         step += L * H if config.arch == "gru" else 0
-        main = step + V * H + L * (2 * GH * H + 2 * GH)
+        embedding = V * E if config.input_kind == "tokens" else 0
+        main = step + embedding + GH * E + L * (GH * H + 2 * GH) + (L - 1) * GH * H
         return 4 * main + -(-4 * step // 3) * 4
-    step = V * H + L * H * H + (L - 1) * (H * H + H) + C * (H + 1)
-    main = step + (L - 1) * 2 * H
+    main = step + (L - 1) * 2 * H + (0 if config.reads_tokens else 2 * H)
     return 4 * main + -(-4 * step // 3) * 4
 
 
@@ -329,16 +341,18 @@ def _check_runs(model_bytes: bytes, opset: int) -> None:
     try:
         session = open_session(model_bytes, quiet=True, name="the exported graph")
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        frame = () if meta.reads_tokens else (meta.input_size,)
+        dtype = np.int64 if meta.reads_tokens else np.float32
         if meta.is_step_file:
             open_step_session(meta, model_bytes, ("CPUExecutionProvider",), 1, name="the step file")
             states = [np.zeros(s.concrete_shape(2), dtype=np.float32) for s in meta.states]
-            run_step_model(session, meta.step, np.zeros(2, dtype=np.int64), states)
+            run_step_model(session, meta.step, np.zeros((2, *frame), dtype=dtype), states)
             return
         check_signature(meta, session.get_inputs(), session.get_outputs())
         session.run(
             None,
             {
-                meta.tokens.name: np.zeros((2, 3), dtype=np.int64),
+                meta.tokens.name: np.zeros((2, 3, *frame), dtype=dtype),
                 meta.lengths.name: np.array([3, 1], dtype=np.int64),
             }
             | {s.input: np.zeros(s.concrete_shape(2), dtype=np.float32) for s in meta.states},

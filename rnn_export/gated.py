@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS, step_state_names
+from rnn_export.config import LENGTHS, LOG_PROBS, step_state_names
 from rnn_export.graph import (
-    STEP_TOKEN,
     GraphBuilder,
     fold_table,
+    input_info,
     input_term,
     main_signature,
     model_of,
     sorted_scan,
+    step_input_name,
 )
 
 GATED_ARCHS = ("gru", "lstm")
@@ -67,13 +68,14 @@ def main_graph(config, weights: dict, opset: int):
 
     g = GraphBuilder(config, opset, "")
     step_weights(g, config.arch, weights, split=True)  # the Scan's step is the step model's
-    g.const("embedding", weights["embedding"], np.float32)
+    if weights["embedding"] is not None:
+        g.const("embedding", weights["embedding"], np.float32)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         for name, value in (("W", W), ("R", R), ("B", B)):
             g.const(f"op_{name}{layer}", value, np.float32)
     one_row = _operator_branch(GraphBuilder(config, opset, "r_", g.inits))
     many_rows = _scan_branch(GraphBuilder(config, opset, "q_", g.inits))
-    rows = g("Gather", [g("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
+    rows = g("Gather", [g("Shape", [g.input]), g.const("axis0", [0])])  # [B]
     is_one_row = g("Equal", [rows, g.const("one1", [1])])
     names = config.state_names
     outputs = [LOG_PROBS, *(o for _, o in names)]
@@ -114,7 +116,7 @@ def _operator_branch(g: GraphBuilder):
     config, L = g.config, g.L
     axis0 = g.const("axis0", [0])
     names = config.state_names
-    x = g("Gather", ["embedding", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
+    x = operator_input(g)  # (T, B, E)
     lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
     starts = [g.split_layers(state_in) for state_in, _ in names]  # (1, B, H) each
     attrs = {"hidden_size": g.H}
@@ -136,6 +138,19 @@ def _operator_branch(g: GraphBuilder):
     logits = g("Gemm", [top, "out_weight", "out_bias"], transB=1)  # (B, C)
     states = [kind[0] if L == 1 else g("Concat", kind, axis=0) for kind in finals]
     return _branch(g, "one_row", [g("LogSoftmax", [logits], axis=-1), *states])
+
+
+def operator_input(g: GraphBuilder) -> str:
+    """Layer 0's input sequence for a gated operator (its W_0 applied inside): the
+    embedded tokens, one-hot vectors of width V (the product then picks a column of W_0
+    exactly), or the normalized frames; (T, B, width)."""
+    x = g.time_major()  # (T, B) ids or (T, B, F) frames
+    if g.config.input_kind == "tokens":
+        return g("Gather", ["embedding", x])
+    if g.config.input_kind == "onehot":
+        depth = g.const("vocab_size", [g.config.vocab_size])
+        return g("OneHot", [x, depth, g.const("off_on", [0.0, 1.0], np.float32)], axis=-1)
+    return g.normalize(x)
 
 
 def _scan_branch(g: GraphBuilder):
@@ -167,7 +182,7 @@ def step_graph(config, weights: dict, opset: int, portable: bool = False):
     names = step_state_names(config.arch, L)
     kinds = len(config.state_names)
     states_in = [[names[k * L + layer][0] for k in range(kinds)] for layer in range(L)]
-    x = STEP_TOKEN
+    x = step_in = step_input_name(config)
     news = []
     for layer, state in enumerate(states_in):
         x = input_term(g, layer, x, split)  # (B, GH), or its two blocks
@@ -190,7 +205,7 @@ def step_graph(config, weights: dict, opset: int, portable: bool = False):
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}_step",
-        inputs=[helper.make_tensor_value_info(STEP_TOKEN, TensorProto.INT64, ["B"])]
+        inputs=[input_info(config, step_in, ["B"])]
         + [helper.make_tensor_value_info(i, f32, ["B", H]) for i, _ in names],
         outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", C])]
         + [helper.make_tensor_value_info(o, f32, ["B", H]) for _, o in names],
@@ -209,7 +224,9 @@ def _outside_bias(arch: str, Rb: np.ndarray, H: int) -> np.ndarray:
 
 def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False) -> None:
     """The step model's initializers:
-    table (V, GH)   embedding @ W_0^T + Wb_0 + outside part of Rb_0
+    table (V, GH)   embedding @ W_0^T + Wb_0 + outside part of Rb_0 (a model that reads
+                    tokens; a "features" model has W0, b0 as the layers above and the
+                    normalization in_mean, in_scale instead)
     W{l} (GH, H), b{l} = Wb_l + outside part of Rb_l (GH,) for l > 0
     LSTM: R{l} (4H, H). GRU: Rzr{l} (2H, H), Rh{l} (H, H), Rbh{l} (H,) (Rb's h block)
     out_weight (C, H), out_bias (C,)
@@ -221,8 +238,8 @@ def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False)
     (see graph.input_term), so no Split copies it apart and the LSTM's activations fuse into
     their Gemms (onnxruntime's graphs; the portable ones keep the whole blocks).
     """
-    W0, _, B0 = weights["layers"][0]
-    H = W0.shape[2]
+    W0, R0, B0 = weights["layers"][0]
+    H = R0.shape[2]  # W0's columns are the input width, E or F
     GH = W0.shape[1]
     cut = GH - H  # the gate block's columns
 
@@ -234,12 +251,16 @@ def step_weights(g: GraphBuilder, arch: str, weights: dict, split: bool = False)
         for name, block in zip(blocks, np.split(value, [cut], axis=axis), strict=True):
             g.const(name, block, np.float32)
 
-    outside = _outside_bias(arch, B0[0, GH:], H)
-    table = fold_table(weights["embedding"], W0[0], B0[0, :GH], outside)
-    const("table", ("table_g", "table_c"), table, axis=1)
+    tokens = g.config.reads_tokens
+    if tokens:
+        outside = _outside_bias(arch, B0[0, GH:], H)
+        table = fold_table(weights["embedding"], W0[0], B0[0, :GH], outside)
+        const("table", ("table_g", "table_c"), table, axis=1)
+    else:
+        g.add_normalization(weights)
     for layer, (W, R, B) in enumerate(weights["layers"]):
         Wb, Rb = B[0, :GH], B[0, GH:]
-        if layer:
+        if layer or not tokens:
             const(f"W{layer}", (f"Wg{layer}", f"Wc{layer}"), W[0])
             const(f"b{layer}", (f"bg{layer}", f"bc{layer}"), Wb + _outside_bias(arch, Rb, H))
         if arch == "lstm":

@@ -37,9 +37,22 @@ import torch
 from torch import nn
 
 from rnn_export import __version__
-from rnn_export.config import LENGTHS, LOG_PROBS, STATE_IN, STATE_OUT, TOKENS, step_state_names
+from rnn_export.config import (
+    LENGTHS,
+    LOG_PROBS,
+    STATE_IN,
+    STATE_OUT,
+    input_name,
+    step_state_names,
+)
 
 STEP_TOKEN = "token"  # the step model's (B,) token input
+STEP_FRAME = "frame"  # a features model's step input: float32 (B, F)
+
+
+def step_input_name(config) -> str:
+    """The step model's input: "token" (int64 (B,)) or "frame" (float32 (B, F))."""
+    return STEP_TOKEN if config.reads_tokens else STEP_FRAME
 
 
 # PyTorch's gate blocks (rows of weight_ih, weight_hh, bias_ih, bias_hh) in ONNX's order:
@@ -51,8 +64,12 @@ def onnx_weights(model: nn.Module) -> dict:
     """The model's weights in the layout of the ONNX graph, as float32 numpy arrays.
 
     Returns:
-        {"embedding": (V, H), "layers": [(W (1, GH, H), R (1, GH, H), B (1, 2GH)), ...],
-         "out_weight": (C, H), "out_bias": (C,)}: per layer exactly the W, R, B inputs of
+        {"embedding": (V, E) or None, "layers": [(W (1, GH, E_l), R (1, GH, H),
+         B (1, 2GH)), ...], "out_weight": (C, H), "out_bias": (C,)}, and for "features"
+        "mean" and "scale" (F,): the input stage's normalization. "embedding" is the token
+        Embedding ("tokens"), None for "onehot" (its input is a one-hot vector of width V,
+        so layer 0's input term of token v is column v of W_0). Per layer exactly the W, R,
+        B inputs of
         the ONNX RNN (G = 1), GRU (G = 3, gates z, r, h) or LSTM (G = 4, gates i, o, f, c)
         operator, B = [Wb, Rb]. For "cell" and "stacked" h_t = f(x_t W^T + h_{t-1} R^T +
         Wb + Rb); "gru" is ONNX's GRU with linear_before_reset=1 (PyTorch's: the reset gate
@@ -63,13 +80,21 @@ def onnx_weights(model: nn.Module) -> dict:
         return t.detach().to(torch.float32).cpu().numpy().copy()
 
     config = model.config
+    stage = {"embedding": None}
+    if config.input_kind == "tokens":
+        stage["embedding"] = arr(getattr(model, model.input_name).weight)
+    elif config.input_kind == "features":
+        stage = {
+            "embedding": None,
+            "mean": arr(model.frames.mean),
+            "scale": arr(model.frames.scale),
+        }
     if config.arch == "cell":
-        H = config.hidden_size
-        w, b = arr(model.i2h.weight), arr(model.i2h.bias)  # (H, 2H): [input part | recurrent]
+        E = config.input_width
+        w, b = arr(model.i2h.weight), arr(model.i2h.bias)  # (H, E + H): [input | recurrent]
         # The cell's one bias plays Wb; Rb is zero, so the sum is the same bias exactly.
-        layers = [(w[None, :, :H], w[None, :, H:], np.concatenate([b, np.zeros_like(b)])[None])]
-        return {
-            "embedding": arr(model.embed.weight),
+        layers = [(w[None, :, :E], w[None, :, E:], np.concatenate([b, np.zeros_like(b)])[None])]
+        return stage | {
             "layers": layers,
             "out_weight": arr(model.h2o.weight),
             "out_bias": arr(model.h2o.bias),
@@ -86,8 +111,7 @@ def onnx_weights(model: nn.Module) -> dict:
             gates(name, layer) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
         layers.append((w_ih[None], w_hh[None], np.concatenate([b_ih, b_hh])[None]))
-    return {
-        "embedding": arr(model.embedding.weight),
+    return stage | {
         "layers": layers,
         "out_weight": arr(model.fc.weight),
         "out_bias": arr(model.fc.bias),
@@ -99,12 +123,18 @@ def fold_table(embedding, W, Wb, Rb) -> np.ndarray:
 
     Folded with PyTorch's own float32 kernel, in PyTorch's order (linear(x, W, Wb) + Rb),
     so the table rounds as PyTorch's layer 0 does per token: a table exact in float64 is
-    closer to the true value but drifts from PyTorch in long, chaotic rows.
+    closer to the true value but drifts from PyTorch in long, chaotic rows. embedding
+    None (a one-hot input): the one-hot product picks column v of W exactly, so the table
+    is W^T + Wb + Rb, with no product at all.
     """
     with torch.no_grad():
-        table = nn.functional.linear(
-            torch.from_numpy(embedding), torch.from_numpy(W), torch.from_numpy(Wb)
-        ) + torch.from_numpy(Rb)
+        if embedding is None:
+            table = torch.from_numpy(np.ascontiguousarray(W.T)) + torch.from_numpy(Wb)
+        else:
+            table = nn.functional.linear(
+                torch.from_numpy(embedding), torch.from_numpy(W), torch.from_numpy(Wb)
+            )
+        table = table + torch.from_numpy(Rb)
     return table.numpy().astype(np.float32, copy=False)
 
 
@@ -141,15 +171,15 @@ def main_graph(config, weights: dict, opset: int):
     one_row = _rnn_branch(GraphBuilder(config, opset, "r_", g.inits))
     many_rows = _sorted_scan_branch(GraphBuilder(config, opset, "q_", g.inits))
     e = GraphBuilder(config, opset, "e_", g.inits)
-    rows = e("Gather", [e("Shape", [TOKENS]), g.const("axis0", [0])])  # [B]
+    rows = e("Gather", [e("Shape", [g.input]), g.const("axis0", [0])])  # [B]
     is_one_row = e("Equal", [rows, g.const("one1", [1])])
     picked = e("If", [is_one_row], 2, then_branch=one_row, else_branch=many_rows)
     longer = e.branch("longer", picked)
 
     if opset >= 15:
-        steps = g("Shape", [TOKENS], start=1, end=2)  # [T]
+        steps = g("Shape", [g.input], start=1, end=2)  # [T]
     else:
-        steps = g("Gather", [g("Shape", [TOKENS]), g.const("axis1", [1])])
+        steps = g("Gather", [g("Shape", [g.input]), g.const("axis1", [1])])
     is_step = g("Equal", [steps, g.const("one1", [1])])
     g.nodes.append(
         helper.make_node(
@@ -167,16 +197,26 @@ def main_graph(config, weights: dict, opset: int):
     return model_of(graph, opset)
 
 
+def input_info(config, name: str, dims: list):
+    """The value info of an input of the input stage: int64 ids of shape dims, or float32
+    frames of shape dims + [F] ("features")."""
+    from onnx import TensorProto, helper
+
+    if config.reads_tokens:
+        return helper.make_tensor_value_info(name, TensorProto.INT64, dims)
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [*dims, config.input_size])
+
+
 def main_signature(config) -> tuple[list, list]:
     """The value infos of every main graph (default or portable, any arch): inputs tokens
-    (B, T), each state of config.state_names, lengths (B); outputs log_probs (B, C) and
-    each new state."""
+    (B, T) (or features (B, T, F)), each state of config.state_names, lengths (B);
+    outputs log_probs (B, C) and each new state."""
     from onnx import TensorProto, helper
 
     f32, shape = TensorProto.FLOAT, list(config.state_shape("B"))
     names = config.state_names
     inputs = (
-        [helper.make_tensor_value_info(TOKENS, TensorProto.INT64, ["B", "T"])]
+        [input_info(config, input_name(config), ["B", "T"])]
         + [helper.make_tensor_value_info(i, f32, shape) for i, _ in names]
         + [helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"])]
     )
@@ -199,7 +239,8 @@ def step_graph(config, weights: dict, opset: int):
 
     g = GraphBuilder(config, opset, "", weights=weights)
     names = step_state_names(config.arch, g.L)
-    finals = g.step_layers(g("Gather", ["table", STEP_TOKEN]), [h for h, _ in names])
+    step_in = step_input_name(config)
+    finals = g.step_layers(input_term(g, 0, step_in), [h for h, _ in names])
     logits = g("Gemm", [finals[-1], "out_weight", "out_bias"], transB=1)
     g("LogSoftmax", [logits], axis=-1)
     # Name the graph outputs: rename the producing nodes' outputs.
@@ -214,7 +255,7 @@ def step_graph(config, weights: dict, opset: int):
     graph = helper.make_graph(
         g.nodes,
         f"rnn_export_{config.arch}_step",
-        inputs=[helper.make_tensor_value_info(STEP_TOKEN, TensorProto.INT64, ["B"])]
+        inputs=[input_info(config, step_in, ["B"])]
         + [helper.make_tensor_value_info(h, f32, ["B", H]) for h, _ in names],
         outputs=[helper.make_tensor_value_info(LOG_PROBS, f32, ["B", config.num_classes])]
         + [helper.make_tensor_value_info(hn, f32, ["B", H]) for _, hn in names],
@@ -244,6 +285,8 @@ class GraphBuilder:
     g(op, inputs, n_out=1, **attrs) appends a node and returns its output name(s),
     made unique by the graph's prefix. Weight initializers (made on first use):
         table (V, H)  embedding @ W_0^T + Wb_0 + Rb_0: layer 0's input term for a token
+                      (a "features" model has instead W0 (H, F), b0, B0 like the layers
+                      above and in_mean, in_scale (F,): the input stage's normalization)
         R{l} (H, H)   recurrent weight; W{l} (H, H), b{l} = Wb_l + Rb_l (H,) for l > 0
         B{l} (1, 2H)  [Wb_l, Rb_l] for the RNN operator; out_weight (C, H), out_bias (C,)
     """
@@ -251,6 +294,7 @@ class GraphBuilder:
     def __init__(self, config, opset: int, prefix: str, inits: dict | None = None, weights=None):
         self.config, self.opset, self.prefix = config, opset, prefix
         self.L, self.H = config.num_layers, config.hidden_size
+        self.input = input_name(config)  # the main graph's input
         self.act = {"tanh": "Tanh", "relu": "Relu", "identity": None}[config.nonlinearity]
         self.nodes: list = []
         self.inits = {} if inits is None else inits
@@ -260,16 +304,28 @@ class GraphBuilder:
     def _add_weights(self, weights: dict) -> None:
         W0, _, B0 = weights["layers"][0]
         H = W0.shape[1]
-        table = fold_table(weights["embedding"], W0[0], B0[0, :H], B0[0, H:])
-        self.const("table", table, np.float32)
+        if self.config.reads_tokens:
+            table = fold_table(weights["embedding"], W0[0], B0[0, :H], B0[0, H:])
+            self.const("table", table, np.float32)
+        else:
+            self.add_normalization(weights)
         for layer, (W, R, B) in enumerate(weights["layers"]):
             self.const(f"R{layer}", R[0], np.float32)
-            if layer:
+            if layer or not self.config.reads_tokens:
                 self.const(f"W{layer}", W[0], np.float32)
                 self.const(f"b{layer}", B[0, :H] + B[0, H:], np.float32)
                 self.const(f"B{layer}", B, np.float32)
         self.const("out_weight", weights["out_weight"], np.float32)
         self.const("out_bias", weights["out_bias"], np.float32)
+
+    def add_normalization(self, weights: dict) -> None:
+        """The input stage's per-feature mean and scale of a "features" model."""
+        self.const("in_mean", weights["mean"], np.float32)
+        self.const("in_scale", weights["scale"], np.float32)
+
+    def normalize(self, frames: str) -> str:
+        """(frames - mean) / scale, as the model's input stage computes it."""
+        return self("Div", [self("Sub", [frames, "in_mean"]), "in_scale"])
 
     def const(self, name: str, value, dtype=np.int64) -> str:
         from onnx import numpy_helper
@@ -285,11 +341,26 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
         return outputs[0] if n_out == 1 else outputs
 
+    def one_step_input(self) -> str:
+        """The main input of a call with T == 1 as one step's: (B,) ids or (B, F) frames.
+        Reshape, not Squeeze: a Squeeze of axis 1 would fail shape inference at load for a
+        graph whose T is fixed (a traced graph, or the parity suite's broken copy)."""
+        if self.config.reads_tokens:
+            return self("Reshape", [self.input, self.const("minus1", [-1])])  # (B,)
+        shape = self.const("rows_of_F", [-1, self.config.input_size])
+        return self("Reshape", [self.input, shape])  # (B, F)
+
+    def time_major(self) -> str:
+        """The main input with time first: (T, B) ids or (T, B, F) frames."""
+        perm = [1, 0] if self.config.reads_tokens else [1, 0, 2]
+        return self("Transpose", [self.input], perm=perm)
+
     def activation(self, x: str) -> str:
         return x if self.act is None else self(self.act, [x])
 
     def step_layers(self, x: str, states: list[str]) -> list[str]:
-        """One step of every layer: h_l = f(x_l W_l^T + b_l + h_l R_l^T), x_0 = x (B, H).
+        """One step of every layer: h_l = f(x_l W_l^T + b_l + h_l R_l^T), x_0 = x (B, H),
+        layer 0's input term.
 
         Returns:
             Each layer's new (B, H) state; the last is the top layer's.
@@ -356,16 +427,15 @@ def _step_branch(g: GraphBuilder):
 
     Every node costs ~1-2 us at batch 1, so this path has the fewest nodes possible.
     """
-    # Reshape to (B,), not Squeeze: a Squeeze of axis 1 would fail shape inference at load
-    # for a graph whose T is fixed (a traced graph, or the parity suite's broken copy).
-    x = g("Gather", ["table", g("Reshape", [TOKENS, g.const("minus1", [-1])])])  # (B, H)
+    x = input_term(g, 0, g.one_step_input())  # (B, H)
     return g.branch("one_step", g.head(g.step_layers(x, g.layer_states(STATE_IN))))
 
 
 def _rnn_branch(g: GraphBuilder):
     """B == 1, T > 1: the RNN operator runs all steps in one kernel (no per-step cost).
 
-    Layer 0's input is already projected (the table), so its W is the identity, exact.
+    Layer 0's input of a token is already projected (the table), so its W is the
+    identity, exact; a "features" model's layer 0 runs with W0 on the normalized frames.
     """
     from onnx import TensorProto
 
@@ -373,7 +443,11 @@ def _rnn_branch(g: GraphBuilder):
     attrs = {"hidden_size": g.H, "activations": [g.act or "Affine"]}
     if g.act is None:
         attrs.update(activation_alpha=[1.0], activation_beta=[0.0])  # Affine(1, 0) = identity
-    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, H)
+    tokens = g.config.reads_tokens
+    if tokens:
+        x = g("Gather", ["table", g.time_major()])  # (T, B, H)
+    else:
+        x = g.normalize(g.time_major())  # (T, B, F)
     lengths = g("Cast", [LENGTHS], to=TensorProto.INT32)
     if g.config.arch == "cell":
         h0s = [g("Unsqueeze", [STATE_IN, axis0])]
@@ -381,8 +455,8 @@ def _rnn_branch(g: GraphBuilder):
         h0s = g.split_layers(STATE_IN)  # (1, B, H) each
     finals = []
     for layer in range(g.L):
-        W = g("EyeLike", ["R0"]) if layer == 0 else f"W{layer}"
-        B = "" if layer == 0 else f"B{layer}"
+        W = g("EyeLike", ["R0"]) if layer == 0 and tokens else f"W{layer}"
+        B = "" if layer == 0 and tokens else f"B{layer}"
         W, R = (g("Unsqueeze", [w, axis0]) for w in (W, f"R{layer}"))  # (1, H, H)
         y, y_h = g("RNN", [x, W, R, B, lengths, h0s[layer]], 2, **attrs)
         if layer < g.L - 1:
@@ -404,15 +478,18 @@ def _sorted_scan_branch(g: GraphBuilder):
 
 
 def input_term(g: GraphBuilder, layer: int, source: str, split: bool = False):
-    """A layer's input term: of token ids (layer 0: the table's rows) or of the layer
+    """A layer's input term: of token ids (layer 0: the table's rows), of frames (layer 0
+    of a "features" model: Gemm with W0, b0 of the normalized frames) or of the layer
     below's new h (Gemm with W{l}, b{l}); split (a gated graph's, see
     gated.step_weights): the pair (gate block, candidate block), else one (B, width)."""
-    if not split:
-        if layer == 0:
-            return g("Gather", ["table", source])
-        return g("Gemm", [source, f"W{layer}", f"b{layer}"], transB=1)
     if layer == 0:
-        return g("Gather", ["table_g", source]), g("Gather", ["table_c", source])
+        if g.config.reads_tokens:
+            if not split:
+                return g("Gather", ["table", source])
+            return g("Gather", ["table_g", source]), g("Gather", ["table_c", source])
+        source = g.normalize(source)  # (B, F)
+    if not split:
+        return g("Gemm", [source, f"W{layer}", f"b{layer}"], transB=1)
     return tuple(g("Gemm", [source, f"W{k}{layer}", f"b{k}{layer}"], transB=1) for k in ("g", "c"))
 
 
@@ -441,11 +518,11 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, split: bool = False) -
     L, H = g.L, g.H
     axis0, axis1, zero1 = g.const("axis0", [0]), g.const("axis1", [1]), g.const("zero1", [0])
     zero, one = g.const("zero", 0), g.const("one", 1)
-    n_rows = g("Gather", [g("Shape", [TOKENS]), axis0])  # [B]
+    n_rows = g("Gather", [g("Shape", [g.input]), axis0])  # [B]
     lengths, order = g("TopK", [LENGTHS, n_rows], 2)  # descending
     longest = g("Gather", [lengths, axis0])  # [T']
-    tokens = g("Slice", [g("Transpose", [TOKENS], perm=[1, 0]), zero1, longest])  # (T', B)
-    tokens = g("Gather", [tokens, order], axis=1)  # (T', B), rows in length order
+    inputs = g("Slice", [g.time_major(), zero1, longest])  # (T', B) ids or (T', B, F)
+    inputs = g("Gather", [inputs, order], axis=1)  # rows in length order
     t = g("Unsqueeze", [g("Range", [zero, g("Squeeze", [longest, axis0]), one]), axis1])
     running = g("Cast", [g("Less", [t, lengths])], to=TensorProto.INT64)  # (T', B)
     counts = g("ReduceSum", [running, axis1], keepdims=1)  # (T', 1): n_t
@@ -460,7 +537,7 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, split: bool = False) -
     # whole (T', B, width) term up front and slicing it per step wrote and read it all
     # (16 MiB at B=256, T=128, H=128: 14% of the cell's run, docs/benchmarks.md).
     tok_t, n = b.prefix + "tok", b.prefix + "n"
-    x_run = b("Slice", [tok_t, zero1, n])  # (n,): the running rows' token ids
+    x_run = b("Slice", [tok_t, zero1, n])  # (n,) or (n, F): the running rows' inputs
     outs = [""] * len(carried)
     for layer in range(L):
         x_run = input_term(b, layer, x_run, split)  # (n, width), or its two blocks
@@ -477,13 +554,13 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, split: bool = False) -
         "step_running_rows",
         [helper.make_tensor_value_info(h, f32, ["B", H]) for h in carried]
         + [
-            helper.make_tensor_value_info(tok_t, TensorProto.INT64, ["B"]),
+            input_info(g.config, tok_t, ["B"]),
             helper.make_tensor_value_info(n, TensorProto.INT64, [1]),
         ],
         [helper.make_tensor_value_info(o, f32, ["B", H]) for o in outs],
     )
     flat = [h for start in starts for h in start]
-    finals = g("Scan", [*flat, tokens, counts], len(carried), body=body, num_scan_inputs=2)
+    finals = g("Scan", [*flat, inputs, counts], len(carried), body=body, num_scan_inputs=2)
     finals = finals if len(carried) > 1 else [finals]
     row_ids = g("Range", [zero, g("Squeeze", [n_rows, axis0]), one])  # 0..B-1
     unsort = g("ScatterElements", [row_ids, order, row_ids])  # the inverse permutation of order

@@ -1,7 +1,13 @@
 """The two RNNs of the notes and their gated variants (GRU, LSTM), behind one interface.
 
-All map (tokens, state, lengths) to (log_probs, new_state):
-    tokens   int64 (B, T)
+A model is three stages: input -> recurrence -> head. The input stage (config.input_kind)
+turns a step's input into a vector of width config.input_width: an Embedding (V, E) of a
+token id ("tokens"), a one-hot vector of width V ("onehot": the PyTorch tutorial's
+letters) or F float values normalized per feature ("features"); the recurrence is the
+arch's; the head a Linear and log-softmax on the top layer's state.
+
+All map (inputs, state, lengths) to (log_probs, new_state):
+    inputs   int64 token ids (B, T), or float32 frames (B, T, F) for "features"
     state    float32, (B, H) for "cell", (L, B, H) for "stacked" and "gru", the pair
              (h, c) of (L, B, H) for "lstm" (config.state_names: h0, c0); None means zeros
     lengths  int64 (B), 1 <= lengths <= T, for padded batches; None means all T
@@ -21,7 +27,55 @@ from rnn_export.config import ModelConfig
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}
 
 
-class CellRNN(nn.Module):
+class OneHot(nn.Module):
+    """Token ids as one-hot float vectors of width V (no weights): the tutorial's
+    letterToTensor."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, tokens):
+        return F.one_hot(tokens, self.vocab_size).to(torch.float32)  # (B, T, V)
+
+
+class Frames(nn.Module):
+    """F float values per step, normalized per feature: (x - mean) / scale. mean and scale
+    are buffers (stored with the weights, not trained): statistics of the training split,
+    so that device code feeds raw frames."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
+
+    def forward(self, frames):
+        return (frames - self.mean) / self.scale  # (B, T, F)
+
+
+def input_stage(config: ModelConfig, embedding_name: str) -> tuple[str, nn.Module]:
+    """The input stage's attribute name and module. A token Embedding keeps the name the
+    notes give it (embedding_name), so their state_dicts load as they are."""
+    if config.input_kind == "onehot":
+        return "onehot", OneHot(config.vocab_size)
+    if config.input_kind == "features":
+        return "frames", Frames(config.input_size)
+    return embedding_name, nn.Embedding(config.vocab_size, config.input_width)
+
+
+class _Staged(nn.Module):
+    """What every model shares: the input stage under its attribute name."""
+
+    def _add_input(self, config: ModelConfig, embedding_name: str) -> None:
+        self.input_name, module = input_stage(config, embedding_name)
+        setattr(self, self.input_name, module)
+
+    def encode(self, inputs):
+        """The input stage: (B, T) ids or (B, T, F) frames -> (B, T, input_width) float."""
+        return getattr(self, self.input_name)(inputs)
+
+
+class CellRNN(_Staged):
     """The notes' hand-built single-hidden-layer RNN (the 单隐藏层 version).
 
     h_t = f(i2h([embed(x_t), h_{t-1}])), log_probs = log_softmax(h2o(h_T)).
@@ -31,18 +85,18 @@ class CellRNN(nn.Module):
         super().__init__()
         self.config = config
         H = config.hidden_size
-        self.embed = nn.Embedding(config.vocab_size, H)
-        self.i2h = nn.Linear(2 * H, H)
+        self._add_input(config, "embed")
+        self.i2h = nn.Linear(config.input_width + H, H)
         self.h2o = nn.Linear(H, config.num_classes)  # the notes had (H, H): ignored output_size
         self.activation = _ACTIVATIONS[config.nonlinearity]
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, self.config.hidden_size)  # (B, H)
 
-    def forward(self, tokens, state=None, lengths=None):
-        B, T = tokens.shape
+    def forward(self, inputs, state=None, lengths=None):
+        B, T = inputs.shape[:2]
         h = self.initial_state(B) if state is None else state  # (B, H)
-        x = self.embed(tokens)  # (B, T, H)
+        x = self.encode(inputs)  # (B, T, E)
         for t in range(T):
             h_next = self.activation(self.i2h(torch.cat((x[:, t], h), dim=1)))  # (B, H)
             if lengths is None:
@@ -53,7 +107,7 @@ class CellRNN(nn.Module):
         return F.log_softmax(self.h2o(h), dim=-1), h  # (B, C), (B, H)
 
 
-class StackedRNN(nn.Module):
+class StackedRNN(_Staged):
     """The notes' multi-layer nn.RNN wrapper (the 多隐藏层 version).
 
     log_probs = log_softmax(fc(top layer's output at the last real step)).
@@ -63,21 +117,22 @@ class StackedRNN(nn.Module):
         super().__init__()
         self.config = config
         H = config.hidden_size
-        self.embedding = nn.Embedding(config.vocab_size, H)
+        self._add_input(config, "embedding")
         self.rnn = self._recurrence(H, config)
         self.fc = nn.Linear(H, config.num_classes)
 
     @staticmethod
     def _recurrence(H: int, config: ModelConfig) -> nn.Module:
-        return nn.RNN(H, H, config.num_layers, nonlinearity=config.nonlinearity, batch_first=True)
+        E = config.input_width
+        return nn.RNN(E, H, config.num_layers, nonlinearity=config.nonlinearity, batch_first=True)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size)  # (L, B, H)
 
-    def forward(self, tokens, state=None, lengths=None):
-        B, T = tokens.shape
+    def forward(self, inputs, state=None, lengths=None):
+        B = inputs.shape[0]
         h0 = self.initial_state(B) if state is None else state  # (L, B, H), or a pair of them
-        x = self.embedding(tokens)  # (B, T, H)
+        x = self.encode(inputs)  # (B, T, E)
         if lengths is not None:
             # Packing stops each row at its own length; PyTorch restores the row order of hn.
             x = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -97,7 +152,7 @@ class GatedRNN(StackedRNN):
     @staticmethod
     def _recurrence(H: int, config: ModelConfig) -> nn.Module:
         return {"gru": nn.GRU, "lstm": nn.LSTM}[config.arch](
-            H, H, config.num_layers, batch_first=True
+            config.input_width, H, config.num_layers, batch_first=True
         )
 
     def initial_state(self, batch_size: int):

@@ -27,9 +27,9 @@ the same Gemm + f in both.
 
 from __future__ import annotations
 
-from rnn_export.config import LENGTHS, LOG_PROBS, TOKENS
+from rnn_export.config import LENGTHS, LOG_PROBS
 from rnn_export.gated import CELLS, GATED_ARCHS, GATES, step_weights
-from rnn_export.graph import GraphBuilder, main_signature, model_of
+from rnn_export.graph import GraphBuilder, input_info, input_term, main_signature, model_of
 
 
 def portable_main_graph(config, weights: dict, opset: int):
@@ -55,11 +55,14 @@ def portable_main_graph(config, weights: dict, opset: int):
     names = config.state_names  # ((h0, hn),) or ((h0, hn), (c0, cn))
     width = GATES[config.arch] * H if gated else H  # columns of a layer's input term
     axis0, axis1, axis2 = (g.const(f"axis{i}", [i]) for i in range(3))
-    steps = g("Gather", [g("Shape", [TOKENS]), g.const("one", 1)])  # scalar T
+    steps = g("Gather", [g("Shape", [g.input]), g.const("one", 1)])  # scalar T
     t = g("Unsqueeze", [g("Range", [g.const("zero", 0), steps, g.const("one", 1)]), axis1])
     running = g("Less", [t, g("Unsqueeze", [LENGTHS, axis0])])  # (T, B)
     running = g("Unsqueeze", [running, axis2])  # (T, B, 1)
-    x = g("Gather", ["table", g("Transpose", [TOKENS], perm=[1, 0])])  # (T, B, width)
+    tokens = config.reads_tokens
+    # Token ids: every step's input term at once (T, B, width); frames: the scanned
+    # frames (T, B, F), their input term computed in the step (a Gemm takes 2-D inputs).
+    x = g("Gather", ["table", g.time_major()]) if tokens else g.time_major()
     starts = []  # layer-major: layer 0's h (and c), layer 1's, ...
     for layer in range(L):
         for state_in, _ in names:
@@ -74,8 +77,8 @@ def portable_main_graph(config, weights: dict, opset: int):
     y, outs = x_t, []
     for layer in range(L):
         state = hs[layer * len(names) : (layer + 1) * len(names)]
-        if layer:
-            y = b("Gemm", [y, f"W{layer}", f"b{layer}"], transB=1)  # (B, width)
+        if layer or not tokens:
+            y = input_term(b, layer, y)  # (B, width)
         if gated:
             new = CELLS[config.arch](b, layer, y, *state, portable=True)
         else:
@@ -90,7 +93,9 @@ def portable_main_graph(config, weights: dict, opset: int):
         "step_every_row",
         [helper.make_tensor_value_info(h, f32, [None, H]) for h in hs]
         + [
-            helper.make_tensor_value_info(x_t, f32, [None, width]),
+            helper.make_tensor_value_info(x_t, f32, [None, width])
+            if tokens
+            else input_info(config, x_t, [None]),
             helper.make_tensor_value_info(run_t, TensorProto.BOOL, [None, 1]),
         ],
         [helper.make_tensor_value_info(o, f32, [None, H]) for o in outs],

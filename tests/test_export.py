@@ -376,7 +376,7 @@ def _wrong_schema(path: Path) -> Path:
     proto = onnx.load_from_string(build_onnx(_model("cell", "tanh", 1), VOCAB, SHA).data)
     for prop in proto.metadata_props:
         if prop.key == "rnn_export.schema":
-            prop.value = "2"
+            prop.value = "3"
     onnx.save(proto, path)
     return path
 
@@ -385,7 +385,7 @@ def _wrong_schema(path: Path) -> Path:
     ("make", "message"),
     [
         (_foreign_onnx, "no rnn-export metadata"),
-        (_wrong_schema, "unknown metadata schema version 2"),
+        (_wrong_schema, "unknown metadata schema version 3"),
         (lambda p: p.write_bytes(b"not a model") and p, "cannot load it as a model"),
         (lambda p: p, "no such model file"),
     ],

@@ -37,19 +37,35 @@ def tensors_line(tensors: list[dict]) -> str:
     )
 
 
-def _step_line(step: dict | None) -> list[str]:
+def _step_line(step: dict | None, frame: str) -> list[str]:
     if step is None:
         return ["step model  none (the runtime steps through the main graph)"]
     states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
+    signature = f"{step['input']} {frame}, {states} (B, H) -> {step['log_probs']} (B, C)"
     if step.get("in_file"):
+        return [f"step model  this file (a step file, no main graph): {signature}"]
+    return [f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: {signature}"]
+
+
+def _input_lines(model: dict, vocab: dict | None) -> list[str]:
+    """The input stage: the vocabulary of a model that reads characters, the frame size
+    and normalization of a features model."""
+    import json
+
+    stage = model["input"]
+    if vocab is None:
         return [
-            "step model  this file (a step file, no main graph): "
-            f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"
+            f"input       features: F={stage['size']} float32 values per step, normalized "
+            "in the graph by the training split's per-feature mean and scale"
         ]
-    states = ", ".join(f"{x['input']} -> {x['output']}" for x in step["states"])
+    unk_id = vocab["unk_id"]
+    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != unk_id)
+    unk = "none" if unk_id is None else f"{unk_id} ({vocab['tokens'][unk_id]!r})"
+    how = {"tokens": f"an embedding of size E={stage['size']}", "onehot": "one-hot vectors"}
     return [
-        f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: "
-        f"{step['token']} (B,), {states} (B, H) -> {step['log_probs']} (B, C)"
+        f"input       {stage['kind']}: characters as {how[stage['kind']]}",
+        f"vocab       {len(vocab['tokens'])} tokens, unknown id {unk}, "
+        f"characters {json.dumps(chars, ensure_ascii=False)}",
     ]
 
 
@@ -72,18 +88,15 @@ def inspect_command(model_path, as_json):
         return
     meta = info["metadata"]
     model, vocab, prov = meta["model"], meta["vocab"], meta["provenance"]
-    unk_id = vocab["unk_id"]
-    chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != unk_id)
-    unk = "none" if unk_id is None else f"{unk_id} ({vocab['tokens'][unk_id]!r})"
     libraries = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("libraries", {}).items()))
     lines = [
         f"{info['path']}: rnn-export model, schema {meta['schema_version']}, "
         f"opset {prov['opset']}, {info['size_bytes']:,} bytes",
         f"model       {model['arch']}, L={model['num_layers']}, H={model['hidden_size']}, "
         f"nonlinearity {model['nonlinearity']}, V={model['vocab_size']}, "
-        f"C={model['num_classes']}",
-        f"vocab       {len(vocab['tokens'])} tokens, unknown id {unk}, "
-        f"characters {json.dumps(chars, ensure_ascii=False)}",
+        f"C={model['num_classes']}, head {model['head']['output']} after the "
+        f"{model['head']['steps']} step",
+        *_input_lines(model, vocab),
         "labels      " + ", ".join(f"{i} {label}" for i, label in enumerate(meta["labels"])),
     ]
     for s in meta["io"]["states"]:
@@ -96,7 +109,7 @@ def inspect_command(model_path, as_json):
         f"inputs      {tensors_line(info['inputs'])}",
         f"outputs     {tensors_line(info['outputs'])}",
         f"checkpoint  sha256 {prov['checkpoint_sha256']}",
-        *_step_line(meta["step"]),
+        *_step_line(meta["step"], "(B,)" if vocab is not None else "(B, F)"),
         f"made by     rnn-export {prov.get('tool_version')} with {libraries}",
     ]
     click.echo("\n".join(lines))

@@ -1,4 +1,5 @@
-"""Open-time proof that a model file's graphs compute the same steps, on every token id.
+"""Open-time proof that a model file's graphs compute the same steps, on every token id
+(or, for a features model, on MAX_PROBE_ROWS frames spread around its training data).
 
 Streams take one-token steps through the embedded step model (or the main graph at
 T == 1) and feed longer chunks through the main graph, whose If picks one of three paths
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnn_runtime.errors import MetadataError, ModelFileError
+from rnn_runtime.frames import MAX_PROBE_ROWS
 from rnn_runtime.session import RUN_ERRORS, run_step_model
 
 RTOL, ATOL = 1e-4, 1e-5  # the project's parity tolerance (runtime against PyTorch)
@@ -30,25 +32,28 @@ SEQUENCE = 256
 OVERFLOW = 1e30
 
 
-def check_graphs(meta, main, step_session=None) -> None:
+def check_graphs(meta, main, reader, step_session=None) -> None:
     """Prove the main graph's paths (and the step model, if given) agree on every token.
 
     Args:
         meta: the file's ModelMetadata.
         main: the InferenceSession on the main graph.
+        reader: the model's input reader (a Tokenizer or a FrameReader): its probe()
+            gives the inputs to check.
         step_session: the InferenceSession on the embedded step model, or None.
 
     Raises:
-        MetadataError: two paths disagree (naming the token id and the output).
+        MetadataError: two paths disagree (naming the input and the output).
         ModelFileError: onnxruntime cannot run one of them.
     """
-    V = meta.vocab_size
+    inputs = reader.probe(meta.vocab_size if meta.reads_tokens else MAX_PROBE_ROWS)
     per_row = sum(int(np.prod(s.concrete_shape(1))) for s in meta.states)
-    rows = max(1, min(V, CHECK_FLOATS // per_row))
+    rows = max(1, min(len(inputs), CHECK_FLOATS // per_row))
     step = _stepper(meta, main, step_session)
-    for start in range(0, V, rows):
-        tokens = np.arange(start, min(V, start + rows), dtype=np.int64)
-        states = _start(meta, tokens.size)
+    shown = reader.shown
+    for start in range(0, len(inputs), rows):
+        tokens = inputs[start : start + rows]
+        states = _start(meta, len(tokens))
         if step_session is not None:
             got = _run_main(meta, main, tokens[:, None], states, "T = 1")
             _compare(
@@ -57,8 +62,9 @@ def check_graphs(meta, main, step_session=None) -> None:
                 tokens,
                 step(tokens, states),
                 got,
+                shown,
             )
-        lengths = np.where(np.arange(tokens.size) % 2 == 0, 2, 1).astype(np.int64)
+        lengths = np.where(np.arange(len(tokens)) % 2 == 0, 2, 1).astype(np.int64)
         got = _run_main(meta, main, np.stack([tokens, tokens], 1), states, "T > 1", lengths)
         _compare(
             meta,
@@ -66,8 +72,9 @@ def check_graphs(meta, main, step_session=None) -> None:
             tokens,
             _steps_of_rows(meta, step, tokens, states, lengths),
             got,
+            shown,
         )
-    tokens = np.arange(min(V, SEQUENCE), dtype=np.int64)
+    tokens = inputs[:SEQUENCE]
     states = _start(meta, 1)
     got = _run_main(meta, main, tokens[None, :], states, "T > 1, B = 1")
     want = (None, states)
@@ -76,10 +83,11 @@ def check_graphs(meta, main, step_session=None) -> None:
     _compare(
         meta,
         "the main graph's path for T > 1 at B = 1 disagrees with one-token "
-        f"steps over token ids 0 to {tokens.size - 1}",
+        f"steps over the first {len(tokens)} probe inputs",
         None,
         want,
         got,
+        shown,
     )
 
 
@@ -139,9 +147,9 @@ def _steps_of_rows(meta, step, tokens, states, lengths):
     return log_probs, out
 
 
-def _compare(meta, what: str, tokens, want, got) -> None:
-    """MetadataError when got differs from want beyond the tolerance; row r is token
-    tokens[r] (None: the whole call is one sequence)."""
+def _compare(meta, what: str, tokens, want, got, shown) -> None:
+    """MetadataError when got differs from want beyond the tolerance; row r is input
+    tokens[r] (None: the whole call is one sequence), shown(tokens[r]) in the message."""
     pairs = [("log_probs", want[0], got[0], 0)]
     pairs += [
         (spec.output, w, g, spec.batch_axis)
@@ -159,8 +167,7 @@ def _compare(meta, what: str, tokens, want, got) -> None:
         where = ""
         if tokens is not None:
             other = tuple(i for i in range(ok.ndim) if i != axis)
-            token = int(tokens[int(np.argmin(ok.all(axis=other)))])
-            where = f" of token id {token} ({meta.vocab[token]!r})"
+            where = f" of {shown(tokens[int(np.argmin(ok.all(axis=other)))])}"
         diff = float(np.nanmax(np.abs(g - w)[~ok]))
         raise MetadataError(
             f"{what}{where}: {name} max |difference| {diff:.3g}; the file is inconsistent"

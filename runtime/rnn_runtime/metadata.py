@@ -6,21 +6,30 @@ under one versioned schema. `build_metadata` writes it (used by the exporter),
 This module needs nothing but the standard library, so it runs on a device.
 
 Keys (all values are JSON text):
-    rnn_export.schema      1
-    rnn_export.model       {"arch" (one of ARCHS), "vocab_size", "num_classes", "hidden_size",
-                            "num_layers", "nonlinearity"}
+    rnn_export.schema      2 (files of schema 1, before the stages, are read too: they are
+                           token models with a log-softmax head after the last step, and
+                           name "input" "tokens" in io and "token" in step)
+    rnn_export.model       {"arch" (one of ARCHS), "vocab_size" (0 for "features"),
+                            "num_classes", "hidden_size", "num_layers", "nonlinearity",
+                            "input": {"kind" (one of INPUT_KINDS), "size": the width of
+                            layer 0's input (E, V or F), and for "features" "mean" and
+                            "scale": the F values the graph normalizes frames with},
+                            "head": {"output" (one of HEADS), "steps" (one of HEAD_STEPS)}}
     rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int or null
-                            (null: no unknown token, as in an imported plain-list vocabulary)}
+                            (null: no unknown token, as in an imported plain-list vocabulary)};
+                           absent for "features"
     rnn_export.labels      [str, ...] (index = class id)
-    rnn_export.io          {"tokens": tensor, "lengths": tensor, "log_probs": tensor,
+    rnn_export.io          {"input": tensor, "lengths": tensor, "log_probs": tensor,
                             "states": [{"input", "output", "shape", "dtype", "initial"}]}
                            where tensor = {"name", "shape", "dtype"}; a shape lists
-                           ints and the symbols "B" (batch) and "T" (time).
+                           ints and the symbols "B" (batch) and "T" (time). The input is
+                           int64 (B, T) token ids, or float32 (B, T, F) frames.
     rnn_export.provenance  {"checkpoint_sha256", "tool_version", "opset",
                             "libraries": {name: version str}}
     rnn_export.step        optional: a second, loop-free ONNX model for one step at a time,
-                           {"token", "log_probs", "states": [{"input", "output"}, ...],
-                            "sha256", "onnx_base64"}: inputs token (B,) int64 and one
+                           {"input", "log_probs", "states": [{"input", "output"}, ...],
+                            "sha256", "onnx_base64"}: inputs token (B,) int64 (or frame
+                           (B, F) float32) and one
                            (B, H) float32 state per layer and model state (every layer of
                            io.states[0], then of io.states[1]: h_0, h_1, c_0, c_1 for a
                            2-layer LSTM), outputs log_probs (B, C) and the new states.
@@ -48,24 +57,28 @@ tokens must be distinct.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from rnn_runtime.errors import MetadataError
+from rnn_runtime.records import (  # noqa: F401 (check_signature, ORT_DTYPES: re-exported)
+    ORT_DTYPES,
+    StateSpec,
+    StepSpec,
+    TensorSpec,
+    check_signature,
+    sha256_hex,
+)
 
-try:  # CPython's own SHA-256 (Python 3.12+: _sha2; 3.11: _sha256), without OpenSSL
-    from _sha2 import sha256 as _builtin_sha256
-except ImportError:
-    try:
-        from _sha256 import sha256 as _builtin_sha256
-    except ImportError:
-        _builtin_sha256 = None
-
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)  # what this runtime reads
 PREFIX = "rnn_export."
 ARCHS = ("cell", "stacked", "gru", "lstm")
+INPUT_KINDS = ("tokens", "onehot", "features")
+HEADS = ("log_softmax",)
+HEAD_STEPS = ("last",)
 _DTYPES = ("int64", "float32")
 _INITIALS = ("zeros",)
 MAX_VOCAB = 1 << 20
@@ -83,117 +96,14 @@ _MAXIMA = {
     "hidden_size": MAX_HIDDEN,
     "num_layers": MAX_LAYERS,
 }
-# Below this size the step model is hashed by CPython's own SHA-256: hashlib would load
-# OpenSSL, 3.6 MiB of resident memory and 3 ms of a cold start on the project's machine
-# (docs/benchmarks.md), for a hash of a few hundred KB. Above it OpenSSL's speed wins
-# (240 MB/s against 1.7 GB/s there).
-_BUILTIN_HASH_BYTES = 8 << 20
-
-
-def sha256_hex(data: bytes) -> str:
-    """The SHA-256 of data as hex, by the cheapest implementation for its size."""
-    if _builtin_sha256 is not None and len(data) < _BUILTIN_HASH_BYTES:
-        return _builtin_sha256(data).hexdigest()
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-class TensorSpec(NamedTuple):
-    """One graph input or output: its name, shape ("B"/"T" symbolic) and dtype."""
-
-    name: str
-    shape: tuple
-    dtype: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
-class StateSpec(NamedTuple):
-    """A recurrent state: fed in as `input`, returned as `output`, same shape and dtype."""
-
-    input: str
-    output: str
-    shape: tuple
-    dtype: str
-    initial: str = "zeros"
-
-    def to_dict(self) -> dict:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "initial": self.initial,
-        }
-
-    def concrete_shape(self, batch_size: int) -> tuple[int, ...]:
-        """The shape with the symbolic batch "B" replaced by batch_size."""
-        return tuple(batch_size if d == "B" else d for d in self.shape)
-
-    @property
-    def batch_axis(self) -> int:
-        return self.shape.index("B")
-
-
-class StepSpec(NamedTuple):
-    """The optional one-step model (key rnn_export.step): names, checksum and bytes.
-
-    states[l] = (input, output) names of layer l's (B, H) state.
-    """
-
-    token: str
-    log_probs: str
-    states: tuple[tuple[str, str], ...]
-    sha256: str = ""
-    onnx_base64: str = ""
-    in_file: bool = False  # a step file: the file's own graph is the step model
-
-    def __repr__(self) -> str:  # without the bytes
-        return (
-            f"StepSpec(token={self.token!r}, log_probs={self.log_probs!r}, "
-            f"states={self.states!r}, sha256={self.sha256!r}, in_file={self.in_file!r})"
-        )
-
-    def model_bytes(self) -> bytes:
-        """The serialized ONNX model, checked against its sha256.
-
-        Raises:
-            MetadataError: not base64, bytes whose sha256 differs (a damaged file), or a
-                step file (its step model is the file itself, not embedded).
-        """
-        if self.in_file:
-            raise MetadataError("a step file embeds no step model: its own graph is the step")
-        try:
-            data = base64.b64decode(self.onnx_base64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise MetadataError(f"metadata step.onnx_base64 is not valid base64: {e}") from None
-        digest = sha256_hex(data)
-        if digest != self.sha256:
-            raise MetadataError(
-                f"the embedded step model has sha256 {digest[:12]}...; the metadata promises "
-                f"{self.sha256[:12]}... (the file is damaged)"
-            )
-        return data
-
-    def to_dict(self) -> dict:
-        """Without the bytes: names, checksum and size (what `inspect` shows)."""
-        names = {
-            "token": self.token,
-            "log_probs": self.log_probs,
-            "states": [{"input": i, "output": o} for i, o in self.states],
-        }
-        if self.in_file:
-            return names | {"in_file": True}
-        return names | {
-            "sha256": self.sha256,
-            "bytes": len(self.onnx_base64) * 3 // 4 - self.onnx_base64[-2:].count("="),
-        }
 
 
 class ModelMetadata(NamedTuple):
-    """The validated metadata of one exported model."""
+    """The validated metadata of one exported model.
+
+    tokens is the main graph's input whatever the input kind: int64 (B, T) token ids, or
+    float32 (B, T, F) frames for "features" (then vocab is empty); step.token likewise.
+    """
 
     arch: str
     vocab_size: int
@@ -210,10 +120,17 @@ class ModelMetadata(NamedTuple):
     states: tuple[StateSpec, ...]
     provenance: dict
     step: StepSpec | None = None
+    input_kind: str = "tokens"
+    input_size: int = 0
+    head: str = "log_softmax"
+    head_steps: str = "last"
+    normalization: tuple = ()  # ("features") the (mean, scale) tuples, F values each
+    schema_version: int = SCHEMA_VERSION
 
     @property
-    def schema_version(self) -> int:
-        return SCHEMA_VERSION
+    def reads_tokens(self) -> bool:
+        """Whether a step reads a character (token id), not a float frame."""
+        return self.input_kind != "features"
 
     @property
     def opset(self) -> int:
@@ -231,7 +148,7 @@ class ModelMetadata(NamedTuple):
     def to_dict(self) -> dict:
         """The metadata as one JSON-ready dict (what `inspect --json` prints)."""
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "model": {
                 "arch": self.arch,
                 "vocab_size": self.vocab_size,
@@ -239,11 +156,15 @@ class ModelMetadata(NamedTuple):
                 "hidden_size": self.hidden_size,
                 "num_layers": self.num_layers,
                 "nonlinearity": self.nonlinearity,
+                "input": _input_dict(self.input_kind, self.input_size, self.normalization),
+                "head": {"output": self.head, "steps": self.head_steps},
             },
-            "vocab": {"tokens": list(self.vocab), "unk_id": self.unk_id},
+            "vocab": {"tokens": list(self.vocab), "unk_id": self.unk_id}
+            if self.reads_tokens
+            else None,
             "labels": list(self.labels),
             "io": {
-                "tokens": self.tokens.to_dict(),
+                "input": self.tokens.to_dict(),
                 "lengths": self.lengths.to_dict(),
                 "log_probs": self.log_probs.to_dict(),
                 "states": [s.to_dict() for s in self.states],
@@ -251,6 +172,14 @@ class ModelMetadata(NamedTuple):
             "provenance": dict(self.provenance),
             "step": None if self.step is None else self.step.to_dict(),
         }
+
+
+def _input_dict(kind: str, size: int, normalization: tuple) -> dict:
+    """model.input as JSON values."""
+    d = {"kind": kind, "size": size}
+    if normalization:
+        d["mean"], d["scale"] = (list(v) for v in normalization)
+    return d
 
 
 def build_metadata(
@@ -271,8 +200,16 @@ def build_metadata(
     lengths_name: str = "lengths",
     log_probs_name: str = "log_probs",
     step: Mapping | None = None,
+    input_kind: str = "tokens",
+    input_size: int | None = None,
+    normalization: tuple = (),
 ) -> dict[str, str]:
     """The metadata_props entries (key -> JSON text) for one exported model.
+
+    tokens_name: the main input's name (token ids, or frames for input_kind "features",
+    whose vocab is empty and input_size F). input_size: layer 0's input width (None: the
+    hidden size for "tokens", V for "onehot"). normalization: (mean, scale) of a features
+    model, F floats each.
 
     step: optional {"token", "log_probs", "states": [(input, output), ...], "model": bytes}
     for the one-step model; its bytes are stored base64-encoded with their sha256. With
@@ -282,6 +219,11 @@ def build_metadata(
     The result is read back through `read_metadata` before it is returned, so a
     writer can never produce metadata that the reader rejects.
     """
+    if input_size is None:
+        input_size = len(vocab) if input_kind == "onehot" else hidden_size
+    frames = input_kind == "features"
+    normalization = tuple(tuple(float(x) for x in v) for v in normalization)
+    input_shape = ["B", "T", input_size] if frames else ["B", "T"]
     props = {
         PREFIX + "schema": json.dumps(SCHEMA_VERSION),
         PREFIX + "model": json.dumps(
@@ -292,13 +234,18 @@ def build_metadata(
                 "hidden_size": hidden_size,
                 "num_layers": num_layers,
                 "nonlinearity": nonlinearity,
+                "input": _input_dict(input_kind, input_size, normalization),
+                "head": {"output": HEADS[0], "steps": HEAD_STEPS[0]},
             }
         ),
-        PREFIX + "vocab": json.dumps({"tokens": list(vocab), "unk_id": unk_id}, ensure_ascii=False),
         PREFIX + "labels": json.dumps(list(labels), ensure_ascii=False),
         PREFIX + "io": json.dumps(
             {
-                "tokens": {"name": tokens_name, "shape": ["B", "T"], "dtype": "int64"},
+                "input": {
+                    "name": tokens_name,
+                    "shape": input_shape,
+                    "dtype": "float32" if frames else "int64",
+                },
                 "lengths": {"name": lengths_name, "shape": ["B"], "dtype": "int64"},
                 "log_probs": {
                     "name": log_probs_name,
@@ -317,9 +264,12 @@ def build_metadata(
             }
         ),
     }
+    if not frames:
+        vocab_json = json.dumps({"tokens": list(vocab), "unk_id": unk_id}, ensure_ascii=False)
+        props[PREFIX + "vocab"] = vocab_json
     if step is not None:
         names = {
-            "token": step["token"],
+            "input": step["token"],
             "log_probs": step["log_probs"],
             "states": [{"input": i, "output": o} for i, o in step["states"]],
         }
@@ -419,38 +369,34 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         raise MetadataError(
             "this file has no rnn-export metadata (was it made by `rnn-export convert`?)"
         )
-    version = _load(props, "schema")
-    if version != SCHEMA_VERSION:
+    schema = _load(props, "schema")
+    if schema not in SCHEMA_VERSIONS or isinstance(schema, bool):
         raise MetadataError(
-            f"unknown metadata schema version {version!r}; this runtime reads "
-            f"version {SCHEMA_VERSION}"
+            f"unknown metadata schema version {schema!r}; this runtime reads "
+            f"versions {', '.join(map(str, SCHEMA_VERSIONS))}"
         )
     model = _load(props, "model")
     _expect(isinstance(model, dict), "model to be an object", model)
+    stages = _stages(model, schema)
+    frames = stages["input_kind"] == "features"
     for key, most in _MAXIMA.items():
         value = model.get(key)
-        _expect(_is_int(value, 1) and value <= most, f"model.{key} in [1, {most}]", value)
+        low = 0 if key == "vocab_size" and frames else 1
+        _expect(_is_int(value, low) and value <= most, f"model.{key} in [{low}, {most}]", value)
+    _expect(not frames or model["vocab_size"] == 0, "model.vocab_size 0 (features)", model)
     _expect(model.get("arch") in ARCHS, f"model.arch in {ARCHS}", model.get("arch"))
     _expect(
         isinstance(model.get("nonlinearity"), str), "model.nonlinearity", model.get("nonlinearity")
     )
+    if stages["input_kind"] == "onehot":
+        size = stages["input_size"]
+        _expect(size == model["vocab_size"], "model.input.size V for onehot", size)
 
-    vocab = _load(props, "vocab")
-    _expect(isinstance(vocab, dict), "vocab to be an object", vocab)
-    tokens = vocab.get("tokens")
-    _expect(
-        isinstance(tokens, list) and all(isinstance(t, str) for t in tokens),
-        "vocab.tokens to be a list of strings",
-        tokens,
-    )
-    _expect(len(tokens) == model["vocab_size"], f"{model['vocab_size']} vocab tokens", len(tokens))
-    _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", _repeated(tokens))
-    unk = vocab.get("unk_id")
-    _expect(
-        unk is None or (_is_int(unk) and unk < len(tokens)),
-        f"vocab.unk_id in [0, {len(tokens)}) or null (no unknown token)",
-        unk,
-    )
+    tokens, unk = [], None
+    if frames:
+        _expect(PREFIX + "vocab" not in props, "no vocab for a features model", "a vocab")
+    else:
+        tokens, unk = _vocab(_load(props, "vocab"), model["vocab_size"])
 
     labels = _load(props, "labels")
     _expect(
@@ -470,8 +416,12 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         states,
     )
     state_specs = tuple(_state(s, i) for i, s in enumerate(states))
+    key = "input" if schema >= 2 else "tokens"
+    main_in = _tensor(io.get(key), f"io.{key}", "float32" if frames else "int64")
+    want_shape = ("B", "T", stages["input_size"]) if frames else ("B", "T")
+    _expect(main_in.shape == want_shape, f"io.{key}.shape {list(want_shape)}", main_in.shape)
     tensors = {
-        "tokens": _tensor(io.get("tokens"), "io.tokens", "int64"),
+        "tokens": main_in,
         "lengths": _tensor(io.get("lengths"), "io.lengths", "int64"),
         "log_probs": _tensor(io.get("log_probs"), "io.log_probs", "float32"),
     }
@@ -497,7 +447,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     )
     step = None
     if PREFIX + "step" in props:
-        step = _step(_load(props, "step"), model["num_layers"], state_specs)
+        step = _step(_load(props, "step"), model["num_layers"], state_specs, schema)
 
     return ModelMetadata(
         arch=model["arch"],
@@ -513,14 +463,77 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         states=state_specs,
         provenance=provenance,
         step=step,
+        **stages,
+        schema_version=schema,
     )
 
 
-def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
+def _stages(model: dict, version: int) -> dict:
+    """The input and head stages of model (schema 1: tokens, E = H, log-softmax at the
+    last step) as ModelMetadata's fields."""
+    if version == 1:
+        return {"input_kind": "tokens", "input_size": model.get("hidden_size")}
+    raw, head = model.get("input"), model.get("head")
+    _expect(isinstance(raw, dict), "model.input to be an object", raw)
+    kind, size = raw.get("kind"), raw.get("size")
+    _expect(kind in INPUT_KINDS, f"model.input.kind in {INPUT_KINDS}", kind)
+    _expect(_is_int(size, 1) and size <= MAX_DIM, f"model.input.size in [1, {MAX_DIM}]", size)
+    _expect(isinstance(head, dict), "model.head to be an object", head)
+    _expect(head.get("output") in HEADS, f"model.head.output in {HEADS}", head.get("output"))
+    steps = head.get("steps")
+    _expect(steps in HEAD_STEPS, f"model.head.steps in {HEAD_STEPS}", steps)
+    normalization = ()
+    if kind == "features":
+        normalization = tuple(raw.get(k) for k in ("mean", "scale"))
+        for k, values in zip(("mean", "scale"), normalization, strict=True):
+            _expect(
+                isinstance(values, list)
+                and len(values) == size
+                and all(_is_float(x) for x in values),
+                f"model.input.{k}: {size} finite numbers",
+                values,
+            )
+        _expect(all(x != 0 for x in normalization[1]), "a non-zero scale", normalization[1])
+        normalization = tuple(tuple(float(x) for x in v) for v in normalization)
+    return {
+        "input_kind": kind,
+        "input_size": size,
+        "head": head["output"],
+        "head_steps": steps,
+        "normalization": normalization,
+    }
+
+
+def _is_float(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _vocab(vocab, vocab_size: int) -> tuple[list, int | None]:
+    """The vocabulary's tokens and unknown id, checked against model.vocab_size."""
+    _expect(isinstance(vocab, dict), "vocab to be an object", vocab)
+    tokens = vocab.get("tokens")
+    _expect(
+        isinstance(tokens, list) and all(isinstance(t, str) for t in tokens),
+        "vocab.tokens to be a list of strings",
+        tokens,
+    )
+    _expect(len(tokens) == vocab_size, f"{vocab_size} vocab tokens", len(tokens))
+    _expect(len(set(tokens)) == len(tokens), "unique vocab tokens", _repeated(tokens))
+    unk = vocab.get("unk_id")
+    _expect(
+        unk is None or (_is_int(unk) and unk < len(tokens)),
+        f"vocab.unk_id in [0, {len(tokens)}) or null (no unknown token)",
+        unk,
+    )
+    return tokens, unk
+
+
+def _step(raw, num_layers: int, states: tuple[StateSpec, ...], version: int) -> StepSpec:
     _expect(isinstance(raw, dict), "step to be an object", raw)
     in_file = raw.get("in_file", False)
     _expect(isinstance(in_file, bool), "step.in_file true or false", in_file)
-    keys = ("token", "log_probs") if in_file else ("token", "log_probs", "sha256", "onnx_base64")
+    first = "input" if version >= 2 else "token"
+    keys = (first, "log_probs") if in_file else (first, "log_probs", "sha256", "onnx_base64")
     for key in keys:
         _expect(isinstance(raw.get(key), str) and raw[key], f"step.{key}", raw.get(key))
     layers = raw.get("states")
@@ -546,60 +559,10 @@ def _step(raw, num_layers: int, states: tuple[StateSpec, ...]) -> StepSpec:
             shape,
         )
     pairs = tuple((x["input"], x["output"]) for x in layers)
-    names = [raw["token"], raw["log_probs"], *(n for p in pairs for n in p)]
+    names = [raw[first], raw["log_probs"], *(n for p in pairs for n in p)]
     _expect(len(set(names)) == len(names), "distinct step input and output names", names)
     if in_file:
-        return StepSpec(raw["token"], raw["log_probs"], pairs, in_file=True)
+        return StepSpec(raw[first], raw["log_probs"], pairs, in_file=True)
     sha = raw["sha256"]
     _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "step.sha256", sha)
-    return StepSpec(raw["token"], raw["log_probs"], pairs, sha, raw["onnx_base64"])
-
-
-# onnxruntime NodeArg.type -> the dtype names of this schema.
-ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-
-
-def check_signature(meta: ModelMetadata, inputs, outputs) -> None:
-    """Check that the graph's inputs and outputs are those the metadata promises.
-
-    Args:
-        inputs, outputs: onnxruntime NodeArg lists (`session.get_inputs()`,
-            `session.get_outputs()`); each has .name, .shape and .type.
-
-    Raises:
-        MetadataError: naming the first input or output that contradicts the metadata.
-    """
-    got_in = {a.name: a for a in inputs}
-    got_out = {a.name: a for a in outputs}
-    want_in = [meta.tokens, meta.lengths] + [
-        TensorSpec(s.input, s.shape, s.dtype) for s in meta.states
-    ]
-    want_out = [meta.log_probs] + [TensorSpec(s.output, s.shape, s.dtype) for s in meta.states]
-    for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
-        if sorted(got) != sorted(w.name for w in want):
-            raise MetadataError(
-                f"graph {kind}s are {sorted(got)}; the metadata promises "
-                f"{sorted(w.name for w in want)}"
-            )
-        for spec in want:
-            arg = got[spec.name]
-            dtype = ORT_DTYPES.get(arg.type, arg.type)
-            if dtype != spec.dtype:
-                raise MetadataError(
-                    f"graph {kind} {spec.name!r} has type {dtype}; "
-                    f"the metadata promises {spec.dtype}"
-                )
-            shape = list(arg.shape)
-            if len(shape) != len(spec.shape):
-                raise MetadataError(
-                    f"graph {kind} {spec.name!r} has rank {len(shape)} {tuple(shape)}; "
-                    f"the metadata promises {spec.shape}"
-                )
-            for got_dim, want_dim in zip(shape, spec.shape, strict=True):
-                # A symbolic metadata dim must be symbolic in the graph; a fixed one must match.
-                fixed = isinstance(got_dim, int)
-                if (want_dim in ("B", "T")) == fixed or (fixed and got_dim != want_dim):
-                    raise MetadataError(
-                        f"graph {kind} {spec.name!r} has shape {tuple(shape)}; "
-                        f"the metadata promises {spec.shape}"
-                    )
+    return StepSpec(raw[first], raw["log_probs"], pairs, sha, raw["onnx_base64"])

@@ -41,6 +41,7 @@ from rnn_runtime.errors import (
     ModelFileError,
     StreamError,
 )
+from rnn_runtime.frames import FrameReader
 from rnn_runtime.metadata import ModelMetadata, check_signature, read_metadata
 from rnn_runtime.onnxfile import is_ort_format, scan_model
 from rnn_runtime.pool import StreamPool
@@ -158,12 +159,15 @@ def _other_axes(ndim: int, batch_axis: int) -> tuple[int, ...]:
 
 
 class StreamModel:
-    """One opened model: onnxruntime session, validated metadata, tokenizer.
+    """One opened model: onnxruntime session, validated metadata, input reader.
 
     Attributes:
         path: the model file.
         metadata: its ModelMetadata.
-        tokenizer: its Tokenizer (characters -> token ids).
+        reader: its input stage's reader: a Tokenizer (characters -> token ids) for a
+            model that reads characters, a FrameReader (F float32 values a step) for a
+            features model.
+        tokenizer: the Tokenizer, or None for a features model.
         session: the onnxruntime InferenceSession on the main graph.
         step_session: the InferenceSession on the embedded step model, or None (no step
             model in the file, a non-CPU provider, or step_model=False).
@@ -217,7 +221,10 @@ class StreamModel:
                 f"{[s.dtype for s in meta.states]}"
             )
         self.metadata = meta
-        self.tokenizer = Tokenizer(meta.vocab, meta.unk_id)
+        if meta.reads_tokens:
+            self.reader = self.tokenizer = Tokenizer(meta.vocab, meta.unk_id)
+        else:
+            self.reader, self.tokenizer = FrameReader(meta.input_size, meta.normalization), None
         self.session = session
         self.providers = providers
         self.device = PROVIDER_DEVICES.get(providers[0], "cpu")
@@ -231,7 +238,7 @@ class StreamModel:
                 scan_model(step_bytes, "the embedded step model")
                 self.step_session = open_step_session(meta, step_bytes, providers, threads)
             if not meta.is_step_file:
-                check_graphs(meta, session, self.step_session)
+                check_graphs(meta, session, self.reader, self.step_session)
         except (MetadataError, ModelFileError) as e:
             raise type(e)(f"{where}: {e}") from None
 
@@ -246,17 +253,35 @@ class StreamModel:
     def labels(self) -> tuple[str, ...]:
         return self.metadata.labels
 
+    def _text_reader(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise StreamError(
+                f"this model reads float frames of F = {self.metadata.input_size} values a "
+                "step, not text: feed it float32 arrays"
+            )
+        return self.tokenizer
+
     def encode(self, text: str, *, strict: bool = False) -> np.ndarray:
         """int64 (T,) token ids of `text` (see Tokenizer.encode)."""
-        return self.tokenizer.encode(text, strict=strict)
+        return self._text_reader().encode(text, strict=strict)
 
     def token_ids(self, tokens, *, strict: bool = False) -> np.ndarray:
         """Validated int64 (T,) token ids from text or from ids in [0, V)."""
-        return self.tokenizer.token_ids(tokens, strict=strict)
+        return self._text_reader().token_ids(tokens, strict=strict)
 
     def token_id(self, token: str | int, *, strict: bool = False) -> int:
         """One validated token id from a single character or an int id."""
-        return self.tokenizer.token_id(token, strict=strict)
+        return self._text_reader().token_id(token, strict=strict)
+
+    def step_input(self, x, *, strict: bool = False):
+        """One step's validated input: a token id (a character or an id), or a features
+        model's float32 (F,) frame."""
+        return self.reader.one(x, strict=strict)
+
+    def sequence(self, xs, *, strict: bool = False) -> np.ndarray:
+        """Validated inputs of several steps: int64 (T,) token ids from text or ids, or a
+        features model's float32 (T, F) frames."""
+        return self.reader.sequence(xs, strict=strict)
 
     def state_shapes(self, batch_size: int) -> tuple[tuple[int, ...], ...]:
         """Concrete shape of each state (metadata order) for batch_size streams."""
@@ -330,7 +355,7 @@ class StreamModel:
         """One plain session.run over a padded batch (no validation: the callers validate).
 
         Args:
-            tokens: int64 (B, T).
+            tokens: int64 (B, T) token ids, or float32 (B, T, F) frames.
             state: {state input name: float32 array of concrete_shape(B)}.
             lengths: int64 (B), 1 <= lengths <= T; None means all T.
 
@@ -338,7 +363,7 @@ class StreamModel:
             log_probs float32 (B, C) and {state input name: new state}, both new arrays.
         """
         meta = self.metadata
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         if lengths is None:
             lengths = np.full((B,), T, dtype=np.int64)
         if meta.is_step_file:
@@ -367,9 +392,10 @@ class StreamModel:
         return log_probs, {s.input: v for s, v in zip(specs, states, strict=True)}
 
     def predict(
-        self, texts: Sequence[str], *, strict: bool = False, batch_size: int = PREDICT_BATCH_SIZE
+        self, texts: Sequence, *, strict: bool = False, batch_size: int = PREDICT_BATCH_SIZE
     ) -> list[Prediction | None]:
-        """The prediction after the last character of each text, from the initial state.
+        """The prediction after the last character of each text (or the last frame of each
+        (T, F) array of a features model), from the initial state.
 
         Texts run in padded batches through the main graph (rows of similar length
         together, each row stopping at its own length), so a text gets the numbers a
@@ -396,14 +422,15 @@ class StreamModel:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise StreamError(f"batch_size must be an integer >= 1; got {batch_size!r:.40}")
         encoded = []
+        read = self.encode if self.tokenizer is not None else self.sequence
         for i, text in enumerate(texts):
             try:
-                encoded.append(self.encode(text, strict=strict))
+                encoded.append(read(text, strict=strict))
             except StreamError as e:
                 raise type(e)(f"texts[{i}]: {e}") from None
         results: list[Prediction | None] = [None] * len(encoded)
         order = sorted(
-            (i for i, ids in enumerate(encoded) if ids.size), key=lambda i: encoded[i].size
+            (i for i, ids in enumerate(encoded) if len(ids)), key=lambda i: len(encoded[i])
         )
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -423,11 +450,12 @@ class StreamModel:
         A batch longer than MAX_CHUNK runs chunk by chunk; each chunk takes only the rows
         still running (lengths must be >= 1), the others keep their state and result.
         """
-        B = len(encoded)
-        lengths = np.array([ids.size for ids in encoded], dtype=np.int64)
-        tokens = np.zeros((B, int(lengths.max())), dtype=np.int64)  # (B, T), padded with 0
+        B, reader = len(encoded), self.reader
+        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+        # (B, T) ids or (B, T, F) frames, padded with zeros
+        tokens = np.zeros((B, int(lengths.max()), *reader.step_shape), dtype=reader.dtype)
         for row, ids in zip(tokens, encoded, strict=True):
-            row[: ids.size] = ids
+            row[: len(ids)] = ids
         state = self.initial_state(B)
         axes = {s.input: s.batch_axis for s in self.metadata.states}
         log_probs = np.zeros((B, self.metadata.num_classes), dtype=np.float32)

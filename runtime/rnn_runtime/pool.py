@@ -218,7 +218,9 @@ class StreamPool:
         if isinstance(tokens, Mapping):
             return self.feed(
                 {
-                    s: [self.model.token_id(t, strict=s.strict)]
+                    s: self.model.step_input(t, strict=s.strict)[None]
+                    if self.model.tokenizer is None
+                    else [self.model.token_id(t, strict=s.strict)]
                     for s, t in self._checked_items(tokens)
                 }
             )
@@ -237,6 +239,11 @@ class StreamPool:
 
     def _ids_per_member(self, tokens) -> np.ndarray:
         n = len(self._members)
+        if self.model.tokenizer is None:  # a features model: one frame per member, (n, F)
+            frames = self.model.sequence(tokens)
+            if len(frames) != n:
+                raise StreamError(f"pool step got {len(frames)} frames; the pool has {n} members")
+            return frames
         if (
             type(tokens) is np.ndarray
             and tokens.dtype is _INT64
@@ -283,9 +290,9 @@ class StreamPool:
             The predictions of the members advanced, in `inputs` order.
         """
         items = self._checked_items(inputs)
-        ids = [self.model.token_ids(x, strict=s.strict) for s, x in items]
+        ids = [self.model.sequence(x, strict=s.strict) for s, x in items]
         for (s, _), x in zip(items, ids, strict=True):
-            if x.size == 0:
+            if len(x) == 0:
                 raise StreamError(f"pool feed needs at least one token per stream; {s!r} got none")
         streams = tuple(s for s, _ in items)
         if not items:
@@ -293,10 +300,11 @@ class StreamPool:
         rows = [self._slot[id(s)] for s in streams]
         if len(set(rows)) != len(rows):
             raise StreamError("pool feed got the same stream twice")
-        lengths = np.array([x.size for x in ids], dtype=np.int64)
-        tokens = np.zeros((len(ids), int(lengths.max())), dtype=np.int64)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        reader = self.model.reader
+        tokens = np.zeros((len(ids), int(lengths.max()), *reader.step_shape), dtype=reader.dtype)
         for r, x in enumerate(ids):
-            tokens[r, : x.size] = x
+            tokens[r, : len(x)] = x
         state = self._state()
         sub = {
             spec.input: np.ascontiguousarray(np.take(state[spec.input], rows, axis=spec.batch_axis))

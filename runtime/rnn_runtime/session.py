@@ -341,18 +341,20 @@ def bind_chunk(session, meta, tokens, lengths, buffers: StateBuffers, k: int) ->
 class StepBindings:
     """Prebuilt one-token-per-row calls at batch n over a StateBuffers.
 
-    Write the ids into `tokens` (n,), then `advance()`: it runs bindings[k] (through
-    calls[k], see bound_run) with k = buffers.current, which reads set k and writes set
-    k ^ 1, and keeps the result only if it is finite. Through the step model when
-    `step_session` is given (per-layer states, CPU only), else through the main graph
-    (T = 1, lengths 1).
+    Write the ids into `tokens` (n,) (frames: (n, F)), then `advance()`: it runs
+    bindings[k] (through calls[k], see bound_run) with k = buffers.current, which reads
+    set k and writes set k ^ 1, and keeps the result only if it is finite. Through the
+    step model when `step_session` is given (per-layer states, CPU only), else through
+    the main graph (T = 1, lengths 1).
     """
 
     def __init__(self, meta, buffers: StateBuffers, n: int, session, step_session=None):
+        # One step's input per row: a token id, or a features model's frame of F values.
+        dtype, frame = (np.int64, ()) if meta.reads_tokens else (np.float32, (meta.input_size,))
         if step_session is not None:
             step = meta.step
             self.session = step_session
-            self.tokens = np.zeros((n,), dtype=np.int64)
+            self.tokens = np.zeros((n, *frame), dtype=dtype)
             tokens = ort.OrtValue.ortvalue_from_numpy(self.tokens)
             bindings = []
             for k in (0, 1):
@@ -369,7 +371,7 @@ class StepBindings:
                 bindings.append(binding)
         else:
             self.session = session
-            self._tokens = np.zeros((n, 1), dtype=np.int64)
+            self._tokens = np.zeros((n, 1, *frame), dtype=dtype)
             self.tokens = self._tokens[:, 0]  # a view: writing it feeds the graph
             tokens = ort.OrtValue.ortvalue_from_numpy(self._tokens)
             ones = ort.OrtValue.ortvalue_from_numpy(np.ones((n,), dtype=np.int64))
@@ -450,7 +452,8 @@ def open_step_session(
     """
     step = meta.step
     session = open_session(step_bytes, providers=providers, threads=threads, quiet=True, name=name)
-    want_in = {step.token: ("tensor(int64)", 1)} | {i: ("tensor(float)", 2) for i, _ in step.states}
+    first = ("tensor(int64)", 1) if meta.reads_tokens else ("tensor(float)", 2)  # ids or frames
+    want_in = {step.token: first} | {i: ("tensor(float)", 2) for i, _ in step.states}
     want_out = {step.log_probs: ("tensor(float)", 2)} | {
         o: ("tensor(float)", 2) for _, o in step.states
     }

@@ -99,8 +99,10 @@ class StreamSession:
         self.model = model
         self.strict = strict
         self._labels = model.metadata.labels
-        self._char_ids = model.tokenizer.char_ids
-        self._vocab_size = model.tokenizer.vocab_size
+        # The fast paths of step(): a character or an id (none for a features model).
+        tokenizer = model.tokenizer
+        self._char_ids = {} if tokenizer is None else tokenizer.char_ids
+        self._vocab_size = 0 if tokenizer is None else tokenizer.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)
         self._buffers = buffers = model.state_buffers(1)
@@ -128,8 +130,9 @@ class StreamSession:
         if self._pool is not None:
             raise StreamError("this stream is in a pool: advance it through the pool, or leave it")
 
-    def step(self, token: str | int) -> Prediction:
-        """Advance by one character or token id and return the new prediction.
+    def step(self, token) -> Prediction:
+        """Advance by one character or token id (a features model: one float32 frame of
+        F values) and return the new prediction.
 
         Raises:
             StreamError: a bad token, or a result that is not finite (the state is kept).
@@ -142,7 +145,7 @@ class StreamSession:
         elif type(token) is int and 0 <= token < self._vocab_size:
             self._token[0] = token
         else:
-            self._token[0] = self.model.token_id(token, strict=self.strict)
+            self._token[0] = self.model.step_input(token, strict=self.strict)
         # StepBindings.advance, inlined: this is the per-step hot path of a stream.
         buffers = self._buffers
         k = buffers.current
@@ -158,7 +161,8 @@ class StreamSession:
         return Prediction(last, self._labels)
 
     def feed(self, tokens: str | Iterable[int] | np.ndarray) -> Prediction | None:
-        """Advance by a text or a sequence of token ids (one onnxruntime call per chunk).
+        """Advance by a text or a sequence of token ids (a features model: float32 frames
+        (T, F)), one onnxruntime call per chunk.
 
         Returns:
             The prediction after the last token; for empty input, the current
@@ -169,11 +173,11 @@ class StreamSession:
                 as it was before the call, however many chunks had run.
         """
         self._check_free()
-        ids = self.model.token_ids(tokens, strict=self.strict)
+        ids = self.model.sequence(tokens, strict=self.strict)
         # Only a text longer than one chunk needs a copy to undo the chunks before a failure.
-        before = (self._buffers.read(), self._last) if ids.size > MAX_CHUNK else None
+        before = (self._buffers.read(), self._last) if len(ids) > MAX_CHUNK else None
         try:
-            for start in range(0, ids.size, MAX_CHUNK):
+            for start in range(0, len(ids), MAX_CHUNK):
                 self._run_chunk(ids[start : start + MAX_CHUNK])
         except StreamError:
             if before is not None:
@@ -185,18 +189,18 @@ class StreamSession:
     def _run_chunk(self, ids: np.ndarray) -> None:
         if self.model.metadata.is_step_file:  # no main graph: the model loops its steps
             try:
-                log_probs, new = self.model.run(ids.reshape(1, -1), self._buffers.read())
+                log_probs, new = self.model.run(ids[None], self._buffers.read())
             except RUN_ERRORS as e:
                 raise run_failed(e) from e
             if not (
                 np.isfinite(log_probs).all() and all(np.isfinite(v).all() for v in new.values())
             ):
-                raise _blown_up(f"a chunk of {ids.size} tokens")
+                raise _blown_up(f"a chunk of {len(ids)} steps")
             self._buffers.write(new)
             self._last = log_probs[0].copy()
             return
-        tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids.reshape(1, -1)))
-        length = ort.OrtValue.ortvalue_from_numpy(np.array([ids.size], dtype=np.int64))
+        tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(ids[None]))
+        length = ort.OrtValue.ortvalue_from_numpy(np.array([len(ids)], dtype=np.int64))
         buffers = self._buffers
         k = buffers.current
         binding = bind_chunk(self.model.session, self.model.metadata, tokens, length, buffers, k)
@@ -205,7 +209,7 @@ class StreamSession:
         except RUN_ERRORS as e:
             raise run_failed(e) from e
         if buffers.nonfinite[k ^ 1]():
-            raise _blown_up(f"a chunk of {ids.size} tokens")
+            raise _blown_up(f"a chunk of {len(ids)} steps")
         buffers.current = k ^ 1
         self._last = self._rows[k ^ 1].copy()
 

@@ -26,10 +26,30 @@ class Tokenizer:
         vocab_size: V; valid ids are [0, V).
     """
 
+    step_shape = ()  # one step's input is one id
+    dtype = np.dtype(np.int64)
+
     def __init__(self, vocab: tuple[str, ...], unk_id: int | None):
+        self.vocab = vocab
         self.char_ids = {c: i for i, c in enumerate(vocab) if i != unk_id}
         self.unk_id = unk_id
         self.vocab_size = len(vocab)
+
+    def one(self, token, *, strict: bool = False) -> int:
+        """One step's input (the reader interface rnn_runtime.frames shares): token_id."""
+        return self.token_id(token, strict=strict)
+
+    def sequence(self, tokens, *, strict: bool = False) -> np.ndarray:
+        """A run of steps (the reader interface): token_ids."""
+        return self.token_ids(tokens, strict=strict)
+
+    def probe(self, n: int) -> np.ndarray:
+        """The first n token ids, for the open-time cross-check."""
+        return np.arange(min(n, self.vocab_size), dtype=np.int64)
+
+    def shown(self, token) -> str:
+        """A token id as an error message shows it."""
+        return f"token id {int(token)} ({self.vocab[int(token)]!r})"
 
     def count_unknown(self, text: str) -> int:
         """How many characters of `text` are outside the vocabulary."""

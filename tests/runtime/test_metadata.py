@@ -63,7 +63,7 @@ def test_sha256_hex_is_sha256_below_and_above_the_builtin_threshold(monkeypatch,
     """The step model's checksum is the same SHA-256 whichever implementation hashes it."""
     import hashlib
 
-    from rnn_runtime import metadata
+    from rnn_runtime import records as metadata
 
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     want = hashlib.sha256(data).hexdigest()

@@ -130,7 +130,7 @@ def _too_many_values(io):
 
 OPEN_METADATA = {
     "no metadata": (_no_metadata, r"no rnn-export metadata \(was it made by `rnn-export convert`"),
-    "schema 2": (_raw("schema", "2"), r"unknown metadata schema version 2; this runtime reads"),
+    "schema 3": (_raw("schema", "3"), r"unknown metadata schema version 3; this runtime reads"),
     "wrong state name": (
         _state_field("input", "c0"),
         r"graph inputs are .*'h0'.*; the metadata promises .*'c0'",
@@ -144,9 +144,9 @@ OPEN_METADATA = {
         ),
         r"graph input 'h0' has shape .*; the metadata promises .*99",
     ),
-    "tokens not an object": (
-        edit_json("io", lambda io: io.__setitem__("tokens", "tokens")),
-        r"expected io.tokens to be an object; got 'tokens'",
+    "input not an object": (
+        edit_json("io", lambda io: io.__setitem__("input", "tokens")),
+        r"expected io.input to be an object; got 'tokens'",
     ),
     "nested 100,000 deep": (
         _raw("labels", "[" * 100_000 + "]" * 100_000),
@@ -189,8 +189,8 @@ OPEN_METADATA = {
         r"expected io.states\[0\].shape of at most 4194304 values",
     ),
     "shape of rank 9": (
-        edit_json("io", lambda io: io["tokens"].__setitem__("shape", ["B"] * 9)),
-        r"expected io.tokens.shape of rank <= 8",
+        edit_json("io", lambda io: io["input"].__setitem__("shape", ["B"] * 9)),
+        r"expected io.input.shape of rank <= 8",
     ),
     "17 states": (
         edit_json("io", lambda io: io.__setitem__("states", io["states"] * 17)),

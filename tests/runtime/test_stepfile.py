@@ -31,7 +31,7 @@ def test_step_file_metadata_says_it_is_the_step_model(step_file):
     L = model.config.num_layers
     assert [i for i, _ in meta.step.states] == [f"h_{layer}" for layer in range(L)]
     assert meta.to_dict()["step"] == {
-        "token": "token",
+        "input": "token",
         "log_probs": "log_probs",
         "states": [{"input": f"h_{i}", "output": f"hn_{i}"} for i in range(L)],
         "in_file": True,
@@ -78,7 +78,7 @@ def test_step_file_and_main_file_agree(step_file, exported):
     [
         (lambda step: step.update(in_file=1), "step.in_file true or false"),
         (lambda step: step.update(in_file=False), "step.sha256"),
-        (lambda step: step.update(token="nope"), "inputs are"),
+        (lambda step: step.update(input="nope"), "inputs are"),
     ],
 )
 def test_bad_step_file_metadata_is_refused(step_file, tmp_path, change, match):

@@ -310,7 +310,7 @@ def test_a_long_feed_that_blows_up_keeps_the_state(growing):
     stream = growing.stream()
     stream.feed("ab")
     before, prediction = stream.get_state(), stream.prediction.log_probs.copy()
-    with pytest.raises(StreamError, match=r"a chunk of \d+ tokens gives .* not finite"):
+    with pytest.raises(StreamError, match=r"a chunk of \d+ steps gives .* not finite"):
         stream.feed("a" * (MAX_CHUNK + 3))
     np.testing.assert_array_equal(stream.get_state()["h0"], before["h0"])
     np.testing.assert_array_equal(stream.prediction.log_probs, prediction)
