@@ -41,7 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from rnn_export.config import MAX_LABEL_CHARS, MAX_LABELS, MAX_SEED, check_int
-from rnn_export.data import DEFAULT_SEED, DEFAULT_VAL_FRACTION, MAX_PATH_CHARS, DataError, split
+from rnn_export.data import (
+    DEFAULT_SEED,
+    DEFAULT_VAL_FRACTION,
+    MAX_PATH_CHARS,
+    DataError,
+    check_spec,
+    split,
+)
 from rnn_export.errors import decode_utf8
 from rnn_export.tsfile import check_class_names, parse_ts
 
@@ -69,6 +76,13 @@ EMBEDDED_FRAME_FEATURES = 12
 EMBEDDED_FRAME_LENGTHS = (16, 40)  # inclusive range of sequence lengths
 EMBEDDED_EVENT_STEPS = 3
 EMBEDDED_EVENT_HEIGHT = 2.0  # in units of the feature's noise
+
+
+# Training defaults of a features model (`rnn-export train --input features`), where they
+# differ from a text model's: frame data sets are small (hundreds of sequences), so a
+# smaller H, smaller batches, a higher learning rate and many more passes. Measured on
+# JapaneseVowels and BasicMotions (docs/commands.md).
+FEATURE_DEFAULTS = {"hidden_size": 64, "batch_size": 8, "lr": 1e-2, "epochs": 100}
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,20 @@ def check_frames_spec(data) -> dict:
                 f"without NUL; got {path!r:.80}"
             )
     return data
+
+
+def is_frames_spec(data) -> bool:
+    """Whether a data spec describes float frames (rather than texts)."""
+    return isinstance(data, dict) and data.get("source") in FRAME_SOURCES
+
+
+def check_data_spec(data) -> dict:
+    """Any data spec a checkpoint may hold: of texts (rnn_export.data) or of float frames.
+
+    Raises:
+        DataError: a spec of neither kind, or a value out of its bounds.
+    """
+    return check_frames_spec(data) if is_frames_spec(data) else check_spec(data)
 
 
 def load_frames(data: dict) -> FrameDataset:
