@@ -71,7 +71,7 @@ MIN_SCALE = 1e-6
 # in another order, so only a model that remembers what came before tells them apart.
 EMBEDDED_FRAME_CLASSES = ("A-then-B", "B-then-A", "A-twice", "B-twice")
 EMBEDDED_FRAME_EVENTS = {"A-then-B": "AB", "B-then-A": "BA", "A-twice": "AA", "B-twice": "BB"}
-EMBEDDED_FRAME_SIZE = 2_000
+EMBEDDED_FRAME_SIZE = 500
 EMBEDDED_FRAME_FEATURES = 12
 EMBEDDED_FRAME_LENGTHS = (16, 40)  # inclusive range of sequence lengths
 EMBEDDED_EVENT_STEPS = 3
