@@ -296,7 +296,7 @@ def test_embedded_order_classes_hold_the_same_frames_in_another_order():
 
 def test_load_frames_embedded_has_a_test_split():
     data = load_frames(frames_embedded_spec(seed=0, size=80, features=4))
-    assert (len(data.train), len(data.val), len(data.test)) == (64, 16, 80)
+    assert (len(data.train), len(data.val), len(data.test)) == (72, 8, 80)
     assert data.features == 4 and data.labels == EMBEDDED_FRAME_CLASSES
 
 
