@@ -1,62 +1,53 @@
-"""Bring your own model: a state_dict of the notes' classes written as a RUN_DIR.
+"""Bring your own model: a state_dict trained elsewhere written as a RUN_DIR.
 
-A reader of the notes who trained their `RNN` (the hand-built cell) or `my_RNN` (the
-nn.RNN wrapper, or the same wrapper around nn.GRU or nn.LSTM) with their own loop saves
-`model.state_dict()`; import_weights reads
-it, checks every tensor against the arch, and writes a RUN_DIR that convert, verify,
-bench, predict and evaluate accept. The RUN_DIR says it was imported (train.json
-"imported": the weights file and its sha256) and has no training data ("data" null).
+A user who trained the notes' `RNN` (the hand-built cell) or `my_RNN` (the nn.RNN
+wrapper, or the same wrapper around nn.GRU or nn.LSTM), the PyTorch tutorial's name
+classifiers (`CharRNN`: nn.RNN over one-hot letters and `h2o`; the classic `RNN` with
+`i2h`, `h2h`, `h2o`), a keyword spotter over float frames or a language model whose
+embedding size differs from its hidden size, with their own loop, saves
+`model.state_dict()`; import_weights reads it, recognizes its stages
+(rnn_export.forms: the names and shapes it takes), checks every tensor, and writes a
+RUN_DIR that convert, verify, bench, predict and evaluate accept. The RUN_DIR says it
+was imported (train.json "imported": the weights file and its sha256) and has no
+training data ("data" null).
 
 Reading runs no code: a .safetensors file, or torch.load(..., weights_only=True), whose
 unpickler allows only tensors and plain containers. A file that needs more (a pickled
 module, a custom class) is refused naming the global that was blocked, and is never
 read again unsafely.
 
-Tensor names are the notes' attribute names:
-    cell     embed.weight (V, H), i2h.weight (H, 2H), i2h.bias (H), h2o.weight (C, H),
-             h2o.bias (C)
-    stacked  embedding.weight (V, H), rnn.weight_ih_l{k} (H, H), rnn.weight_hh_l{k} (H, H),
-             rnn.bias_ih_l{k} (H), rnn.bias_hh_l{k} (H) for k < L, fc.weight (C, H),
-             fc.bias (C)
-    gru      as stacked, with G = 3 gate rows (r, z, n): rnn.weight_ih_l{k} (3H, H),
-             rnn.weight_hh_l{k} (3H, H), rnn.bias_ih_l{k} (3H), rnn.bias_hh_l{k} (3H)
-    lstm     as gru with G = 4 (i, f, g, o): (4H, H) and (4H)
 A prefix every name shares ("module." from DataParallel, "model." from a wrapper) is
-stripped, or the one given; `mapping` renames others. V, H, L and C come from the
-shapes; V must equal the vocabulary's size and C the number of labels.
+stripped, or the one given; `mapping` renames others. V, E (or F), H, L and C come from
+the shapes; V must equal the vocabulary's size and C the number of labels.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rnn_export import atomic
 from rnn_export.checkpoint import Checkpoint, check_replaceable, load_checkpoint, save_checkpoint
-from rnn_export.config import ARCHS, NONLINEARITIES, ModelConfig
+from rnn_export.config import ARCHS, INPUT_KINDS, NONLINEARITIES, ModelConfig
 from rnn_export.data import Vocabulary
-from rnn_export.errors import InputError, decode_utf8
+from rnn_export.errors import decode_utf8
+from rnn_export.forms import ImportWeightsError, model_state, recognize
 from rnn_export.models import build_model
 from rnn_export.runfiles import parse_json, read_json
 
 # The notes' exact behaviour: their cell has no nonlinearity, nn.RNN's default is tanh.
 DEFAULT_NONLINEARITY = {"cell": "identity", "stacked": "tanh", "gru": "tanh", "lstm": "tanh"}
-# Rows per hidden unit in each recurrent matrix and bias: one per gate (PyTorch's order).
-GATES = {"stacked": 1, "gru": 3, "lstm": 4}
 AUTO_PREFIXES = ("module.", "model.")
 MAX_WEIGHTS_BYTES = 2**31  # an exportable model's weights are far smaller (ONNX's 2 GiB)
 _BLOCKED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-class ImportWeightsError(InputError):
-    """Weights, a vocabulary or labels that do not make a model; the message names the
-    file and the tensor, with the shapes expected and got."""
 
 
 def import_weights(
@@ -69,24 +60,35 @@ def import_weights(
     nonlinearity: str | None = None,
     prefix: str | None = None,
     mapping: Mapping[str, str] | None = None,
+    input_kind: str | None = None,
+    normalization=None,
 ) -> Checkpoint:
     """Write a RUN_DIR for a model trained elsewhere.
 
     Args:
         weights: a file of `torch.save(model.state_dict(), path)`, or a .safetensors file.
-        arch: "cell" (the notes' RNN), "stacked" (the notes' my_RNN), "gru" or "lstm"
-            (my_RNN around nn.GRU or nn.LSTM).
+        arch: "cell" (the notes' RNN, or the tutorial's classic i2h/h2h cell), "stacked"
+            (nn.RNN: the notes' my_RNN, the tutorial's CharRNN), "gru" or "lstm".
         vocab: the VOCAB.json path ({"tokens": [...], "unk_id": N}, or a plain list:
-            token id = index, no unknown token), or a Vocabulary.
+            token id = index, no unknown token), or a Vocabulary; None for a model over
+            float frames.
         labels: the LABELS path (a JSON list, or a .txt with one label per line), or a
             sequence of class names; class id = index.
         out: the RUN_DIR to write (atomically; an earlier run there is replaced).
         nonlinearity: "identity" (the notes' cell: no nonlinearity, its default), "tanh"
-            (the default for "stacked", nn.RNN's; the only one of "gru" and "lstm") or "relu".
+            (the default of nn.RNN and of the tutorial's cells; the only one of "gru" and
+            "lstm") or "relu".
         prefix: strip this prefix from every name (which must all have it); None strips
             "module." and "model." where every name has them.
         mapping: {old: new} renames applied after the prefix: a whole name, or a name
             prefix when old ends with ".".
+        input_kind: "tokens" (an embedding in the file), "onehot" (none: one-hot vectors
+            of the vocabulary) or "features" (none: float frames); None reads it from
+            the file (an embedding: tokens; else onehot with a vocabulary, features
+            without one).
+        normalization: a features model's per-feature (mean, scale), F values each, or
+            a JSON/.npz file of them ({"mean": [...], "scale": [...]}); None: frames go
+            in as they are (mean 0, scale 1).
 
     Returns:
         The Checkpoint read back from out.
@@ -98,35 +100,75 @@ def import_weights(
     """
     if arch not in ARCHS:
         raise ImportWeightsError(f"unknown arch {arch!r:.40}; expected one of {list(ARCHS)}")
-    nonlinearity = DEFAULT_NONLINEARITY[arch] if nonlinearity is None else nonlinearity
-    if nonlinearity not in NONLINEARITIES[arch]:
+    if nonlinearity is not None and nonlinearity not in NONLINEARITIES[arch]:
         raise ImportWeightsError(
             f"nonlinearity for arch {arch!r} must be one of {list(NONLINEARITIES[arch])}; "
             f"got {nonlinearity!r:.40}"
         )
+    if input_kind is None and vocab is None:
+        input_kind = "features"
+    if input_kind is not None and input_kind not in INPUT_KINDS:
+        raise ImportWeightsError(f"input must be one of {list(INPUT_KINDS)}; got {input_kind!r}")
     check_replaceable(out)
     path = Path(weights)
     raw, kind, sha256 = read_state_dict(path)
     tensors, stripped = strip_prefix(raw, prefix, path)
     tensors, renamed = rename(tensors, mapping or {}, path)
-    V, H, L, C = check_tensors(tensors, arch, path)
-    vocabulary = vocab if isinstance(vocab, Vocabulary) else read_vocab(Path(vocab))
-    embed = "embed.weight" if arch == "cell" else "embedding.weight"
-    if len(vocabulary) != V:
+    form = recognize(tensors, arch, input_kind, path)
+    nonlinearity = DEFAULT_NONLINEARITY[form.arch] if nonlinearity is None else nonlinearity
+    if nonlinearity not in NONLINEARITIES[form.arch]:
         raise ImportWeightsError(
-            f"{_name(vocab)}: has {len(vocabulary)} tokens; {path}: {embed!r} has shape "
-            f"{(V, H)}, so the model reads V = {V} token ids"
+            f"{path}: this is {form.notes[0] if form.notes else form.arch}; its nonlinearity "
+            f"must be one of {list(NONLINEARITIES[form.arch])}; got {nonlinearity!r}"
         )
+    vocabulary = None
+    if form.input_kind == "features":
+        if vocab is not None:
+            raise ImportWeightsError(
+                f"{path}: a model over float frames (F = {form.X}) reads no characters: give "
+                "no vocabulary"
+            )
+    else:
+        if vocab is None:
+            raise ImportWeightsError(
+                f"{path}: a model over {form.input_kind} reads characters: give its "
+                f"vocabulary ({form.V} symbols)"
+            )
+        vocabulary = vocab if isinstance(vocab, Vocabulary) else read_vocab(Path(vocab))
+        if len(vocabulary) != form.V:
+            where = "'embedding.weight' has shape" if form.input_kind == "tokens" else "one-hot"
+            shape = (form.V, form.X) if form.input_kind == "tokens" else f"width {form.X}"
+            raise ImportWeightsError(
+                f"{_name(vocab)}: has {len(vocabulary)} tokens; {path}: {where} {shape}, so "
+                f"the model reads V = {form.V} token ids"
+            )
     names = tuple(labels) if not isinstance(labels, (str, Path)) else read_labels(Path(labels))
-    head = "h2o.weight" if arch == "cell" else "fc.weight"
-    if len(names) != C:
+    head = "h2o.weight" if form.arch == "cell" else "fc.weight"
+    if len(names) != form.C:
         raise ImportWeightsError(
-            f"{_name(labels)}: has {len(names)} labels; {path}: {head!r} has shape {(C, H)}, "
-            f"so the model has C = {C} classes"
+            f"{_name(labels)}: has {len(names)} labels; {path}: {head!r} has shape "
+            f"{(form.C, form.H)}, so the model has C = {form.C} classes"
         )
-    config = ModelConfig(arch, V, names, hidden_size=H, num_layers=L, nonlinearity=nonlinearity)
+    # input_size None: the notes' E = H, or a one-hot input (its width is V)
+    notes_size = form.input_kind == "onehot" or (form.input_kind == "tokens" and form.X == form.H)
+    config = ModelConfig(
+        form.arch,
+        form.V,
+        names,
+        hidden_size=form.H,
+        num_layers=form.L,
+        nonlinearity=nonlinearity,
+        input_kind=form.input_kind,
+        input_size=None if notes_size else form.X,
+    )
     model = build_model(config)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    model.load_state_dict(model_state(form, model), strict=False)
+    if form.input_kind == "features":
+        mean, scale = read_normalization(normalization, form.X)
+        model.frames.mean.copy_(torch.from_numpy(mean))
+        model.frames.scale.copy_(torch.from_numpy(scale))
+    elif normalization is not None:
+        raise ImportWeightsError("a normalization is for a model over float frames only")
     model.eval()
     imported = {
         "source": str(path.resolve()),
@@ -134,11 +176,53 @@ def import_weights(
         "format": kind,
         "prefix": stripped,
         "renamed": renamed,
+        "recognized": list(form.notes),
         "dtypes": sorted({str(v.dtype) for v in tensors.values()}),
     }
     training = {"imported": imported, "torch_version": torch.__version__}
     save_checkpoint(out, model, vocabulary, None, training, {})
     return load_checkpoint(out)
+
+
+def read_normalization(source, F: int) -> tuple[np.ndarray, np.ndarray]:
+    """A features model's (mean, scale), float32 (F,) each, from None (0 and 1), a pair
+    of sequences, or a .json ({"mean": [...], "scale": [...]}) or .npz file of them."""
+    if source is None:
+        return np.zeros(F, np.float32), np.ones(F, np.float32)
+    where = str(source) if isinstance(source, (str, Path)) else "the normalization"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if atomic.path_kind(path) != "a regular file":
+            raise ImportWeightsError(f"{path}: expected a normalization file (.json or .npz)")
+        if path.suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    source = (npz["mean"], npz["scale"])
+            except (KeyError, ValueError, OSError) as e:
+                raise ImportWeightsError(
+                    f"{path}: expected a .npz with arrays mean and scale: {e}"
+                ) from None
+        else:
+            value = parse_json(path.read_bytes(), path)
+            if not isinstance(value, dict) or set(value) != {"mean", "scale"}:
+                raise ImportWeightsError(
+                    f'{path}: expected {{"mean": [F numbers], "scale": [F numbers]}}; got '
+                    f"{json.dumps(value)[:80]}"
+                )
+            source = (value["mean"], value["scale"])
+    try:
+        mean, scale = (np.asarray(v, dtype=np.float64) for v in source)
+    except (TypeError, ValueError) as e:
+        raise ImportWeightsError(f"{where}: mean and scale must be numbers: {e}") from None
+    for name, v in (("mean", mean), ("scale", scale)):
+        if v.shape != (F,) or not np.isfinite(v).all():
+            raise ImportWeightsError(
+                f"{where}: {name} must be {F} finite numbers (F from the input weight); got "
+                f"shape {v.shape}"
+            )
+    if (scale == 0).any():
+        raise ImportWeightsError(f"{where}: scale must be non-zero (it divides the frames)")
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def read_state_dict(path: Path) -> tuple[dict, str, str]:
@@ -240,91 +324,6 @@ def rename(tensors: dict, mapping: Mapping[str, str], path: Path) -> tuple[dict,
     return tensors, renamed
 
 
-def expected_shapes(arch: str, V: int, H: int, L: int, C: int) -> dict[str, tuple]:
-    """The notes' tensor names and their shapes for the sizes given."""
-    if arch == "cell":
-        return {
-            "embed.weight": (V, H),
-            "i2h.weight": (H, 2 * H),
-            "i2h.bias": (H,),
-            "h2o.weight": (C, H),
-            "h2o.bias": (C,),
-        }
-    shapes = {"embedding.weight": (V, H)}
-    G = GATES[arch]
-    # "H" spelled out for messages: 4 * "H" would repeat the letter.
-    rows = G * H if isinstance(H, int) else (f"{G}{H}" if G > 1 else H)
-    for k in range(L):
-        shapes |= {
-            f"rnn.weight_ih_l{k}": (rows, H),
-            f"rnn.weight_hh_l{k}": (rows, H),
-            f"rnn.bias_ih_l{k}": (rows,),
-            f"rnn.bias_hh_l{k}": (rows,),
-        }
-    return shapes | {"fc.weight": (C, H), "fc.bias": (C,)}
-
-
-def check_tensors(tensors: dict, arch: str, path: Path) -> tuple[int, int, int, int]:
-    """V, H, L, C from the shapes, once every tensor is of the arch's names, shapes and a
-    floating dtype, and finite.
-
-    Raises:
-        ImportWeightsError: naming the tensor, its shape and the shape expected.
-    """
-    for name, value in tensors.items():
-        if not value.is_floating_point():
-            raise ImportWeightsError(
-                f"{path}: tensor {name!r} has dtype {value.dtype}; expected floating-point "
-                "weights (float32)"
-            )
-    embed, head = ("embed", "h2o") if arch == "cell" else ("embedding", "fc")
-    layers = 1
-    if arch != "cell":
-        layers = sum(1 for k in tensors if re.fullmatch(r"rnn\.weight_ih_l\d+", k))
-    for anchor in (f"{embed}.weight", f"{head}.weight"):
-        if anchor not in tensors or tensors[anchor].dim() != 2:
-            shapes = expected_shapes(arch, "V", "H", max(layers, 1), "C")
-            got = tuple(tensors[anchor].shape) if anchor in tensors else "missing"
-            other = "stacked" if arch == "cell" else "cell"
-            hint = ""
-            if set(tensors) >= set(expected_shapes(other, 0, 0, 1, 0)) - {"fc.bias"}:
-                hint = f" (these are the names of --arch {other})"
-            raise ImportWeightsError(
-                f"{path}: tensor {anchor!r} is {got}; --arch {arch} expects the tensors "
-                f"{_shapes_text(shapes)}; the file has {_names_text(tensors)}{hint}"
-            )
-    V, H = tensors[f"{embed}.weight"].shape
-    C = tensors[f"{head}.weight"].shape[0]
-    want = expected_shapes(arch, V, H, max(layers, 1), C)
-    missing = sorted(want.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - want.keys())
-    if missing or unexpected:
-        raise ImportWeightsError(
-            f"{path}: the tensors do not match --arch {arch} (V={V}, H={H}, L={layers}, "
-            f"C={C} from the shapes): missing {missing}, unexpected {unexpected[:10]}; "
-            "rename with --map OLD=NEW"
-        )
-    for name, shape in want.items():
-        got = tuple(tensors[name].shape)
-        if got != shape:
-            raise ImportWeightsError(
-                f"{path}: tensor {name!r} has shape {got}; with V={V}, H={H}, C={C} (from "
-                f"{embed}.weight {(V, H)} and {head}.weight) --arch {arch} expects {shape}"
-                + _gates_hint(name, got, H)
-            )
-        if not torch.isfinite(tensors[name]).all():
-            raise ImportWeightsError(f"{path}: tensor {name!r} holds NaN or infinity")
-    return int(V), int(H), layers, int(C)
-
-
-def _gates_hint(name: str, got: tuple, H: int) -> str:
-    """ " (G = 4 gate rows: the shape of --arch lstm)" when got is another arch's layer shape."""
-    if not name.startswith("rnn.") or not got or got[1:] not in ((), (H,)):
-        return ""
-    others = [a for a, g in GATES.items() if got[0] == g * H]
-    return f" ({got[0] // H} gate rows: the shape of --arch {others[0]})" if others else ""
-
-
 def read_vocab(path: Path) -> Vocabulary:
     """VOCAB.json: {"tokens": [...], "unk_id": N}, or a plain list (no unknown token)."""
     from rnn_export.data import DataError
@@ -364,15 +363,6 @@ def read_labels(path: Path) -> tuple[str, ...]:
 
 def _name(source) -> str:
     return str(source) if isinstance(source, (str, Path)) else "the vocabulary/labels given"
-
-
-def _shapes_text(shapes: dict) -> str:
-    return ", ".join(f"{k} {tuple(v)}".replace("'", "") for k, v in shapes.items())
-
-
-def _names_text(tensors: dict) -> str:
-    items = [f"{k} {tuple(v.shape)}" for k, v in sorted(tensors.items())]
-    return ", ".join(items[:12]) + (f" and {len(items) - 12} more" if len(items) > 12 else "")
 
 
 __all__ = ["DEFAULT_NONLINEARITY", "ImportWeightsError", "import_weights"]

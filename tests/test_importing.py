@@ -362,7 +362,8 @@ BAD = [
     (
         "shape",
         lambda p: torch.save(_edit(_cell_state(), i2h__weight=torch.zeros(4, 7)), p),
-        r"tensor 'i2h.weight' has shape \(4, 7\); with V=5, H=4, C=3 .* expects \(4, 8\)",
+        r"the embedding has shape \(5, 4\), so it gives E = 4 values a step; layer 0's input "
+        r"weight takes X = 3 \(from i2h.weight's columns less H\): E must equal",
     ),
     (
         "dtype",
@@ -379,7 +380,8 @@ BAD = [
         lambda p: torch.save(
             {"embedding.weight": torch.zeros(5, 4), "fc.weight": torch.zeros(3, 4)}, p
         ),
-        r"tensor 'embed.weight' is missing; --arch cell expects the tensors embed.weight \(V, H\)",
+        r"--arch cell expects i2h.weight \(H, X \+ H\): the notes' cell, .* i2h.weight is "
+        r"missing; the file has embedding.weight \(5, 4\), h2o.weight \(3, 4\)",
     ),
 ]
 
@@ -422,7 +424,8 @@ def test_bad_weights(tmp_path, name, write, match):
             list("abcd"),
             ["x", "y", "z"],
             {},
-            r"v.json: has 4 tokens; .*'embed.weight' has shape \(5, 4\), so the model reads V = 5",
+            r"v.json: has 4 tokens; .*'embedding.weight' has shape \(5, 4\), so the model reads "
+            r"V = 5",
         ),
         (
             list("abcde"),

@@ -82,31 +82,33 @@ def _gated_state(kind, V=5, H=4, C=3, L=1):
         (
             "gru",
             lambda: _gated_state(nn.LSTM),
-            r"tensor 'rnn.weight_ih_l0' has shape \(16, 4\); with V=5, H=4, C=3 .*--arch gru "
-            r"expects \(12, 4\) \(4 gate rows: the shape of --arch lstm\)",
+            r"tensor 'rnn.weight_ih_l0' has shape \(16, 4\); --arch gru with H=4 \(from "
+            r"rnn.weight_hh_l0's columns\), input width X=4, C=3 expects \(12, 4\) \(4 gate "
+            r"rows: the shape of --arch lstm\)",
         ),
         (
             "lstm",
             lambda: _gated_state(nn.GRU),
-            r"tensor 'rnn.weight_ih_l0' has shape \(12, 4\); .*--arch lstm expects \(16, 4\) "
-            r"\(3 gate rows: the shape of --arch gru\)",
+            r"tensor 'rnn.weight_ih_l0' has shape \(12, 4\); --arch lstm with .* expects "
+            r"\(16, 4\) \(3 gate rows: the shape of --arch gru\)",
         ),
         (
             "lstm",
             lambda: _edit(_gated_state(nn.LSTM), rnn__bias_hh_l0=torch.zeros(15)),
-            r"tensor 'rnn.bias_hh_l0' has shape \(15,\); .*--arch lstm expects \(16,\)$",
+            r"tensor 'rnn.bias_hh_l0' has shape \(15,\); --arch lstm with .* expects \(16,\)$",
         ),
         (
             "gru",
             lambda: _edit(_gated_state(nn.GRU, L=2), rnn__weight_hh_l1=None),
-            r"do not match --arch gru \(V=5, H=4, L=2, C=3 .*missing \['rnn.weight_hh_l1'\]",
+            r"do not match --arch gru with tokens input \(H=4, X=4, L=2, C=3 from the shapes\): "
+            r"missing \['rnn.weight_hh_l1'\]",
         ),
         (
             "lstm",
             lambda: _cell_state(),
-            r"tensor 'embedding.weight' is missing; --arch lstm expects the tensors "
-            r"embedding.weight \(V, H\), rnn.weight_ih_l0 \(4H, H\), .* \(these are the names "
-            r"of --arch cell\)",
+            r"expected one recurrent module \(tensors NAME.weight_ih_l0, NAME.weight_hh_l0, ... "
+            r"of nn.RNN, nn.GRU or nn.LSTM\); found none; .* \(these are the names of --arch "
+            r"cell\)",
         ),
     ],
     ids=["lstm-as-gru", "gru-as-lstm", "bias-shape", "missing-layer", "cell-as-lstm"],

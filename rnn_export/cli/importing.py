@@ -1,4 +1,5 @@
-"""`rnn-export import`: a state_dict trained elsewhere (the notes' classes) to a RUN_DIR."""
+"""`rnn-export import`: a state_dict trained elsewhere (the notes' classes, the PyTorch
+tutorial's, a model over float frames) to a RUN_DIR."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rnn_export.config import ALL_NONLINEARITIES, ARCHS
+from rnn_export.config import ALL_NONLINEARITIES, ARCHS, INPUT_KINDS
 
 
 def _mapping(ctx, param, values) -> dict[str, str]:
@@ -25,16 +26,37 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     "--arch",
     required=True,
     type=click.Choice(ARCHS),
-    help="cell: the notes' RNN (embed, i2h, h2o); stacked: the notes' my_RNN (embedding, "
-    "rnn, fc); gru, lstm: my_RNN around nn.GRU or nn.LSTM (3H or 4H gate rows).",
+    help="cell: the notes' RNN (embed, i2h on [x, h], h2o) or the tutorial's classic cell "
+    "(i2h on x, h2h on h, h2o); stacked: nn.RNN (the notes' my_RNN, the tutorial's CharRNN; "
+    "any module name, head fc or h2o); gru, lstm: the same around nn.GRU or nn.LSTM (3H or "
+    "4H gate rows).",
+)
+@click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(INPUT_KINDS),
+    default=None,
+    help="What a step reads: tokens (an embedding in the file, any size E), onehot (no "
+    "embedding: one-hot vectors of the vocabulary, the tutorial's letters) or features "
+    "(no embedding: F float values) [default: tokens when the file has an embedding, else "
+    "onehot with --vocab, features without].",
 )
 @click.option(
     "--vocab",
     "vocab_path",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help='VOCAB.json: {"tokens": [...], "unk_id": N}, or a plain list (token id = index, '
-    "no unknown token: characters outside it are an error when streaming).",
+    "no unknown token: characters outside it are an error when streaming). Required for "
+    "tokens and onehot; none for features.",
+)
+@click.option(
+    "--normalization",
+    default=None,
+    type=click.Path(path_type=Path),
+    help='features: the per-feature normalization the model was trained with, {"mean": '
+    '[F numbers], "scale": [F numbers]} (.json) or arrays mean, scale (.npz): stored in '
+    "the file, so device code feeds raw frames [default: none].",
 )
 @click.option(
     "--labels",
@@ -73,16 +95,28 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     help="Rename a tensor (or every name starting with OLD, when OLD ends with '.'); "
     "repeatable. E.g. --map emb.=embedding.",
 )
-def import_command(weights, arch, vocab_path, labels_path, out, nonlinearity, prefix, mapping):
+def import_command(
+    weights,
+    arch,
+    input_kind,
+    vocab_path,
+    normalization,
+    labels_path,
+    out,
+    nonlinearity,
+    prefix,
+    mapping,
+):
     """Write a RUN_DIR for a model trained elsewhere, from its saved state_dict.
 
     WEIGHTS is a file of torch.save(model.state_dict(), path), read only with
     torch.load(weights_only=True) (a file that needs more, such as a pickled module,
-    is refused naming the blocked global), or a .safetensors file. V, H, L and C
-    come from the tensor shapes; V must match the vocabulary and C the labels. The
-    RUN_DIR records the source file and its sha256; convert, verify (with --data for
-    real texts), bench, predict and evaluate accept it. Exit 2 for any mismatch,
-    naming the tensor and the shapes.
+    is refused naming the blocked global), or a .safetensors file. The stages are
+    recognized from the names and shapes (docs/commands.md lists the forms): V, E or F,
+    H, L and C come from the tensor shapes (H from the recurrent weight); V must match
+    the vocabulary and C the labels. The RUN_DIR records the source file and its
+    sha256; convert, verify (with --data for real texts), bench, predict and evaluate
+    accept it. Exit 2 for any mismatch, naming the tensor and the shapes.
     """
     from rnn_export.importing import import_weights
 
@@ -95,12 +129,17 @@ def import_command(weights, arch, vocab_path, labels_path, out, nonlinearity, pr
         nonlinearity=nonlinearity,
         prefix=prefix,
         mapping=mapping,
+        input_kind=input_kind,
+        normalization=normalization,
     )
     info = ckpt.imported
-    unk = "none" if ckpt.vocab.unk_id is None else f"id {ckpt.vocab.unk_id}"
     click.echo(f"wrote {ckpt.run_dir}")
     click.echo(f"  model    {ckpt.config.describe()}")
-    click.echo(f"  vocab    {len(ckpt.vocab)} tokens, unknown token {unk}")
+    if ckpt.vocab is not None:
+        unk = "none" if ckpt.vocab.unk_id is None else f"id {ckpt.vocab.unk_id}"
+        click.echo(f"  vocab    {len(ckpt.vocab)} tokens, unknown token {unk}")
+    for note in info.get("recognized", []):
+        click.echo(f"  form     {note}")
     click.echo(f"  source   {info['source']} ({info['format']}, sha256 {info['sha256']})")
     if info["prefix"] or info["renamed"]:
         renamed = ", ".join(f"{old} -> {new}" for new, old in info["renamed"].items())
