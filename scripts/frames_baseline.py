@@ -1,7 +1,7 @@
 """Test accuracy of a plain PyTorch GRU/LSTM classifier on a frame dataset, and its cost.
 
-    python scripts/frames_baseline.py ../shared/data/japanese_vowels/JapaneseVowels_TRAIN.ts \
-        --arch gru --hidden-size 64 --epochs 60 --seeds 0 1 2
+    python scripts/frames_baseline.py ../shared/data/basic_motions/BasicMotions_TRAIN.ts \
+        --seeds 0 1 2
 
 The model is the math of rnn-export's feature models written with torch.nn alone: frames
 normalized by the training split's per-feature mean and scale, nn.GRU or nn.LSTM, a Linear
@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from rnn_export.frames import frame_batch, frames_embedded_spec, frames_file_spec, load_frames
+from rnn_export.frames import (
+    FEATURE_DEFAULTS,
+    FRAMES_VAL_FRACTION,
+    frame_batch,
+    frames_embedded_spec,
+    frames_file_spec,
+    load_frames,
+)
 from rnn_export.frames import normalization as frame_normalization
 
 
@@ -89,13 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", help="a .ts or .npz train file; default: embedded")
     parser.add_argument("--arch", choices=("gru", "lstm"), default="gru")
-    parser.add_argument("--hidden-size", type=int, default=64)
+    # The defaults of `rnn-export train --input features`.
+    parser.add_argument("--hidden-size", type=int, default=FEATURE_DEFAULTS["hidden_size"])
     parser.add_argument("--num-layers", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=FEATURE_DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=FEATURE_DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=float, default=FEATURE_DEFAULTS["lr"])
     parser.add_argument("--clip", type=float, default=1.0)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=FRAMES_VAL_FRACTION)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
