@@ -38,8 +38,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
+import threading
 from pathlib import Path
 
 from rnn_export.errors import InputError
@@ -137,11 +139,23 @@ def check_folder_output(path: str | Path, what: str = "a folder") -> Path:
     # Named as swap_in's temporaries are, so that recover_folder removes one a kill left.
     probe = ancestor / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        os.mkdir(probe)
-        os.rmdir(probe)
+        try:
+            os.mkdir(probe)
+        finally:  # also when an interruption arrives as the probe appears
+            with contextlib.suppress(OSError):
+                os.rmdir(probe)
     except OSError as e:
         raise WriteError(f"{path}: cannot create it: {ancestor}: {e.strerror}") from None
     return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether the paths a and b name one file: the same path, or another path to it (a
+    symbolic link, a hard link, "..")."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be read): not one file
+        return False
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -199,6 +213,28 @@ def replacing(path: str | Path):
         raise
 
 
+@contextlib.contextmanager
+def terminations_as_interrupts():
+    """In the block, SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C's SIGINT does, so
+    that a kill or a closed terminal cleans up as Ctrl-C does (replacing's temporary file
+    removed, the output as it was). Signal handlers belong to the main thread: elsewhere
+    the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    kinds = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    before = {kind: signal.signal(kind, interrupt) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in before.items():
+            signal.signal(kind, signal.SIG_DFL if handler is None else handler)
+
+
 def _temp_file(path: Path) -> Path:
     """A new temporary file name next to path; those dead writers of path left are removed."""
     _remove_stale(path.parent, rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp")
@@ -225,8 +261,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def temp_folder(dest: Path) -> Path:
-    """A new, empty temporary folder next to dest, to be filled and swapped in by swap_in.
+@contextlib.contextmanager
+def temp_folder(dest: Path):
+    """A new, empty temporary folder next to dest, to be filled and swapped in by swap_in;
+    removed when the block ends (what is left of it after a swap_in, or all of it after a
+    failure or an interruption).
+
+    The folder is made inside the block's protection: an interruption (Ctrl-C, or a
+    signal raised as one) that arrives as it appears cannot leave it behind.
 
     Raises:
         WriteError: it cannot be made (the message names dest).
@@ -234,11 +276,14 @@ def temp_folder(dest: Path) -> Path:
     recover_folder(dest)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(tmp)
-    except OSError as e:
-        raise WriteError(f"{dest}: cannot write: {e.strerror}") from e
-    return tmp
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(tmp)
+        except OSError as e:
+            raise WriteError(f"{dest}: cannot write: {e.strerror}") from e
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def swap_in(tmp: Path, dest: Path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +156,7 @@ def save_checkpoint(
     if data is not None and "val_accuracy" not in metrics:
         raise CheckpointError(f"metrics must include 'val_accuracy'; got {sorted(metrics)}")
     check_replaceable(run_dir)
-    tmp = atomic.temp_folder(run_dir)
-    try:
+    with atomic.temp_folder(run_dir) as tmp:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         files = {
             WEIGHTS: save_safetensors(weights),
@@ -181,9 +179,6 @@ def save_checkpoint(
         except CheckpointError as e:
             raise CheckpointError(_kept(run_dir, tmp, e, "fails a check")) from None
         atomic.swap_in(tmp, run_dir)
-    finally:
-        # Reached with tmp still present only when something above failed or was interrupted.
-        shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
 
 

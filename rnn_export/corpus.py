@@ -10,16 +10,24 @@ Every record keeps a key: the input's own id (the field or column `id` where the
 one, or the one named) or else its position: "line" (the line number, for text and
 JSONL) or "row" (the data row, 1-based, for CSV and Parquet).
 
+A line (text, JSONL) ends at "\n", with an optional "\r" before it; nothing else ends a
+line (a form feed, U+0085, U+2028 are characters of it), as `rnn-export stream` and
+`predict --file` read lines (split_lines).
+
 Readers hold one chunk at a time (about CHUNK_TEXTS texts, or CHUNK_BYTES bytes of
-lines), so memory does not grow with the input. Bad input is a CorpusError that names
-the file and the line or row.
+lines), so memory does not grow with the input, and refuse what would hold more: a
+text of more than MAX_TEXT_CHARS characters, a line of more than MAX_LINE_BYTES bytes.
+Bad input is a CorpusError that names the file and the line or row (a CSV row also
+names its line: a quoted field may span lines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,8 @@ FORMATS = {
     "csv": (".csv",),
     "parquet": (".parquet", ".pq"),
 }
+MAX_TEXT_CHARS = 1 << 24  # characters per text (16,777,216): what one text may hold in memory
+MAX_LINE_BYTES = 1 << 26  # bytes per line of a text or JSONL file (64 MiB: 4 per character)
 DEFAULT_ID = "id"
 DEFAULT_TEXT = "text"
 
@@ -93,6 +103,63 @@ def check_output_format(path: Path, fmt: str) -> None:
             )
 
 
+def split_lines(text: str) -> list[str]:
+    """The lines of text, without their line ends: each ends at "\n" (a "\r" before it is
+    part of the line end); a last line without "\n" counts as is."""
+    pieces = text.split("\n")
+    last = pieces.pop()
+    lines = [p[:-1] if p.endswith("\r") else p for p in pieces]
+    if last:
+        lines.append(last)
+    return lines
+
+
+def read_line_blocks(f, where, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, its lines) of about CHUNK_BYTES at a time from a binary file.
+
+    Args:
+        f: a binary file (a file, stdin's buffer), read from its position.
+        where: the file, named in messages.
+
+    Raises:
+        CorpusError: a line of more than MAX_LINE_BYTES bytes (none is held whole), or
+            one that is not UTF-8 (naming the line).
+    """
+    line = first_line
+    while True:
+        raw, size = [], 0
+        while size < CHUNK_BYTES:
+            piece = f.readline(MAX_LINE_BYTES + 2)  # + "\r\n"
+            if not piece:
+                break
+            if len(piece) - piece.endswith(b"\n") - piece.endswith(b"\r\n") > MAX_LINE_BYTES:
+                raise CorpusError(
+                    f"{where}:{line + len(raw)}: a line of more than {MAX_LINE_BYTES:,} bytes; "
+                    f"expected at most {MAX_TEXT_CHARS:,} characters a text"
+                )
+            raw.append(piece)
+            size += len(piece)
+        if not raw:
+            return
+        data = b"".join(raw)
+        raw.clear()  # not held while the block's lines are scored: a long line counts once
+        # Each block ends with a line end (or the file's end): its lines are the file's.
+        lines = split_lines(decode_utf8(data, where, CorpusError, first_line=line))
+        del data
+        yield line, lines
+        line += len(lines)
+
+
+def check_text_size(text: str, where: str) -> str:
+    """text, or a CorpusError naming where when it holds more than MAX_TEXT_CHARS."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise CorpusError(
+            f"{where}: a text of {len(text):,} characters; expected at most "
+            f"{MAX_TEXT_CHARS:,} characters a text (split it)"
+        )
+    return text
+
+
 def import_pyarrow():
     """pyarrow and pyarrow.parquet, or a CorpusError saying how to install them."""
     try:
@@ -126,11 +193,16 @@ class CorpusReader:
         self.text_field, self.id_field = text_field, id_field
         self.unit = "B"
         self.key_name = "row" if fmt in ("csv", "parquet") else "line"
+        self.key_type = None  # the key's Arrow type, where the input has one (Parquet)
         if fmt == "parquet":
             self.unit = "rows"
-            self._parquet = import_pyarrow()[1].ParquetFile(self.path)
-            self.total = self._parquet.metadata.num_rows
-            self._pick_fields(self._parquet.schema_arrow.names, "column")
+            with self._arrow_errors():
+                self._parquet = import_pyarrow()[1].ParquetFile(self.path)
+                self.total = self._parquet.metadata.num_rows
+                schema = self._parquet.schema_arrow
+            self._pick_fields(schema.names, "column")
+            if self.id_field is not None:
+                self.key_type = schema.field(self.id_field).type
         else:
             self.total = self.path.stat().st_size
             if fmt == "csv":
@@ -139,15 +211,58 @@ class CorpusReader:
                 self._pick_fields(self._first_record(), "field")
 
     def _csv_header(self) -> list[str]:
-        with open(self.path, "rb") as raw:
-            f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            try:
-                header = next(csv.reader(f), None)
-            except (UnicodeDecodeError, csv.Error) as e:
-                raise CorpusError(f"{self.path}: the header row is not UTF-8 CSV: {e}") from None
+        with self._csv_rows() as (rows, _):
+            header = next(rows, None)
         if header is None:
             raise CorpusError(f"{self.path}: is empty; expected a header row")
-        return header
+        return header[1]
+
+    @contextlib.contextmanager
+    def _csv_rows(self):
+        """The rows of the CSV file, the header first, each checked: UTF-8, complete
+        (a quote left open at the end is refused), fields of at most MAX_TEXT_CHARS.
+
+        Bad bytes are read as surrogates and refused row by row, so that the message
+        names the row they are in (a decoder reading ahead could not)."""
+        limit = csv.field_size_limit()
+        with open(self.path, "rb") as raw:
+            f = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            reader = csv.reader(f, strict=True)
+            csv.field_size_limit(MAX_TEXT_CHARS)
+            try:
+                yield self._checked_rows(reader), raw
+            finally:
+                csv.field_size_limit(limit)
+
+    def _checked_rows(self, reader) -> Iterator[tuple[int, list[str]]]:
+        """(the row's first line, its values) of each row, the header (row 0) first."""
+        row = 0
+        while True:
+            line = reader.line_num + 1  # the row's first line
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                why = str(e)
+                if "field larger than field limit" in why:
+                    why = f"a field of more than {MAX_TEXT_CHARS:,} characters (the limit a text)"
+                elif "unexpected end of data" in why:
+                    why = "the file ends inside a quoted field (a quote left open)"
+                raise CorpusError(f"{self._csv_where(row, line)}: not CSV: {why}") from None
+            for value in values:
+                bad = None if value.isascii() else _BAD_BYTE.search(value)
+                if bad:
+                    raise CorpusError(
+                        f"{self._csv_where(row, line)}: expected UTF-8 text; byte "
+                        f"0x{ord(bad.group()) - 0xDC00:02x} is not valid UTF-8"
+                    )
+            yield line, values
+            row += 1
+
+    def _csv_where(self, row: int, line: int) -> str:
+        """A CSV row for messages: the data row (as keys count them) and its first line."""
+        return (f"{self.path} header row" if row == 0 else self.where(row)) + f" (line {line})"
 
     def _first_record(self) -> list[str]:
         """The field names of the first JSONL record (none in an empty file)."""
@@ -192,21 +307,14 @@ class CorpusReader:
 
     def _blocks(self) -> Iterator[tuple[int, list[str], int]]:
         """(first line number, the lines, bytes read) of about CHUNK_BYTES at a time."""
-        line = 1
         with open(self.path, "rb") as f:
-            while True:
-                raw = f.readlines(CHUNK_BYTES)
-                if not raw:
-                    return
-                # Each block ends with a line end, so splitlines() of the blocks gives the
-                # lines of the whole file (as `rnn-export predict --file` reads it).
-                lines = decode_utf8(b"".join(raw), self.path, CorpusError, first_line=line)
-                lines = lines.splitlines()
-                yield line, lines, f.tell()
-                line += len(lines)
+            for first, lines in read_line_blocks(f, self.path):
+                yield first, lines, f.tell()
 
     def _text(self) -> Iterator[Chunk]:
         for first, lines, done in self._blocks():
+            for n, line in enumerate(lines, first):
+                check_text_size(line, self.where(n))
             yield Chunk(list(range(first, first + len(lines))), lines, done)
 
     def _jsonl(self) -> Iterator[Chunk]:
@@ -231,6 +339,13 @@ class CorpusReader:
             raise CorpusError(
                 f"{self.where(n)}: {what}; expected one JSON object per line"
             ) from None
+        except RecursionError:
+            raise CorpusError(
+                f"{self.where(n)}: values nested too deep to read; expected one JSON object "
+                "per line with a text field"
+            ) from None
+        except ValueError as e:  # valid JSON Python will not hold (an integer of 5,000 digits)
+            raise CorpusError(f"{self.where(n)}: cannot read this JSON: {e}") from None
         if not isinstance(record, dict):
             raise CorpusError(
                 f"{self.where(n)}: expected a JSON object; got {type(record).__name__}"
@@ -239,7 +354,7 @@ class CorpusReader:
 
     def _text_value(self, value, position: int) -> str:
         if isinstance(value, str):
-            return value
+            return check_text_size(value, self.where(position))
         if value is _MISSING:
             raise CorpusError(f"{self.where(position)}: no field {self.text_field!r} (the text)")
         got = "null" if value is None else type(value).__name__
@@ -248,51 +363,58 @@ class CorpusReader:
         )
 
     def _csv(self) -> Iterator[Chunk]:
-        with open(self.path, "rb") as raw:
-            f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            rows = csv.reader(f)
-            try:
-                header = next(rows)
-                text_at = header.index(self.text_field)
-                id_at = None if self.id_field is None else header.index(self.id_field)
-                keys, texts, row = [], [], 0
-                for row, values in enumerate(rows, 1):
-                    if len(values) != len(header):
-                        raise CorpusError(
-                            f"{self.where(row)}: has {len(values)} values; the header has "
-                            f"{len(header)}"
-                        )
-                    keys.append(row if id_at is None else values[id_at])
-                    texts.append(values[text_at])
-                    if len(texts) == CHUNK_TEXTS:
-                        yield Chunk(keys, texts, raw.tell())
-                        keys, texts = [], []
-            except UnicodeDecodeError as e:
-                raise CorpusError(
-                    f"{self.path}: expected UTF-8 text; {e.reason} (after row {row})"
-                ) from None
-            except csv.Error as e:
-                raise CorpusError(f"{self.where(rows.line_num)}: not CSV: {e}") from None
+        with self._csv_rows() as (rows, raw):
+            _, header = next(rows)
+            text_at = header.index(self.text_field)
+            id_at = None if self.id_field is None else header.index(self.id_field)
+            keys, texts = [], []
+            for row, (line, values) in enumerate(rows, 1):
+                if len(values) != len(header):
+                    raise CorpusError(
+                        f"{self._csv_where(row, line)}: has {len(values)} values; the header "
+                        f"has {len(header)}"
+                    )
+                keys.append(row if id_at is None else values[id_at])
+                texts.append(values[text_at])
+                if len(texts) == CHUNK_TEXTS:
+                    yield Chunk(keys, texts, raw.tell())
+                    keys, texts = [], []
             if texts:
                 yield Chunk(keys, texts, raw.tell())
 
     def _parquet_chunks(self) -> Iterator[Chunk]:
         columns = [self.text_field] + ([] if self.id_field is None else [self.id_field])
         row = 0
-        for batch in self._parquet.iter_batches(batch_size=CHUNK_TEXTS, columns=columns):
-            texts = batch.column(self.text_field).to_pylist()
-            for i, text in enumerate(texts):
-                if not isinstance(text, str):
+        with self._arrow_errors():
+            batches = self._parquet.iter_batches(batch_size=CHUNK_TEXTS, columns=columns)
+            for batch in batches:
+                texts = batch.column(self.text_field).to_pylist()
+                for i, text in enumerate(texts):
                     self._text_value(text, row + i + 1)
-            if self.id_field is None:
-                keys = list(range(row + 1, row + len(texts) + 1))
-            else:
-                keys = batch.column(self.id_field).to_pylist()
-            row += len(texts)
-            yield Chunk(keys, texts, row)
+                if self.id_field is None:
+                    keys = list(range(row + 1, row + len(texts) + 1))
+                else:
+                    keys = batch.column(self.id_field).to_pylist()
+                row += len(texts)
+                yield Chunk(keys, texts, row)
+
+    @contextlib.contextmanager
+    def _arrow_errors(self):
+        """pyarrow's errors on a file that is not (whole) Parquet, as one CorpusError."""
+        pa, _ = import_pyarrow()
+        try:
+            yield
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the system's (the file cannot be read): the CLI names the path
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CorpusError(
+                f"{self.path}: not a Parquet file pyarrow can read: {first}"
+            ) from None
 
 
 _MISSING = object()
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as surrogateescape reads it
 
 
 def _listed(names) -> str:
@@ -319,17 +441,23 @@ class CorpusWriter:
         fmt: the input's format.
         key_name: the key column (CorpusReader.key_name).
         top_k: pairs per record.
+        key_type: the key's Arrow type (CorpusReader.key_type), kept in a Parquet output;
+            None: the type of the first chunk's keys.
     """
 
-    def __init__(self, f, fmt: str, key_name: str, top_k: int):
+    def __init__(self, f, fmt: str, key_name: str, top_k: int, key_type=None):
         self.f, self.fmt, self.key_name, self.top_k = f, fmt, key_name, top_k
+        self.key_type = key_type
         self._text = None
         self._parquet = None
         if fmt in ("text", "jsonl", "csv"):
             self._text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
         if fmt == "csv":
             self._csv = csv.writer(self._text, lineterminator="\n")
-            self._csv.writerow([key_name, *flat_columns(top_k)])
+            # Python's writer leaves a lone "\r" unquoted (only the line terminator's
+            # characters are): a row holding one is written with every field quoted.
+            self._csv_quoted = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            self._write_csv([[key_name, *flat_columns(top_k)]])
 
     def write(self, keys: list, columns: dict[str, list]) -> None:
         """Append records: keys and the flat prediction columns (flat_columns(top_k); a
@@ -340,9 +468,7 @@ class CorpusWriter:
             return
         rows = zip(keys, *(columns[n] for n in names), strict=True)
         if self.fmt == "csv":
-            self._csv.writerows(
-                [k, *("" if v is None else v for v in values)] for k, *values in rows
-            )
+            self._write_csv([k, *("" if v is None else v for v in values)] for k, *values in rows)
             return
         out = []
         for key, *values in rows:
@@ -363,9 +489,14 @@ class CorpusWriter:
                 out.append(f"{key}\t-")
         self._text.write("".join(line + "\n" for line in out))
 
+    def _write_csv(self, rows) -> None:
+        for row in rows:
+            quote = any(isinstance(v, str) and "\r" in v for v in row)
+            (self._csv_quoted if quote else self._csv).writerow(row)
+
     def _write_parquet(self, keys: list, columns: dict[str, list], names: list[str]) -> None:
         pa, pq = import_pyarrow()
-        arrays = {self.key_name: pa.array(keys)}
+        arrays = {self.key_name: pa.array(keys, type=self.key_type)}
         for name in names:
             kind = pa.float64() if name.startswith("probability") else pa.string()
             arrays[name] = pa.array(columns[name], type=kind)

@@ -34,9 +34,11 @@ class OneHot(nn.Module):
     def __init__(self, vocab_size: int):
         super().__init__()
         self.vocab_size = vocab_size
+        # Follows the model's dtype (.double() for the float64 reference); not a weight.
+        self.register_buffer("dtype_of", torch.zeros(0), persistent=False)
 
     def forward(self, tokens):
-        return F.one_hot(tokens, self.vocab_size).to(torch.float32)  # (B, T, V)
+        return F.one_hot(tokens, self.vocab_size).to(self.dtype_of.dtype)  # (B, T, V)
 
 
 class Frames(nn.Module):

@@ -83,27 +83,13 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
     """
     import onnx
 
-    from rnn_runtime import MetadataError, ModelFileError
-    from rnn_runtime.metadata import read_metadata
-    from rnn_runtime.model import read_model_file
-    from rnn_runtime.onnxfile import is_ort_format
-
     if fmt not in FORMATS:
         raise QuantizeError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     source = Path(source)
     out_path = atomic.check_file_output(out_path, "the quantized file")
-    try:
-        data = read_model_file(source)
-    except ModelFileError as e:
-        raise QuantizeError(str(e)) from None
-    if is_ort_format(data):
-        raise QuantizeError(f"{source}: is in ORT format; quantize takes an .onnx step file")
-    try:
-        proto = onnx.load_from_string(data)
-        props = {p.key: p.value for p in proto.metadata_props}
-        meta = read_metadata(props)
-    except (MetadataError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as e:
-        raise QuantizeError(f"{source}: {e}") from None
+    if atomic.same_file(out_path, source):
+        raise QuantizeError(f"{out_path}: is the source file; write the int8 file elsewhere")
+    data, meta = _checked_source(source)
     if meta.provenance.get("quantized"):
         raise QuantizeError(f"{source}: is already quantized ({meta.provenance['quantized']})")
     if not meta.is_step_file:
@@ -112,6 +98,9 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
             "`rnn-export convert RUN_DIR --out M.step.onnx --step-only`): onnxruntime "
             "quantizes no RNN operator, and int8 paths of a main graph disagree"
         )
+    proto = onnx.load_from_string(data)
+    _check_classes(proto, meta, source)
+    props = {p.key: p.value for p in proto.metadata_props}
     with tempfile.TemporaryDirectory(prefix="rnn-export-quantize-") as tmp:
         src, dst = Path(tmp) / "float32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(data)
@@ -136,13 +125,13 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
         "source_sha256": hashlib.sha256(data).hexdigest(),
     }
     props["rnn_export.provenance"] = json.dumps(provenance)
-    read_metadata(props)
     del quantized.metadata_props[:]
     for key, value in props.items():
         quantized.metadata_props.add(key=key, value=value)
     out = quantized.SerializeToString()
     if fmt == "ort":
         out = _to_ort_format(out)
+    _check_output(out, source)
     atomic.replace_file(out_path, out)
     return Quantized(
         out_path,
@@ -151,6 +140,69 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
         len(out),
         {k: counts[k] for k in ("MatMulInteger",) if k in counts},
     )
+
+
+_RUNTIME_ERRORS = ("ModelFileError", "MetadataError", "ProviderError", "StreamError")
+
+
+def _checked_source(source: Path):
+    """(the file's bytes, its metadata), once the runtime opens it (every check it makes:
+    a model file, no external data, finite weights, metadata that matches the graph).
+
+    Raises:
+        QuantizeError: the runtime refuses the file (its message).
+    """
+    import rnn_runtime
+    from rnn_runtime.model import read_model_file
+    from rnn_runtime.onnxfile import is_ort_format
+
+    errors = tuple(getattr(rnn_runtime, name) for name in _RUNTIME_ERRORS)
+    try:
+        data = read_model_file(source)
+        if is_ort_format(data):
+            raise QuantizeError(f"{source}: is in ORT format; quantize takes an .onnx step file")
+        meta = rnn_runtime.open_model(source).metadata
+    except errors as e:
+        raise QuantizeError(str(e)) from None
+    return data, meta
+
+
+def _check_classes(proto, meta, source: Path) -> None:
+    """Refuse a step file whose metadata promises another number of classes than its
+    graph's log-probabilities have (a file nothing could run).
+
+    Raises:
+        QuantizeError: naming both counts.
+    """
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        if output.name != meta.step.log_probs or not dims or not dims[-1].HasField("dim_value"):
+            continue
+        if dims[-1].dim_value != meta.num_classes:
+            raise QuantizeError(
+                f"{source}: its metadata lists {meta.num_classes} classes; its graph's "
+                f"{output.name} has {dims[-1].dim_value}"
+            )
+
+
+def _check_output(out: bytes, source: Path) -> None:
+    """Refuse to write an int8 file that the runtime would not open.
+
+    Raises:
+        QuantizeError: the runtime refuses the result (its message).
+    """
+    import rnn_runtime
+
+    errors = tuple(getattr(rnn_runtime, name) for name in _RUNTIME_ERRORS)
+    with tempfile.TemporaryDirectory(prefix="rnn-export-quantize-") as tmp:
+        path = Path(tmp) / "int8.onnx"
+        path.write_bytes(out)
+        try:
+            rnn_runtime.open_model(path)
+        except errors as e:
+            raise QuantizeError(
+                f"{source}: its int8 file would not open, so none was written: {e}"
+            ) from None
 
 
 def _to_ort_format(model_bytes: bytes) -> bytes:

@@ -7,6 +7,11 @@ predict` gives), and writes the predictions chunk by chunk into a temporary file
 replaces the output only when every text is scored (rnn_export.atomic.replacing). The
 Ray engine (rnn_export.scoring_ray) runs the same steps on a Ray cluster.
 
+Memory stays bounded for any input (predict_texts): a batch holds at most MAX_PADDED
+tokens once padded (rows x its longest text), and a text longer than that runs alone, a
+chunk at a time, through a stream on the same main graph (the reader refuses texts of
+more than rnn_export.corpus.MAX_TEXT_CHARS characters).
+
 A character outside the model's vocabulary is read as the unknown token and counted
 (the summary says how many texts had one); with strict, or for a model without an
 unknown token, it is an error that names the line or row.
@@ -29,6 +34,8 @@ from rnn_export.corpus import (
     format_of,
 )
 from rnn_export.errors import InputError
+
+MAX_PADDED = 1 << 16  # tokens of one padded batch (rows x longest): 512 KiB of int64 ids
 
 
 class ScoreError(InputError):
@@ -78,8 +85,9 @@ class ScoreJob:
             )
         check_output_format(Path(self.output), fmt)
         atomic.check_file_output(self.output, "the predictions file")
-        if Path(self.output).resolve() == Path(self.input).resolve():
-            raise ScoreError(f"{self.output}: is the input; write the predictions elsewhere")
+        for what, path in (("the input", self.input), ("the model file", self.model)):
+            if atomic.same_file(self.output, path):
+                raise ScoreError(f"{self.output}: is {what}; write the predictions elsewhere")
         return replace(self, fmt=fmt)
 
 
@@ -142,6 +150,63 @@ def prediction_columns(predictions, top_k: int) -> dict[str, list]:
     return columns
 
 
+def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
+    """model.predict(texts), in batches whose padded size is bounded, not their count.
+
+    Texts are sorted by length; a batch takes the next ones while rows x longest stays
+    within MAX_PADDED (and rows within the model's PREDICT_BATCH_SIZE). A text longer
+    than MAX_PADDED runs alone through a stream fed MAX_CHUNK characters at a time: the
+    main graph's chunks, as predict runs a lone text, without its ids held whole.
+
+    Returns:
+        One Prediction (None for an empty text) per text, in order.
+
+    Raises:
+        StreamError: as model.predict, naming the text's index in texts.
+    """
+    import re
+
+    from rnn_runtime import StreamError
+    from rnn_runtime.model import PREDICT_BATCH_SIZE
+    from rnn_runtime.stream import MAX_CHUNK
+
+    results: list = [None] * len(texts)
+    order = sorted((i for i, text in enumerate(texts) if text), key=lambda i: len(texts[i]))
+    batch: list[int] = []
+
+    def run(rows: list[int]) -> None:
+        try:
+            predictions = model.predict(
+                [texts[i] for i in rows], strict=strict, batch_size=len(rows)
+            )
+        except StreamError as e:  # "texts[k]: ..." names k of the batch: name it in texts
+            found = re.match(r"texts\[(\d+)\]: ", str(e))
+            if found is None:
+                raise
+            raise type(e)(f"texts[{rows[int(found[1])]}]: {str(e)[found.end() :]}") from None
+        for i, prediction in zip(rows, predictions, strict=True):
+            results[i] = prediction
+
+    for i in order:
+        n = len(texts[i])
+        if n > MAX_PADDED:
+            stream = model.stream(strict=strict)
+            try:
+                for start in range(0, n, MAX_CHUNK):
+                    stream.feed(texts[i][start : start + MAX_CHUNK])
+            except StreamError as e:
+                raise type(e)(f"texts[{i}]: {e}") from None
+            results[i] = stream.prediction
+            continue
+        if batch and ((len(batch) + 1) * n > MAX_PADDED or len(batch) == PREDICT_BATCH_SIZE):
+            run(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        run(batch)
+    return results
+
+
 def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
     """Predict a chunk of texts: (flat prediction columns, texts with unknown characters).
 
@@ -168,7 +233,7 @@ def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
                     f"{where(i)}: {n} of {len(text)} characters are not in the model's "
                     f"vocabulary; {why}"
                 )
-    return prediction_columns(model.predict(texts), top_k), unknown
+    return prediction_columns(predict_texts(model, texts), top_k), unknown
 
 
 def score_file(
@@ -201,7 +266,7 @@ def score_file(
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=reader.total, unit=reader.unit, unit_scale=True, disable=not show, leave=False)
     with bar, atomic.replacing(job.output) as f:
-        writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k)
+        writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k, reader.key_type)
         for chunk in reader:
             keys = chunk.keys
 

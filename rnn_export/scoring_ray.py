@@ -222,7 +222,7 @@ def _run(ray, job, reader, workers, threads, providers) -> ScoreSummary:
     names = flat_columns(job.top_k)
     try:
         with atomic.replacing(job.output) as f:
-            writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k)
+            writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k, reader.key_type)
             position = 0
             for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
                 n = batch.num_rows

@@ -28,6 +28,7 @@ of the tritonclient package (the `triton` extra).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,12 @@ CONTROLS = (
 )
 PREFIX = "main/"  # the wrapped main graph's names, inside the variant
 DEFAULT_MAX_BATCH = 64
+MAX_INSTANCES = 256  # model instances (sessions) on one server: more is a typo
+# A model name and every tensor name config.pbtxt holds: safe in a folder name, a URL
+# (/v2/models/NAME) and a quoted text-format string alike.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+TENSOR_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
+CONFIG_HEADER = "# Written by rnn-export triton"  # how write_repository knows its own folder
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
@@ -293,6 +300,14 @@ def model_config(name: str, contract: dict, meta, max_batch_size: int, instances
         instances: model instances on the CPU.
     """
     num_classes = meta.num_classes
+    tensors = [meta.tokens.name, meta.lengths.name, meta.log_probs.name]
+    tensors += [n for s in contract["states"] for n in (s["input"], s["output"])]
+    for tensor in tensors:
+        if not isinstance(tensor, str) or not TENSOR_PATTERN.fullmatch(tensor):
+            raise TritonError(
+                f"the model's tensor name {tensor!r:.80} cannot be written into config.pbtxt: "
+                "expected at most 128 letters, digits, '_', '.', ':', '/' and '-'"
+            )
 
     def dims(shape) -> str:
         return "[ " + ", ".join("-1" if d == "T" else str(d) for d in shape[1:]) + " ]"
@@ -323,7 +338,7 @@ def model_config(name: str, contract: dict, meta, max_batch_size: int, instances
     model = f"{meta.arch} (H={meta.hidden_size}, L={meta.num_layers}, C={num_classes})"
     tokens, lengths = meta.tokens.name, meta.lengths.name
     separator = ",\n"
-    return f"""# Written by rnn-export triton: stateful serving of {model}.
+    return f"""{CONFIG_HEADER}: stateful serving of {model}.
 # A request carries one sequence's next tokens: {tokens} [T] int64 and {lengths} [1] int64
 # (1 <= length <= T). Triton keeps the state between requests (zeros at the sequence start)
 # and stacks requests of different sequences along axis 0: 1/model.onnx is batch-first.
@@ -380,40 +395,149 @@ def write_repository(
     max_batch_size: int = DEFAULT_MAX_BATCH,
     instances: int = 1,
 ) -> Path:
-    """Write OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx (the batch-first variant).
+    """Write OUT/NAME/config.pbtxt and OUT/NAME/VERSION/model.onnx (the batch-first variant).
 
-    The model's folder OUT/NAME appears whole or not at all (other models in OUT are
-    left alone). Returns OUT/NAME.
+    Nothing this did not write is deleted or replaced:
+        - OUT/NAME absent (or an empty folder): it appears whole, version 1, or not at all;
+        - OUT/NAME a model folder this wrote (its config.pbtxt says so): the model goes
+          beside the versions there as the next one (highest + 1), and config.pbtxt,
+          which serves the newest version, is replaced; the other versions and any other
+          file (labels.txt...) stay as they are;
+        - anything else (a training run, a model folder of another tool): refused.
+    Other models in OUT are left alone. Returns OUT/NAME/VERSION.
 
     Raises:
-        TritonError: a bad name or option, a file that is not a model file.
+        TritonError: a bad name or option, a file that is not a model file, an OUT/NAME
+            this did not write.
         rnn_runtime errors: the model file does not open (it is checked as any open).
         WriteError: OUT/NAME cannot be written.
     """
     import rnn_runtime
     from rnn_export import atomic
     from rnn_runtime.model import read_model_file
+    from rnn_runtime.onnxfile import is_ort_format
 
     model_path = Path(model_path)
     name = model_path.stem if name is None else name
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise TritonError(f"a model name is a folder name; got {name!r}")
-    for option, value in (("max_batch_size", max_batch_size), ("instances", instances)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TritonError(f"{option} must be an integer >= 1; got {value!r}")
+    check_options(name, max_batch_size, instances)
+    data = read_model_file(model_path)
+    if is_ort_format(data):
+        raise TritonError(
+            f"{model_path}: is in ORT format; triton takes the .onnx model file (its main graph)"
+        )
     model = rnn_runtime.open_model(model_path, step_model=False)  # checks the file
+    meta = model.metadata
+    if meta.is_step_file:
+        what = "an int8 step file" if meta.provenance.get("quantized") else "a step file"
+        raise TritonError(
+            f"{model_path}: is {what}, which has no main graph; triton takes the model file "
+            "`rnn-export convert` writes by default"
+        )
     dest = atomic.check_folder_output(Path(out) / name, "the Triton model folder")
-    variant, contract = build_variant(read_model_file(model_path), str(model_path))
-    config = model_config(name, contract, model.metadata, max_batch_size, instances)
-    tmp = atomic.temp_folder(dest)
-    try:
-        (tmp / "1").mkdir()
-        atomic.write_file(tmp / "1" / "model.onnx", variant)
-        atomic.write_file(tmp / "config.pbtxt", config.encode("utf-8"))
-        atomic.swap_in(tmp, dest)
-    except BaseException:
-        import shutil
+    version = next_version(dest)
+    variant, contract = build_variant(data, str(model_path))
+    config = model_config(name, contract, meta, max_batch_size, instances)
+    check_config(config, name, contract, max_batch_size, instances)
+    if version is None:  # a new model folder: whole or not at all
+        version = 1
+        _write_folder(dest, {"1/model.onnx": variant, "config.pbtxt": config.encode("utf-8")})
+    else:  # the version first: a kill before config.pbtxt leaves the old config serving
+        _write_folder(dest / str(version), {"model.onnx": variant})
+        atomic.replace_file(dest / "config.pbtxt", config.encode("utf-8"))
+    return dest / str(version)
 
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+
+def check_options(name: str, max_batch_size: int, instances: int) -> None:
+    """Refuse a model name or a number Triton (or its config.pbtxt) could not take.
+
+    Raises:
+        TritonError: naming the option, what it must be and what it is.
+    """
+    from rnn_export.config import MAX_BATCH_SIZE
+
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise TritonError(
+            "a model name is a folder name of at most 128 letters, digits, '_', '.' and '-' "
+            f"(not first); got {name!r:.80}"
+        )
+    bounds = (
+        ("max_batch_size", max_batch_size, MAX_BATCH_SIZE),
+        ("instances", instances, MAX_INSTANCES),
+    )
+    for option, value, most in bounds:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise TritonError(f"{option} must be an integer in 1 .. {most:,}; got {value!r:.40}")
+
+
+def check_config(text: str, name: str, contract: dict, max_batch_size: int, instances: int):
+    """Parse config.pbtxt as Triton's ModelConfig (tritonclient's protobuf, the `triton`
+    extra) and check that it says what was meant; without tritonclient, the fields were
+    checked as they were written (check_options, the tensor names in model_config).
+
+    Raises:
+        TritonError: the text does not parse, or says something else.
+    """
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return
+    try:
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise TritonError(f"config.pbtxt does not parse as Triton's ModelConfig: {e}") from None
+    got = (
+        config.name,
+        config.max_batch_size,
+        config.instance_group[0].count,
+        [(s.input_name, s.output_name) for s in config.sequence_batching.state],
+    )
+    want = (
+        name,
+        max_batch_size,
+        instances,
+        [(s["input"], s["output"]) for s in contract["states"]],
+    )
+    if got != want:
+        raise TritonError(f"config.pbtxt parses as {got!r:.200}; expected {want!r:.200}")
+
+
+def next_version(dest: Path) -> int | None:
+    """The version the model gets in the model folder dest, one more than its highest;
+    None where dest is new (absent or an empty folder).
+
+    Raises:
+        TritonError: dest holds something this module did not write.
+    """
+    from rnn_export.atomic import path_kind
+
+    if path_kind(dest) is None:
+        return None
+    entries = list(dest.iterdir())
+    if not entries:
+        return None
+    config = dest / "config.pbtxt"
+    header = b""
+    if path_kind(config) == "a regular file":
+        with open(config, "rb") as f:
+            header = f.read(len(CONFIG_HEADER))
+    if header != CONFIG_HEADER.encode():
+        names = sorted(e.name for e in entries)
+        held = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise TritonError(
+            f"{dest}: exists and is not a model folder written by rnn-export triton (it "
+            f"holds {held}); nothing there is replaced: give another --name or --out"
+        )
+    versions = [int(e.name) for e in entries if re.fullmatch("[0-9]+", e.name)]
+    return 1 + max(versions, default=0)
+
+
+def _write_folder(dest: Path, files: dict[str, bytes]) -> None:
+    """Make the folder dest, holding files (relative path -> bytes), whole or not at all."""
+    from rnn_export import atomic
+
+    with atomic.temp_folder(dest) as tmp:
+        for relative, data in files.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_file(tmp / relative, data)
+        atomic.swap_in(tmp, dest)

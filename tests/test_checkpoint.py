@@ -608,3 +608,24 @@ def test_a_file_exported_before_the_identity_change_is_named_as_such(tmp_path):
         f"m.onnx was exported from a checkpoint with sha256 {'f' * 64}; {tmp_path / 'run'} "
         f"has sha256 {ckpt.sha256}: model and checkpoint do not belong together"
     )
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["earlier-run", "new-run"])
+def test_interrupt_as_the_temporary_folder_appears_leaves_none(tmp_path, monkeypatch, earlier):
+    """Ctrl-C delivered just as the temporary run folder is made: nothing is left behind."""
+    if earlier:
+        save(tmp_path / "run", seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*")}
+    real_mkdir = atomic.os.mkdir
+
+    def interrupted_mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if ".tmp-" in str(path):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "mkdir", interrupted_mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path / "run", seed=1)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == (["run"] if earlier else [])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*")} == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -132,3 +133,117 @@ def test_quantize_and_verify_through_the_cli(step_file, tmp_path):
     result = CliRunner().invoke(main, ["quantize", str(main_file), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and result.output.startswith("error: ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _with_props(path, out, **changes):
+    """A copy of the model file at path with some metadata values replaced (key -> fn(value))."""
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key](prop.value)
+    onnx.save(model, str(out))
+    return out
+
+
+def _bad_sources(step, main_file, tmp_path):
+    from onnx import numpy_helper
+
+    data = step.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.onnx").write_bytes(b"not a model at all\n")
+    external = onnx.load(str(step))
+    onnx.save(
+        external,
+        str(tmp_path / "external.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="external.data",
+        size_threshold=0,
+    )
+    nan = onnx.load(str(step))
+    weight = next(t for t in nan.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(nan, str(tmp_path / "nan.onnx"))
+    step_props = {p.key: p.value for p in onnx.load(str(step)).metadata_props}
+
+    def five_classes(key):
+        def change(value):
+            value = json.loads(value)
+            if key == "rnn_export.model":
+                value["num_classes"] = 5
+            elif key == "rnn_export.labels":
+                value = [*value, "E"]
+            else:
+                value["log_probs"]["shape"][-1] = 5
+            return json.dumps(value)
+
+        return change
+
+    return {
+        "truncated": tmp_path / "truncated.onnx",
+        "not ONNX": tmp_path / "text.onnx",
+        "external data": tmp_path / "external.onnx",
+        "NaN weight": tmp_path / "nan.onnx",
+        "main file claiming a step file": _with_props(
+            main_file,
+            tmp_path / "claims.onnx",
+            **{"rnn_export.step": lambda _: step_props["rnn_export.step"]},
+        ),
+        "5 classes for 4": _with_props(
+            step,
+            tmp_path / "five.onnx",
+            **{
+                k: five_classes(k)
+                for k in ("rnn_export.model", "rnn_export.labels", "rnn_export.io")
+            },
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("truncated", r"truncated\.onnx"),
+        ("not ONNX", r"text\.onnx"),
+        ("external data", r"external\.onnx.*external"),
+        ("NaN weight", r"nan\.onnx.*(NaN|not finite)"),
+        ("main file claiming a step file", r"claims\.onnx"),
+        ("5 classes for 4", r"five\.onnx.*5"),
+    ],
+)
+def test_quantize_checks_its_input_as_the_runtime_does(step_file, tmp_path, case, message):
+    _, step, main_file = step_file
+    source = _bad_sources(step, main_file, tmp_path)[case]
+    before = source.read_bytes()
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(source), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert not out.exists() and source.read_bytes() == before
+
+
+def test_quantize_refuses_to_write_over_its_source(step_file, tmp_path):
+    _, step, _ = step_file
+    source = tmp_path / "m.step.onnx"
+    source.write_bytes(step.read_bytes())
+    (tmp_path / "link.onnx").symlink_to(source)
+    for out in (source, tmp_path / "link.onnx"):
+        result = CliRunner().invoke(main, ["quantize", str(source), "--out", str(out)])
+        assert result.exit_code == 2 and "is the source file" in result.output, result.output
+    assert source.read_bytes() == step.read_bytes()
+
+
+def test_quantize_checks_its_output_before_writing(step_file, tmp_path, monkeypatch):
+    """An int8 file the runtime would refuse is never written."""
+    from rnn_export import quantize
+
+    _, step, _ = step_file
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"earlier")
+    monkeypatch.setattr(quantize, "_to_ort_format", lambda data: data[: len(data) // 2])
+    with pytest.raises(QuantizeError, match="its int8 file would not open, so none was written"):
+        quantize_file(step, out, "ort")
+    assert out.read_bytes() == b"earlier"

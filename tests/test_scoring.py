@@ -270,7 +270,7 @@ def _bad_inputs(tmp_path):
             "a.csv",
             "id,text\n1,AB\n2\n",
             [],
-            r"a\.csv row 2: has 1 values; the header has 2",
+            r"a\.csv row 2 \(line 3\): has 1 values; the header has 2",
         ),
         "empty csv": ("a.csv", "", [], r"a\.csv: is empty; expected a header row"),
         "not UTF-8": (
@@ -416,3 +416,40 @@ def test_ray_engine_without_ray_says_how_to_install_it(model_path, tmp_path, mon
         "error: --engine ray needs Ray Data, which is not installed: "
         "pip install 'rnn-export[ray]'\n"
     )
+
+
+@pytest.mark.parametrize("how", ["same path", "other path", "symbolic link", "hard link"])
+def test_output_that_is_the_model_file_is_refused(model_path, tmp_path, how):
+    """Predictions written over the model would lose it: refused, exit 2, nothing changed."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(model_path.read_bytes())
+    (tmp_path / "sub").mkdir()
+    output = {
+        "same path": model,
+        "other path": tmp_path / "sub" / ".." / "m.onnx",
+        "symbolic link": tmp_path / "link.onnx",
+        "hard link": tmp_path / "hard.onnx",
+    }[how]
+    if how == "symbolic link":
+        output.symlink_to(model)
+    elif how == "hard link":
+        os.link(model, output)
+    (tmp_path / "in.txt").write_text("AB\n")
+    before = model.read_bytes()
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            str(model),
+            "--input",
+            str(tmp_path / "in.txt"),
+            "--output",
+            str(output),
+            "--format",
+            "text",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert "is the model file; write the predictions elsewhere" in result.stderr
+    assert model.read_bytes() == before and output.read_bytes() == before

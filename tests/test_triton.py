@@ -5,6 +5,7 @@ config.pbtxt parses with tritonclient's model-config protobuf and matches the gr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -216,8 +217,16 @@ def test_states_are_generic_over_names_and_layouts():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--name", "a/b"], r"a model name is a folder name; got 'a/b'"),
+        (["--name", "a/b"], r"a model name is a folder name of .*; got 'a/b'"),
+        (["--name", 'a"b'], r"a model name is a folder name of .*; got 'a\"b'"),
+        (["--name", "a\nb"], r"a model name is a folder name of .*; got 'a\\nb'"),
+        (["--name", ".."], r"a model name is a folder name of .*; got '\.\.'"),
         (["--max-batch-size", "0"], r"Invalid value for '--max-batch-size'"),
+        (["--max-batch-size", str(2**31)], r"max_batch_size must be an integer in 1 \.\. 65,536"),
+        (
+            ["--instances", str(2**31)],
+            r"instances must be an integer in 1 \.\. 256; got 2147483648",
+        ),
     ],
 )
 def test_cli_bad_options(exported, tmp_path, args, message):
@@ -225,6 +234,7 @@ def test_cli_bad_options(exported, tmp_path, args, message):
     result = CliRunner().invoke(main, ["triton", str(path), "--out", str(tmp_path), *args])
     assert result.exit_code == 2
     assert __import__("re").search(message, result.output), result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_not_a_model_file(tmp_path):
@@ -313,3 +323,117 @@ def _props(path):
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _tree(folder):
+    """Every file under folder with its bytes: what must stay as it was."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_refuses_a_folder_it_did_not_write_and_keeps_it(exported, tmp_path):
+    """`triton run.onnx --out .` names the model folder after a training run: refused."""
+    run_dir, path = exported
+    model = tmp_path / "run.onnx"
+    model.write_bytes(path.read_bytes())
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    before = _tree(tmp_path)
+    result = CliRunner().invoke(main, ["triton", str(model), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "is not a model folder written by rnn-export triton" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_adds_a_version_beside_the_others_and_keeps_them(exported, tmp_path):
+    _, path = exported
+    out = tmp_path / "repo"
+    args = ["triton", str(path), "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    folder = out / path.stem
+    (folder / "labels.txt").write_text("mine\n")
+    (folder / "2").mkdir()
+    (folder / "2" / "model.onnx").write_bytes(b"another version")
+    before = _tree(folder)
+    result = CliRunner().invoke(main, [*args, "--max-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "version 3" in result.output
+    after = _tree(folder)
+    for kept in ("labels.txt", "1/model.onnx", "2/model.onnx"):
+        assert after[Path(kept)] == before[Path(kept)]
+    assert after[Path("3/model.onnx")] == before[Path("1/model.onnx")]
+    assert "max_batch_size: 4" in (folder / "config.pbtxt").read_text()
+    assert set(after) == {*before, Path("3/model.onnx")}
+
+
+def test_an_empty_folder_becomes_version_1(exported, tmp_path):
+    _, path = exported
+    (tmp_path / "m").mkdir()
+    assert write_repository(path, tmp_path, name="m") == tmp_path / "m" / "1"
+    assert (tmp_path / "m" / "config.pbtxt").is_file()
+
+
+@pytest.fixture(scope="module")
+def other_files(tiny_run_dir, tmp_path_factory):
+    """A step file, its int8 file and the int8 file in ORT format."""
+    from rnn_export.quantize import quantize_file
+
+    root = tmp_path_factory.mktemp("other-files")
+    step = export_onnx(tiny_run_dir("cell"), root / "m.step.onnx", graph="step")
+    return {
+        "step": step,
+        "int8": quantize_file(step, root / "m.int8.onnx").path,
+        "ort": quantize_file(step, root / "m.int8.ort", "ort").path,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("step", r"m\.step\.onnx: is a step file, which has no main graph"),
+        ("int8", r"m\.int8\.onnx: is an int8 step file, which has no main graph"),
+        ("ort", r"m\.int8\.ort: is in ORT format; triton takes the \.onnx model file"),
+    ],
+)
+def test_files_without_a_main_graph_are_refused(other_files, tmp_path, kind, message):
+    result = CliRunner().invoke(main, ["triton", str(other_files[kind]), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert __import__("re").search(message, result.output), result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tensor_name_config_pbtxt_cannot_hold_is_refused(exported, tmp_path):
+    _, path = exported
+    meta = rnn_runtime.open_model(path).metadata
+    _, contract = build_variant(read_model_file(path))
+    contract["states"][0]["input"] = 'h0"\nbackend: "python'
+    with pytest.raises(TritonError, match=r"tensor name .* cannot be written into config\.pbtxt"):
+        model_config("m", contract, meta, 4, 1)
+
+
+@pytest.mark.parametrize("tritonclient", [True, False], ids=["tritonclient", "without"])
+def test_config_is_checked_with_or_without_tritonclient(
+    exported, tmp_path, monkeypatch, tritonclient
+):
+    """The fields are bounded either way; with tritonclient the text is parsed back."""
+    import sys
+
+    from rnn_export.triton import check_config
+
+    _, path = exported
+    if not tritonclient:
+        monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
+    meta = rnn_runtime.open_model(path).metadata
+    _, contract = build_variant(read_model_file(path))
+    text = model_config("m", contract, meta, 4, 2)
+    check_config(text, "m", contract, 4, 2)
+    broken = text.replace("max_batch_size: 4", "max_batch_size: 2147483648")
+    if tritonclient:
+        with pytest.raises(TritonError, match="does not parse as Triton's ModelConfig"):
+            check_config(broken, "m", contract, 4, 2)
+        with pytest.raises(TritonError, match="expected"):
+            check_config(text, "m", contract, 5, 2)
+    with pytest.raises(TritonError, match=r"max_batch_size must be an integer in 1 \.\. 65,536"):
+        write_repository(path, tmp_path, max_batch_size=2**31)

@@ -43,52 +43,64 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
     separated ("-" for an empty text); with --json one object per text with its
     "index" (or "line" with --file), "text", "label", "probability" and "top_k".
     The texts run in padded batches through the file's main graph: the numbers a
-    stream fed the same text gives.
+    stream fed the same text gives. --file is read and printed a block of lines at
+    a time, so memory stays bounded for any file (a line ends at "\n" or "\r\n";
+    a text holds at most 16,777,216 characters).
     A text with characters outside the vocabulary gets a warning on stderr with
     their count; --strict makes them an error (exit 2).
     """
     import json
 
     import rnn_runtime
+    from rnn_export.corpus import check_text_size
+    from rnn_export.scoring import predict_texts
 
     if texts and text_file is not None:
         raise click.UsageError("give TEXT arguments or --file, not both")
     if not texts and text_file is None:
         raise click.UsageError("expected TEXT arguments or --file FILE; got neither")
     where, key = "text", "index"  # messages say "text 2"; JSON records {"index": 2, ...}
+    blocks = [(1, list(texts))]
     if text_file is not None:
-        texts, where, key = read_lines(text_file), "line", "line"
+        blocks, where, key = read_blocks(text_file), "line", "line"
     model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
     refuse = strict or model.tokenizer.unk_id is None
     why = "--strict refuses them" if strict else "this model has no unknown token"
-    for n, text in enumerate(texts, 1):
-        unknown = warn_unknown(f"{where} {n}", text, model.tokenizer)
-        if refuse and unknown:
-            raise rnn_runtime.UnknownCharError(
-                f"{where} {n}: {unknown} of {len(text)} characters are not in the model's "
-                f"vocabulary; {why}"
-            )
-    for n, (text, prediction) in enumerate(zip(texts, model.predict(texts), strict=True), 1):
-        if as_json:
-            record = {"label": None, "probability": None, "top_k": []}
-            if prediction is not None:
-                record = prediction.to_dict(top_k)
-            click.echo(json.dumps({key: n, "text": text, **record}, ensure_ascii=False))
-        elif prediction is None:
-            click.echo("-")
-        else:
-            click.echo("\t".join(f"{label}\t{p:.4f}" for label, p in prediction.top_k(top_k)))
+    for first, block in blocks:
+        for n, text in enumerate(block, first):
+            check_text_size(text, f"{where} {n}")
+            unknown = warn_unknown(f"{where} {n}", text, model.tokenizer)
+            if refuse and unknown:
+                raise rnn_runtime.UnknownCharError(
+                    f"{where} {n}: {unknown} of {len(text)} characters are not in the model's "
+                    f"vocabulary; {why}"
+                )
+        predictions = predict_texts(model, block)
+        for n, (text, prediction) in enumerate(zip(block, predictions, strict=True), first):
+            if as_json:
+                record = {"label": None, "probability": None, "top_k": []}
+                if prediction is not None:
+                    record = prediction.to_dict(top_k)
+                click.echo(json.dumps({key: n, "text": text, **record}, ensure_ascii=False))
+            elif prediction is None:
+                click.echo("-")
+            else:
+                pairs = prediction.top_k(top_k)
+                click.echo("\t".join(f"{label}\t{p:.4f}" for label, p in pairs))
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file ('-': stdin), without their line ends.
+def read_blocks(path: Path):
+    """(first line number, lines) of a UTF-8 text file ('-': stdin), a block at a time,
+    without their line ends (rnn_export.corpus.read_line_blocks).
 
     Raises:
-        InputError: the file is not UTF-8 (naming the line and byte).
+        InputError: the file is not UTF-8, or a line is too long (naming the line).
         OSError: it cannot be read (the CLI names the path).
     """
-    from rnn_export.errors import decode_utf8
+    from rnn_export.corpus import read_line_blocks
 
     if str(path) == "-":
-        return decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
-    return decode_utf8(path.read_bytes(), path).splitlines()
+        yield from read_line_blocks(sys.stdin.buffer, "stdin")
+        return
+    with open(path, "rb") as f:
+        yield from read_line_blocks(f, path)

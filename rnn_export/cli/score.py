@@ -115,7 +115,8 @@ def score_command(
     an empty text has none. A text output has the lines `predict` prints after
     the line number, tab separated. A progress bar shows on a terminal; the
     summary line gives the throughput. Exit 2 for bad input, naming the line or
-    row; the output is then left as it was.
+    row; the output is then left as it was, as after Ctrl-C, SIGTERM or SIGHUP
+    (exit 130).
     """
     from rnn_export.scoring import ScoreJob
 
@@ -140,16 +141,19 @@ def score_command(
         top_k=top_k,
         strict=strict,
     )
-    if engine == "local":
-        from rnn_export.scoring import score_file
+    from rnn_export.atomic import terminations_as_interrupts
 
-        summary = score_file(job, threads=threads, providers=providers)
-    else:
-        from rnn_export.scoring_ray import score_file_on_ray
+    with terminations_as_interrupts():  # a kill half-way leaves what Ctrl-C leaves
+        if engine == "local":
+            from rnn_export.scoring import score_file
 
-        summary = score_file_on_ray(
-            job, address=address, workers=workers, threads=threads, providers=providers
-        )
+            summary = score_file(job, threads=threads, providers=providers)
+        else:
+            from rnn_export.scoring_ray import score_file_on_ray
+
+            summary = score_file_on_ray(
+                job, address=address, workers=workers, threads=threads, providers=providers
+            )
     click.echo(summary.format_line())
 
 

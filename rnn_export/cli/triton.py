@@ -22,17 +22,21 @@ import click
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Requests of different sequences Triton may stack into one run.",
+    help="Requests of different sequences Triton may stack into one run (at most 65,536).",
 )
 @click.option(
     "--instances",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Model instances (onnxruntime sessions) on the CPU.",
+    help="Model instances (onnxruntime sessions) on the CPU (at most 256).",
 )
 def triton_command(model_path, out, name, max_batch_size, instances):
-    """Write OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx for tritonserver.
+    """Write OUT/NAME/config.pbtxt and OUT/NAME/VERSION/model.onnx for tritonserver.
+
+    A new OUT/NAME gets version 1; a model folder this command wrote gets the next
+    version beside the others (config.pbtxt serves the newest); any other OUT/NAME
+    (a training run...) is refused: nothing this command did not write is replaced.
 
     The onnxruntime backend with the sequence batcher and implicit state: Triton
     keeps each sequence's state between its requests (zeros at its start). As Triton
@@ -43,10 +47,10 @@ def triton_command(model_path, out, name, max_batch_size, instances):
     """
     from rnn_export.triton import write_repository
 
-    dest = write_repository(
+    version = write_repository(
         model_path, out, name=name, max_batch_size=max_batch_size, instances=instances
     )
-    click.echo(f"wrote {dest}")
-    click.echo(f"  config   {dest / 'config.pbtxt'}")
-    click.echo(f"  model    {dest / '1' / 'model.onnx'} (batch-first, START and READY inputs)")
+    click.echo(f"wrote {version.parent} (version {version.name})")
+    click.echo(f"  config   {version.parent / 'config.pbtxt'}")
+    click.echo(f"  model    {version / 'model.onnx'} (batch-first, START and READY inputs)")
     click.echo(f"  serve    tritonserver --model-repository={Path(out)}")

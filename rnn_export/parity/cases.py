@@ -76,6 +76,17 @@ def random_state(config, B: int, rng) -> tuple[np.ndarray, ...]:
     return tuple(rng.uniform(-r, r, size=shape).astype(np.float32) for r in ranges)
 
 
+def draw_inputs(model, rng, size: tuple) -> np.ndarray:
+    """Random inputs of the model's input stage: int64 token ids of shape size, or for a
+    features model float32 frames (*size, F) around its training data (mean + scale *
+    a standard normal, per feature)."""
+    config = model.config
+    if config.reads_tokens:
+        return rng.integers(0, config.vocab_size, size=size, dtype=np.int64)
+    mean, scale = (x.detach().double().numpy() for x in (model.frames.mean, model.frames.scale))
+    return (mean + scale * rng.standard_normal((*size, config.input_size))).astype(np.float32)
+
+
 def zero_state(config, B: int) -> tuple[np.ndarray, ...]:
     return tuple(np.zeros(config.state_shape(B), dtype=np.float32) for _ in config.state_names)
 
@@ -160,7 +171,7 @@ def plan_cases(ckpt, example_length: int, rng, validation) -> list[Case]:
 
     def add(name, family, B, T, *, random_h0=True, lengths=None, **kwargs):
         """A case on random tokens; PyTorch gets state=None for zeros, lengths=None for full."""
-        tokens = rng.integers(0, cfg.vocab_size, size=(B, T), dtype=np.int64)
+        tokens = draw_inputs(ckpt.model, rng, (B, T))
         state = random_state(cfg, B, rng) if random_h0 else zero_state(cfg, B)
         ort_lengths = np.full(B, T, dtype=np.int64) if lengths is None else lengths
         torch_state = state if random_h0 else None
@@ -252,7 +263,7 @@ class StartStates:
     single: np.ndarray
 
 
-def sparse_states(config, rng, tokens: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def sparse_states(model, rng, tokens: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """States with few units on (each vector of each layer), and the first token after each.
 
     For every hidden unit i and every token of `tokens`, a state with only unit i on, at
@@ -264,8 +275,9 @@ def sparse_states(config, rng, tokens: np.ndarray) -> tuple[tuple[np.ndarray, ..
     An LSTM's cell state has the same units on, at +-(0.5..CELL_RANGE), the others 0.
 
     Returns:
-        (the state tuple (n along the batch axis), first tokens (n,)).
+        (the state tuple (n along the batch axis), first tokens (n,) or frames (n, F)).
     """
+    config = model.config
     H, k = config.hidden_size, len(tokens)
     n = H * (k + 1)
     state = zero_state(config, n)
@@ -279,8 +291,7 @@ def sparse_states(config, rng, tokens: np.ndarray) -> tuple[tuple[np.ndarray, ..
             for cell in views[1:]:
                 size = rng.uniform(0.5, CELL_RANGE, size=units.size)
                 cell[layer, r, units] = size * rng.choice([-1.0, 1.0], units.size)
-    first = np.concatenate([np.repeat(tokens, H), rng.integers(0, config.vocab_size, size=H)])
-    return state, first.astype(np.int64)
+    return state, np.concatenate([np.repeat(tokens, H, axis=0), draw_inputs(model, rng, (H,))])
 
 
 def gather_rows(states: tuple[np.ndarray, ...], rows, axes) -> tuple[np.ndarray, ...]:
@@ -318,7 +329,7 @@ class LocalCase:
     def run(self, runner, reference, torch_steps, tolerance=None) -> CaseResult:
         """reference, torch_steps: the per-step outputs from every start state (steps first)."""
         start = self.start
-        n, K = start.tokens.shape
+        n, K = start.tokens.shape[:2]
         base = dict(
             provider=runner.provider,
             name=self.name if runner.family is None else f"{LOCAL}: {self.name}",
@@ -345,7 +356,7 @@ class LocalCase:
     def _one_token_per_call(self, runner):
         """(log_probs (K*n, C), states with K*n rows): the outputs after each call."""
         start = self.start
-        n, K = start.tokens.shape
+        n, K = start.tokens.shape[:2]
         state, lps, states = start.states, [], []
         ones = np.ones(n, dtype=np.int64)
         for k in range(K):
@@ -427,8 +438,8 @@ def plan_start_states(
         axes: each state's batch axis.
         validation: the validation split [(text, label)], or None.
         stream: (tokens (1, S), PyTorch's states after each step (S, *state shape)), or None.
-        quiet_tokens: token ids, quietest first (their input terms leave the units least
-            saturated), to follow the sparse states; None: token 0.
+        quiet_tokens: token ids (or frames), quietest first (their input terms leave the
+            units least saturated), to follow the sparse states; None: one random input.
     """
     from rnn_export.data import encode_batch
 
@@ -437,9 +448,10 @@ def plan_start_states(
     parts: list[tuple] = []  # (source, states, tokens)
 
     def continuation(seqs):
-        out = rng.integers(0, cfg.vocab_size, size=(len(seqs), K), dtype=np.int64)
+        out = draw_inputs(ckpt.model, rng, (len(seqs), K))
         for i, seq in enumerate(seqs):
-            out[i, : min(K, len(seq))] = seq[:K]
+            if len(seq):
+                out[i, : min(K, len(seq))] = seq[:K]
         return out
 
     if validation:
@@ -460,8 +472,9 @@ def plan_start_states(
             states = tuple(rows_of_steps(s, steps, a) for s, a in zip(per_step, axes, strict=True))
             parts.append(("stream", states, continuation([tokens[0, t + 1 :] for t in steps])))
     parts.append(("random", random_state(cfg, N, rng), continuation([[]] * N)))
-    quiet = np.arange(1) if quiet_tokens is None else np.asarray(quiet_tokens)
-    sparse, first = sparse_states(cfg, rng, quiet[: max(4, SPARSE_STATES // cfg.hidden_size)])
+    quiet = draw_inputs(ckpt.model, rng, (1,)) if quiet_tokens is None else quiet_tokens
+    quiet = quiet[: max(4, SPARSE_STATES // cfg.hidden_size)]
+    sparse, first = sparse_states(ckpt.model, rng, quiet)
     follow = continuation([[]] * len(first))
     follow[:, 0] = first
     parts.append(("sparse", sparse, follow))

@@ -69,9 +69,14 @@ class Recurrence:
         self.out = Linear(f64(self.cell.head.weight))
         self.out_bias = bias_terms(f64(self.cell.head.bias))
 
-    def quiet_tokens(self) -> np.ndarray:
+    def quiet_tokens(self, frames: np.ndarray | None = None) -> np.ndarray:
         """Every token id, those whose layer-0 input terms are smallest first (sum over
-        units of |input term|): after them the fewest units saturate."""
+        units of |input term|): after them the fewest units saturate. A features model
+        has no table: the given frames (n, F), sorted the same way."""
+        if self.table is None:
+            x = self.cell.first_input(frames).value
+            size = np.abs(x @ self.cell.inputs[0].weight.T + self.cell.in_bias[0]).sum(axis=1)
+            return frames[np.argsort(size, kind="stable")]
         return np.argsort(np.abs(self.table.value).sum(axis=1), kind="stable")
 
     # --- states -----------------------------------------------------------------------
@@ -135,7 +140,7 @@ class Recurrence:
         Returns:
             (log_probs (B, C), state tuple), each row after its own last token, as Approx.
         """
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
         # Longest rows first: step t computes only the rows still running, a prefix.
         order = np.argsort(-lengths, kind="stable")
@@ -162,7 +167,7 @@ class Recurrence:
         for t in range(tokens.shape[1]):
             layers = self.step(tokens[:, t], layers)
             per_step.append(layers)
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         tops = stack([layers[-1][0] for layers in per_step])  # (T, B, H)
         H = tops.value.shape[-1]
         flat = self.head(Approx(tops.value.reshape(T * B, H), tops.radius.reshape(T * B, H)))

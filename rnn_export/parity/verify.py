@@ -17,6 +17,7 @@ from rnn_export.parity.cases import (
     HORIZON,
     START_STATES,
     LocalCase,
+    draw_inputs,
     plan_cases,
     plan_start_states,
     state_axes,
@@ -150,7 +151,7 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
     rng = np.random.default_rng(seed)
     validation = _validation_split(ckpt, data)
     cases = plan_cases(ckpt, example_length, rng, validation)
-    stream_tokens = rng.integers(0, ckpt.config.vocab_size, size=(1, stream_steps))
+    stream_tokens = draw_inputs(model, rng, (1, stream_steps))
     zeros = tuple(np.zeros(s.concrete_shape(1), dtype=np.float32) for s in meta.states)
     stream = stream_reference(recurrence, torch32, stream_tokens, zeros)
     start = plan_start_states(
@@ -160,7 +161,9 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
         rng,
         validation,
         (stream_tokens, stream.torch_states),
-        recurrence.quiet_tokens(),
+        recurrence.quiet_tokens(
+            None if ckpt.config.reads_tokens else draw_inputs(model, rng, (QUIET_FRAMES,))
+        ),
     )
     recurrence.check_against_pytorch(model, start.tokens[:, 0], start.states)
     local_ref = recurrence.run_steps(start.tokens, start.states)
@@ -266,6 +269,9 @@ def _load_checkpoint(checkpoint):
         raise ParityUsageError(f"cannot load the checkpoint: {e}") from None
 
 
+QUIET_FRAMES = 256  # a features model's candidate frames for the sparse states
+
+
 def _validation_split(ckpt, data: dict | None = None):
     """The validation split of data, else of the checkpoint's own data spec; None for an
     imported model without data. Texts its vocabulary cannot encode (a vocabulary
@@ -273,7 +279,7 @@ def _validation_split(ckpt, data: dict | None = None):
     from rnn_export.data import DataError, load_splits
 
     spec = ckpt.data if data is None else data
-    if spec is None:
+    if spec is None or not ckpt.config.reads_tokens:  # frames data: the generated cases
         return None
     try:
         val = load_splits(spec)[1]
@@ -330,7 +336,8 @@ def _check_belongs(meta, ckpt, path: Path) -> None:
         "num_layers": (meta.num_layers, cfg.num_layers),
         "nonlinearity": (meta.nonlinearity, cfg.nonlinearity),
         "labels": (meta.labels, cfg.labels),
-        "vocab": (meta.vocab, tuple(ckpt.vocab.tokens)),
+        "vocab": (meta.vocab, () if ckpt.vocab is None else tuple(ckpt.vocab.tokens)),
+        "input": ((meta.input_kind, meta.input_size), (cfg.input_kind, cfg.input_width)),
     }
     for key, (in_file, in_ckpt) in pairs.items():
         if in_file != in_ckpt:

@@ -33,8 +33,22 @@ def _model(arch: str, layers: int, seed: int = 0, scale: float = 1.0):
     with torch.no_grad():
         for p in rnn.parameters():
             p.mul_(scale)  # a larger scale: gates nearer saturation, like a trained model
-    config = SimpleNamespace(arch=arch, nonlinearity="tanh", hidden_size=H, num_layers=layers)
-    return SimpleNamespace(config=config, rnn=rnn, embedding=nn.Embedding(V, H), fc=nn.Linear(H, C))
+    config = SimpleNamespace(
+        arch=arch,
+        nonlinearity="tanh",
+        hidden_size=H,
+        num_layers=layers,
+        vocab_size=V,
+        input_kind="tokens",
+        input_width=H,
+    )
+    return SimpleNamespace(
+        config=config,
+        rnn=rnn,
+        embedding=nn.Embedding(V, H),
+        input_name="embedding",
+        fc=nn.Linear(H, C),
+    )
 
 
 def _inputs(arch: str, layers: int, seed: int = 1):
