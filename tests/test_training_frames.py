@@ -149,8 +149,10 @@ def test_default_settings_reach_the_accuracy_goal_on_real_frames(
     frames_data, tmp_path, train_file, goal
 ):
     """gru with every default of --input features; evaluate through the file equals
-    PyTorch's test accuracy exactly. Times are printed (the machine is shared: CPU time is
-    about what two cores of its own take), not asserted."""
+    PyTorch's test accuracy exactly, and verify passes. Times are printed (the machine is
+    shared: CPU time is about what two cores of its own take), not asserted."""
+    from rnn_export.parity import verify_parity
+
     cpu = time.process_time()
     ckpt = train(
         "gru",
@@ -168,3 +170,4 @@ def test_default_settings_reach_the_accuracy_goal_on_real_frames(
     )
     assert report.accuracy == ckpt.metrics["test_accuracy"]
     assert report.accuracy >= goal
+    assert verify_parity(path, tmp_path / "run").passed
