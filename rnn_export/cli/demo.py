@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rnn_export.config import INPUT_KINDS
+
 
 @click.command("demo")
 @click.option(
@@ -33,7 +35,7 @@ import click
 @click.option(
     "--input",
     "input_kind",
-    type=click.Choice(["tokens", "onehot", "features"]),
+    type=click.Choice(INPUT_KINDS),
     default="tokens",
     show_default=True,
     help="The models' input: characters (tokens, onehot) of the embedded text task, or "
