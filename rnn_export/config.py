@@ -13,7 +13,8 @@ refused before anything is allocated:
     num_layers   L   1 .. 16 (exactly 1 for "cell")
     (gru and lstm have their native gates only: nonlinearity is always "tanh")
     labels       C   2 .. 10,000 distinct strings of 1 .. 256 characters, each one
-                     encodable as UTF-8 (no lone surrogates)
+                     encodable as UTF-8 (no lone surrogates), without a control
+                     character or line break (check_label)
     epochs           1 .. 100,000        batch_size  1 .. 65,536
     lr               finite, 0 < lr <= 1 clip        finite, 0 < clip <= 1e6
     seed             0 .. 2**32 - 1      threads     1 .. 256
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from rnn_export.errors import InputError
@@ -170,7 +172,7 @@ class ModelConfig:
                 f"a classifier needs 2 to {MAX_LABELS:,} labels; got {len(self.labels):,}"
             )
         for label in self.labels:
-            check_text("label", label, MAX_LABEL_CHARS)
+            check_label(label)
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"labels must be unique; got {list(self.labels)!r:.200}")
 
@@ -381,6 +383,26 @@ def check_float(name: str, value, high: float) -> float:
     if not (math.isfinite(value) and 0 < value <= high):
         raise ConfigError(f"{name} must be a finite number in (0, {high:g}]; got {value!r:.40}")
     return float(value)
+
+
+# Characters a label cannot hold: C0 and C1 controls (tab, newline, carriage return, form
+# feed, U+0085...) and the line and paragraph separators. A label is one tab-separated
+# field of one line in the text outputs (stream, score); rnn_runtime.metadata refuses the
+# same set in a file.
+LABEL_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_label(value, error: type = ConfigError) -> str:
+    """value, if a label: check_text, and no character of LABEL_BREAKS; else error."""
+    check_text("label", value, MAX_LABEL_CHARS, error)
+    found = LABEL_BREAKS.search(value)
+    if found:
+        raise error(
+            f"a label must not hold a control character or line break (each label is one "
+            f"field of a line in the text outputs); {value!r:.80} holds {found.group()!r} "
+            f"at character {found.start()}"
+        )
+    return value
 
 
 def check_text(name: str, value, max_chars: int, error: type = ConfigError) -> str:

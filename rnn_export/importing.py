@@ -28,6 +28,9 @@ import io
 import json
 import pickle
 import re
+import struct
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import torch
 
 from rnn_export import atomic
 from rnn_export.checkpoint import Checkpoint, check_replaceable, load_checkpoint, save_checkpoint
-from rnn_export.config import ARCHS, INPUT_KINDS, NONLINEARITIES, ModelConfig
+from rnn_export.config import ARCHS, INPUT_KINDS, NONLINEARITIES, ModelConfig, check_label
 from rnn_export.data import Vocabulary
 from rnn_export.errors import decode_utf8
 from rnn_export.forms import ImportWeightsError, model_state, recognize
@@ -47,7 +50,26 @@ from rnn_export.runfiles import parse_json, read_json
 DEFAULT_NONLINEARITY = {"cell": "identity", "stacked": "tanh", "gru": "tanh", "lstm": "tanh"}
 AUTO_PREFIXES = ("module.", "model.")
 MAX_WEIGHTS_BYTES = 2**31  # an exportable model's weights are far smaller (ONNX's 2 GiB)
-_BLOCKED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch.load(weights_only=True) names a global it refuses "Unsupported global: GLOBAL x.y"
+# or "unsupported GLOBAL x.y whose module x is blocked", inside a message of several lines.
+_BLOCKED = re.compile(r"GLOBAL ([\w.]+)")
+# What torch.load raises for a damaged file (its unpickler and zip reader meet any byte).
+_DAMAGED = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    NotImplementedError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    struct.error,
+    zipfile.BadZipFile,
+)
+# torch's lines around the reason, which would only repeat that the load was refused.
+_BOILERPLATE = ("Weights only load failed", "Check the documentation of torch.load")
 
 
 def import_weights(
@@ -62,6 +84,8 @@ def import_weights(
     mapping: Mapping[str, str] | None = None,
     input_kind: str | None = None,
     normalization=None,
+    unknown: str | None = None,
+    text: tuple[str, bool] = ("keep", False),
 ) -> Checkpoint:
     """Write a RUN_DIR for a model trained elsewhere.
 
@@ -89,6 +113,11 @@ def import_weights(
         normalization: a features model's per-feature (mean, scale), F values each, or
             a JSON/.npz file of them ({"mean": [...], "scale": [...]}); None: frames go
             in as they are (mean 0, scale 1).
+        unknown: the vocabulary's symbol that characters outside it map to (the
+            tutorial's "_", or its last letter for the older tutorial's index -1), for a
+            plain-list vocabulary; None: as the vocabulary says.
+        text: the text contract (unicode, lowercase) the model was trained with
+            (rnn_runtime.text): ("strip_marks", False) is the tutorial's unicodeToAscii.
 
     Returns:
         The Checkpoint read back from out.
@@ -135,6 +164,7 @@ def import_weights(
                 f"vocabulary ({form.V} symbols)"
             )
         vocabulary = vocab if isinstance(vocab, Vocabulary) else read_vocab(Path(vocab))
+        vocabulary = _with_contract(vocabulary, unknown, text, _name(vocab))
         if len(vocabulary) != form.V:
             where = "'embedding.weight' has shape" if form.input_kind == "tokens" else "one-hot"
             shape = (form.V, form.X) if form.input_kind == "tokens" else f"width {form.X}"
@@ -143,6 +173,11 @@ def import_weights(
                 f"the model reads V = {form.V} token ids"
             )
     names = tuple(labels) if not isinstance(labels, (str, Path)) else read_labels(Path(labels))
+    for label in names:
+        try:
+            check_label(label, ImportWeightsError)
+        except ImportWeightsError as e:
+            raise ImportWeightsError(f"{_name(labels)}: {e}") from None
     head = "h2o.weight" if form.arch == "cell" else "fc.weight"
     if len(names) != form.C:
         raise ImportWeightsError(
@@ -182,6 +217,29 @@ def import_weights(
     training = {"imported": imported, "torch_version": torch.__version__}
     save_checkpoint(out, model, vocabulary, None, training, {})
     return load_checkpoint(out)
+
+
+def _with_contract(vocab: Vocabulary, unknown: str | None, text, where: str) -> Vocabulary:
+    """vocab with its unknown symbol and text contract as given."""
+    from rnn_export.data import DataError
+
+    unk_id = vocab.unk_id
+    if unknown is not None:
+        if unknown not in vocab.tokens:
+            raise ImportWeightsError(
+                f"{where}: --unknown {unknown!r}: not one of its {len(vocab)} symbols"
+            )
+        given = vocab.tokens.index(unknown)
+        if unk_id is not None and unk_id != given:
+            raise ImportWeightsError(
+                f"{where}: says unk_id {unk_id} ({vocab.tokens[unk_id]!r}); --unknown names "
+                f"{unknown!r} (id {given})"
+            )
+        unk_id = given
+    try:
+        return Vocabulary(vocab.tokens, unk_id, *text)
+    except DataError as e:
+        raise ImportWeightsError(f"{where}: {e}") from None
 
 
 def read_normalization(source, F: int) -> tuple[np.ndarray, np.ndarray]:
@@ -249,24 +307,29 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
         from safetensors.torch import load
 
         try:
-            return load(data), "safetensors", sha256
+            loaded = load(data)
         except (SafetensorError, ValueError) as e:
-            raise ImportWeightsError(f"{path}: not a safetensors file: {e}") from None
+            raise ImportWeightsError(f"{path}: not a safetensors file: {_one_line(e)}") from None
+        return _check_kinds(loaded, path), "safetensors", sha256
     try:
         # From the bytes hashed above: the sha256 recorded is that of what was read.
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a damaged file: the error says it
+            warnings.simplefilter("ignore")
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         blocked = _BLOCKED.search(str(e))
         if blocked is None:
-            raise ImportWeightsError(f"{path}: not a PyTorch weights file: {e}") from None
+            raise ImportWeightsError(
+                f"{path}: not a PyTorch weights file: {_one_line(e)}"
+            ) from None
         raise ImportWeightsError(
-            f"{path}: refused: it needs the global {blocked.group(1)}, which "
-            "torch.load(weights_only=True) blocks (a pickled module or custom class runs "
-            "code when loaded, so it is never loaded unsafely); save the weights alone: "
-            "torch.save(model.state_dict(), path)"
+            f"{path}: refused: it needs the global {blocked.group(1)}: the file needs code "
+            "to load (a pickled module, custom class or function runs code when loaded), "
+            "which torch.load(weights_only=True) blocks, so nothing in it ran; save the "
+            "weights alone: torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise ImportWeightsError(f"{path}: not a PyTorch weights file: {e}") from None
+    except _DAMAGED as e:
+        raise ImportWeightsError(f"{path}: not a PyTorch weights file: {_one_line(e)}") from None
     if not isinstance(loaded, Mapping):
         raise ImportWeightsError(
             f"{path}: expected a state_dict ({{name: tensor}}); it holds a {type(loaded).__name__}"
@@ -277,7 +340,41 @@ def read_state_dict(path: Path) -> tuple[dict, str, str]:
                 f"{path}: expected a state_dict ({{name: tensor}}); entry {name!r:.60} holds "
                 f"a {type(value).__name__}"
             )
-    return dict(loaded), "torch", sha256
+    return _check_kinds(dict(loaded), path), "torch", sha256
+
+
+# The floating dtypes a weight may have (float32 on import); other floats (float8) have
+# no arithmetic to check them with. Integer, complex and quantized tensors are named by
+# check_tensors, which expects floating-point.
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_kinds(tensors: dict, path: Path) -> dict:
+    """tensors, once each is an ordinary tensor: dense (strided), not nested, with data on
+    the CPU, and of a float dtype in _FLOATS if floating-point at all."""
+    for name, value in tensors.items():
+        if value.is_nested:
+            what = "a nested tensor"
+        elif value.layout != torch.strided:
+            what = f"a sparse tensor (layout {value.layout})"
+        elif value.device.type != "cpu":
+            what = f"a tensor on the {value.device.type} device, without data in the file"
+        elif value.is_floating_point() and value.dtype not in _FLOATS:
+            what = f"a tensor of dtype {value.dtype}"
+        else:
+            continue
+        raise ImportWeightsError(
+            f"{path}: tensor {name!r:.60} is {what}; expected a dense tensor with its data "
+            "on the CPU, of dtype float32 (or float16, bfloat16, float64)"
+        )
+    return tensors
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line, without torch's lines around the reason."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    kept = [x for x in lines if not x.startswith(_BOILERPLATE)]
+    return " ".join(kept or lines)[:500]
 
 
 def strip_prefix(tensors: dict, prefix: str | None, path: Path) -> tuple[dict, str]:
@@ -341,8 +438,9 @@ def read_vocab(path: Path) -> Vocabulary:
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
-    """LABELS: a JSON list of strings, or a .txt with one label per line (blank lines
-    skipped, surrounding white space stripped)."""
+    """LABELS: a JSON list of strings, or a .txt with one label per line (lines end at
+    "\n" alone, as everywhere in the toolkit; blank lines skipped, surrounding white
+    space stripped)."""
     if atomic.path_kind(path) != "a regular file":
         kind = atomic.path_kind(path)
         raise ImportWeightsError(
@@ -351,7 +449,7 @@ def read_labels(path: Path) -> tuple[str, ...]:
         )
     raw = path.read_bytes()
     if path.suffix == ".txt":
-        return tuple(s.strip() for s in decode_utf8(raw, path).splitlines() if s.strip())
+        return tuple(s.strip() for s in decode_utf8(raw, path).split("\n") if s.strip())
     value = parse_json(raw, path)
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise ImportWeightsError(

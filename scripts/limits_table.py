@@ -71,8 +71,8 @@ LIMITS = (
     ("runtime: saved state", "rank", "rnn_runtime.snapshot.MAX_RANK"),
     ("runtime: saved state", "one dimension", "rnn_runtime.snapshot.MAX_DIM"),
     (
-        "runtime: feed",
-        "tokens per call (longer texts run in chunks)",
+        "runtime: stream and pool feed",
+        "padded tokens per call, rows x length (longer texts run in chunks)",
         "rnn_runtime.stream.MAX_CHUNK",
     ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 
@@ -16,7 +17,7 @@ from torch import nn
 from torch.autograd import Variable
 
 from rnn_export.cli import main
-from rnn_export.importing import ImportWeightsError, import_weights
+from rnn_export.importing import ImportWeightsError, import_weights, read_state_dict
 
 # The project's parity tolerance (issue 4).
 ATOL, RTOL = 1e-5, 1e-4
@@ -406,6 +407,93 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+class _System:
+    """A pickle that would run a shell command when loaded unsafely."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickle_that_would_call_os_system_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"embed.weight": torch.zeros(2, 2), "x": _System(marker)}, tmp_path / "w.pt")
+    with pytest.raises(ImportWeightsError) as info:
+        read_state_dict(tmp_path / "w.pt")
+    message = str(info.value)
+    assert re.fullmatch(
+        r"\S+w\.pt: refused: it needs the global (posix|nt|os)\.system: the file needs code "
+        r"to load .*, so nothing in it ran; save the weights alone: .*",
+        message,
+    ), message
+    assert "\n" not in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
+def _sparse_csr(p):
+    torch.save(_edit(_cell_state(), h2o__weight=torch.randn(3, 4).to_sparse_csr()), p)
+
+
+def _f8_safetensors(p):
+    from safetensors.torch import save_file
+
+    save_file(_edit(_cell_state(), i2h__bias=torch.zeros(4).to(torch.float8_e5m2)), p)
+
+
+KINDS = {
+    "sparse COO": (
+        lambda p: torch.save(_edit(_cell_state(), h2o__weight=torch.randn(3, 4).to_sparse()), p),
+        r"tensor 'h2o.weight' is a sparse tensor \(layout torch.sparse_coo\)",
+    ),
+    "sparse CSR": (
+        _sparse_csr,
+        r"tensor 'h2o.weight' is a sparse tensor \(layout torch.sparse_csr\)",
+    ),
+    "meta": (
+        lambda p: torch.save(_edit(_cell_state(), i2h__bias=torch.empty(4, device="meta")), p),
+        r"tensor 'i2h.bias' is a tensor on the meta device, without data in the file",
+    ),
+    "float8": (
+        lambda p: torch.save(
+            _edit(_cell_state(), i2h__bias=torch.zeros(4).to(torch.float8_e4m3fn)), p
+        ),
+        r"tensor 'i2h.bias' is a tensor of dtype torch.float8_e4m3fn",
+    ),
+    "float8 safetensors": (
+        _f8_safetensors,
+        r"tensor 'i2h.bias' is a tensor of dtype torch.float8_e5m2",
+    ),
+    "nested": (
+        lambda p: torch.save(
+            _edit(_cell_state(), h2o__bias=torch.nested.nested_tensor([torch.zeros(2)] * 2)), p
+        ),
+        r"tensor 'h2o.bias' is a nested tensor",
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_tensor_of_another_kind_is_refused_naming_it(tmp_path, kind):
+    write, match = KINDS[kind]
+    weights = tmp_path / ("w.safetensors" if "safetensors" in kind else "w.pt")
+    write(weights)
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))
+    (tmp_path / "l.json").write_text(json.dumps(["x", "y", "z"]))
+    args = ["--arch", "cell", "--vocab", str(tmp_path / "v.json")]
+    args += ["--labels", str(tmp_path / "l.json"), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, ["import", str(weights), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert re.search(
+        match + r"; expected a dense tensor with its data on the CPU, of dtype float32",
+        result.stderr,
+    ), result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("name, write, match", BAD, ids=[b[0] for b in BAD])
 def test_bad_weights(tmp_path, name, write, match):
     weights = tmp_path / "w.pt"
@@ -486,6 +574,37 @@ def test_bad_vocab_labels_and_options(tmp_path, vocab, labels, kwargs, match):
             out=tmp_path / "o",
             **kwargs,
         )
+
+
+BREAKS = ["a\tb", "a\rb", "a\x0cb", "a\x85b", "a\u2028b", "a\x00b", "a\x1bb"]
+
+
+# In a .txt a newline ends the label: "a\nb" is two labels there.
+@pytest.mark.parametrize(
+    "form, label", [("json", "a\nb")] + [(form, x) for form in ("json", "txt") for x in BREAKS]
+)
+def test_a_label_with_a_control_character_or_line_break_is_refused(tmp_path, label, form):
+    """A label is one field of one line in score's and stream's text outputs."""
+    torch.save(_cell_state(), tmp_path / "w.pt")
+    (tmp_path / "v.json").write_text(json.dumps(list("abcde")))
+    labels = tmp_path / f"l.{form}"
+    names = ["x", label, "z"]
+    if form == "json":
+        labels.write_text(json.dumps(names))
+    else:
+        labels.write_bytes("\n".join(names).encode("utf-8"))
+    args = ["--arch", "cell", "--vocab", str(tmp_path / "v.json"), "--labels", str(labels)]
+    result = CliRunner().invoke(
+        main, ["import", str(tmp_path / "w.pt"), *args, "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(
+        rf"error: \S+l\.{form}: a label must not hold a control character or line break "
+        r"\(each label is one field of a line in the text outputs\); '.*' holds .* at "
+        r"character 1\n",
+        result.stderr,
+    ), result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

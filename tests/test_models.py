@@ -185,3 +185,11 @@ def test_gated_arches_wrap_torch_modules(arch, module, gate_rows, names):
 def test_gated_arches_take_only_their_native_gates(arch, nonlinearity, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(arch, V, ("x", "y"), H, 1, nonlinearity)
+
+
+@pytest.mark.parametrize("label", ["a\nb", "tab\there", "cr\r", "\x85", "line\u2029", "\x7f"])
+def test_a_label_holds_no_control_character_or_line_break(label):
+    """A label is one field of one line in the text outputs (stream, score)."""
+    with pytest.raises(ConfigError, match=r"a label must not hold a control character or line"):
+        ModelConfig("cell", V, ("ok", label))
+    assert ModelConfig("cell", V, ("ok", "ünïcode label, with spaces")).num_classes == 2

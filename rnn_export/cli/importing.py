@@ -51,6 +51,25 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     "tokens and onehot; none for features.",
 )
 @click.option(
+    "--unknown",
+    default=None,
+    metavar="CHAR",
+    help="The vocabulary's symbol that characters outside it map to, for a plain-list "
+    "vocabulary: the tutorial's '_' (letterToIndex), or its last letter for the older "
+    "tutorial's index -1 [default: as the vocabulary says; a plain list has none].",
+)
+@click.option(
+    "--strip-accents",
+    is_flag=True,
+    help="Text contract: take accents off before looking characters up (Unicode NFD, "
+    "combining marks removed: the tutorial's unicodeToAscii), in every runtime.",
+)
+@click.option(
+    "--lowercase",
+    is_flag=True,
+    help="Text contract: lower-case text before looking characters up, in every runtime.",
+)
+@click.option(
     "--normalization",
     default=None,
     type=click.Path(path_type=Path),
@@ -100,6 +119,9 @@ def import_command(
     arch,
     input_kind,
     vocab_path,
+    unknown,
+    strip_accents,
+    lowercase,
     normalization,
     labels_path,
     out,
@@ -131,13 +153,19 @@ def import_command(
         mapping=mapping,
         input_kind=input_kind,
         normalization=normalization,
+        unknown=unknown,
+        text=("strip_marks" if strip_accents else "keep", lowercase),
     )
     info = ckpt.imported
     click.echo(f"wrote {ckpt.run_dir}")
     click.echo(f"  model    {ckpt.config.describe()}")
     if ckpt.vocab is not None:
-        unk = "none" if ckpt.vocab.unk_id is None else f"id {ckpt.vocab.unk_id}"
-        click.echo(f"  vocab    {len(ckpt.vocab)} tokens, unknown token {unk}")
+        from rnn_runtime.text import describe
+
+        vocab = ckpt.vocab
+        unk = "none" if vocab.unk_id is None else f"id {vocab.unk_id}"
+        click.echo(f"  vocab    {len(vocab)} tokens, unknown token {unk}")
+        click.echo(f"  text     {describe(vocab.text_contract)}")
     for note in info.get("recognized", []):
         click.echo(f"  form     {note}")
     click.echo(f"  source   {info['source']} ({info['format']}, sha256 {info['sha256']})")

@@ -293,9 +293,15 @@ def _validation_split(ckpt, data: dict | None = None):
 
 
 def _open_model(path: Path, threads: int):
-    """Read and validate the file's metadata and signature through a CPU session."""
+    """Read and validate the file's metadata and signature through a CPU session.
+
+    The file is read and checked as the runtime reads it (rnn_runtime.model.read_file),
+    and the session opened from those bytes: a tensor kept in an external file, which
+    onnxruntime would load next to a path, is refused with the runtime's message.
+    """
     from rnn_export.atomic import path_kind
     from rnn_runtime.metadata import MetadataError, check_signature, read_metadata
+    from rnn_runtime.model import read_file
     from rnn_runtime.session import open_step_session
 
     if not path.is_file():
@@ -305,13 +311,14 @@ def _open_model(path: Path, threads: int):
             + ("not found" if kind is None else f"it is {kind}")
         )
     try:
-        session = open_session(path, PROVIDERS["cpu"], threads)
+        data = read_file(path)
+        session = open_session(data, PROVIDERS["cpu"], threads, name=str(path))
     except open_errors() as e:
         raise ParityUsageError(str(e)) from None
     try:
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         if meta.is_step_file:
-            open_step_session(meta, path.read_bytes(), (PROVIDERS["cpu"],), threads, str(path))
+            open_step_session(meta, data, (PROVIDERS["cpu"],), threads, str(path))
         else:
             check_signature(meta, session.get_inputs(), session.get_outputs())
     except MetadataError as e:

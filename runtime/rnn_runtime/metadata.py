@@ -2,7 +2,8 @@
 
 Everything a runner needs travels in the model's `metadata_props` as JSON values
 under one versioned schema. `build_metadata` writes it (used by the exporter),
-`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`).
+`read_metadata` reads and validates it (used by the runtime, `inspect`, `verify`);
+records.check_signature checks a graph against it (with rnn_runtime.signature's sizes).
 This module needs nothing but the standard library, so it runs on a device.
 
 Keys (all values are JSON text):
@@ -18,6 +19,9 @@ Keys (all values are JSON text):
     rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int or null
                             (null: no unknown token, as in an imported plain-list vocabulary)};
                            absent for "features"
+    rnn_export.text        optional (a model that reads characters): {"unicode": "keep" or
+                           "strip_marks", "lowercase": bool}, how text is prepared before
+                           its characters are looked up (rnn_runtime.text); absent: as given
     rnn_export.labels      [str, ...] (index = class id)
     rnn_export.io          {"input": tensor, "lengths": tensor, "log_probs": tensor,
                             "states": [{"input", "output", "shape", "dtype", "initial"}]}
@@ -51,7 +55,7 @@ of rank <= MAX_RANK (8) with fixed dimensions <= MAX_DIM (2**20) and at most
 MAX_STATE_FLOATS (2**22) values per stream and state, opset <= MAX_OPSET (1000). Every
 value must be UTF-8 JSON that Python reads (no nesting past its recursion limit, no int
 of 4,300+ digits) and its strings valid Unicode (no lone surrogates); labels and vocab
-tokens must be distinct.
+tokens must be distinct, and a label holds no control character or line break.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -71,6 +76,7 @@ from rnn_runtime.records import (  # noqa: F401 (check_signature, ORT_DTYPES: re
     check_signature,
     sha256_hex,
 )
+from rnn_runtime.text import IDENTITY, UNICODE_FORMS
 
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # what this runtime reads
@@ -90,6 +96,10 @@ MAX_RANK = 8
 MAX_DIM = 1 << 20
 MAX_STATE_FLOATS = 1 << 22
 MAX_OPSET = 1000
+# A label is one tab-separated field of a line in the text outputs: no C0 or C1 control
+# (tab, newline, carriage return, U+0085...), no line or paragraph separator (the set of
+# rnn_export.config.LABEL_BREAKS).
+_LABEL_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAXIMA = {
     "vocab_size": MAX_VOCAB,
     "num_classes": MAX_CLASSES,
@@ -126,6 +136,7 @@ class ModelMetadata(NamedTuple):
     head_steps: str = "last"
     normalization: tuple = ()  # ("features") the (mean, scale) tuples, F values each
     schema_version: int = SCHEMA_VERSION
+    text: tuple = IDENTITY  # the text contract (unicode, lowercase): rnn_runtime.text
 
     @property
     def reads_tokens(self) -> bool:
@@ -162,6 +173,7 @@ class ModelMetadata(NamedTuple):
             "vocab": {"tokens": list(self.vocab), "unk_id": self.unk_id}
             if self.reads_tokens
             else None,
+            "text": {"unicode": self.text[0], "lowercase": self.text[1]},
             "labels": list(self.labels),
             "io": {
                 "input": self.tokens.to_dict(),
@@ -203,6 +215,7 @@ def build_metadata(
     input_kind: str = "tokens",
     input_size: int | None = None,
     normalization: tuple = (),
+    text: tuple = IDENTITY,
 ) -> dict[str, str]:
     """The metadata_props entries (key -> JSON text) for one exported model.
 
@@ -267,6 +280,8 @@ def build_metadata(
     if not frames:
         vocab_json = json.dumps({"tokens": list(vocab), "unk_id": unk_id}, ensure_ascii=False)
         props[PREFIX + "vocab"] = vocab_json
+    if tuple(text) != IDENTITY:
+        props[PREFIX + "text"] = json.dumps({"unicode": text[0], "lowercase": text[1]})
     if step is not None:
         names = {
             "input": step["token"],
@@ -397,6 +412,19 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         _expect(PREFIX + "vocab" not in props, "no vocab for a features model", "a vocab")
     else:
         tokens, unk = _vocab(_load(props, "vocab"), model["vocab_size"])
+    text = IDENTITY
+    if PREFIX + "text" in props:
+        raw = _load(props, "text")
+        _expect(not frames, "no text contract for a features model", raw)
+        _expect(
+            isinstance(raw, dict)
+            and set(raw) == {"unicode", "lowercase"}
+            and raw["unicode"] in UNICODE_FORMS
+            and isinstance(raw["lowercase"], bool),
+            f'text to be {{"unicode": one of {UNICODE_FORMS}, "lowercase": true or false}}',
+            raw,
+        )
+        text = (raw["unicode"], raw["lowercase"])
 
     labels = _load(props, "labels")
     _expect(
@@ -406,6 +434,11 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
     )
     _expect(len(labels) == model["num_classes"], f"{model['num_classes']} labels", len(labels))
     _expect(len(set(labels)) == len(labels), "distinct labels", _repeated(labels))
+    _expect(
+        not any(map(_LABEL_BREAKS.search, labels)),
+        "labels without a control character or line break",
+        [x for x in labels if _LABEL_BREAKS.search(x)][:3],
+    )
 
     io = _load(props, "io")
     _expect(isinstance(io, dict), "io to be an object", io)
@@ -465,6 +498,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         step=step,
         **stages,
         schema_version=schema,
+        text=text,
     )
 
 

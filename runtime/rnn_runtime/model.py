@@ -108,6 +108,21 @@ def load_metadata(path: str | Path) -> ModelMetadata:
     return open_model(path).metadata
 
 
+def read_file(path: str | Path) -> bytes:
+    """The bytes of a model file, checked as open_model checks them before onnxruntime
+    sees them (read_model_file, then for an ONNX protobuf onnxfile.scan_model): a reader
+    that opens its own session from these bytes judges what the runtime will load.
+
+    Raises:
+        ModelFileError: as read_model_file and scan_model (external data, non-finite
+            weights, not a protobuf); MetadataError: metadata that is not UTF-8.
+    """
+    data = read_model_file(Path(path))
+    if not is_ort_format(data):
+        scan_model(data, str(path))
+    return data
+
+
 def read_model_file(path: Path) -> bytes:
     """The bytes of a model file, refusing anything but a regular file of a sane size.
 
@@ -222,7 +237,7 @@ class StreamModel:
             )
         self.metadata = meta
         if meta.reads_tokens:
-            self.reader = self.tokenizer = Tokenizer(meta.vocab, meta.unk_id)
+            self.reader = self.tokenizer = Tokenizer(meta.vocab, meta.unk_id, meta.text)
         else:
             self.reader, self.tokenizer = FrameReader(meta.input_size, meta.normalization), None
         self.session = session

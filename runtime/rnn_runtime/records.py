@@ -10,6 +10,7 @@ import binascii
 from typing import NamedTuple
 
 from rnn_runtime.errors import MetadataError
+from rnn_runtime.signature import check_sizes
 
 try:  # CPython's own SHA-256 (Python 3.12+: _sha2; 3.11: _sha256), without OpenSSL
     from _sha2 import sha256 as _builtin_sha256
@@ -176,3 +177,6 @@ def check_signature(meta, inputs, outputs) -> None:
                         f"graph {kind} {spec.name!r} has shape {tuple(shape)}; "
                         f"the metadata promises {spec.shape}"
                     )
+    check_sizes(
+        meta, "the graph", meta.log_probs.shape[-1], [(s.output, s.shape) for s in meta.states]
+    )

@@ -35,6 +35,7 @@ from rnn_runtime.errors import (
     StreamError,
     ThreadsError,
 )
+from rnn_runtime.signature import check_step_signature
 
 # Short names (as every command spells them) -> onnxruntime's full names.
 PROVIDERS = {
@@ -447,7 +448,8 @@ def open_step_session(
         step_bytes: the step model (already checked by onnxfile.scan_model).
 
     Raises:
-        MetadataError: inputs or outputs that differ from what the metadata promises.
+        MetadataError: inputs or outputs that differ from what the metadata promises
+            (names, types, ranks; classes and hidden size: signature.check_step_signature).
         ModelFileError, ProviderError: as open_session.
     """
     step = meta.step
@@ -464,4 +466,5 @@ def open_step_session(
         found = {a.name: (a.type, len(a.shape)) for a in got}
         if found != want:
             raise MetadataError(f"{name}'s {kind}s are {found}; the metadata promises {want}")
+    check_step_signature(meta, session.get_outputs(), name)
     return session

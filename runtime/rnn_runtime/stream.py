@@ -15,8 +15,9 @@ other buffer, which is checked (one dot product with zeros) before it becomes cu
 A stream joins a pool through its own `enter_pool` and leaves through `leave_pool`
 (StreamPool calls them): the pool never touches a stream's private fields.
 
-Thread safety: a StreamSession is not safe to use from two threads at once (guard it
-with a lock if you must); distinct streams on one shared StreamModel are safe to run
+Thread safety: a StreamSession must not be used from two threads at once: a call that
+finds another thread's call inside raises StreamError (rnn_runtime.ownership) rather than
+tearing the state; distinct streams on one shared StreamModel are safe to run
 concurrently on any number of threads.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnn_runtime.errors import SnapshotError, StreamError
+from rnn_runtime.ownership import Ownership
 from rnn_runtime.session import RUN_ERRORS, bind_chunk, run_failed
 from rnn_runtime.snapshot import dump_snapshot, load_snapshot
 
@@ -96,15 +98,38 @@ class StreamSession:
     """
 
     def __init__(self, model, *, strict: bool = False):
+        self._setup(model, strict)
+        self._bind()
+        self.reset()
+
+    @classmethod
+    def _for_pool(cls, model, *, strict: bool = False) -> StreamSession:
+        """A stream at the initial state for StreamPool.join to take in at once: it runs in
+        the pool's buffers, so it gets its own (allocated and bound, the cost of a new
+        stream) only when it leaves."""
+        stream = cls.__new__(cls)
+        stream._setup(model, strict)
+        stream._buffers = None
+        return stream
+
+    def _setup(self, model, strict: bool) -> None:
         self.model = model
         self.strict = strict
         self._labels = model.metadata.labels
         # The fast paths of step(): a character or an id (none for a features model).
         tokenizer = model.tokenizer
-        self._char_ids = {} if tokenizer is None else tokenizer.char_ids
+        # A text contract changes characters first: then every step goes through it.
+        plain = tokenizer is not None and not tokenizer.prepares
+        self._char_ids = tokenizer.char_ids if plain else {}
         self._vocab_size = 0 if tokenizer is None else tokenizer.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)
+        self._last: np.ndarray | None = None
+        self._owner = owner = Ownership("stream")
+        self._acquire, self._release = owner.acquire, owner.release
+
+    def _bind(self) -> None:
+        model = self.model
         self._buffers = buffers = model.state_buffers(1)
         # CPU OrtValues made from numpy share its memory: writing the array feeds the graph.
         self._steps = model.bind_steps(buffers, 1)
@@ -112,8 +137,6 @@ class StreamSession:
         self._rows = (buffers.log_probs[0][0], buffers.log_probs[1][0])  # views: set k's row
         self._nonfinite = buffers.nonfinite
         self._calls = self._steps.calls
-        self._last: np.ndarray | None = None
-        self.reset()
 
     def __repr__(self) -> str:
         where = " (in a pool)" if self._pool is not None else ""
@@ -135,30 +158,37 @@ class StreamSession:
         F values) and return the new prediction.
 
         Raises:
-            StreamError: a bad token, or a result that is not finite (the state is kept).
+            StreamError: a bad token, a result that is not finite (the state is kept), or
+                another thread inside a call of this stream.
         """
-        if self._pool is not None:
-            self._check_free()
-        # Fast paths for the common cases; anything else goes through full validation.
-        if type(token) is str and token in self._char_ids:
-            self._token[0] = self._char_ids[token]
-        elif type(token) is int and 0 <= token < self._vocab_size:
-            self._token[0] = token
-        else:
-            self._token[0] = self.model.step_input(token, strict=self.strict)
-        # StepBindings.advance, inlined: this is the per-step hot path of a stream.
-        buffers = self._buffers
-        k = buffers.current
+        # Ownership's `with`, inlined: this is the per-step hot path of a stream.
+        if not self._acquire(False):
+            raise self._owner.busy()
         try:
-            self._calls[k]()
-        except RUN_ERRORS as e:
-            raise run_failed(e) from e
-        k ^= 1
-        if self._nonfinite[k]():
-            raise _blown_up(f"the step on {token!r:.20}")
-        buffers.current = k
-        last = self._last = self._rows[k].copy()
-        return Prediction(last, self._labels)
+            if self._pool is not None:
+                self._check_free()
+            # Fast paths for the common cases; anything else goes through full validation.
+            if type(token) is str and token in self._char_ids:
+                self._token[0] = self._char_ids[token]
+            elif type(token) is int and 0 <= token < self._vocab_size:
+                self._token[0] = token
+            else:
+                self._token[0] = self.model.step_input(token, strict=self.strict)
+            # StepBindings.advance, inlined.
+            buffers = self._buffers
+            k = buffers.current
+            try:
+                self._calls[k]()
+            except RUN_ERRORS as e:
+                raise run_failed(e) from e
+            k ^= 1
+            if self._nonfinite[k]():
+                raise _blown_up(f"the step on {token!r:.20}")
+            buffers.current = k
+            last = self._last = self._rows[k].copy()
+            return Prediction(last, self._labels)
+        finally:
+            self._release()
 
     def feed(self, tokens: str | Iterable[int] | np.ndarray) -> Prediction | None:
         """Advance by a text or a sequence of token ids (a features model: float32 frames
@@ -172,6 +202,10 @@ class StreamSession:
             StreamError: bad tokens, or a result that is not finite; the stream is then
                 as it was before the call, however many chunks had run.
         """
+        with self._owner:
+            return self._feed(tokens)
+
+    def _feed(self, tokens) -> Prediction | None:
         self._check_free()
         ids = self.model.sequence(tokens, strict=self.strict)
         # Only a text longer than one chunk needs a copy to undo the chunks before a failure.
@@ -215,14 +249,16 @@ class StreamSession:
 
     def reset(self) -> None:
         """Return to the initial state, bit for bit, and forget the prediction."""
-        self._check_free()
-        self._buffers.write(self._zeros)
-        self._last = None
+        with self._owner:
+            self._check_free()
+            self._buffers.write(self._zeros)
+            self._last = None
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A copy of the state: {state input name: float32 array with B=1}."""
-        self._check_free()
-        return self._buffers.read()
+        with self._owner:
+            self._check_free()
+            return self._buffers.read()
 
     def set_state(self, state: Mapping[str, np.ndarray] | np.ndarray) -> None:
         """Replace the state (validated: names, dtype float32, shape with B=1, finite).
@@ -230,18 +266,20 @@ class StreamSession:
         A single array is accepted for a model with one state. The prediction is
         forgotten (it belonged to the old state).
         """
-        self._check_free()
-        checked = self.model.check_state(state, 1)
-        self._buffers.write(checked)
-        self._last = None
+        with self._owner:
+            self._check_free()
+            checked = self.model.check_state(state, 1)
+            self._buffers.write(checked)
+            self._last = None
 
     def save(self) -> bytes:
         """The state (and last prediction) as bytes in the format of rnn_runtime.snapshot."""
-        self._check_free()
-        tensors = self._buffers.read()
-        if self._last is not None:
-            tensors["log_probs"] = self._last
-        return dump_snapshot(self.model.metadata, tensors)
+        with self._owner:
+            self._check_free()
+            tensors = self._buffers.read()
+            if self._last is not None:
+                tensors["log_probs"] = self._last
+            return dump_snapshot(self.model.metadata, tensors)
 
     def restore(self, data: bytes) -> None:
         """Restore a state saved by `save`, possibly in another process.
@@ -251,6 +289,10 @@ class StreamSession:
                 saved from another model (its checkpoint sha256 differs); StreamError: a
                 saved state that does not fit this model. The stream is unchanged on error.
         """
+        with self._owner:
+            self._restore(data)
+
+    def _restore(self, data: bytes) -> None:
         self._check_free()
         tensors = load_snapshot(self.model.metadata, data)
         last = tensors.pop("log_probs", None)
@@ -275,20 +317,27 @@ class StreamSession:
             A copy of its state and its last log_probs (None: no prediction yet). Until
             `leave_pool`, the stream advances only through the pool.
         """
-        if self._pool is not None:
-            raise StreamError("this stream is already in a pool")
-        state = self._buffers.read()
-        self._pool = pool
-        return state, self._last
+        with self._owner:
+            if self._pool is not None:
+                raise StreamError("this stream is already in a pool")
+            if self._buffers is None:  # made by _for_pool: at the initial state
+                state = {k: v.copy() for k, v in self._zeros.items()}
+            else:
+                state = self._buffers.read()
+            self._pool = pool
+            return state, self._last
 
     def leave_pool(self, pool, state: Mapping[str, np.ndarray], last: np.ndarray | None):
         """Take this stream back from `pool` with the state and last log_probs (or None)
         it has there (StreamPool.leave calls it); it runs alone again."""
-        if self._pool is not pool:
-            raise StreamError("this stream is not a member of that pool")
-        self._buffers.write(state)
-        self._last = last
-        self._pool = None
+        with self._owner:
+            if self._pool is not pool:
+                raise StreamError("this stream is not a member of that pool")
+            if self._buffers is None:
+                self._bind()
+            self._buffers.write(state)
+            self._last = last
+            self._pool = None
 
 
 def _blown_up(what: str) -> StreamError:

@@ -222,7 +222,7 @@ def test_mismatched_checkpoint_is_a_usage_error(make_export):
     "bad, match",
     [
         ("missing-model", r"expected an \.onnx file .* not found"),
-        ("garbage-model", r"onnxruntime cannot load it"),
+        ("garbage-model", r"cannot load it as a model: not a valid ONNX protobuf"),
         ("missing-run", r"cannot load the checkpoint: .* not found"),
         ("negative-atol", r"atol must be a finite number >= 0; got -1"),
         ("nan-atol", r"atol must be a finite number >= 0; got nan"),
@@ -254,6 +254,34 @@ def test_usage_errors(make_export, tmp_path, bad, match):
         kwargs["tolerance"] = Tolerance(-1.0 if bad == "negative-atol" else math.nan, 1e-4)
     with pytest.raises(ParityUsageError, match=match):
         verify_parity(path, run_dir, **kwargs)
+
+
+def test_a_file_with_external_data_is_refused_as_the_runtime_refuses_it(make_export, tmp_path):
+    """onnxruntime would load the weights from the sidecar next to the path; the runtime
+    refuses the file, so verify judges those bytes and refuses it with the same message."""
+    import onnx
+
+    from rnn_runtime import ModelFileError, open_model
+
+    run_dir, path = make_export("cell", "tanh")
+    sidecar = tmp_path / "sidecar.onnx"
+    onnx.save_model(
+        onnx.load(str(path)),
+        str(sidecar),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="sidecar.weights",
+        size_threshold=0,
+    )
+    assert (tmp_path / "sidecar.weights").stat().st_size > 0
+    with pytest.raises(ModelFileError, match=r"keeps its data in an external file") as runtime:
+        open_model(sidecar)
+    with pytest.raises(ParityUsageError) as verify:
+        verify_parity(sidecar, run_dir, stream_steps=SHORT_STREAM)
+    assert str(verify.value) == str(runtime.value)
+    result = run_verify(sidecar, "--checkpoint", run_dir)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {runtime.value}\n"
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,25 @@ def growing(exported, tmp_path_factory):
             p.fill_(1.0)
     path = export_tiny(model, vocab, tmp_path_factory.mktemp(f"{arch}-growing") / "grow.onnx")
     return open_model(path)
+
+
+@pytest.fixture(scope="session")
+def counting(tmp_path_factory):
+    """A cell model whose state h[j] counts the tokens seen (exact in float32)."""
+    import torch
+
+    from rnn_export.config import ModelConfig
+    from rnn_export.models import build_model
+
+    vocab = ["<unk>", *CHARS]
+    config = ModelConfig("cell", len(vocab), LABELS, hidden_size=4, nonlinearity="relu")
+    model = build_model(config).eval()
+    H = config.hidden_size
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.weight[:, 0] = 1.0  # every token's x[0] is 1
+        model.i2h.weight[:, 0] = 1.0  # + 1 ...
+        model.i2h.weight[:, H:] = torch.eye(H)  # ... to the state as it was
+    path = export_tiny(model, vocab, tmp_path_factory.mktemp("counting") / "count.onnx")
+    return open_model(path)

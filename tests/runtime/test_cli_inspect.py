@@ -47,3 +47,20 @@ def test_inspect_shows_a_model(exported):
     result = CliRunner().invoke(main, ["inspect", str(exported[1])])
     assert result.exit_code == 0, result.output
     assert f"model       {exported[0].config.arch}" in result.stdout
+
+
+def test_inspect_refuses_metadata_that_promises_another_class_count(exported, tmp_path):
+    from reference import edit_json, rewrite
+
+    def more_classes(props, m):
+        edit_json("model", lambda d: d.__setitem__("num_classes", 4))(props, m)
+        edit_json("labels", lambda labels: [*labels, "west"])(props, m)
+
+    path = rewrite(exported[1], tmp_path / "lying.onnx", more_classes)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(
+        r"error: \S+lying.onnx: the metadata promises 4 classes \(model.num_classes, 4 "
+        r"labels\); the graph's log_probs has 3\n",
+        result.stderr,
+    ), result.stderr

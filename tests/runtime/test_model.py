@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
-from reference import TEXT, edit_json, rewrite, set_initializer, step_edit
+from reference import (
+    CHARS,
+    LABELS,
+    TEXT,
+    edit_json,
+    export_tiny,
+    rewrite,
+    set_initializer,
+    step_edit,
+)
 
 import rnn_runtime
 from rnn_runtime import (
@@ -128,6 +138,12 @@ def _too_many_values(io):
     io["states"][0]["shape"] = ["B", 2048, 4096]  # 2**23 values per stream
 
 
+def _more_classes(props, m):
+    """model.num_classes and the labels say 4; the graph and io.log_probs say 3."""
+    edit_json("model", lambda d: d.__setitem__("num_classes", 4))(props, m)
+    edit_json("labels", lambda labels: [*labels, "west"])(props, m)
+
+
 OPEN_METADATA = {
     "no metadata": (_no_metadata, r"no rnn-export metadata \(was it made by `rnn-export convert`"),
     "schema 3": (_raw("schema", "3"), r"unknown metadata schema version 3; this runtime reads"),
@@ -203,6 +219,23 @@ OPEN_METADATA = {
     "duplicate labels": (
         _raw("labels", '["north", "north", "east"]'),
         r"expected distinct labels; got \['north'\]",
+    ),
+    "a label with a tab": (
+        _raw("labels", '["north", "so\\tuth", "east"]'),
+        r"expected labels without a control character or line break; got \['so\\tuth'\]",
+    ),
+    "a label with U+2028": (
+        _raw("labels", '["north", "south\\u2028", "east"]'),
+        r"expected labels without a control character or line break; got \['south\\u2028'\]",
+    ),
+    "4 classes for a 3-class graph": (
+        _more_classes,
+        r"the metadata promises 4 classes \(model.num_classes, 4 labels\); the graph's "
+        r"log_probs has 3$",
+    ),
+    "hidden size 99 for 16": (
+        _set("model", "hidden_size", 99),
+        r"the metadata promises hidden size 99; the graph's state 'hn' has 16 \(shape",
     ),
 }
 
@@ -429,3 +462,30 @@ def test_a_model_copied_into_a_folder_named_like_a_run_dir_still_opens(exported,
     folder = _run_dir(tmp_path)
     shutil.copy(exported[1], folder / "m.onnx")
     assert open_model(folder / "m.onnx").metadata.arch == exported[0].config.arch
+
+
+def test_an_embedded_step_model_of_another_class_count_is_refused(exported, tmp_path):
+    """The step model of a 4-class model in the file of a 3-class one (checksum right)."""
+    import onnx
+
+    from rnn_export.models import build_model
+
+    model, path = exported
+    config = model.config
+    other = build_model(type(config)(**{**config.to_dict(), "labels": (*LABELS, "west")}))
+    vocab = ["<unk>", *CHARS]
+    (tmp_path / "other").mkdir()
+    other_path = export_tiny(other.eval(), vocab, tmp_path / "other" / "four.onnx")
+    four = {p.key: p.value for p in onnx.load(str(other_path)).metadata_props}
+
+    def swap(props, m):
+        props["rnn_export.step"] = four["rnn_export.step"]
+
+    lying = rewrite(path, tmp_path / "swapped.onnx", swap)
+    with pytest.raises(MetadataError) as info:
+        open_model(lying)
+    assert re.fullmatch(
+        rf"{re.escape(str(lying))}: the metadata promises 3 classes \(model.num_classes, 3 "
+        r"labels\); the embedded step model's log_probs has 4",
+        str(info.value),
+    ), info.value

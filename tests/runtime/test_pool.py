@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from reference import TEXT, close, ids, torch_run
+from reference import REPO, TEXT, close, ids, torch_run
 
 from rnn_runtime import StreamError
 from rnn_runtime.stream import StreamSession
@@ -186,9 +190,140 @@ def test_pool_steps_through_the_step_model(rt_model, exported):
     model, _ = exported
     pool = rt_model.pool()
     members = [pool.join() for _ in range(5)]
-    assert pool._steps.session is rt_model.step_session
     texts = [TEXT[i:] + TEXT[:i] for i in range(5)]
     for t in range(len(TEXT)):
         pool.step(np.array([ids(x[t])[0] for x in texts], dtype=np.int64))
+    assert pool._steps.session is rt_model.step_session
     for member, text in zip(members, texts, strict=True):
         close(member.prediction.log_probs, torch_run(model, ids(text))[0])
+
+
+def test_joins_and_leaves_cost_amortized_constant_rows(counting, monkeypatch):
+    """n joins, a step, n / 2 leaves and a step: the rows of state the pool allocates (its
+    device buffers and its host copy) grow linearly with the operations, where rebuilding
+    the buffers per join allocates n * (n + 1) / 2 rows (2,001,000 here)."""
+    from rnn_runtime import pool as pool_module
+
+    n = 2000
+    streams = [counting.stream() for _ in range(n)]
+    rows = []
+    model_type = type(counting)
+    buffers = model_type.state_buffers
+    monkeypatch.setattr(model_type, "state_buffers", lambda m, b: rows.append(b) or buffers(m, b))
+    if hasattr(pool_module, "_Rows"):
+        resize = pool_module._Rows._resize
+        monkeypatch.setattr(
+            pool_module._Rows, "_resize", lambda r, c, keep: rows.append(c) or resize(r, c, keep)
+        )
+    pool = counting.pool()
+    for s in streams:
+        pool.join(s)
+    pool.step(np.ones(n, dtype=np.int64))
+    for s in streams[: n // 2]:
+        pool.leave(s)
+    pool.step(np.ones(n // 2, dtype=np.int64))
+    assert sum(rows) <= 8 * n
+    assert len(pool) == n // 2 and pool.streams == tuple(streams[n // 2 :])
+    np.testing.assert_array_equal(streams[0].get_state()["h0"], np.full((1, 4), 1.0))
+    np.testing.assert_array_equal(pool.leave(streams[-1]).get_state()["h0"], np.full((1, 4), 2.0))
+    # New members made by join() get buffers of their own only when they leave.
+    rows.clear()
+    fresh = counting.pool()
+    made = [fresh.join() for _ in range(n)]
+    fresh.step(np.ones(n, dtype=np.int64))
+    assert sum(rows) <= 8 * n
+    alone = fresh.leave(made[7])
+    np.testing.assert_array_equal(alone.get_state()["h0"], np.full((1, 4), 1.0))
+    alone.step("a")
+    np.testing.assert_array_equal(alone.get_state()["h0"], np.full((1, 4), 2.0))
+
+
+def test_a_churning_pool_keeps_each_members_count(counting):
+    """Joins, leaves (enough to drop the holes), steps and feeds in a random order: every
+    member's state counts exactly the tokens it was given."""
+    rng = np.random.default_rng(0)
+    pool = counting.pool()
+    count: dict[int, int] = {}
+    outside = [counting.stream() for _ in range(60)]
+    for s in outside:
+        count[id(s)] = 0
+    for _ in range(400):
+        op = rng.integers(4)
+        if op == 0 and outside:
+            pool.join(outside.pop(int(rng.integers(len(outside)))))
+        elif op == 1 and len(pool):
+            s = pool.streams[int(rng.integers(len(pool)))]
+            outside.append(pool.leave(s))
+            if count[id(s)]:
+                assert s.prediction is not None
+        elif op == 2 and len(pool):
+            pool.step(["a"] * len(pool))
+            for s in pool.streams:
+                count[id(s)] += 1
+        elif op == 3 and len(pool):
+            chosen = pool.streams[:: int(rng.integers(1, 4))]
+            pool.feed({s: "b" * (1 + i % 3) for i, s in enumerate(chosen)})
+            for i, s in enumerate(chosen):
+                count[id(s)] += 1 + i % 3
+    outside += [pool.leave(s) for s in pool.streams]
+    for s in outside:
+        np.testing.assert_array_equal(s.get_state()["h0"], np.full((1, 4), count[id(s)]))
+    assert len(pool) == 0 and len(outside) == 60
+
+
+# Opens the model and a pool of 256 (warmed up), then limits the address space to what
+# it uses plus 300 MiB and feeds one member a long text, the others one character each.
+_LONG_FEED = """
+import json, resource, sys
+from rnn_runtime import open_model
+
+model = open_model(sys.argv[1])
+pool = model.pool()
+members = [pool.join() for _ in range(256)]
+pool.feed({m: "ab" for m in members})
+alone = model.stream()
+alone.feed("ab" * 3000)
+alone.reset()
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + 300 * 2**20, resource.RLIM_INFINITY))
+text = "abcdefghij" * (int(sys.argv[2]) // 10)
+want = alone.feed(text).log_probs
+try:
+    got = pool.feed({m: text if i == 0 else "b" for i, m in enumerate(members)})
+except MemoryError as e:
+    print(json.dumps({"error": str(e)}))
+else:
+    print(json.dumps({"want": want.tolist(), "got": got[0].log_probs.tolist(), "n": len(got)}))
+"""
+
+
+def test_a_long_text_in_a_pool_feed_costs_a_streams_memory(rt_model):
+    """One member of 200,000 characters among 255 of one: under an address-space limit
+    that stream.feed meets with room to spare, so does pool.feed (padding every row to the
+    longest asks for 390 MiB of token ids alone)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _LONG_FEED, str(rt_model.path), "200000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO / "runtime"), "PATH": ""},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert "error" not in result, result
+    assert result["n"] == 256
+    close(np.array(result["got"]), np.array(result["want"]))
+
+
+@QUIET_DOT
+def test_a_feed_that_blows_up_in_a_later_call_changes_nothing(growing):
+    """With 256 members the first call runs 16 tokens each (finite from zero); the long
+    text overflows in a later call, and every member keeps its state from before."""
+    pool = growing.pool()
+    members = [pool.join() for _ in range(256)]
+    state = pool._state()
+    with pytest.raises(StreamError, match=r"pool feed: the result of 1 member\(s\) \(row 0\)"):
+        pool.feed({m: "a" * 100 if i == 0 else "b" for i, m in enumerate(members)})
+    for name, value in pool._state().items():
+        np.testing.assert_array_equal(value, state[name])
+    assert all(pool.prediction_of(m) is None for m in members)

@@ -92,3 +92,33 @@ def test_bad_step_file_metadata_is_refused(step_file, tmp_path, change, match):
     bad = rewrite(path, tmp_path / "bad.onnx", edit)
     with pytest.raises(MetadataError, match=match):
         open_model(bad)
+
+
+def _more_classes(props, m):
+    """model.num_classes and the labels say one more class than the graph has."""
+    model = json.loads(props["rnn_export.model"])
+    model["num_classes"] += 1
+    props["rnn_export.model"] = json.dumps(model)
+    props["rnn_export.labels"] = json.dumps([*json.loads(props["rnn_export.labels"]), "west"])
+
+
+def _wider(props, m):
+    model = json.loads(props["rnn_export.model"])
+    model["hidden_size"] += 1
+    props["rnn_export.model"] = json.dumps(model)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_more_classes, r"promises 4 classes \(model.num_classes, 4 labels\); .*log_probs has 3$"),
+        (_wider, r"promises hidden size 17; .*'s state 'hn_0' has 16 \(shape \('B', 16\)\)$"),
+    ],
+)
+def test_a_step_file_whose_metadata_promises_other_sizes_is_refused(
+    step_file, tmp_path, edit, message
+):
+    path = rewrite(step_file[1], tmp_path / "lying.step.onnx", edit)
+    with pytest.raises(MetadataError, match=message) as info:
+        open_model(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)

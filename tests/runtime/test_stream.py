@@ -426,6 +426,7 @@ def test_a_run_that_onnxruntime_fails_is_a_stream_error(rt_model, monkeypatch):
     np.testing.assert_array_equal(stream.get_state()["h0"], before["h0"])
     pool = rt_model.pool()
     member = pool.join(stream.model.stream())
+    pool._settle()  # the buffers and bindings of the new membership, which the patch reaches
     monkeypatch.setattr(pool._steps, "calls", (fail, fail))
     with pytest.raises(StreamError, match=r"onnxruntime failed to run the step"):
         pool.step(["a"])
