@@ -32,8 +32,8 @@ from rnn_export.errors import InputError
 ARCHS = ("cell", "stacked", "gru", "lstm")
 # The input stage: what a step reads (see ModelConfig).
 INPUT_KINDS = ("tokens", "onehot", "features")
-# The head stage: what the model answers and when. Only these today; the stage is the seam
-# for heads at every step and for sigmoid or raw outputs.
+# The head stage: what the model answers and when (log-softmax after each row's last real
+# step); heads at every step and sigmoid or raw outputs are added here.
 HEADS = ("log_softmax",)
 HEAD_STEPS = ("last",)
 NONLINEARITIES = {
