@@ -122,7 +122,7 @@ def verify_command(
     Every output is held to a float32 allowance: |file - float64| may not exceed the
     rounding a correct float32 implementation can make (a few ulp per operation,
     carried through the model from the same inputs). Local checks run the file for 1
-    to 8 steps from many states (inside validation texts, along a 10,000-step stream,
+    to 4 steps from many states (inside validation texts, along a 10,000-step stream,
     random and sparse states) through every path of its graph and its step model; whole
     runs (B up to 17, T up to 1000, mixed lengths, the validation split, chunks, the
     stream) report the drift from PyTorch float32 and float64. Prints one summary line
