@@ -220,7 +220,7 @@ def test_names_data(names_dir):
 
 
 def test_a_class_file_given_as_the_folder(tmp_path):
-    """Issue 11.13: a file where the folder is expected: said, with the folder to pass."""
+    """A file where the folder is expected: said, with the folder to pass."""
     folder = write_folder(tmp_path / "names", {"Arabic.txt": "x\n", "Greek.txt": "y\n"})
     match = (
         r"Arabic\.txt: expected a folder with one \.txt file per class; it is a file \(one "
