@@ -5,8 +5,9 @@
 Runs the embedded step model at N rows (random inputs of the file's kind, token ids or
 frames, as the bench draws them; random states; IOBinding as the runtime's pool does)
 under onnxruntime's profiler and prints Markdown: per node its median kernel time and
-share of the median profiled run, the rest being the executor's own cost per call. The matrix products here are what the bench's roofline times; the
-other nodes (Gather, activations, LogSoftmax) and the call itself are what a pool step
+share of the median profiled run, the rest being the executor's own cost per call. The
+matrix products here are what the bench's roofline times; the other nodes (Gather or the
+frames' normalization, activations, LogSoftmax) and the call itself are what a pool step
 pays beyond it.
 
     python scripts/profile_step.py MODEL.onnx --offline 256 128 [--runs 20]
