@@ -22,8 +22,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rnn_export.config import (
     MAX_LABEL_CHARS,
@@ -34,6 +33,9 @@ from rnn_export.config import (
     check_text,
 )
 from rnn_export.errors import InputError, decode_utf8
+
+if TYPE_CHECKING:  # torch is imported where a batch is made: reading data needs numpy at most
+    import torch
 
 UNK = "<unk>"
 DEFAULT_SEED = 0
@@ -69,13 +71,28 @@ class Vocabulary:
             name ("<unk>" in the vocabularies training builds, at id 0).
         unk_id: the id of characters outside the vocabulary; None: there is none, and
             such characters cannot be encoded (an imported model's plain-list vocabulary).
+        unicode, lowercase: the text contract (rnn_runtime.text): "strip_marks" takes
+            accents off (NFD, combining marks removed) and lowercase lower-cases, before
+            characters are looked up, in training and in every runtime alike.
     """
 
     tokens: tuple[str, ...]
     unk_id: int | None = 0
+    unicode: str = "keep"
+    lowercase: bool = False
 
     def __post_init__(self) -> None:
+        from rnn_runtime.text import UNICODE_FORMS
+
         object.__setattr__(self, "tokens", tuple(self.tokens))
+        if self.unicode not in UNICODE_FORMS:
+            raise DataError(
+                f"a vocabulary's unicode form is one of {UNICODE_FORMS}; got {self.unicode!r:.40}"
+            )
+        if not isinstance(self.lowercase, bool):
+            raise DataError(
+                f"a vocabulary's lowercase is true or false; got {self.lowercase!r:.40}"
+            )
         if len(self.tokens) > MAX_VOCAB_SIZE:
             raise DataError(
                 f"a vocabulary has at most {MAX_VOCAB_SIZE:,} tokens; got {len(self.tokens):,}"
@@ -108,12 +125,23 @@ class Vocabulary:
         """The vocabulary of every character in texts, sorted, after "<unk>"."""
         return cls((UNK, *sorted({c for text in texts for c in text})))
 
+    @property
+    def text_contract(self) -> tuple[str, bool]:
+        """(unicode, lowercase): how text is prepared before its characters are looked up
+        (rnn_runtime.text)."""
+        return (self.unicode, self.lowercase)
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of text's characters; characters never seen map to unk_id.
+        """Token ids of text's characters, after the text contract; characters never seen
+        map to unk_id.
 
         Raises:
             DataError: a character outside a vocabulary without an unknown token.
         """
+        if self.text_contract != ("keep", False):
+            from rnn_runtime.text import prepare
+
+            text = prepare(text, self.unicode, self.lowercase)
         if self.unk_id is None:
             missing = next((i for i, c in enumerate(text) if c not in self._ids), None)
             if missing is not None:
@@ -124,16 +152,28 @@ class Vocabulary:
         return [self._ids.get(c, self.unk_id) for c in text]
 
     def to_dict(self) -> dict:
-        return {"tokens": list(self.tokens), "unk_id": self.unk_id}
+        """The vocabulary as JSON values; the text contract only when it changes text (so
+        a vocabulary without one keeps its dict, and a model its identity)."""
+        d = {"tokens": list(self.tokens), "unk_id": self.unk_id}
+        if self.text_contract != ("keep", False):
+            d["text"] = {"unicode": self.unicode, "lowercase": self.lowercase}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocabulary:
         if not isinstance(d, dict) or not isinstance(d.get("tokens"), list):
             raise DataError(f"a vocabulary is a JSON object with a 'tokens' list; got {d!r:.80}")
-        unknown = d.keys() - {"tokens", "unk_id"}
+        unknown = d.keys() - {"tokens", "unk_id", "text"}
         if unknown:
-            raise DataError(f"a vocabulary has the keys tokens, unk_id; got also {sorted(unknown)}")
-        return cls(tuple(d["tokens"]), d.get("unk_id", 0))
+            raise DataError(
+                f"a vocabulary has the keys tokens, unk_id, text; got also {sorted(unknown)}"
+            )
+        text = d.get("text", {})
+        if not isinstance(text, dict) or not set(text) <= {"unicode", "lowercase"}:
+            raise DataError(
+                f'a vocabulary\'s text is {{"unicode": ..., "lowercase": ...}}; got {text!r:.80}'
+            )
+        return cls(tuple(d["tokens"]), d.get("unk_id", 0), **text)
 
 
 @dataclass(frozen=True)
@@ -353,6 +393,8 @@ def encode_batch(texts, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
         tokens: int64 (B, T), T = the longest text, padded with 0 (masked by lengths).
         lengths: int64 (B), each text's length.
     """
+    import torch
+
     texts = list(texts)
     if not texts:
         raise DataError("encode_batch needs at least one text; got none")

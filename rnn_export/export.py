@@ -227,6 +227,7 @@ def build_onnx(
             input_kind=config.input_kind,
             input_size=config.input_width,
             normalization=normalization,
+            text=("keep", False) if vocab is None else vocab.text_contract,
             step={
                 "token": step_input_name(config),
                 "log_probs": LOG_PROBS,

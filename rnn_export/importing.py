@@ -84,6 +84,8 @@ def import_weights(
     mapping: Mapping[str, str] | None = None,
     input_kind: str | None = None,
     normalization=None,
+    unknown: str | None = None,
+    text: tuple[str, bool] = ("keep", False),
 ) -> Checkpoint:
     """Write a RUN_DIR for a model trained elsewhere.
 
@@ -111,6 +113,11 @@ def import_weights(
         normalization: a features model's per-feature (mean, scale), F values each, or
             a JSON/.npz file of them ({"mean": [...], "scale": [...]}); None: frames go
             in as they are (mean 0, scale 1).
+        unknown: the vocabulary's symbol that characters outside it map to (the
+            tutorial's "_", or its last letter for the older tutorial's index -1), for a
+            plain-list vocabulary; None: as the vocabulary says.
+        text: the text contract (unicode, lowercase) the model was trained with
+            (rnn_runtime.text): ("strip_marks", False) is the tutorial's unicodeToAscii.
 
     Returns:
         The Checkpoint read back from out.
@@ -157,6 +164,7 @@ def import_weights(
                 f"vocabulary ({form.V} symbols)"
             )
         vocabulary = vocab if isinstance(vocab, Vocabulary) else read_vocab(Path(vocab))
+        vocabulary = _with_contract(vocabulary, unknown, text, _name(vocab))
         if len(vocabulary) != form.V:
             where = "'embedding.weight' has shape" if form.input_kind == "tokens" else "one-hot"
             shape = (form.V, form.X) if form.input_kind == "tokens" else f"width {form.X}"
@@ -209,6 +217,29 @@ def import_weights(
     training = {"imported": imported, "torch_version": torch.__version__}
     save_checkpoint(out, model, vocabulary, None, training, {})
     return load_checkpoint(out)
+
+
+def _with_contract(vocab: Vocabulary, unknown: str | None, text, where: str) -> Vocabulary:
+    """vocab with its unknown symbol and text contract as given."""
+    from rnn_export.data import DataError
+
+    unk_id = vocab.unk_id
+    if unknown is not None:
+        if unknown not in vocab.tokens:
+            raise ImportWeightsError(
+                f"{where}: --unknown {unknown!r}: not one of its {len(vocab)} symbols"
+            )
+        given = vocab.tokens.index(unknown)
+        if unk_id is not None and unk_id != given:
+            raise ImportWeightsError(
+                f"{where}: says unk_id {unk_id} ({vocab.tokens[unk_id]!r}); --unknown names "
+                f"{unknown!r} (id {given})"
+            )
+        unk_id = given
+    try:
+        return Vocabulary(vocab.tokens, unk_id, *text)
+    except DataError as e:
+        raise ImportWeightsError(f"{where}: {e}") from None
 
 
 def read_normalization(source, F: int) -> tuple[np.ndarray, np.ndarray]:

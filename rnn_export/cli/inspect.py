@@ -47,7 +47,7 @@ def _step_line(step: dict | None, frame: str) -> list[str]:
     return [f"step model  {step['bytes']:,} bytes, sha256 {step['sha256'][:16]}...: {signature}"]
 
 
-def _input_lines(model: dict, vocab: dict | None) -> list[str]:
+def _input_lines(model: dict, vocab: dict | None, text: dict) -> list[str]:
     """The input stage: the vocabulary of a model that reads characters, the frame size
     and normalization of a features model."""
     import json
@@ -62,10 +62,13 @@ def _input_lines(model: dict, vocab: dict | None) -> list[str]:
     chars = "".join(t for i, t in enumerate(vocab["tokens"]) if i != unk_id)
     unk = "none" if unk_id is None else f"{unk_id} ({vocab['tokens'][unk_id]!r})"
     how = {"tokens": f"an embedding of size E={stage['size']}", "onehot": "one-hot vectors"}
+    from rnn_runtime.text import describe
+
     return [
         f"input       {stage['kind']}: characters as {how[stage['kind']]}",
         f"vocab       {len(vocab['tokens'])} tokens, unknown id {unk}, "
         f"characters {json.dumps(chars, ensure_ascii=False)}",
+        f"text        {describe((text['unicode'], text['lowercase']))}",
     ]
 
 
@@ -96,7 +99,7 @@ def inspect_command(model_path, as_json):
         f"nonlinearity {model['nonlinearity']}, V={model['vocab_size']}, "
         f"C={model['num_classes']}, head {model['head']['output']} after the "
         f"{model['head']['steps']} step",
-        *_input_lines(model, vocab),
+        *_input_lines(model, vocab, meta["text"]),
         "labels      " + ", ".join(f"{i} {label}" for i, label in enumerate(meta["labels"])),
     ]
     for s in meta["io"]["states"]:

@@ -19,6 +19,9 @@ Keys (all values are JSON text):
     rnn_export.vocab       {"tokens": [str, ...] (index = token id), "unk_id": int or null
                             (null: no unknown token, as in an imported plain-list vocabulary)};
                            absent for "features"
+    rnn_export.text        optional (a model that reads characters): {"unicode": "keep" or
+                           "strip_marks", "lowercase": bool}, how text is prepared before
+                           its characters are looked up (rnn_runtime.text); absent: as given
     rnn_export.labels      [str, ...] (index = class id)
     rnn_export.io          {"input": tensor, "lengths": tensor, "log_probs": tensor,
                             "states": [{"input", "output", "shape", "dtype", "initial"}]}
@@ -73,6 +76,7 @@ from rnn_runtime.records import (  # noqa: F401 (check_signature, ORT_DTYPES: re
     check_signature,
     sha256_hex,
 )
+from rnn_runtime.text import IDENTITY, UNICODE_FORMS
 
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # what this runtime reads
@@ -132,6 +136,7 @@ class ModelMetadata(NamedTuple):
     head_steps: str = "last"
     normalization: tuple = ()  # ("features") the (mean, scale) tuples, F values each
     schema_version: int = SCHEMA_VERSION
+    text: tuple = IDENTITY  # the text contract (unicode, lowercase): rnn_runtime.text
 
     @property
     def reads_tokens(self) -> bool:
@@ -168,6 +173,7 @@ class ModelMetadata(NamedTuple):
             "vocab": {"tokens": list(self.vocab), "unk_id": self.unk_id}
             if self.reads_tokens
             else None,
+            "text": {"unicode": self.text[0], "lowercase": self.text[1]},
             "labels": list(self.labels),
             "io": {
                 "input": self.tokens.to_dict(),
@@ -209,6 +215,7 @@ def build_metadata(
     input_kind: str = "tokens",
     input_size: int | None = None,
     normalization: tuple = (),
+    text: tuple = IDENTITY,
 ) -> dict[str, str]:
     """The metadata_props entries (key -> JSON text) for one exported model.
 
@@ -273,6 +280,8 @@ def build_metadata(
     if not frames:
         vocab_json = json.dumps({"tokens": list(vocab), "unk_id": unk_id}, ensure_ascii=False)
         props[PREFIX + "vocab"] = vocab_json
+    if tuple(text) != IDENTITY:
+        props[PREFIX + "text"] = json.dumps({"unicode": text[0], "lowercase": text[1]})
     if step is not None:
         names = {
             "input": step["token"],
@@ -403,6 +412,19 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         _expect(PREFIX + "vocab" not in props, "no vocab for a features model", "a vocab")
     else:
         tokens, unk = _vocab(_load(props, "vocab"), model["vocab_size"])
+    text = IDENTITY
+    if PREFIX + "text" in props:
+        raw = _load(props, "text")
+        _expect(not frames, "no text contract for a features model", raw)
+        _expect(
+            isinstance(raw, dict)
+            and set(raw) == {"unicode", "lowercase"}
+            and raw["unicode"] in UNICODE_FORMS
+            and isinstance(raw["lowercase"], bool),
+            f'text to be {{"unicode": one of {UNICODE_FORMS}, "lowercase": true or false}}',
+            raw,
+        )
+        text = (raw["unicode"], raw["lowercase"])
 
     labels = _load(props, "labels")
     _expect(
@@ -476,6 +498,7 @@ def read_metadata(props: Mapping[str, str]) -> ModelMetadata:
         step=step,
         **stages,
         schema_version=schema,
+        text=text,
     )
 
 

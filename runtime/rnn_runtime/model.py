@@ -237,7 +237,7 @@ class StreamModel:
             )
         self.metadata = meta
         if meta.reads_tokens:
-            self.reader = self.tokenizer = Tokenizer(meta.vocab, meta.unk_id)
+            self.reader = self.tokenizer = Tokenizer(meta.vocab, meta.unk_id, meta.text)
         else:
             self.reader, self.tokenizer = FrameReader(meta.input_size, meta.normalization), None
         self.session = session

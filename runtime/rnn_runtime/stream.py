@@ -118,7 +118,9 @@ class StreamSession:
         self._labels = model.metadata.labels
         # The fast paths of step(): a character or an id (none for a features model).
         tokenizer = model.tokenizer
-        self._char_ids = {} if tokenizer is None else tokenizer.char_ids
+        # A text contract changes characters first: then every step goes through it.
+        plain = tokenizer is not None and not tokenizer.prepares
+        self._char_ids = tokenizer.char_ids if plain else {}
         self._vocab_size = 0 if tokenizer is None else tokenizer.vocab_size
         self._pool = None
         self._zeros = model.initial_state(1)

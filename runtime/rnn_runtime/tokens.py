@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from rnn_runtime.errors import StreamError, UnknownCharError
+from rnn_runtime.text import IDENTITY, describe, prepare
 
 
 class Tokenizer:
@@ -29,11 +30,13 @@ class Tokenizer:
     step_shape = ()  # one step's input is one id
     dtype = np.dtype(np.int64)
 
-    def __init__(self, vocab: tuple[str, ...], unk_id: int | None):
+    def __init__(self, vocab: tuple[str, ...], unk_id: int | None, text: tuple = IDENTITY):
         self.vocab = vocab
         self.char_ids = {c: i for i, c in enumerate(vocab) if i != unk_id}
         self.unk_id = unk_id
         self.vocab_size = len(vocab)
+        self.text = tuple(text)  # the text contract (rnn_runtime.text)
+        self.prepares = self.text != IDENTITY
 
     def one(self, token, *, strict: bool = False) -> int:
         """One step's input (the reader interface rnn_runtime.frames shares): token_id."""
@@ -52,8 +55,11 @@ class Tokenizer:
         return f"token id {int(token)} ({self.vocab[int(token)]!r})"
 
     def count_unknown(self, text: str) -> int:
-        """How many characters of `text` are outside the vocabulary."""
+        """How many characters of `text` are outside the vocabulary (after the text
+        contract)."""
         ids = self.char_ids
+        if self.prepares:
+            text = prepare(text, *self.text)
         return sum(c not in ids for c in text)
 
     def encode(self, text: str, *, strict: bool = False) -> np.ndarray:
@@ -69,6 +75,8 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise StreamError(f"text must be a str; got {type(text).__name__}")
+        if self.prepares:
+            text = prepare(text, *self.text)
         unk = -1 if self.unk_id is None else self.unk_id
         ids = [self.char_ids.get(c, unk) for c in text]
         if (strict or unk < 0) and unk in ids:
@@ -121,7 +129,13 @@ class Tokenizer:
         if isinstance(token, str):
             if len(token) != 1:
                 raise StreamError(f"a step takes one character; got {token!r:.40}")
-            return int(self.encode(token, strict=strict)[0])
+            ids = self.encode(token, strict=strict)
+            if ids.size != 1:
+                raise StreamError(
+                    f"character {token!r} is {ids.size} characters under the model's text "
+                    f"contract ({describe(self.text)}); feed it with feed()"
+                )
+            return int(ids[0])
         if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
             raise StreamError(f"a step takes a character or an int id; got {token!r:.40}")
         V = self.vocab_size
