@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-# The goals (issue 17), shown next to each measured figure; "at least" unless it says.
+# The goals of the runtime, shown next to each measured figure; "at least" unless it says.
 TARGETS = {
     "streaming_speedup_vs_torch": 5.0,
     "streaming_vs_handwritten": 2.5,  # the runtime's step against the hand-written loop

@@ -233,7 +233,7 @@ def test_run_bench_missing_model(exported, tmp_path):
 
 
 def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
-    """Issue 11.8: a full disk names the path and leaves the earlier report whole."""
+    """A full disk names the path and leaves the earlier report whole."""
     run_dir, model_path = exported
     out = tmp_path / "bench.json"
     out.write_text('{"earlier": true}')

@@ -41,7 +41,7 @@ Keys (all values are JSON text):
                            its first axis when that state is (L, B, H), the state itself
                            when it is (B, H). The runtime steps through it on the CPU: at
                            batch 1 every onnxruntime node costs about as much as its math,
-                           and this graph has the fewest nodes (issue 6 has the figures).
+                           and this graph has the fewest nodes (docs/benchmarks.md).
                            A step file (`convert --step-only`) has {"in_file": true} in place
                            of "sha256" and "onnx_base64": its own graph is the step model
                            and it has no main graph (io.tokens and io.lengths then name the

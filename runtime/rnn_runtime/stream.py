@@ -347,6 +347,14 @@ def _blown_up(what: str) -> StreamError:
     )
 
 
+def line_text(line: str) -> str:
+    """A line without its end: one "\n", then one "\r" before it (a line ends at "\n" or
+    "\r\n", as score and predict read files); any other "\r" is the text's."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    return line[:-1] if line.endswith("\r") else line
+
+
 def stream_lines(
     stream: StreamSession,
     lines: Iterable[str],
@@ -373,7 +381,7 @@ def stream_lines(
         and the current prediction (none unless carry).
     """
     for n, line in enumerate(lines, 1):
-        text = line.rstrip("\r\n")
+        text = line_text(line)
         if not carry:
             stream.reset()
         if every_step:
