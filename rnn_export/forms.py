@@ -85,6 +85,8 @@ def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
     head = "h2o" if arch == "cell" else "fc"
     if arch != "cell":
         _find_recurrence(tensors, notes, path)
+        if "input.weight" not in tensors:
+            _find_embedding(tensors, notes)
     _alias_head(tensors, head, "fc" if arch == "cell" else "h2o", notes)
     H, X, L = _recurrence_sizes(tensors, arch, path)
     kind = _input_kind(tensors, input_kind, path)
@@ -186,7 +188,6 @@ def _alias_head(tensors: dict, head: str, other: str, notes: list) -> None:
             and v.dim() == 2
             and f"{k[: -len('.weight')]}.bias" in tensors
             and not k.startswith(taken)
-            and not _LAYER.fullmatch(k.replace("weight", "weight_ih_l0", 1))
         ]
         if len(linears) != 1:
             return
@@ -195,6 +196,23 @@ def _alias_head(tensors: dict, head: str, other: str, notes: list) -> None:
         if f"{other}.{part}" in tensors:
             tensors[f"{head}.{part}"] = tensors.pop(f"{other}.{part}")
     notes.append(f"head {other}.* read as {head}.*")
+
+
+def _find_embedding(tensors: dict, notes: list) -> None:
+    """An embedding under another name (emb, encoder, ...): the one 2-D weight without a
+    bias beside the recurrence (its width is then checked against layer 0's)."""
+    found = [
+        k
+        for k, v in tensors.items()
+        if k.endswith(".weight")
+        and not k.startswith("rnn.")
+        and v.dim() == 2
+        and f"{k[: -len('.weight')]}.bias" not in tensors
+    ]
+    if len(found) == 1:
+        tensors["input.weight"] = tensors.pop(found[0])
+        _NAMES["input.weight"] = found[0]
+        notes.append(f"embedding {found[0]} read as the input stage")
 
 
 def _find_recurrence(tensors: dict, notes: list, path) -> None:
