@@ -198,7 +198,9 @@ class FrameCorpusReader:
         try:
             with zipfile.ZipFile(self.path) as arrays:
                 yield arrays
-        except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        except CorpusError:
+            raise
+        except (zipfile.BadZipFile, EOFError, ValueError) as e:  # a damaged or other file
             raise CorpusError(f"{self.path}: not an .npz file numpy can read: {e}") from None
 
     def _header(self, arrays, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -314,5 +316,5 @@ def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
     except ValueError as e:
         raise CorpusError(f"{what}: not an .npy array numpy can read: {e}") from None
     if dtype.hasobject or fortran or dtype.kind not in "biufU":
-        raise CorpusError(f"{what}: a {dtype} array; expected numbers or strings in C order")
+        raise CorpusError(f"{what}: an array of {dtype}; expected numbers or strings in C order")
     return tuple(shape), dtype
