@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -37,11 +36,19 @@ KIND_NAMES = {"step": "step file", "portable": "portable main", "default": "defa
 
 
 def installed_runtimes() -> list[str]:
-    from rnn_export.parity.backends import RUNTIMES
+    from rnn_export.parity.backends import check_runtime
+    from rnn_export.parity.results import ParityUsageError
+    from rnn_export.runtimes import RUNTIME_NAMES
 
-    found = [r for r, (module, _) in RUNTIMES.items() if importlib.util.find_spec(module)]
+    found = []
+    # The JavaScript runtimes have figures of their own (docs/javascript.md).
+    for name in (r for r in RUNTIME_NAMES if r not in ("onnxruntime-node", "onnxruntime-web")):
+        try:
+            check_runtime(name)
+        except ParityUsageError:
+            continue
+        found.append(name)
     if "tflite" in found:
-        from rnn_export.parity.results import ParityUsageError
         from rnn_export.parity.tflite import find_onnx2tf
 
         try:

@@ -137,7 +137,8 @@ def test_readme_is_short_and_keeps_the_set_up_commands():
     assert len(text.splitlines()) < 250
     assert 'python -m pip install -e ".[cpu]" && rnn-export demo --out runs/demo' in text
     test_command = (
-        'python -m pip install -e ".[test]" && python scripts/onnx2tf_env.py && python -m pytest'
+        'python -m pip install -e ".[test]" && python scripts/onnx2tf_env.py && '
+        "python scripts/js_env.py && python -m pytest"
     )
     assert test_command in text
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

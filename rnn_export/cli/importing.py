@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from rnn_export.cli.module_options import module_options, module_spec
 from rnn_export.config import ALL_NONLINEARITIES, ARCHS, INPUT_KINDS
 
 
@@ -114,6 +115,7 @@ def _mapping(ctx, param, values) -> dict[str, str]:
     help="Rename a tensor (or every name starting with OLD, when OLD ends with '.'); "
     "repeatable. E.g. --map emb.=embedding.",
 )
+@module_options
 def import_command(
     weights,
     arch,
@@ -128,6 +130,7 @@ def import_command(
     nonlinearity,
     prefix,
     mapping,
+    **module,
 ):
     """Write a RUN_DIR for a model trained elsewhere, from its saved state_dict.
 
@@ -138,9 +141,14 @@ def import_command(
     H, L and C come from the tensor shapes (H from the recurrent weight); V must match
     the vocabulary and C the labels. The RUN_DIR records the source file and its
     sha256; convert, verify (with --data for real texts), bench, predict and evaluate
-    accept it. Exit 2 for any mismatch, naming the tensor and the shapes.
+    accept it. Exit 2 for any mismatch, naming the tensor and the shapes. With --module
+    (your class and its --weights; this runs your code), the written RUN_DIR is checked
+    against your module on generated rows: exit 1 when it does not compute what your
+    module computes (a tensor mapped wrongly, the wrong --nonlinearity).
     """
     from rnn_export.importing import import_weights
+
+    spec = module_spec(**module)
 
     ckpt = import_weights(
         weights,
@@ -173,3 +181,28 @@ def import_command(
         renamed = ", ".join(f"{old} -> {new}" for new, old in info["renamed"].items())
         click.echo(f"  names    prefix {info['prefix']!r} stripped; renamed: {renamed or 'none'}")
     click.echo(f"  sha256   {ckpt.sha256}")
+    if spec is not None:
+        _check_against_module(ckpt, spec)
+
+
+def _check_against_module(ckpt, spec) -> None:
+    """Print how far the RUN_DIR is from the user's module; exit 1 past the allowance."""
+    import sys
+
+    from rnn_export.parity.module import GENERATED_ROWS, check_run_dir
+
+    check = check_run_dir(ckpt, spec)
+    verdict = "PASS" if check.passed else "FAIL"
+    margin = f"{check.ratio:.3g}x" if check.ratio > 1 else f"{check.ratio:.3g} of"
+    click.echo(
+        f"  module   {verdict}: on {GENERATED_ROWS} generated rows the RUN_DIR's log_probs "
+        f"differ from {spec.source}'s by {check.error:.2e}, {margin} the float32 allowance "
+        f"{check.allowance:.2e}"
+    )
+    if not check.passed:
+        click.echo(
+            "error: the RUN_DIR does not compute what your module computes: check the "
+            "tensor names (--map), their orientation and --nonlinearity",
+            err=True,
+        )
+        sys.exit(1)

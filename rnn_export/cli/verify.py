@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from rnn_export.cli.module_options import module_options, module_spec
+from rnn_export.runtimes import RUNTIME_NAMES
+
 
 def _tolerance_value(ctx, param, value):
     if value is not None and not math.isfinite(value):
@@ -70,13 +73,15 @@ def _tolerance_value(ctx, param, value):
 )
 @click.option(
     "--runtime",
+    type=click.Choice(RUNTIME_NAMES),
     default="onnxruntime",
     show_default=True,
-    help="The runtime that executes the file: onnxruntime, openvino, tract, "
-    "onnx-reference or tflite (each but onnx-reference an extra of the package: pip "
-    "install 'rnn-export[openvino]'). Others than onnxruntime run on the CPU. tflite "
-    "converts the file with onnx2tf in a Python 3.12 of its own (python "
-    "scripts/onnx2tf_env.py makes it) and runs it in LiteRT's interpreter.",
+    help="The runtime that executes the file (openvino, tract and tflite are extras of the "
+    "package: pip install 'rnn-export[openvino]'). Others than onnxruntime run on the CPU. "
+    "tflite converts the file with onnx2tf in a Python 3.12 of its own (python "
+    "scripts/onnx2tf_env.py makes it) and runs it in LiteRT's interpreter; "
+    "onnxruntime-node and onnxruntime-web run it through the JavaScript runtime (python "
+    "scripts/js_env.py installs its packages and Chromium).",
 )
 @click.option(
     "--onnx2tf-python",
@@ -101,6 +106,7 @@ def _tolerance_value(ctx, param, value):
     help="OpenVINO's inference precision (its default on a CPU with AMX is bf16, which "
     "cannot meet the float32 allowance).",
 )
+@module_options
 @click.option("--quiet", "-q", is_flag=True, help="Print only the one-line summary.")
 def verify_command(
     model_path,
@@ -116,16 +122,20 @@ def verify_command(
     tflite_model,
     precision,
     quiet,
+    **module,
 ):
     """Check that MODEL.onnx computes what the checkpoint's PyTorch model computes.
 
     Every output is held to a float32 allowance: |file - float64| may not exceed the
     rounding a correct float32 implementation can make (a few ulp per operation,
     carried through the model from the same inputs). Local checks run the file for 1
-    to 8 steps from many states (inside validation texts, along a 10,000-step stream,
+    to 4 steps from many states (inside validation texts, along a 10,000-step stream,
     random and sparse states) through every path of its graph and its step model; whole
     runs (B up to 17, T up to 1000, mixed lengths, the validation split, chunks, the
-    stream) report the drift from PyTorch float32 and float64. Prints one summary line
+    stream) report the drift from PyTorch float32 and float64. With --module, your own
+    class and weights (your code runs) are the reference too: an import that mapped a
+    tensor wrongly fails here. With --data, the file's label order is checked against
+    the data's labels. Prints one summary line
     (PASS/FAIL, the deciding check, its error / allowance), then the table. Exit 0 when
     every check passes, 1 when any fails, 2 for usage errors (e.g. a model and
     checkpoint that do not belong together).
@@ -135,6 +145,7 @@ def verify_command(
     from rnn_export.parity import ParityError, Tolerance, verify_parity
 
     data = None if data_dir is None else folder_spec(data_dir)
+    module = module_spec(**module)
 
     # Bad output paths fail before the minutes of work that fill them.
     if report_path is not None:
@@ -164,6 +175,7 @@ def verify_command(
                 precision=precision,
                 onnx2tf_python=onnx2tf_python,
                 tflite_model=tflite_model,
+                module=module,
             )
         failed = False
     except ParityError as e:

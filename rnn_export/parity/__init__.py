@@ -12,8 +12,10 @@ the drift from PyTorch float32 and float64 and decision agreement.
 
 Modules: bounds (the rounding model and its arithmetic), reference (the model in
 float64 with its allowance; PyTorch float32), compare (one output against both),
-runners (the file through onnxruntime), cases and stream (what runs), results (the
-report), table and plot (the report for people), verify (verify_parity).
+runners (the file through onnxruntime), cases and stream (what runs), module (the
+user's own class and weights as a reference), labels (the label order against labelled
+data), results (the report), table and plot (the report for people), verify
+(verify_parity).
 """
 
 from rnn_export.parity import runners

@@ -13,10 +13,13 @@ backend needs no knowledge of how many states a model has.
                     optimised once for symbolic B and T
     onnx-reference  onnx.reference.ReferenceEvaluator: the ONNX specification in numpy
     tflite          onnx2tf's conversion run by LiteRT's interpreter (rnn_export.parity.tflite)
+    onnxruntime-node, onnxruntime-web   the JavaScript runtime's platforms (rnn_export.parity.js)
 
-Each but the ONNX reference (onnx is a dependency) is an optional extra of the package
-(`pip install ".[openvino]"`); a runtime that is not installed is a ParityUsageError
-naming the extra.
+A runtime is one record in rnn_export.runtimes (its name and class) and one class here
+or in its own module, with version() (raising ParityUsageError, naming what installs it,
+when it is not installed) and a constructor on the model's bytes. Each Python runtime but
+the ONNX reference (onnx is a dependency) is an optional extra of the package
+(`pip install ".[openvino]"`).
 """
 
 from __future__ import annotations
@@ -31,46 +34,50 @@ import numpy as np
 from rnn_export.parity.compare import CaseFailure
 from rnn_export.parity.results import ParityUsageError
 
-# runtime -> (module to import, the package's extra)
-RUNTIMES = {
-    "onnxruntime": ("onnxruntime", "cpu"),
-    "openvino": ("openvino", "openvino"),
-    "tract": ("tract", "tract"),
-    "onnx-reference": ("onnx.reference", None),
-    "tflite": ("ai_edge_litert.interpreter", "tflite"),
-}
-DISTRIBUTIONS = {"onnx-reference": "onnx", "tflite": "ai-edge-litert"}
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 
 
+def _backend_class(name: str):
+    """The backend class of runtime `name` (its record in rnn_export.runtimes)."""
+    from rnn_export.runtimes import RUNTIME_NAMES, RUNTIMES
+
+    if name not in RUNTIME_NAMES:
+        raise ParityUsageError(
+            f"unknown runtime {name!r}; expected one of {', '.join(RUNTIME_NAMES)}"
+        )
+    module, cls = RUNTIMES[RUNTIME_NAMES.index(name)].backend.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def check_runtime(name: str) -> str:
-    """name itself when it is a runtime this module runs and is installed.
+    """A version line for runtime `name` when it is known and installed.
 
     Returns:
         A version line, e.g. "openvino 2026.4.1".
 
     Raises:
-        ParityUsageError: an unknown name, or a runtime that is not installed (naming the
-            extra that installs it).
+        ParityUsageError: an unknown name, or a runtime that is not installed (naming what
+            installs it).
     """
-    if name not in RUNTIMES:
-        raise ParityUsageError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
-    module, extra = RUNTIMES[name]
+    return _backend_class(name).version()
+
+
+def installed(name: str, module: str, extra: str | None, distribution: str | None = None) -> str:
+    """ "name version" when `module` imports; else a ParityUsageError naming the extra."""
     try:
         importlib.import_module(module)
     except ImportError:
         raise ParityUsageError(
             f"runtime {name} is not installed; install it with pip install 'rnn-export[{extra}]'"
         ) from None
-    dist = DISTRIBUTIONS.get(name, name)
-    return f"{name} {importlib.metadata.version(dist)}"
+    return f"{name} {importlib.metadata.version(distribution or name)}"
 
 
 def open_backend(name: str, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
     """A session-like object on model_bytes under runtime `name` (see the module docstring).
 
     Args:
-        name: one of RUNTIMES (check_runtime first).
+        name: a runtime of rnn_export.runtimes (check_runtime first).
         model_bytes: a serialized ONNX model.
         threads: onnxruntime's intra-op threads (the others pick their own).
         precision: OpenVINO's inference precision, one of OPENVINO_PRECISIONS.
@@ -81,16 +88,11 @@ def open_backend(name: str, model_bytes: bytes, threads: int = 1, precision: str
     Raises:
         CaseFailure: the runtime cannot load or compile the model (its message).
     """
-    if name == "onnxruntime":
-        from rnn_export.parity.runners import open_errors, open_session
-
-        try:
-            return open_session(model_bytes, "CPUExecutionProvider", threads)
-        except open_errors() as e:
-            raise CaseFailure(f"onnxruntime cannot open it: {e}") from None
-    opener = {"openvino": _OpenVino, "tract": _Tract, "onnx-reference": _Reference}[name]
+    cls = _backend_class(name)
     try:
-        return opener(model_bytes, precision)
+        return cls(model_bytes, threads=threads, precision=precision)
+    except CaseFailure:
+        raise
     except Exception as e:  # each runtime has its own error types; the message is kept
         raise CaseFailure(f"{name} cannot load it: {type(e).__name__}: {_first_line(e)}") from None
 
@@ -104,8 +106,33 @@ def _first_line(error: BaseException) -> str:
     return line if len(line) <= 300 else "..." + line[-297:]  # the end says what failed
 
 
-class _Backend:
-    """run() for a runtime whose own call returns outputs in its output order."""
+class OnnxRuntime:
+    """The runtime's own onnxruntime session (its run() is onnxruntime's)."""
+
+    @staticmethod
+    def version() -> str:
+        return installed("onnxruntime", "onnxruntime", "cpu")
+
+    # The constructor returns onnxruntime's own session: verify's runners call its run().
+    def __new__(cls, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
+        from rnn_export.parity.runners import open_errors, open_session
+
+        try:
+            return open_session(model_bytes, "CPUExecutionProvider", threads)
+        except open_errors() as e:
+            raise CaseFailure(f"onnxruntime cannot open it: {e}") from None
+
+
+class TFLite:
+    """onnx2tf and LiteRT's interpreter: open_runtime_runners converts and opens (tflite.py)."""
+
+    @staticmethod
+    def version() -> str:
+        return installed("tflite", "ai_edge_litert.interpreter", "tflite", "ai-edge-litert")
+
+
+class Backend:
+    """run() for a runtime whose own call returns outputs by name (`_run`)."""
 
     name = ""
 
@@ -120,10 +147,14 @@ class _Backend:
         return [np.asarray(got[n]) for n in names]
 
 
-class _Reference(_Backend):
+class Reference(Backend):
     name = "onnx-reference"
 
-    def __init__(self, model_bytes: bytes, precision: str):
+    @staticmethod
+    def version() -> str:
+        return installed("onnx-reference", "onnx.reference", None, "onnx")
+
+    def __init__(self, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
         import onnx
         from onnx.reference import ReferenceEvaluator
 
@@ -134,10 +165,14 @@ class _Reference(_Backend):
         return dict(zip(self._outputs, self._evaluator.run(None, feeds), strict=True))
 
 
-class _OpenVino(_Backend):
+class OpenVino(Backend):
     name = "openvino"
 
-    def __init__(self, model_bytes: bytes, precision: str):
+    @staticmethod
+    def version() -> str:
+        return installed("openvino", "openvino", "openvino")
+
+    def __init__(self, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
         import openvino as ov
 
         if precision not in OPENVINO_PRECISIONS:
@@ -162,10 +197,14 @@ class _OpenVino(_Backend):
         return {name: np.array(result[port]) for port, name in self._outputs}
 
 
-class _Tract(_Backend):
+class Tract(Backend):
     name = "tract"
 
-    def __init__(self, model_bytes: bytes, precision: str):
+    @staticmethod
+    def version() -> str:
+        return installed("tract", "tract", "tract")
+
+    def __init__(self, model_bytes: bytes, threads: int = 1, precision: str = "f32"):
         import tract
 
         with tempfile.TemporaryDirectory(prefix="rnn-export-tract-") as tmp:

@@ -9,8 +9,8 @@ its operations no worse than this rounding model says:
         |rounding| <= DOT_ROUNDING * sqrt(n) * u * sum |terms|
     elementwise kernel (activation, product, sum of two, state output, log-softmax):
         |rounding| <= ELEMENTWISE_ROUNDING * u * |result|  (16 ulp)
-    sigmoid: the same of max(s, 1 - s), as a logistic kernel computed from 1/2 + ...
-        (onnxruntime's) is accurate to a few ulp of 1, not of a tiny s
+    sigmoid and tanh: the same of max(|y|, 1 - |y|): a kernel that computes them from
+        exponentials is accurate to a few ulp of 1, not of a tiny result (see below)
     plus TINY (the smallest normal float32) per operation, for flush-to-zero
 
 with u = 2**-24, float32's unit roundoff. Errors already present propagate through
@@ -26,7 +26,20 @@ sum |terms|. PyTorch's own float32 stays within 0.2 of this allowance on trained
 models (the largest share seen: dot products of a layer's input term and its recurrent
 term that nearly cancel). onnxruntime's Tanh is up to 4.5 ulp off on x86-64 CPUs
 (PyTorch's 0.6 ulp): 16 ulp per elementwise kernel leaves room for a runtime that
-rounds each state a few ulp worse still. A wrong weight, wiring or length rule moves a
+rounds each state a few ulp worse still.
+
+Why sigmoid and tanh are relative to 1 near zero. A logistic kernel computed as 1/2 +
+1/2 tanh(x/2) (onnxruntime's Sigmoid) rounds to ulps of 1/2, however tiny s is; a tanh
+computed from exponentials, (1 - e^-2x) / (1 + e^-2x) as the ONNX RNN, GRU and LSTM
+operators define it (onnxruntime's RNN operator: up to 2.8 u of absolute error at every
+|t|, 1.5 u where |t| < 1e-3, that is tens of thousands of ulp of a tiny t), loses the
+same where 1 - e^-2x cancels. A bound relative to |t| alone holds only when every
+product before the tanh is inexact enough to widen the dot product's own allowance: a
+dense input weight (a trained embedding times W_ih) does, but an exactly representable
+or sparse one (a one-hot input folded with W_ih = identity, a permutation) leaves a
+small pre-activation with an allowance of a few ulp of itself, and the tanh kernel's
+absolute error then exceeds it (1.1x-3.8x on the PyTorch tutorial's name classifiers).
+A wrong weight, wiring or length rule moves a
 result by far more than this: the parity suite shows each broken model at 10x or more.
 
 Everything here is plain numpy float64; the arch's recurrence is written with these
@@ -168,8 +181,11 @@ def activation(name: str, z: Approx) -> Approx:
         slope = (z.value + z.radius > 0).astype(np.float64)
     else:
         slope = 1.0
-    # A logistic kernel rounds to a few ulp of 1 - s as well (see the module docstring).
-    scale = np.maximum(value, 1.0 - value) if name == "sigmoid" else None
+    # Logistic and tanh kernels round to a few ulp of 1 as well (see the module docstring).
+    scale = None
+    if name in _SATURATING:
+        size = np.abs(value)
+        scale = np.maximum(size, 1.0 - size)
     return _elementwise(value, slope * z.radius, radius_cap(name), scale)
 
 

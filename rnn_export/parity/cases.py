@@ -42,7 +42,7 @@ def _lengths_label(lengths: np.ndarray):
     return hi if lo == hi else f"{lo}..{hi}"
 
 
-def _agreement(got: np.ndarray, ref: Approx) -> tuple[float, int]:
+def decision_agreement(got: np.ndarray, ref: Approx) -> tuple[float, int]:
     """(fraction of rows whose top label is float64's, rows that differ at a clear margin).
 
     A margin is clear when float64's lead of its label over the file's label is wider than
@@ -147,7 +147,7 @@ class Case:
             return CaseResult(**base, error=str(e))
         agreement = clear = None
         if self.agreement:
-            agreement, clear = _agreement(log_probs, ref_lp)
+            agreement, clear = decision_agreement(log_probs, ref_lp)
         return CaseResult(
             **base, outputs=tuple(outputs), agreement=agreement, clear_disagreements=clear
         )

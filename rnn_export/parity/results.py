@@ -29,6 +29,8 @@ FAMILY_ORDER = (
     "chunks",
     "stream",
     "step model",
+    "user module",
+    "labels",
 )
 
 
@@ -193,8 +195,8 @@ class ParityReport:
         rule = (
             f"|file - float64| <= float32 allowance at every element (dot products "
             f"{bounds.DOT_ROUNDING:g} sqrt(n) u sum|terms|, elementwise "
-            f"{bounds.ELEMENTWISE_ROUNDING:g} u |result|, u = 2^-24, carried through the "
-            "model)"
+            f"{bounds.ELEMENTWISE_ROUNDING:g} u |result|, of max(|y|, 1 - |y|) for sigmoid "
+            "and tanh, u = 2^-24, carried through the model)"
         )
         if self.tolerance is not None:
             rule += (
@@ -219,7 +221,7 @@ class ParityReport:
             return f"{verdict}: no check ran ({counts}); {self.wall_s:.1f} s"
         where = f"{case.provider}/{case.family}: {case.name}"
         if case.error is not None:
-            return f"{verdict}: {where} raised: {_clip(case.error, 120)} ({counts})"
+            return f"{verdict}: {where} raised: {_clip(case.error, 160)} ({counts})"
         o = case.worst
         margin = (
             f"{o.output} error {o.error:.2e} is {o.ratio:.3g} of its allowance {o.allowance:.2e}"

@@ -22,7 +22,7 @@ from rnn_export.parity.cases import (
     plan_start_states,
     state_axes,
 )
-from rnn_export.parity.compare import Tolerance
+from rnn_export.parity.compare import CaseFailure, Tolerance
 from rnn_export.parity.reference import Recurrence, TorchFloat32
 from rnn_export.parity.results import (
     LOCAL,
@@ -57,6 +57,7 @@ def verify_parity(
     precision: str = "f32",
     onnx2tf_python: str | Path | None = None,
     tflite_model: str | Path | None = None,
+    module=None,
 ) -> ParityReport:
     """Run the ONNX file and the model side by side over the parity cases.
 
@@ -88,6 +89,10 @@ def verify_parity(
             (None: rnn_export.parity.tflite.find_onnx2tf's search).
         tflite_model: under runtime tflite, a .tflite converted elsewhere from this file's
             step model, run as the step model instead of converting.
+        module: a rnn_export.parity.module.ModuleSpec: the user's own class and weights,
+            run (their code) in float64 beside the file on generated rows and, with
+            `data`, on its validation texts; the file is held to its allowance against
+            the module. None: the file against its RUN_DIR alone.
 
     Returns:
         The ParityReport (report.passed is True).
@@ -115,6 +120,7 @@ def verify_parity(
             seed,
             threads,
             (runtime, precision, onnx2tf_python, tflite_model),
+            module,
         )
     report.wall_s = time.perf_counter() - started
     if not report.passed:
@@ -122,7 +128,9 @@ def verify_parity(
     return report
 
 
-def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, threads, backend):
+def _verify(
+    onnx_path, checkpoint, providers, tolerance, data, sizes, seed, threads, backend, module
+):
     """verify_parity's work, under its thread limits; returns the report.
 
     sizes = (example_length, stream_steps),
@@ -137,6 +145,7 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
     onnx_path = Path(onnx_path)
     meta, cpu_session = _open_model(onnx_path, threads)
     _check_belongs(meta, ckpt, onnx_path)
+    user = _user_model(module, ckpt.config)
     if (runtime != "onnxruntime" or meta.is_step_file) and wanted != [("cpu", True)]:
         what = "a step file" if meta.is_step_file else f"runtime {runtime}"
         raise ParityUsageError(
@@ -205,6 +214,7 @@ def _verify(onnx_path, checkpoint, providers, tolerance, data, sizes, seed, thre
         results.append(result)
         if curve is not None:
             drift.append(curve)
+    results += _against_user(runners, ckpt, meta, recurrence, user, data, validation, rng)
 
     return ParityReport(
         model=str(onnx_path),
@@ -244,6 +254,54 @@ def _check_arguments(tolerance, stream_steps, threads, example_length) -> None:
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ParityUsageError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+def _user_model(module, config):
+    """The user's module (rnn_export.parity.module), loaded before the minutes of checks."""
+    if module is None:
+        return None
+    from rnn_export.parity.module import UserModel, load_user_module
+
+    return UserModel(load_user_module(module), module, config)
+
+
+def _against_user(runners, ckpt, meta, recurrence, user, data, validation, rng):
+    """The checks on the user's own terms: the module's outputs, and (with data) the
+    file's label order against the data's labels."""
+    from rnn_export.data import encode_batch, load_dataset
+    from rnn_export.parity.labels import check_labels
+    from rnn_export.parity.module import generated_rows, module_cases
+
+    real = None
+    if data is not None and validation:
+        texts = [t for t, _ in validation]
+        tokens, lengths = (a.numpy() for a in encode_batch(texts, ckpt.vocab))
+        real = (f"{len(texts)} validation texts", tokens, lengths, True)
+
+    def zeros(B):
+        return tuple(np.zeros(s.concrete_shape(B), dtype=np.float32) for s in meta.states)
+
+    results = []
+    if user is not None:
+        tokens, lengths = generated_rows(ckpt.config.vocab_size, rng)
+        inputs = [(f"{len(lengths)} generated rows from zeros", tokens, lengths, False)]
+        inputs += [] if real is None else [real]
+        results += module_cases(runners, user, recurrence, inputs, zeros, meta.log_probs.name)
+    main = [r for r in runners if r.family is None]
+    if real is not None and main:
+        _, tokens, lengths, _ = real
+        try:
+            predicted = main[0](tokens, zeros(len(lengths)), lengths)[0].argmax(axis=-1)
+        except CaseFailure as e:
+            name = f"{len(lengths)} labelled rows"
+            results.append(
+                CaseResult(main[0].provider, name, "labels", len(lengths), "-", error=str(e))
+            )
+            return results
+        truth = np.array([label for _, label in validation])
+        labels = load_dataset(data).labels
+        results.append(check_labels(meta.labels, labels, truth, predicted, main[0].provider))
+    return results
 
 
 # --- loading and matching -------------------------------------------------------------

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rnn_export.export import export_onnx
-from rnn_export.parity import ParityError, verify_parity
-from rnn_export.parity.backends import RUNTIMES, check_runtime, open_backend
+from rnn_export.parity import ParityError, backends, verify_parity
+from rnn_export.parity.backends import check_runtime, open_backend
 from rnn_export.parity.compare import CaseFailure
 from rnn_export.parity.results import ParityUsageError
 
@@ -125,7 +125,8 @@ def test_backends_run_the_step_model_like_onnxruntime(files, runtime):
 def test_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
     with pytest.raises(ParityUsageError, match="unknown runtime 'tflite2'; expected one of"):
         check_runtime("tflite2")
-    monkeypatch.setitem(RUNTIMES, "tract", ("no_such_module_here", "tract"))
+    missing = staticmethod(lambda: backends.installed("tract", "no_such_module_here", "tract"))
+    monkeypatch.setattr(backends.Tract, "version", missing)
     with pytest.raises(ParityUsageError, match=r"tract is not installed; .*rnn-export\[tract\]"):
         check_runtime("tract")
 

@@ -153,6 +153,22 @@ def test_sigmoid_radius_covers_a_kernel_accurate_to_ulp_of_one():
     assert (np.abs(half_tanh - y.value) / y.value).max() > 1e3 * U
 
 
+def test_tanh_radius_covers_a_kernel_accurate_to_ulp_of_one():
+    """tanh from exponentials, (1 - e^-2x) / (1 + e^-2x) in float32 as the ONNX recurrent
+    operators define it, loses ulps of 1 where 1 - e^-2x cancels: within the radius even
+    where tanh is tiny (an exactly representable pre-activation: nothing else widens it)."""
+    x = np.concatenate([np.linspace(-9.0, 9.0, 6001), np.geomspace(1e-7, 1e-2, 2001)])
+    x = x.astype(np.float32)
+    y = activation("tanh", Approx.exact(x))
+    e = np.exp(np.float32(-2.0) * x)
+    from_exp = ((np.float32(1.0) - e) / (np.float32(1.0) + e)).astype(np.float64)
+    ratio = np.abs(from_exp - y.value) / y.radius
+    assert ratio.max() <= 0.5, ratio.max()
+    # the same error relative to the result: far beyond 16 ulp where the result is tiny
+    tiny = (np.abs(y.value) > 0) & (np.abs(y.value) < 1e-3)
+    assert (np.abs(from_exp - y.value)[tiny] / np.abs(y.value[tiny])).max() > 1e3 * U
+
+
 def _blends(z, n, h):
     """(1 - z) n + z h in float32 the ways kernels write it."""
     f32 = np.float32
