@@ -49,7 +49,7 @@ DEFAULT_FRAMES = "frames"  # the Parquet column of the frames
 NPZ_IDS = "ids"
 MAX_SEQUENCE_VALUES = MAX_TEXT_CHARS  # T * F of one sequence (64 MiB of float32)
 CHUNK_VALUES = 1 << 22  # float32 values of one chunk (16 MiB)
-_NPZ_ROWS = 1 << 12  # rows of `lengths` and `ids` read at a time
+PARQUET_ROWS = 256  # rows of a Parquet file read at a time
 
 
 def output_format(output: Path, fmt: str) -> str:
@@ -251,15 +251,12 @@ class FrameCorpusReader:
                 yield Chunk(keys, frames, done)
 
     def _parquet_chunks(self) -> Iterator[Chunk]:
-        pa, _ = import_pyarrow()
         columns = [self.column] + ([] if self.id_field is None else [self.id_field])
         row = 0
         with self._text._arrow_errors():
-            for batch in self._text._parquet.iter_batches(batch_size=256, columns=columns):
-                frames = [
-                    self._parquet_frames(batch.column(self.column).slice(i, 1), row + i + 1)
-                    for i in range(batch.num_rows)
-                ]
+            batches = self._text._parquet.iter_batches(batch_size=PARQUET_ROWS, columns=columns)
+            for batch in batches:
+                frames = self._parquet_frames(batch.column(self.column), row)
                 if self.id_field is None:
                     keys = list(range(row + 1, row + batch.num_rows + 1))
                 else:
@@ -267,41 +264,60 @@ class FrameCorpusReader:
                 row += batch.num_rows
                 yield Chunk(keys, frames, row)
 
-    def _parquet_frames(self, cell, position: int) -> np.ndarray:
-        """float32 (T, F) frames of one row's list cell."""
+    def _parquet_frames(self, cells, row: int) -> list[np.ndarray]:
+        """float32 (T, F) frames of each list cell of a batch whose first row is row + 1."""
         pa, _ = import_pyarrow()
         import pyarrow.compute as pc
 
-        where, F = self.where(position), self.size
-        if cell.null_count:
-            raise CorpusError(f"{where}: the frames {self.column!r} are null; expected a list")
-        values = cell.flatten()
+        F = self.size
+
+        def first(bad) -> str:  # the first row where bad (a bool per row) holds
+            return self.where(row + int(np.argmax(bad)) + 1)
+
+        if cells.null_count:
+            bad = cells.is_null().to_numpy(zero_copy_only=False)
+            raise CorpusError(f"{first(bad)}: the frames {self.column!r} are null; expected a list")
+        counts = pc.list_value_length(cells).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = cells.flatten()
         nested = _is_list(values.type)
-        if nested:
+        if nested:  # a list of frames: each frame a list of F values
+            rows_of = np.repeat(np.arange(len(counts)), counts)  # the row of each frame
             if values.null_count:
-                raise CorpusError(f"{where}: a frame is null; expected lists of {F} numbers")
+                bad = np.zeros(len(counts), bool)
+                bad[rows_of[values.is_null().to_numpy(zero_copy_only=False)]] = True
+                raise CorpusError(f"{first(bad)}: a frame is null; expected lists of {F} numbers")
             sizes = pc.list_value_length(values).to_numpy(zero_copy_only=False)
-            if sizes.size and (sizes != F).any():
+            if (sizes != F).any():
                 k = int(np.argmax(sizes != F))
+                start = int(np.concatenate([[0], np.cumsum(counts)])[rows_of[k]])
                 raise CorpusError(
-                    f"{where}: frame {k} has {int(sizes[k])} values; this model reads F = {F}"
+                    f"{self.where(row + int(rows_of[k]) + 1)}: frame {k - start} has "
+                    f"{int(sizes[k])} values; this model reads F = {F}"
                 )
             values = values.flatten()
+        else:  # one flat list of T * F values
+            if (counts % F).any():
+                bad = counts % F != 0
+                raise CorpusError(
+                    f"{first(bad)}: {int(counts[bad][0])} values is not a whole number of "
+                    f"frames of F = {F} (a flat list holds T * F values, frame after frame)"
+                )
+            counts = counts // F
         if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
-            raise CorpusError(f"{where}: frames of {values.type}; expected numbers")
+            raise CorpusError(f"{first(counts >= 0)}: frames of {values.type}; expected numbers")
         if values.null_count:
-            raise CorpusError(f"{where}: a frame value is null; expected numbers")
-        if len(values) > MAX_SEQUENCE_VALUES:
+            bad = np.zeros(len(counts), bool)
+            at = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0] // F
+            bad[np.searchsorted(np.cumsum(counts), at, side="right")] = True
+            raise CorpusError(f"{first(bad)}: a frame value is null; expected numbers")
+        if (counts * F > MAX_SEQUENCE_VALUES).any():
+            bad = counts * F > MAX_SEQUENCE_VALUES
             raise CorpusError(
-                f"{where}: {len(values):,} values; expected at most {MAX_SEQUENCE_VALUES:,} "
-                "a sequence (split it)"
+                f"{first(bad)}: {int(counts[bad][0]) * F:,} values; expected at most "
+                f"{MAX_SEQUENCE_VALUES:,} a sequence (split it)"
             )
-        if not nested and len(values) % F:
-            raise CorpusError(
-                f"{where}: {len(values)} values is not a whole number of frames of F = {F} "
-                "(a flat list holds T * F values, frame after frame)"
-            )
-        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, F)
+        frames = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, F)
+        return np.split(frames, np.cumsum(counts)[:-1])
 
 
 def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:

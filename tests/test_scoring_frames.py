@@ -274,6 +274,15 @@ BAD_PARQUET = {
     ),
     "flat size": ([[1.0] * (2 * F + 1)], r"row 1: 11 values is not a whole number of frames"),
     "null frames": ([[[1.0] * F], None], r"row 2: the frames 'frames' are null"),
+    "null value": (
+        [[[1.0] * F], [[1.0] * F, [1.0, None, 1.0, 1.0, 1.0]]],
+        r"row 2: a frame value is null",
+    ),
+    "null value, flat": (
+        [[1.0] * F, [1.0] * F, [1.0] * F + [None] * F],
+        r"row 3: a frame value is null",
+    ),
+    "null frame": ([[[1.0] * F], [None]], r"row 2: a frame is null"),
     "strings": ([[["a"] * F]], r"row 1: frames of string; expected numbers"),
     "a text column": (["abc"], r"column 'frames' holds string; expected a list column"),
 }

@@ -139,6 +139,11 @@ def predict_frame_file(model, texts, path, column: str):
         )
     fmt = format_of(Path(path))
     check_input_kind(model, Path(path), fmt, column)
+    if model.tokenizer is not None:  # a Parquet file without frames, for a text model
+        raise CorpusError(
+            f"{path}: predict --file reads texts one per line; score a Parquet file of "
+            "texts with rnn-export score"
+        )
     reader = FrameCorpusReader(Path(path), fmt, F, column)
     for chunk in reader:
         keys = chunk.keys
