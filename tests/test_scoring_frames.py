@@ -338,3 +338,13 @@ def test_inputs_of_the_other_kind_are_refused_saying_what_the_model_reads(
         _invoke("stream", model_path, input="abc\n"),
         r"kws\.onnx: reads float frames of F = 5 values a step, and stream reads text lines",
     )
+
+
+def test_ray_refuses_a_features_model_before_a_cluster_starts(model_path, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (the ray extra)")
+    import ray
+
+    npz = _bad_npz(tmp_path / "in.npz")
+    args = ("score", model_path, "--input", npz, "--output", tmp_path / "o.csv", "--engine", "ray")
+    _refused(_invoke(*args), r"kws\.onnx: a features model .* --engine ray scores texts")
+    assert not ray.is_initialized()
