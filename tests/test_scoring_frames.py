@@ -348,3 +348,25 @@ def test_ray_refuses_a_features_model_before_a_cluster_starts(model_path, tmp_pa
     args = ("score", model_path, "--input", npz, "--output", tmp_path / "o.csv", "--engine", "ray")
     _refused(_invoke(*args), r"kws\.onnx: a features model .* --engine ray scores texts")
     assert not ray.is_initialized()
+
+
+def test_predict_and_score_of_frames_import_no_torch(model_path, tmp_path):
+    import subprocess
+    import sys
+
+    npz = _bad_npz(tmp_path / "in.npz")
+    code = (
+        "import sys\nfrom rnn_export.cli import main\n"
+        "for args in (['predict', sys.argv[1], '--file', sys.argv[2]],\n"
+        "             ['score', sys.argv[1], '--input', sys.argv[2], '--output', sys.argv[3]]):\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, e\n"
+        "print(sorted({'torch', 'onnx'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model_path), str(npz), str(tmp_path / "o.csv")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 1 + len(LENGTHS)
