@@ -33,8 +33,9 @@ from torch import nn
 
 from rnn_export import atomic
 from rnn_export.config import ConfigError, ModelConfig, TrainOptions
-from rnn_export.data import DataError, Vocabulary, check_spec
+from rnn_export.data import DataError, Vocabulary
 from rnn_export.errors import CheckpointError
+from rnn_export.frames import check_data_spec
 from rnn_export.models import build_model
 from rnn_export.runfiles import read_json, read_weights
 
@@ -275,7 +276,7 @@ def _read_data(training: dict, path: Path) -> dict | None:
             f"imported model, 'data' null and an 'imported' object); got {data!r:.120}"
         )
     try:
-        return check_spec(data)
+        return check_data_spec(data)
     except DataError as e:
         raise CheckpointError(f"{path}: not a data spec: {e}") from None
 

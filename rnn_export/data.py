@@ -22,8 +22,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rnn_export.config import (
     MAX_LABEL_CHARS,
@@ -34,6 +33,9 @@ from rnn_export.config import (
     check_text,
 )
 from rnn_export.errors import InputError, decode_utf8
+
+if TYPE_CHECKING:  # torch is imported where a batch is made: reading data needs numpy at most
+    import torch
 
 UNK = "<unk>"
 DEFAULT_SEED = 0
@@ -391,6 +393,8 @@ def encode_batch(texts, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
         tokens: int64 (B, T), T = the longest text, padded with 0 (masked by lengths).
         lengths: int64 (B), each text's length.
     """
+    import torch
+
     texts = list(texts)
     if not texts:
         raise DataError("encode_batch needs at least one text; got none")

@@ -1,6 +1,7 @@
 """The main job, end to end on the embedded task: train -> convert -> verify -> stream.
 
-`rnn-export demo` runs it. It needs no data and no download, and leaves under OUT
+`rnn-export demo` runs it, on texts or (input_kind "features") on the embedded frame task
+of rnn_export.frames. It needs no data and no download, and leaves under OUT
 one RUN_DIR, one .onnx file, one parity report and one drift plot per arch, plus
 summary.json with every figure it printed. Every arch runs even when an earlier one
 fails verify; summary.json says which passed.
@@ -57,6 +58,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    input_kind: str = "tokens",
 ) -> dict:
     """Train, export, verify and stream each arch on the embedded task.
 
@@ -67,6 +69,8 @@ def run_demo(
         seed: seeds the data, the weights and the parity cases.
         progress: show progress bars while training.
         echo: where the step-by-step account goes.
+        input_kind: the models' input stage: "tokens", "onehot" (both on the embedded
+            texts) or "features" (on the embedded frames, streamed a frame at a time).
 
     Returns:
         The summary (also written to out/summary.json): "passed" (every arch passed
@@ -77,7 +81,6 @@ def run_demo(
         DemoOutputError: out holds something other than an earlier demo's output.
     """
     from rnn_export.atomic import check_folder_output, replace_file
-    from rnn_export.data import load_splits
     from rnn_export.export import export_onnx
     from rnn_export.parity import ParityError, verify_parity
     from rnn_export.training import train
@@ -92,7 +95,9 @@ def run_demo(
         clock = time.perf_counter()
 
         echo(f"[{arch}] train on the embedded task -> {out / arch}")
-        ckpt = train(arch, out / arch, epochs=epochs, seed=seed, progress=progress)
+        ckpt = train(
+            arch, out / arch, epochs=epochs, seed=seed, progress=progress, input_kind=input_kind
+        )
         seconds["train"] = _lap(clock)
         echo(f"[{arch}] val accuracy {ckpt.metrics['val_accuracy']:.4f}")
 
@@ -115,7 +120,7 @@ def run_demo(
             echo(f"[{arch}] verify FAILED: the table is in {out / f'{arch}.parity.json'}")
 
         clock = time.perf_counter()
-        streamed = _stream_validation(open_model(onnx_path), load_splits(ckpt.data)[1], echo, arch)
+        streamed = _stream_validation(open_model(onnx_path), _validation(ckpt), echo, arch)
         seconds["stream"] = _lap(clock)
 
         deciding = report.deciding()
@@ -135,25 +140,41 @@ def run_demo(
     return summary
 
 
+def _validation(ckpt) -> list:
+    """The run's validation split: [(text, label id)], or [((T, F) frames, label id)]."""
+    if ckpt.config.reads_tokens:
+        from rnn_export.data import load_splits
+
+        return load_splits(ckpt.data)[1]
+    from rnn_export.frames import load_frames
+
+    val = load_frames(ckpt.data).val
+    return [(x[:n], int(y)) for x, n, y in zip(val.x, val.lengths, val.labels, strict=True)]
+
+
 def _stream_validation(model, val: list, echo, arch: str) -> float:
-    """Stream every validation text one character at a time; show the first one."""
+    """Stream every validation text one character (or frame) at a time; show the first."""
     stream = model.stream()
     labels = model.metadata.labels
-    text, label = val[0]
+    first, label = val[0]
     trace = []
-    for char in text:
-        prediction = stream.step(char)
-        trace.append(f"{char}:{prediction.label}")
-    echo(f"[{arch}] stream {text!r} (label {labels[label]}), prediction after each char:")
+    for t, step in enumerate(first):
+        prediction = stream.step(step)
+        trace.append(f"{step if isinstance(step, str) else t + 1}:{prediction.label}")
+    what = repr(first) if isinstance(first, str) else f"a sequence of {len(first)} frames"
+    unit, noun = ("char", "texts") if isinstance(first, str) else ("frame", "sequences")
+    echo(f"[{arch}] stream {what} (label {labels[label]}), prediction after each {unit}:")
     echo("    " + " ".join(trace))
     correct = 0
-    for text, label in val:
+    for steps, label in val:
         stream.reset()
-        for char in text:
-            prediction = stream.step(char)
+        for step in steps:
+            prediction = stream.step(step)
         correct += prediction.label_id == label
     accuracy = correct / len(val)
-    echo(f"[{arch}] stream: {len(val)} validation texts, char by char, accuracy {accuracy:.4f}")
+    echo(
+        f"[{arch}] stream: {len(val)} validation {noun}, {unit} by {unit}, accuracy {accuracy:.4f}"
+    )
     return accuracy
 
 

@@ -5,6 +5,10 @@ through the main graph, the numbers a stream gives), on a folder dataset's every
 on a RUN_DIR's own validation split (the split training reported its val_accuracy on,
 rebuilt from the run's data spec). Texts are matched to the model's classes by label
 name, so a folder's classes may be a subset of the model's, in any order.
+
+A features model is evaluated on float frames (rnn_export.frames): every sequence of a
+.npz or .ts file, or a RUN_DIR's held-out test split (its validation split where the run
+has no test file).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class EvaluationReport:
         confusion: int64 (C, C): row = true class, column = predicted class.
         skipped: texts left out: characters a vocabulary without an unknown token cannot
             read.
+        unit: what was classified, for people: "texts", or "sequences" of frames.
     """
 
     model: str
@@ -41,6 +46,7 @@ class EvaluationReport:
     labels: tuple[str, ...]
     confusion: np.ndarray
     skipped: int = 0
+    unit: str = "texts"
 
     @property
     def total(self) -> int:
@@ -97,7 +103,7 @@ class EvaluationReport:
         width = max(len("class"), *(len(label) for label in self.labels))
         lines = [
             f"{self.model} on the {self.source}",
-            f"accuracy {self.accuracy:.4f} ({self.correct:,} of {self.total:,} texts)"
+            f"accuracy {self.accuracy:.4f} ({self.correct:,} of {self.total:,} {self.unit})"
             + (f"; {self.skipped:,} texts skipped (characters outside the vocabulary)"
                if self.skipped else ""),
             f"{'class':<{width}}  {'support':>7}  {'predicted':>9}  {'precision':>9}  "
@@ -127,7 +133,7 @@ class EvaluationReport:
         ax.set_xticks(range(C), self.labels, rotation=90)
         ax.set_yticks(range(C), self.labels)
         ax.set(xlabel="predicted class", ylabel="true class")
-        ax.set_title(f"accuracy {self.accuracy:.4f} on {self.total:,} texts")
+        ax.set_title(f"accuracy {self.accuracy:.4f} on {self.total:,} {self.unit}")
         if C <= 30:
             high = self.confusion.max()
             for (i, j), n in np.ndenumerate(self.confusion):
@@ -152,9 +158,11 @@ def evaluate_model(
 
     Args:
         model_path: a .onnx file made by `rnn-export convert`.
-        data_dir: a folder dataset (rnn_export.data.read_folder): every text of it.
+        data_dir: a folder dataset (rnn_export.data.read_folder): every text of it; for
+            a features model a .npz or .ts file (rnn_export.frames): every sequence.
         checkpoint: a RUN_DIR: its own validation split (the model file must have been
-            exported from it). Exactly one of data_dir and checkpoint.
+            exported from it); for a features model its test split, where it has one.
+            Exactly one of data_dir and checkpoint.
         threads: onnxruntime intra-op threads.
 
     Raises:
@@ -167,7 +175,9 @@ def evaluate_model(
     if (data_dir is None) == (checkpoint is None):
         raise EvaluationError("evaluate needs --data DIR or --checkpoint RUN_DIR (one of them)")
     model = rnn_runtime.open_model(model_path, threads=threads)
-    if data_dir is not None:
+    if model.tokenizer is None:
+        texts, source = _frame_sequences(model, data_dir, checkpoint, model_path)
+    elif data_dir is not None:
         from rnn_export.data import read_folder
 
         samples = read_folder(data_dir)
@@ -185,7 +195,9 @@ def evaluate_model(
         )
     tokenizer = model.tokenizer
     readable = texts
-    if tokenizer.unk_id is None:  # such texts cannot be read: left out and counted
+    if (
+        tokenizer is not None and tokenizer.unk_id is None
+    ):  # such texts cannot be read: left out and counted
         readable = [(t, y) for t, y in texts if not tokenizer.count_unknown(t)]
     if not readable:
         raise EvaluationError(
@@ -196,15 +208,32 @@ def evaluate_model(
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for (_, label), prediction in zip(readable, predictions, strict=True):
         confusion[ids[label], prediction.label_id] += 1
-    return EvaluationReport(
-        str(model_path), source, labels, confusion, skipped=len(texts) - len(readable)
-    )
+    unit = "texts" if tokenizer is not None else "sequences"
+    skipped = len(texts) - len(readable)
+    return EvaluationReport(str(model_path), source, labels, confusion, skipped, unit)
 
 
-def _validation_texts(model, run_dir: Path, model_path) -> tuple[list, str]:
-    """[(text, label name)] of a RUN_DIR's validation split, once the file is its export."""
+def _frame_sequences(model, path, run_dir, model_path) -> tuple[list, str]:
+    """[((T, F) frames, label name)] of a .npz or .ts file, or of a RUN_DIR's test split
+    (its validation split where it has no test file)."""
+    from rnn_export.frames import load_frames, read_frames
+
+    if path is not None:
+        labels, frames = read_frames(path)
+        source = f"file {path}"
+    else:
+        dataset = load_frames(_run_data(model, Path(run_dir), model_path, "a .npz or .ts file"))
+        labels = dataset.labels
+        held_out = "test" if dataset.test is not None else "validation"
+        frames = dataset.test if dataset.test is not None else dataset.val
+        source = f"{held_out} split of {run_dir}"
+    rows = zip(frames.x, frames.lengths, frames.labels, strict=True)
+    return [(x[:n], labels[y]) for x, n, y in rows], source
+
+
+def _run_data(model, run_dir: Path, model_path, other: str) -> dict:
+    """The data spec of the RUN_DIR that model_path was exported from."""
     from rnn_export.checkpoint import load_checkpoint
-    from rnn_export.data import load_dataset
 
     ckpt = load_checkpoint(run_dir)
     if model.metadata.checkpoint_sha256 != ckpt.sha256:
@@ -212,7 +241,14 @@ def _validation_texts(model, run_dir: Path, model_path) -> tuple[list, str]:
     if ckpt.data is None:
         raise EvaluationError(
             f"{run_dir}: an imported model has no validation split (no training data); "
-            "evaluate it on a folder dataset with --data DIR"
+            f"evaluate it on {other} with --data"
         )
-    dataset = load_dataset(ckpt.data)
+    return ckpt.data
+
+
+def _validation_texts(model, run_dir: Path, model_path) -> tuple[list, str]:
+    """[(text, label name)] of a RUN_DIR's validation split, once the file is its export."""
+    from rnn_export.data import load_dataset
+
+    dataset = load_dataset(_run_data(model, run_dir, model_path, "a folder dataset"))
     return [(t, dataset.labels[y]) for t, y in dataset.val], f"validation split of {run_dir}"

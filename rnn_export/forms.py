@@ -83,9 +83,9 @@ def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
         tensors["input.weight"] = tensors.pop(embedding)
     _NAMES["input.weight"] = embedding
     head = "h2o" if arch == "cell" else "fc"
-    _alias_head(tensors, head, "fc" if arch == "cell" else "h2o", notes)
     if arch != "cell":
         _find_recurrence(tensors, notes, path)
+    _alias_head(tensors, head, "fc" if arch == "cell" else "h2o", notes)
     H, X, L = _recurrence_sizes(tensors, arch, path)
     kind = _input_kind(tensors, input_kind, path)
     head_w = tensors.get(f"{head}.weight")
@@ -172,12 +172,29 @@ def _classic_cell(tensors: dict) -> dict:
 
 
 def _alias_head(tensors: dict, head: str, other: str, notes: list) -> None:
-    """The head under `head` when the file names it `other` (fc and h2o are both usual)."""
-    if f"{head}.weight" not in tensors and f"{other}.weight" in tensors:
-        for part in ("weight", "bias"):
-            if f"{other}.{part}" in tensors:
-                tensors[f"{head}.{part}"] = tensors.pop(f"{other}.{part}")
-        notes.append(f"head {other}.* read as {head}.*")
+    """The head under `head` when the file names it `other` (fc and h2o are both usual),
+    or when one Linear alone is left beside the recurrence and the embedding (out,
+    classifier, decoder...)."""
+    if f"{head}.weight" in tensors:
+        return
+    if f"{other}.weight" not in tensors:
+        taken = ("rnn.", "i2h.", "h2h.", "input.")
+        linears = [
+            k[: -len(".weight")]
+            for k, v in tensors.items()
+            if k.endswith(".weight")
+            and v.dim() == 2
+            and f"{k[: -len('.weight')]}.bias" in tensors
+            and not k.startswith(taken)
+            and not _LAYER.fullmatch(k.replace("weight", "weight_ih_l0", 1))
+        ]
+        if len(linears) != 1:
+            return
+        other = linears[0]
+    for part in ("weight", "bias"):
+        if f"{other}.{part}" in tensors:
+            tensors[f"{head}.{part}"] = tensors.pop(f"{other}.{part}")
+    notes.append(f"head {other}.* read as {head}.*")
 
 
 def _find_recurrence(tensors: dict, notes: list, path) -> None:

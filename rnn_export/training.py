@@ -9,6 +9,11 @@ A run that diverges (a loss that is NaN or infinite) stops at once with a Traini
 and writes nothing; the checks of the new checkpoint (finite weights...) run before it
 replaces an earlier run at the same path (rnn_export.checkpoint.save_checkpoint).
 Progress: a bar per epoch only when stderr is a terminal; one line per epoch always.
+
+A "features" model trains on float frames (rnn_export.frames): its input stage's
+per-feature mean and scale are set from the training split before the first step, so the
+checkpoint and every file exported from it normalize raw frames themselves. Such a run
+also reports its accuracy on the held-out test split (metrics "test_accuracy").
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +37,14 @@ from rnn_export.checkpoint import (
 from rnn_export.config import DEFAULT_EPOCHS, TrainOptions
 from rnn_export.data import Vocabulary, embedded_spec, encode_batch, load_dataset
 from rnn_export.errors import InputError
+from rnn_export.frames import (
+    FEATURE_DEFAULTS,
+    frame_batch,
+    frames_embedded_spec,
+    is_frames_spec,
+    load_frames,
+    normalization,
+)
 from rnn_export.models import build_model
 
 EVAL_BATCH_SIZE = 512
@@ -44,7 +58,15 @@ __all__ = [
     "evaluate",
     "plot_curves",
     "train",
+    "train_options",
 ]
+
+
+def train_options(**fields) -> TrainOptions:
+    """TrainOptions of fields; a features model's unset options take FEATURE_DEFAULTS."""
+    if fields.get("input_kind") == "features":
+        fields = {**FEATURE_DEFAULTS, **fields}
+    return TrainOptions(**fields)
 
 
 class TrainingError(InputError):
@@ -63,11 +85,12 @@ def train(
 
     Args:
         options: the TrainOptions of the run. Older callers pass the arch here and the
-            other options as keywords (train("cell", out, epochs=2)): the same options.
+            other options as keywords (train("cell", out, epochs=2)): the same options
+            (train_options: a features model's unset options take FEATURE_DEFAULTS).
         out: the RUN_DIR; an earlier checkpoint there is replaced only once the new
             one is complete.
-        data: a data spec (see rnn_export.data); None means the embedded task with
-            options.seed.
+        data: a data spec (rnn_export.data; rnn_export.frames for a features model);
+            None means the embedded task (of texts, or of frames) with options.seed.
         progress: show a progress bar and one line per epoch on stderr.
 
     Returns:
@@ -77,39 +100,79 @@ def train(
         TrainingError: the loss became NaN or infinite; out is as it was.
     """
     if isinstance(options, str):
-        options = TrainOptions(arch=options, **fields)
+        options = train_options(arch=options, **fields)
     elif fields:
         raise TypeError(f"train() takes TrainOptions or keywords, not both; got {sorted(fields)}")
     check_replaceable(out)
-    data = embedded_spec(options.seed) if data is None else dict(data)
-    dataset = load_dataset(data)
-    vocab = Vocabulary.build(text for text, _ in dataset.train)
-    config = options.model_config(len(vocab), dataset.labels)
+    features = options.input_kind == "features"
+    if data is None:
+        data = frames_embedded_spec(options.seed) if features else embedded_spec(options.seed)
+    data = dict(data)
+    if features != is_frames_spec(data):
+        raise TrainingError(
+            f"a {options.input_kind} model trains on "
+            + ("float frames (a .npz or .ts file)" if features else "texts (a folder dataset)")
+            + f"; the data given is {data.get('source')!r:.40} data"
+        )
+    if features:
+        run = _frames_run(options, data)
+    else:
+        dataset = load_dataset(data)
+        vocab = Vocabulary.build(text for text, _ in dataset.train)
+        config = options.model_config(len(vocab), dataset.labels)
+        splits = (_encode(dataset.train, vocab), _encode(dataset.val, vocab), None)
+        run = _Run(config, vocab, splits, dataset.spec, None)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(options.threads)
     try:
-        return _train(options, config, vocab, dataset, out, progress)
+        return _train(options, run, out, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -> Checkpoint:
+@dataclass(frozen=True)
+class _Run:
+    """What a run trains on: the model's config, its vocabulary (None for frames), the
+    (inputs, lengths, labels) of train, val and test (None: no test split), the data spec
+    and the input stage's normalization (mean, scale) of a features model."""
+
+    config: object
+    vocab: Vocabulary | None
+    splits: tuple
+    spec: dict
+    normalization: tuple | None
+
+
+def _frames_run(options: TrainOptions, data: dict) -> _Run:
+    dataset = load_frames(data)
+    config = options.model_config(0, dataset.labels, dataset.features)
+    test = None if dataset.test is None else frame_batch(dataset.test)
+    splits = (frame_batch(dataset.train), frame_batch(dataset.val), test)
+    return _Run(config, None, splits, dataset.spec, normalization(dataset.train))
+
+
+def _train(options: TrainOptions, run: _Run, out, progress: bool) -> Checkpoint:
     epochs, seed = options.epochs, options.seed
     torch.manual_seed(seed)
-    model = build_model(config)
+    model = build_model(run.config)
+    if run.normalization is not None:
+        stage = model.frames  # the input stage: (x - mean) / scale
+        with torch.no_grad():
+            for buffer, values in zip((stage.mean, stage.scale), run.normalization, strict=True):
+                buffer.copy_(torch.from_numpy(values))
+    train_set, val_set, test_set = run.splits
+    num_train = len(train_set[2])
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    steps = epochs * -(-len(dataset.train) // options.batch_size)
+    steps = epochs * -(-num_train // options.batch_size)
     # Cosine decay to zero: late epochs settle instead of bouncing around the optimum.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    train_set = _encode(dataset.train, vocab)
-    val_set = _encode(dataset.val, vocab)
 
     history = []
     start = time.perf_counter()
     bars = progress and sys.stderr.isatty()  # redirected output: one line per epoch only
     for epoch in range(1, epochs + 1):
         order = torch.randperm(
-            len(dataset.train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+            num_train, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
         )
         bar = tqdm(
             order.split(options.batch_size),
@@ -145,10 +208,13 @@ def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -
         "val_accuracy": history[-1]["val_accuracy"],
         "train_loss": history[-1]["train_loss"],
         "train_seconds": seconds,
-        "num_train": len(dataset.train),
-        "num_val": len(dataset.val),
+        "num_train": num_train,
+        "num_val": len(val_set[2]),
         "history": history,
     }
+    if test_set is not None:
+        metrics["test_accuracy"] = evaluate(model, *test_set)
+        metrics["num_test"] = len(test_set[2])
     training = {
         "options": options.to_dict(),
         "optimizer": "Adam",
@@ -156,7 +222,7 @@ def _train(options: TrainOptions, config, vocab, dataset, out, progress: bool) -
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    save_checkpoint(out, model, vocab, dataset.spec, training, metrics, plot_curves(history))
+    save_checkpoint(out, model, run.vocab, run.spec, training, metrics, plot_curves(history))
     return load_checkpoint(out)
 
 
@@ -167,6 +233,7 @@ def _encode(samples: list, vocab: Vocabulary):
 
 
 def _batch(tokens, lengths, labels, index):
+    """The rows at index of a padded split: token ids (N, T) or frames (N, T, F)."""
     lengths = lengths[index]
     # Trim to this batch's longest row: less padding, same result.
     return tokens[index, : int(lengths.max())], lengths, labels[index]
@@ -199,7 +266,8 @@ def evaluate(model, tokens, lengths, labels, batch_size: int = EVAL_BATCH_SIZE) 
     """Accuracy of model on a padded split.
 
     Args:
-        tokens: int64 (N, T); lengths: int64 (N); labels: int64 (N).
+        tokens: int64 (N, T) token ids, or float32 (N, T, F) frames; lengths: int64 (N);
+            labels: int64 (N).
 
     Returns:
         The fraction of rows whose most likely class is the label.

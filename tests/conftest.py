@@ -93,3 +93,15 @@ def names_dir() -> Path:
     if not NAMES_DIR.is_dir():
         pytest.skip(f"real data not present at {NAMES_DIR} (it lives outside the repository)")
     return NAMES_DIR
+
+
+@pytest.fixture(scope="session")
+def frames_data() -> Path:
+    """../shared/data (its japanese_vowels/ and basic_motions/ .ts files), or skip the test."""
+    shared = NAMES_DIR.parent
+    for name in ("japanese_vowels", "basic_motions"):
+        if not (shared / name).is_dir():
+            pytest.skip(
+                f"real data not present at {shared / name} (it lives outside the repository)"
+            )
+    return shared

@@ -57,9 +57,18 @@ def small_demo(monkeypatch):
     """The demo on a small embedded dataset and a small model (seconds, not minutes)."""
     real = training.train
 
-    def train(arch, out, epochs, seed, progress):
+    def train(arch, out, epochs, seed, progress, input_kind="tokens"):
         data = embedded_spec(seed=seed, size=400)
-        return real(arch, out, data=data, epochs=epochs, hidden_size=16, seed=seed, progress=False)
+        return real(
+            arch,
+            out,
+            data=data,
+            epochs=epochs,
+            hidden_size=16,
+            seed=seed,
+            progress=False,
+            input_kind=input_kind,
+        )
 
     monkeypatch.setattr(training, "train", train)
 

@@ -319,6 +319,18 @@ def test_a_keyword_gru_over_float_frames_deploys_with_its_normalization(tmp_path
         optimizer.step()
     torch.save(model.state_dict(), tmp_path / "kws.pt")
     norm = _write(tmp_path, "norm.json", {"mean": mean.tolist(), "scale": scale.tolist()})
+    module = [
+        "--module",
+        f"{Path(__file__)}:KeywordGRU",
+        "--module-args",
+        '{"features": 40, "hidden": 32, "classes": 3}',
+        "--weights",
+        tmp_path / "kws.pt",
+        "--module-batch-first",
+        "--module-output",
+        "logits",
+    ]
+    labels = _write(tmp_path, "labels.json", ["yes", "no", "stop"])
     rt = _deploy(
         tmp_path,
         tmp_path / "kws.pt",
@@ -329,7 +341,8 @@ def test_a_keyword_gru_over_float_frames_deploys_with_its_normalization(tmp_path
         "--normalization",
         norm,
         "--labels",
-        _write(tmp_path, "labels.json", ["yes", "no", "stop"]),
+        labels,
+        *module,
     )
     assert (rt.metadata.input_kind, rt.metadata.input_size) == ("features", 40)
     with torch.no_grad():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from rnn_export.config import INPUT_KINDS
+
 
 @click.command("demo")
 @click.option(
@@ -24,10 +26,22 @@ import click
     help="Arch to run; repeat for both [default: cell and stacked].",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 8]."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs [default: 8; 100 for --input features].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds data, weights, cases.")
-def demo_command(out, archs, epochs, seed):
+@click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(INPUT_KINDS),
+    default="tokens",
+    show_default=True,
+    help="The models' input: characters (tokens, onehot) of the embedded text task, or "
+    "float frames (features) of the embedded frame task, streamed a frame at a time.",
+)
+def demo_command(out, archs, epochs, seed, input_kind):
     """Run the whole path on the embedded task, no data or download needed.
 
     For each arch: train a model, convert it to ONNX, verify the file against
@@ -39,7 +53,14 @@ def demo_command(out, archs, epochs, seed):
     """
     from rnn_export.demo import ARCHS, run_demo
 
-    summary = run_demo(out, archs=archs or ARCHS, epochs=epochs, seed=seed, echo=click.echo)
+    summary = run_demo(
+        out,
+        archs=archs or ARCHS,
+        epochs=epochs,
+        seed=seed,
+        echo=click.echo,
+        input_kind=input_kind,
+    )
     failed = [arch for arch, r in summary["archs"].items() if not r["parity_passed"]]
     if failed:
         click.echo(f"FAILED: verify failed for {', '.join(failed)}", err=True)

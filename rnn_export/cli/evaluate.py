@@ -15,14 +15,16 @@ from rnn_export.cli.stream import threads_option
     "--data",
     "data_dir",
     type=click.Path(path_type=Path),
-    help="A folder dataset (one .txt file per class, label = file name): every text of it.",
+    help="A folder dataset (one .txt file per class, label = file name): every text of it; "
+    "for a features model a .npz or .ts file: every sequence of it.",
 )
 @click.option(
     "--checkpoint",
     "run_dir",
     type=click.Path(path_type=Path),
     help="The RUN_DIR the model was exported from: its own validation split (the one "
-    "training reported val_accuracy on).",
+    "training reported val_accuracy on); for a features model its test split (the one "
+    "training reported test_accuracy on), where it has one.",
 )
 @click.option(
     "--report",
@@ -38,7 +40,7 @@ from rnn_export.cli.stream import threads_option
 )
 @threads_option
 def evaluate_command(model_path, data_dir, run_dir, report_path, plot_path, threads):
-    """Evaluate MODEL.onnx on labelled texts: --data DIR or --checkpoint RUN_DIR.
+    """Evaluate MODEL.onnx on labelled texts or frames: --data or --checkpoint RUN_DIR.
 
     Runs the file through the torch-free runtime (padded batches, the numbers a
     stream gives) and prints the accuracy, then per class its support, the texts

@@ -202,7 +202,8 @@ def _check_against_module(ckpt, spec) -> None:
     if not check.passed:
         click.echo(
             "error: the RUN_DIR does not compute what your module computes: check the "
-            "tensor names (--map), their orientation and --nonlinearity",
+            "tensor names (--map), their orientation, --nonlinearity and, for frames, "
+            "--normalization",
             err=True,
         )
         sys.exit(1)

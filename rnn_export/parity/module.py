@@ -180,9 +180,12 @@ class UserModel:
             module takes unless spec.encoding says.
     """
 
-    def __init__(self, module, spec: ModuleSpec, config):
+    def __init__(self, module, spec: ModuleSpec, config, normalization=None):
         self.module, self.spec = module, spec
         self.V, self.H = config.vocab_size, config.hidden_size
+        # A features model's (mean, scale): the file normalizes raw frames itself, the
+        # user's module takes them normalized, as it was trained (docs/verify.md).
+        self.normalization = normalization
         kind = getattr(config, "input_kind", "tokens")
         self.encoding = spec.encoding or kind
         if self.encoding == "features" and kind != "features":
@@ -216,7 +219,11 @@ class UserModel:
         if encoding == "onehot":
             ids = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
             return torch.nn.functional.one_hot(ids, self.V).double()  # (B, T, V)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))  # (B, T, F)
+        frames = np.asarray(x, dtype=np.float64)
+        if self.normalization is not None:
+            mean, scale = self.normalization
+            frames = (frames - mean) / scale
+        return torch.from_numpy(np.ascontiguousarray(frames))  # (B, T, F)
 
     def _group(self, x: np.ndarray, encoding: str) -> np.ndarray:
         import torch
@@ -283,13 +290,26 @@ def drive(runner, tokens: np.ndarray, lengths: np.ndarray, zeros) -> np.ndarray:
     return out
 
 
-def generated_rows(vocab_size: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens (B, T), lengths (B,)): random tokens, lengths 1..GENERATED_LONGEST with
-    both extremes, several rows of each length (the module's groups)."""
+def generated_rows(model, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs (B, T) token ids or (B, T, F) frames, lengths (B,)): random inputs of the
+    model's kind, lengths 1..GENERATED_LONGEST with both extremes, several rows of each
+    length (the module's groups)."""
+    from rnn_export.parity.cases import draw_inputs
+
     lengths = rng.integers(1, GENERATED_LONGEST + 1, size=GENERATED_ROWS).astype(np.int64)
     lengths[:2] = (1, GENERATED_LONGEST)
-    tokens = rng.integers(0, vocab_size, size=(GENERATED_ROWS, GENERATED_LONGEST))
-    return tokens.astype(np.int64), lengths
+    return draw_inputs(model, rng, (GENERATED_ROWS, GENERATED_LONGEST)), lengths
+
+
+def user_model(module, spec: ModuleSpec, model) -> UserModel:
+    """The user's module around the toolkit's model of the same weights (its config, and
+    a features model's normalization, which the user's module takes already applied)."""
+    normalization = None
+    if model.config.input_kind == "features":
+        normalization = tuple(
+            t.detach().double().numpy() for t in (model.frames.mean, model.frames.scale)
+        )
+    return UserModel(module, spec, model.config, normalization)
 
 
 def module_cases(runners, user: UserModel, recurrence, inputs, zeros, output: str):
@@ -351,8 +371,8 @@ def check_run_dir(ckpt, spec: ModuleSpec, seed: int = 0):
     from rnn_export.parity.cases import zero_state
     from rnn_export.parity.reference import Recurrence
 
-    user = UserModel(load_user_module(spec), spec, ckpt.config)
-    tokens, lengths = generated_rows(ckpt.config.vocab_size, np.random.default_rng(seed))
+    user = user_model(load_user_module(spec), spec, ckpt.model)
+    tokens, lengths = generated_rows(ckpt.model, np.random.default_rng(seed))
     ref, _ = Recurrence(ckpt.model).run(tokens, zero_state(ckpt.config, len(lengths)), lengths)
     theirs = user.log_probs(tokens, lengths, user.encoding)
     if theirs.shape != ref.value.shape:

@@ -145,7 +145,7 @@ def _verify(
     onnx_path = Path(onnx_path)
     meta, cpu_session = _open_model(onnx_path, threads)
     _check_belongs(meta, ckpt, onnx_path)
-    user = _user_model(module, ckpt.config)
+    user = _user_model(module, ckpt.model)
     if (runtime != "onnxruntime" or meta.is_step_file) and wanted != [("cpu", True)]:
         what = "a step file" if meta.is_step_file else f"runtime {runtime}"
         raise ParityUsageError(
@@ -256,13 +256,13 @@ def _check_arguments(tolerance, stream_steps, threads, example_length) -> None:
             raise ParityUsageError(f"{name} must be an integer >= 1; got {value!r}")
 
 
-def _user_model(module, config):
+def _user_model(module, model):
     """The user's module (rnn_export.parity.module), loaded before the minutes of checks."""
     if module is None:
         return None
-    from rnn_export.parity.module import UserModel, load_user_module
+    from rnn_export.parity.module import load_user_module, user_model
 
-    return UserModel(load_user_module(module), module, config)
+    return user_model(load_user_module(module), module, model)
 
 
 def _against_user(runners, ckpt, meta, recurrence, user, data, validation, rng):
@@ -283,7 +283,7 @@ def _against_user(runners, ckpt, meta, recurrence, user, data, validation, rng):
 
     results = []
     if user is not None:
-        tokens, lengths = generated_rows(ckpt.config.vocab_size, rng)
+        tokens, lengths = generated_rows(ckpt.model, rng)
         inputs = [(f"{len(lengths)} generated rows from zeros", tokens, lengths, False)]
         inputs += [] if real is None else [real]
         results += module_cases(runners, user, recurrence, inputs, zeros, meta.log_probs.name)
