@@ -285,3 +285,33 @@ def test_a_features_model_is_checked_on_frames_around_its_training_data(tmp_path
     # ruled on here: its top two classes are often closer than int8's error.
     assert report.within >= MIN_WITHIN and report.max_prob_error < MAX_PROB_ERROR
     assert report.mean_prob_error > 0 and report.accuracy_int8 is None
+
+
+def test_a_trained_features_model_is_checked_on_its_validation_frames(tmp_path):
+    """A features model trained on frames data: the int8 rule runs on its validation
+    split, each sequence's real frames and label."""
+    from rnn_export.frames import frames_embedded_spec, load_frames
+    from rnn_export.parity.verify import _load_checkpoint
+    from rnn_export.quantize import _validation_inputs
+    from rnn_export.training import train
+
+    spec = frames_embedded_spec(seed=2, size=120, features=4)
+    train(
+        "gru",
+        tmp_path / "run",
+        spec,
+        input_kind="features",
+        epochs=1,
+        hidden_size=8,
+        progress=False,
+    )
+    step = export_onnx(tmp_path / "run", tmp_path / "f.step.onnx", graph="step")
+    int8 = open_model(quantize_file(step, tmp_path / "f.int8.onnx").path)
+    inputs, labels, source = _validation_inputs(_load_checkpoint(tmp_path / "run"), int8, None)
+    val = load_frames(spec).val
+    assert source == "validation split" and labels.tolist() == val.labels.tolist()
+    for got, x, n in zip(inputs, val.x, val.lengths, strict=True):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, x[:n])
+    report = verify_quantized(tmp_path / "f.int8.onnx", tmp_path / "run")
+    assert report.texts == len(val) and report.accuracy_int8 is not None
