@@ -213,12 +213,12 @@ class FrameCorpusReader:
                 "expected x (N, T, F) and lengths (N,)"
             )
         with arrays.open(member) as f:
-            return _npy_header(f, f"{self.path}: {name}")
+            return read_npy_header(f, f"{self.path}: {name}")
 
     def _rows(self, arrays, name: str, rows: int) -> Iterator[np.ndarray]:
         """The array `name` `rows` rows at a time, read from its zip member."""
         with arrays.open(f"{name}.npy") as f:
-            shape, dtype = _npy_header(f, f"{self.path}: {name}")
+            shape, dtype = read_npy_header(f, f"{self.path}: {name}")
             row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
             for start in range(0, shape[0], rows):
                 n = min(rows, shape[0] - start)
@@ -320,7 +320,7 @@ class FrameCorpusReader:
         return np.split(frames, np.cumsum(counts)[:-1])
 
 
-def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
+def read_npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of an .npy stream, read from its header; refuses pickled objects
     and Fortran order (rows could not be read one after the other)."""
     fmt = np.lib.format

@@ -146,9 +146,13 @@ def predict_frame_file(model, texts, path, column: str):
         )
     reader = FrameCorpusReader(Path(path), fmt, F, column)
     for chunk in reader:
-        keys = chunk.keys
-        predictions = predict_frames(model, chunk.texts, lambda i, k=keys: reader.where(k[i]))
-        for key, prediction in zip(keys, predictions, strict=True):
+        first = chunk.done - len(chunk.keys) + 1  # the chunk's first row
+
+        def where(i, first=first):
+            return reader.where(first + i)
+
+        predictions = predict_frames(model, chunk.texts, where)
+        for key, prediction in zip(chunk.keys, predictions, strict=True):
             yield {reader.key_name: key}, prediction
 
 
