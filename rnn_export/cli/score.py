@@ -139,6 +139,8 @@ def score_command(
         p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
         for p in ("column", "text_field")
     }
+    if (given["column"] or given["text_field"]) and _format(input_path, fmt) == "npz":
+        raise click.UsageError("an .npz holds its frames in the array x; it takes no --column")
     if given["column"] and not table:
         raise click.UsageError("--column names a CSV or Parquet column; JSONL takes --text-field")
     if given["text_field"] and table:
@@ -173,9 +175,14 @@ def score_command(
 def _is_table(path: Path, fmt: str | None) -> bool:
     """CSV or Parquet (a column) rather than JSONL (a field); an unknown suffix is
     reported by the scoring itself."""
+    return _format(path, fmt) in ("csv", "parquet")
+
+
+def _format(path: Path, fmt: str | None) -> str | None:
+    """The input's format, None where its suffix names none (the scoring reports it)."""
     from rnn_export.corpus import CorpusError, format_of
 
     try:
-        return format_of(path, fmt) in ("csv", "parquet")
+        return format_of(path, fmt)
     except CorpusError:
-        return False
+        return None
