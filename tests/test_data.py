@@ -167,10 +167,7 @@ def test_vocabulary_from_training_split_with_unk():
         ({"tokens": ["ab", "cd"]}, "a vocabulary token must be one character; got 'cd'"),
         ({"tokens": [UNK]}, "at least one character token; got none"),
         ({"tokens": ["a", "b"], "unk_id": -1}, r"unk_id must be an integer in 0 .. 1 .* got -1"),
-        (
-            {"tokens": ["a"], "unk_id": None, "size": 3},
-            r"keys tokens, unk_id, text; got also \['size'\]",
-        ),
+        ({"tokens": ["a"], "unk_id": None, "size": 3}, r"keys tokens, unk_id, text; got also \['size'\]"),
         ({"tokens": [UNK, "ab"]}, "a vocabulary token must be one character; got 'ab'"),
         ({"tokens": [UNK, "a", "a"]}, "distinct; repeated: \\['a'\\]"),
         ({"tokens": [UNK, "a"], "unk_id": 2}, r"unk_id must be an integer in 0 .. 1 .*; got 2"),
