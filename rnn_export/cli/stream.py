@@ -71,7 +71,8 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 
     A line with characters outside the model's vocabulary gets a warning on
     stderr with their count (they are read as the unknown token); --strict
-    makes them an error.
+    makes them an error. A features model (float frames) reads no text: it is
+    refused (exit 2); predict its frames with predict --file.
     """
     import json
 
