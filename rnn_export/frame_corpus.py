@@ -49,6 +49,7 @@ DEFAULT_FRAMES = "frames"  # the Parquet column of the frames
 NPZ_IDS = "ids"
 MAX_SEQUENCE_VALUES = MAX_TEXT_CHARS  # T * F of one sequence (64 MiB of float32)
 CHUNK_VALUES = 1 << 22  # float32 values of one chunk (16 MiB)
+MAX_ID_CHARS = 1024  # characters of an .npz id: a chunk's ids stay within 16 MiB
 PARQUET_ROWS = 256  # rows of a Parquet file read at a time
 
 
@@ -178,10 +179,10 @@ class FrameCorpusReader:
                 self.id_field = NPZ_IDS
             if self.id_field is not None:
                 ids = self._header(arrays, self.id_field)
-                if ids[0] != (N,) or ids[1].kind not in "iuU":
+                if ids[0] != (N,) or ids[1].kind not in "iuU" or ids[1].itemsize > 4 * MAX_ID_CHARS:
                     raise CorpusError(
                         f"{self.path}: {self.id_field} is {ids[1]} {ids[0]}; expected int or "
-                        f"str ({N},), each row's key"
+                        f"str of at most {MAX_ID_CHARS:,} characters ({N},), each row's key"
                     )
                 self.key_name = self.id_field
         self.total, self._shape = N, (N, T, F)

@@ -235,6 +235,10 @@ BAD_NPZ = {
         r"lengths is int64 \(8, 1\); expected int \(8,\)",
     ),
     "2-d x": ({"x": np.zeros((8, 9), np.float32)}, r"x is float32 \(8, 9\); expected float frames"),
+    "long ids": (
+        {"ids": np.array(["x" * 1025] * 8)},
+        r"ids is <U1025 \(8,\); expected int or str of at most 1,024",
+    ),
     "ids of objects": (
         {"ids": np.array([{}] * 8, dtype=object)},
         r"ids: an array of object; expected numbers or strings",
