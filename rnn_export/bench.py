@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_export.bench_inputs import mixed_lengths, random_inputs
 from rnn_export.bench_report import BenchReport
 from rnn_export.config import MAX_THREADS, check_int
 from rnn_export.errors import InputError
@@ -72,7 +73,8 @@ import rnn_runtime
 t.append(time.time())
 model = rnn_runtime.open_model(sys.argv[1], threads=int(sys.argv[2]))
 t.append(time.time())
-prediction = model.stream().step(int(sys.argv[3]))
+x = int(sys.argv[3]) if model.metadata.reads_tokens else model.reader.mean
+prediction = model.stream().step(x)
 t.append(time.time())
 import importlib.util, json, os, resource
 try:
@@ -124,7 +126,7 @@ def run_bench(
         threads: intra-op threads for both onnxruntime and torch (fixed for the run).
         repeats: timed blocks per measurement; medians are reported.
         quick: a smaller grid and short blocks (for smoke tests; figures are rough).
-        seed: seed of the random tokens and lengths.
+        seed: seed of the random inputs (token ids or frames: bench_inputs) and lengths.
 
     Returns:
         BenchReport.
@@ -184,6 +186,8 @@ def run_bench(
         "hidden_size": meta.hidden_size,
         "num_layers": meta.num_layers,
         "vocab_size": meta.vocab_size,
+        "input_kind": meta.input_kind,
+        "input_size": meta.input_size,
         "num_classes": meta.num_classes,
         "threads": threads,
         "repeats": repeats,
@@ -206,14 +210,6 @@ def _products(meta) -> tuple[Product, ...] | None:
     if meta.step is None:
         return None
     return step_products(meta.step.model_bytes())
-
-
-def mixed_lengths(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
-    """int64 (B,) lengths of a padded batch: spread over 1..T, and one row (row 0) as long
-    as the padding."""
-    lengths = rng.integers(1, T + 1, size=B, dtype=np.int64)
-    lengths[0] = T
-    return lengths
 
 
 def time_blocks(
@@ -249,7 +245,10 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
     import rnn_runtime
     from rnn_runtime.session import bound_run, open_session
 
-    ids = rng.integers(0, rt_model.metadata.vocab_size, size=997).tolist()
+    meta = rt_model.metadata
+    # Token ids as Python ints, frames as (F,) float32 arrays: what device code holds.
+    xs = random_inputs(meta, rng, (997,))
+    ids = xs.tolist() if meta.reads_tokens else list(xs)
     stream = rt_model.stream()
 
     def run_runtime(n: int) -> None:
@@ -270,7 +269,6 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
 
         runs["main graph"] = run_main_graph
 
-    meta = rt_model.metadata
     session, outputs = rt_model.session, [meta.log_probs.name] + [s.output for s in meta.states]
     hand_state = rt_model.initial_state(1)
     one = np.ones((1,), dtype=np.int64)
@@ -279,7 +277,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         # What users write on the file alone: a feed dict per step, the new state fed back.
         state, k = dict(hand_state), len(ids)
         for i in range(n):
-            token = np.array([[ids[i % k]]], dtype=np.int64)
+            token = np.array([[ids[i % k]]], dtype=xs.dtype)
             _, *new = session.run(
                 outputs, {meta.tokens.name: token, meta.lengths.name: one, **state}
             )
@@ -287,7 +285,9 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         hand_state.update(state)
 
     runs["hand-written"] = run_handwritten
-    token = torch.zeros((1, 1), dtype=torch.int64)
+    token = torch.zeros((1, 1, *xs.shape[1:]), dtype=torch.from_numpy(xs).dtype)
+    # PyTorch users hold frames as tensors (token ids as ints, as the runtime's callers).
+    torch_ids = ids if meta.reads_tokens else list(torch.from_numpy(xs))
     state = [model.initial_state(1)]
 
     def run_torch(n: int) -> None:
@@ -295,7 +295,7 @@ def _bench_streaming(rt_model, model, threads, repeats, block_s, rng) -> dict:
         with torch.inference_mode():
             h = state[0]
             for i in range(n):
-                token[0, 0] = ids[i % k]
+                token[0, 0] = torch_ids[i % k]
                 _, h = model(token, h)
             state[0] = h
 
@@ -335,7 +335,7 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
     from rnn_export.models import model_state
 
     meta = rt_model.metadata
-    tokens = rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64)
+    tokens = random_inputs(meta, rng, (B, T))
     lengths = mixed_lengths(rng, B, T)
     state = rt_model.initial_state(B)
     t_tokens, t_lengths = torch.from_numpy(tokens), torch.from_numpy(lengths)
@@ -392,13 +392,12 @@ def _bench_offline(rt_model, model, products, B, T, repeats, block_s, rng) -> di
 
 
 def _bench_pool(rt_model, products, sizes, repeats, block_s, rng) -> list[dict]:
-    V = rt_model.metadata.vocab_size
     runs, rooflines = {}, {}
     for size in sizes:
         pool = rt_model.pool()
         for _ in range(size):
             pool.join()
-        ids = [rng.integers(0, V, size=size, dtype=np.int64) for _ in range(16)]
+        ids = [random_inputs(rt_model.metadata, rng, (size,)) for _ in range(16)]
 
         def run_pool(n: int, pool=pool, ids=ids) -> None:
             for i in range(n):
@@ -450,9 +449,9 @@ def _bench_threads(model_path, products, cores, B, T, repeats, block_s, rng) -> 
     import rnn_runtime
 
     models = {n: rnn_runtime.open_model(model_path, threads=n) for n in (1, cores)}
-    V = models[1].metadata.vocab_size
-    ids = [rng.integers(0, V, size=SCALING_POOL, dtype=np.int64) for _ in range(16)]
-    tokens = rng.integers(0, V, size=(B, T), dtype=np.int64)
+    meta = models[1].metadata
+    ids = [random_inputs(meta, rng, (SCALING_POOL,)) for _ in range(16)]
+    tokens = random_inputs(meta, rng, (B, T))
     lengths = mixed_lengths(rng, B, T)
     state = models[1].initial_state(B)
     runs = {}

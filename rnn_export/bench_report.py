@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-# The goals (issue 17), shown next to each measured figure; "at least" unless it says.
+# The goals of the runtime, shown next to each measured figure; "at least" unless it says.
 TARGETS = {
     "streaming_speedup_vs_torch": 5.0,
     "streaming_vs_handwritten": 2.5,  # the runtime's step against the hand-written loop
@@ -39,6 +39,19 @@ def _goal(goal: str, value: float | None, unit: str = "x") -> str:
 def phases_text(phases: dict[str, float]) -> str:
     """A cold start's phases in one line: "interpreter 25 ms, import numpy 72 ms, ..."."""
     return ", ".join(f"{name} {1e3 * seconds:.0f} ms" for name, seconds in phases.items())
+
+
+def input_text(settings: dict) -> str:
+    """A report's model input: "V=9" for token ids, "F=40 frames" for a features model
+    (reports written before the input kinds hold token ids)."""
+    if settings.get("input_kind") == "features":
+        return f"F={settings['input_size']} frames"
+    return f"V={settings['vocab_size']}"
+
+
+def steps_unit(settings: dict) -> str:
+    """What one step of the offline grid reads: a token or a frame."""
+    return "frames" if settings.get("input_kind") == "features" else "tokens"
 
 
 def _fraction(value: float | None) -> str:
@@ -109,7 +122,7 @@ class BenchReport:
         s, m, st = self.settings, self.machine, self.streaming
         lines = [
             f"model {s['model']} (arch {s['arch']}, H={s['hidden_size']}, L={s['num_layers']}, "
-            f"V={s['vocab_size']}, C={s['num_classes']}); threads {s['threads']}, "
+            f"{input_text(s)}, C={s['num_classes']}); threads {s['threads']}, "
             f"repeats {s['repeats']}{', quick' if s['quick'] else ''}",
             f"machine: {m['cpu_count']} CPUs {m['machine']} ({m['processor']}), Python "
             f"{m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}"
@@ -142,7 +155,7 @@ class BenchReport:
             ),
             f"   runtime steps through: {st['steps_through']}",
             "",
-            "2. offline throughput, padded batches with mixed lengths (real tokens/s)",
+            f"2. offline throughput, padded batches with mixed lengths (real {steps_unit(s)}/s)",
             f"   {'B':>4} {'T':>4} {'onnxruntime':>13} {'torch':>13} {'speedup':>8} "
             f"{'roofline':>8} {'schedule':>8}",
         ]
@@ -197,7 +210,8 @@ class BenchReport:
                 + _goal("pool_256_threads_scaling", sc["pool_scaling"]),
                 f"   offline B={sc['batch']} T={sc['time']}: "
                 f"{sc['offline_tokens_per_s_one']:,.0f} -> "
-                f"{sc['offline_tokens_per_s_all']:,.0f} tokens/s, {sc['offline_scaling']:.2f}x",
+                f"{sc['offline_tokens_per_s_all']:,.0f} {steps_unit(s)}/s, "
+                f"{sc['offline_scaling']:.2f}x",
             ]
             if sc["roofline_scaling"] is not None:
                 lines.append(

@@ -135,7 +135,7 @@ def save_checkpoint(
 
     Args:
         run_dir: where the checkpoint goes; if it exists it must be a checkpoint or empty.
-        model: a model of either arch; its .config is stored.
+        model: a model of any arch; its .config is stored.
         vocab: the vocabulary it was trained with.
         data: the data spec (see rnn_export.data); None for an imported model, whose
             training then holds "imported".

@@ -32,8 +32,8 @@ from rnn_export.errors import InputError
 ARCHS = ("cell", "stacked", "gru", "lstm")
 # The input stage: what a step reads (see ModelConfig).
 INPUT_KINDS = ("tokens", "onehot", "features")
-# The head stage: what the model answers and when. Only these today; the stage is the seam
-# for heads at every step and for sigmoid or raw outputs.
+# The head stage: what the model answers and when (log-softmax after each row's last real
+# step); heads at every step and sigmoid or raw outputs are added here.
 HEADS = ("log_softmax",)
 HEAD_STEPS = ("last",)
 NONLINEARITIES = {
@@ -112,16 +112,16 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a model of either arch.
+    """Everything needed to rebuild a model of any arch and input kind.
 
     Args:
         arch: "cell" (the notes' hand-built cell), "stacked" (the notes' nn.RNN wrapper),
             "gru" or "lstm" (the same wrapper around nn.GRU or nn.LSTM).
-        vocab_size: V, number of token ids, unknown-token id included.
+        vocab_size: V, number of token ids, unknown-token id included; 0 for "features".
         labels: class names, index = class id; C = len(labels).
         hidden_size: H.
         num_layers: L; always 1 for "cell".
-        nonlinearity: "tanh" or "relu" for both arches, also "identity" for "cell";
+        nonlinearity: "tanh" or "relu" for "cell" and "stacked", also "identity" for "cell";
             always "tanh" for "gru" and "lstm".
         input_kind: the input stage, one of INPUT_KINDS: "tokens" (token ids through an
             Embedding (V, E)), "onehot" (token ids as one-hot vectors of width V, as the

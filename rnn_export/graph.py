@@ -8,8 +8,8 @@ token, so it is folded at export into a table (V, H) = embedding @ W_0^T + Wb_0 
 input matrix product, only a Gather.
 
 The main graph (B, T symbolic; "cell" has L=1 and its state has no layer axis). A
-top-level If picks the fastest of three paths, each the same math (issue 6 has the
-measurements):
+top-level If picks the fastest of three paths, each the same math (docs/benchmarks.md
+times the streaming and the offline runs):
     T == 1 (streams, pools): per layer Gemm(h0_l, R_l, x) + f, no loop, as few nodes
         as possible (at batch 1 each onnxruntime node costs about as much as its math);
         lengths is not read: 1 <= lengths <= T makes every row's length 1.
@@ -534,8 +534,8 @@ def sorted_scan(g: GraphBuilder, states: list[str], cell, split: bool = False) -
     # Carried states: every layer of the first state, then every layer of the next.
     carried = [f"{b.prefix}{states[k][0]}{layer}" for k in range(kinds) for layer in range(L)]
     # Layer 0's input term is gathered per step for the running rows only: gathering the
-    # whole (T', B, width) term up front and slicing it per step wrote and read it all
-    # (16 MiB at B=256, T=128, H=128: 14% of the cell's run, docs/benchmarks.md).
+    # whole (T', B, width) term up front and slicing it per step writes and reads all of
+    # it once more (16 MiB of float32 at B=256, T=128, H=128).
     tok_t, n = b.prefix + "tok", b.prefix + "n"
     x_run = b("Slice", [tok_t, zero1, n])  # (n,) or (n, F): the running rows' inputs
     outs = [""] * len(carried)

@@ -1,7 +1,7 @@
 """The portable main graph (`convert --portable`): one Scan that every tested runtime computes.
 
 The default main graph (rnn_export.graph) is the fastest for onnxruntime, and it leans on
-constructs that other runtimes get wrong or cannot run (issue 15): the RNN operator's
+constructs that other runtimes get wrong or cannot run (docs/runtimes.md): the RNN operator's
 sequence_lens (ignored by OpenVINO with dynamic shapes and by the ONNX reference), an
 activation list of Relu or Affine (tract reads them as Tanh), If, ScatterElements and
 Split (custom ops after onnx2tf). This graph has the same inputs, outputs and metadata

@@ -1,11 +1,17 @@
 """int8 step files (`rnn-export quantize`) and the rule that verifies them.
 
-quantize_file runs onnxruntime's dynamic int8 quantization (onnxruntime.quantization.
+quantize_file runs onnxruntime's dynamic 8-bit quantization (onnxruntime.quantization.
 quantize_dynamic) on the matrix products of a step file (`convert --step-only`): each
-Gemm becomes DynamicQuantizeLinear + MatMulInteger with int8 weights (one scale per
-tensor), the activations quantized per call. onnxruntime quantizes no RNN operator, so
-the default main graph (whose B = 1 path is one) is refused; a portable main graph is
-refused too, because dynamic quantization picks an activation's scale from the whole
+Gemm becomes DynamicQuantizeLinear + MatMulInteger with uint8 weights (one scale and zero
+point per tensor), the activations quantized to uint8 per call. Unsigned weights, not
+signed: on x86 CPUs without VNNI (AVX2, and AVX-512 before VNNI) onnxruntime multiplies
+uint8 activations by int8 weights with VPMADDUBSW, whose int16 sums of two products
+saturate (255 * 127 * 2 > 32767), so such a file computes other integers there than on a
+VNNI, AMX or ARM CPU and its decisions depend on the CPU; uint8 x uint8 products are
+summed in int32 on every CPU, so the file computes the integers its graph says everywhere
+(docs/runtimes.md#int8-step-files has the measured figures). onnxruntime quantizes no RNN
+operator, so the default main graph (whose B = 1 path is one) is refused; a portable main
+graph is refused too, because dynamic quantization picks an activation's scale from the whole
 batch, so its paths (and the rows of one batch) no longer agree to float32 rounding and
 the runtime's open-time cross-check would refuse it. The metadata is kept, and its
 provenance gains "quantized": {"method", "op_types", "weight_type", "source_sha256"}.
@@ -14,14 +20,15 @@ through the session option that saves an optimised model (basic graph optimisati
 those that do not depend on the machine), the metadata kept.
 
 An int8 file cannot meet verify's float32 allowance (its weights alone are off by up to
-half a quantization step, max|w| / 254). verify holds it to INT8_RULE instead, on the
+half a quantization step, (max w - min w) / 510). verify holds it to INT8_RULE instead, on the
 validation texts, each run alone (B = 1) from the zero state as a stream runs it,
 against PyTorch float32:
     decision agreement (same top label) on >= MIN_AGREEMENT of the texts, and
     every class probability within MAX_PROB_ERROR of float32's on >= MIN_WITHIN of them.
 At most 1% of the texts may differ in either way: texts the float32 model is itself
 unsure of, whose probabilities int8 moves far (the largest error is reported, not ruled
-on: on the default cell model it is 0.59 while 99.7% of the texts are within 0.05). The
+on: on the default cell model with int8 weights it was 0.59 while 99.7% of the texts
+were within 0.05). The
 accuracy of both on the texts' labels is reported (the delta), not ruled on.
 A model without validation texts (an imported one) is checked on generated texts.
 """
@@ -43,6 +50,8 @@ from rnn_export.errors import InputError
 
 FORMATS = ("onnx", "ort")
 OP_TYPES = ("Gemm", "MatMul")
+# uint8 weights: the one 8-bit format whose products no x86 kernel saturates (see above).
+WEIGHT_TYPE = "uint8"
 MIN_AGREEMENT = 0.99
 MAX_PROB_ERROR = 0.05
 MIN_WITHIN = 0.99
@@ -109,7 +118,7 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(
-                src, dst, op_types_to_quantize=list(OP_TYPES), weight_type=QuantType.QInt8
+                src, dst, op_types_to_quantize=list(OP_TYPES), weight_type=QuantType.QUInt8
             )
         finally:
             logging.disable(logging.NOTSET)
@@ -121,7 +130,7 @@ def quantize_file(source: str | Path, out_path: str | Path, fmt: str = "onnx") -
     provenance["quantized"] = {
         "method": "onnxruntime dynamic",
         "op_types": list(OP_TYPES),
-        "weight_type": "int8",
+        "weight_type": WEIGHT_TYPE,
         "source_sha256": hashlib.sha256(data).hexdigest(),
     }
     props["rnn_export.provenance"] = json.dumps(provenance)

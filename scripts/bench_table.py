@@ -36,7 +36,7 @@ def run_bench(model: Path, run_dir: Path, threads: int, quick: bool, out: Path) 
 
 def format_tables(report: dict, command: str | None, date: str) -> str:
     """The Markdown for one bench report (the dict of `BenchReport.to_dict`)."""
-    from rnn_export.bench_report import BenchReport, phases_text
+    from rnn_export.bench_report import BenchReport, input_text, phases_text, steps_unit
 
     goals = BenchReport(**report).goals()
     s, m, st, t = report["settings"], report["machine"], report["streaming"], report["targets"]
@@ -56,7 +56,7 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
         f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + ("" if m.get("load_average") is None else f", load average {m['load_average']:.2f}")
         + "; "
-        f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} V={s['vocab_size']} "
+        f"model {s['arch']} H={s['hidden_size']} L={s['num_layers']} {input_text(s)} "
         f"C={s['num_classes']}, threads {s['threads']}, repeats {s['repeats']}"
         f"{', quick (rough figures)' if s['quick'] else ''}.",
     ]
@@ -116,7 +116,8 @@ def format_tables(report: dict, command: str | None, date: str) -> str:
         f"{verdict('offline_speedup_vs_torch')}; >= {t['offline_roofline_at_256']:.0%} of the "
         f"roofline at B = 256, {verdict('offline_roofline_at_256')}):",
         "",
-        "| B | T | onnxruntime tokens/s | PyTorch tokens/s | speedup | roofline "
+        f"| B | T | onnxruntime {steps_unit(s)}/s | PyTorch {steps_unit(s)}/s | speedup "
+        "| roofline "
         "| the products alone (sorted schedule) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -145,7 +146,7 @@ _GOAL_COLUMNS = {
 
 def format_goals(reports: list[dict]) -> str:
     """One Markdown row per bench report: each goal's figure, "met" or "missed"."""
-    from rnn_export.bench_report import TARGETS, BenchReport
+    from rnn_export.bench_report import TARGETS, BenchReport, input_text, steps_unit
 
     heads = [_GOAL_COLUMNS[g][0] for g in TARGETS]
     lines = [
@@ -161,8 +162,10 @@ def format_goals(reports: list[dict]) -> str:
             # A goal is not measured exactly where its figure is None.
             cells.append("n/a" if value is None else f"{fmt.format(value)} {VERDICTS[goals[goal]]}")
         s, load = report["settings"], report["machine"].get("load_average")
+        # The input is named where it is not token ids (every earlier row's).
+        frames = "" if steps_unit(s) == "tokens" else f" {input_text(s)}"
         lines.append(
-            f"| {s['arch']} H={s['hidden_size']} L={s['num_layers']} | {s['repeats']} "
+            f"| {s['arch']} H={s['hidden_size']} L={s['num_layers']}{frames} | {s['repeats']} "
             f"| {'n/a' if load is None else f'{load:.2f}'} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)

@@ -2,11 +2,12 @@
 
     python scripts/profile_step.py MODEL.onnx [--rows 1 256] [--threads 1] [--runs 2000]
 
-Runs the embedded step model at N rows (random tokens and states, IOBinding as the
-runtime's pool does) under onnxruntime's profiler and prints Markdown: per node its
-median kernel time and share of the median profiled run, the rest being the executor's
-own cost per call. The matrix products here are what the bench's roofline times; the
-other nodes (Gather, activations, LogSoftmax) and the call itself are what a pool step
+Runs the embedded step model at N rows (random inputs of the file's kind, token ids or
+frames, as the bench draws them; random states; IOBinding as the runtime's pool does)
+under onnxruntime's profiler and prints Markdown: per node its median kernel time and
+share of the median profiled run, the rest being the executor's own cost per call. The
+matrix products here are what the bench's roofline times; the other nodes (Gather or the
+frames' normalization, activations, LogSoftmax) and the call itself are what a pool step
 pays beyond it.
 
     python scripts/profile_step.py MODEL.onnx --offline 256 128 [--runs 20]
@@ -62,6 +63,7 @@ def profile(
     import onnxruntime as ort
 
     import rnn_runtime
+    from rnn_export.bench_inputs import random_inputs
     from rnn_runtime.session import open_session
 
     meta = rnn_runtime.load_metadata(model)
@@ -74,7 +76,7 @@ def profile(
         binding = session.io_binding()
         for spec in session.get_inputs():
             if spec.name == meta.step.token:
-                value = rng.integers(0, meta.vocab_size, size=rows, dtype=np.int64)
+                value = random_inputs(meta, rng, (rows,))
             else:
                 value = (0.3 * rng.standard_normal((rows, meta.hidden_size))).astype(np.float32)
             keep.append(value)
@@ -115,14 +117,14 @@ def offline_batch(model: Path, B: int, T: int) -> dict:
     """The main graph's feeds of a (B, T) batch with mixed lengths, as the bench's grid
     has them (the same batch every time: seed 0)."""
     import rnn_runtime
-    from rnn_export.bench import mixed_lengths
+    from rnn_export.bench_inputs import mixed_lengths, random_inputs
 
     rt = rnn_runtime.open_model(model)
     meta = rt.metadata
     rng = np.random.default_rng(0)
     lengths = mixed_lengths(rng, B, T)
     return {
-        meta.tokens.name: rng.integers(0, meta.vocab_size, size=(B, T), dtype=np.int64),
+        meta.tokens.name: random_inputs(meta, rng, (B, T)),
         meta.lengths.name: lengths,
         **rt.initial_state(B),
     }

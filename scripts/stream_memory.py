@@ -1,4 +1,5 @@
-"""Measure a stream's resident memory over a long run: it must stay flat (issue 5).
+"""Measure a stream's resident memory over a long run: it must stay flat (a stream holds
+only its state, so any growth is a leak).
 
     python scripts/stream_memory.py MODEL.onnx [--steps 1000000] [--warmup 1000] [--samples 100]
 

@@ -28,27 +28,40 @@ from rnn_export.config import ModelConfig
 from rnn_export.models import build_model
 
 CHARS = "abcdefgh"
+F = 5  # values per frame of a features model (not H, so that its input product shows)
 
 
-def _run_dir_and_model(tmp_path, arch: str, seed: int):
+def _run_dir_and_model(tmp_path, arch: str, seed: int, input_kind: str = "tokens"):
     from rnn_export.checkpoint import save_checkpoint
     from rnn_export.data import Vocabulary, embedded_spec
     from rnn_export.export import export_onnx
 
     torch.manual_seed(seed)
     vocab = ("<unk>", *CHARS)
+    frames = input_kind == "features"
     config = ModelConfig(
-        arch, len(vocab), ("x", "y", "z"), hidden_size=16, num_layers=1 if arch == "cell" else 2
+        arch,
+        0 if frames else len(vocab),
+        ("x", "y", "z"),
+        hidden_size=16,
+        num_layers=1 if arch == "cell" else 2,
+        input_kind=input_kind,
+        **({"input_size": F} if frames else {}),
     )
+    model = build_model(config).eval()
+    if frames:  # a normalization far from the identity: frames are drawn around it
+        model.frames.mean.copy_(torch.randn(F) * 3)
+        model.frames.scale.copy_(torch.rand(F) * 4 + 0.25)
+    name = f"{arch}-{input_kind}-{seed}"
     run_dir = save_checkpoint(
-        tmp_path / f"run-{arch}-{seed}",
-        build_model(config).eval(),
-        Vocabulary(vocab),
-        embedded_spec(),
-        {"epochs": 0},
-        {"val_accuracy": 0.0},
+        tmp_path / f"run-{name}",
+        model,
+        None if frames else Vocabulary(vocab),
+        None if frames else embedded_spec(),
+        {"imported": {"source": "random weights"}} if frames else {"epochs": 0},
+        {} if frames else {"val_accuracy": 0.0},
     )
-    return run_dir, export_onnx(run_dir, tmp_path / f"{arch}-{seed}.onnx")
+    return run_dir, export_onnx(run_dir, tmp_path / f"{name}.onnx")
 
 
 @pytest.fixture(scope="module", params=["cell", "stacked"])
@@ -74,14 +87,23 @@ def _check_report(d: dict, run_dir, threads: int) -> None:
     assert d["scaling"] is None  # quick: one thread only
     # The roofline times the file's own step products: the H x C head, and per layer the
     # recurrent product (and above layer 0 the input product) with G*H rows in all, G the
-    # gate count (1 plain, 3 GRU, 4 LSTM), whatever way the export splits them.
+    # gate count (1 plain, 3 GRU, 4 LSTM), whatever way the export splits them. Layer 0's
+    # input term is a table lookup for token ids and one-hot symbols, a product of the F
+    # normalized values of a frame for a features model.
     s = d["settings"]
     H, C, L = s["hidden_size"], s["num_classes"], s["num_layers"]
     gates = {"cell": 1, "stacked": 1, "gru": 3, "lstm": 4}[s["arch"]]
     products = [(p["k"], p["m"], p["head"]) for p in d["step_products"]]
     assert products[-1] == (H, C, True)
-    assert all(k == H and not head for k, _, head in products[:-1])
-    assert sum(m for _, m, _ in products[:-1]) == gates * H * (2 * L - 1)
+    assert not any(head for _, _, head in products[:-1])
+    want = {H: gates * H * (2 * L - 1)}  # the rows of the products of each width k
+    if s["input_kind"] == "features":
+        assert s["input_size"] == F
+        want[F] = gates * H
+    widths = {}
+    for k, m, _ in products[:-1]:
+        widths[k] = widths.get(k, 0) + m
+    assert widths == want
     assert d["targets"] == TARGETS
     assert d["settings"]["threads"] == threads
     assert d["settings"]["checkpoint"] == str(run_dir)
@@ -233,7 +255,7 @@ def test_run_bench_missing_model(exported, tmp_path):
 
 
 def test_cli_bench_writes_json_atomically(exported, tmp_path, monkeypatch):
-    """Issue 11.8: a full disk names the path and leaves the earlier report whole."""
+    """A full disk names the path and leaves the earlier report whole."""
     run_dir, model_path = exported
     out = tmp_path / "bench.json"
     out.write_text('{"earlier": true}')
@@ -308,3 +330,44 @@ def test_run_bench_quick_report_of_a_gated_arch(tmp_path, arch):
     report = run_bench(model_path, run_dir, repeats=1, quick=True)
     _check_report(report.to_dict(), run_dir, threads=1)
     assert f"arch {arch}, H=16, L=2" in report.format_table()
+
+
+@pytest.mark.parametrize(("input_kind", "arch"), [("features", "gru"), ("onehot", "lstm")])
+def test_run_bench_quick_report_of_every_input_kind(tmp_path, input_kind, arch):
+    """Every measurement feeds the model's own input kind: frames (F,) a step, (N, F) a
+    pool step and (B, T, F) a batch for a features model, symbols for a one-hot one; the
+    offline check (onnxruntime against PyTorch on the same batch) runs on them too."""
+    run_dir, model_path = _run_dir_and_model(tmp_path, arch, seed=0, input_kind=input_kind)
+    report = run_bench(model_path, run_dir, repeats=1, quick=True)
+    _check_report(report.to_dict(), run_dir, threads=1)
+    assert report.settings["input_kind"] == input_kind
+    table = report.format_table()
+    if input_kind == "features":
+        assert f"arch {arch}, H=16, L=2, F={F} frames, C=3" in table
+        assert "(real frames/s)" in table
+    else:
+        assert f"arch {arch}, H=16, L=2, V={len(CHARS) + 1}, C=3" in table
+        assert "(real tokens/s)" in table
+
+
+def test_random_inputs_are_of_the_files_input_kind(tmp_path):
+    """One generator for every measurement: token ids in 0..V-1 for a model reading
+    tokens; raw float32 frames around the file's normalization for a features model."""
+    import numpy as np
+
+    import rnn_runtime
+    from rnn_export.bench_inputs import random_inputs
+
+    tokens = rnn_runtime.load_metadata(_run_dir_and_model(tmp_path, "cell", 0)[1])
+    ids = random_inputs(tokens, np.random.default_rng(0), (3, 4000))
+    assert ids.dtype == np.int64 and ids.shape == (3, 4000)
+    assert set(np.unique(ids)) == set(range(tokens.vocab_size))
+    meta = rnn_runtime.load_metadata(_run_dir_and_model(tmp_path, "gru", 0, "features")[1])
+    frames = random_inputs(meta, np.random.default_rng(0), (3, 4000))
+    assert frames.dtype == np.float32 and frames.shape == (3, 4000, F)
+    mean, scale = (np.array(v) for v in meta.normalization)
+    normalized = (frames.reshape(-1, F) - mean) / scale  # what the graph's first stage sees
+    # 12,000 draws a feature: their mean within 0.05 of 0 and spread within 5% of 1
+    # (both more than 5 standard errors).
+    assert np.abs(normalized.mean(axis=0)).max() < 0.05
+    assert np.abs(normalized.std(axis=0) - 1).max() < 0.05

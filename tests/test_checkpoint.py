@@ -353,7 +353,7 @@ def test_bad_options_in_train_json(tmp_path, tiny_run_dir, options, match):
 
 
 def test_a_run_that_fails_a_check_never_replaces_the_earlier_one(tmp_path):
-    """Issue 11.1: the checks (finite weights...) run before the swap, not after."""
+    """The checks (finite weights...) run before the swap, not after."""
     save(tmp_path / "run", seed=0)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     model, vocab = fresh_model("cell", seed=1)
@@ -387,7 +387,7 @@ def _data(key, value):
     return rewrite_json("train.json", lambda t: {**t, "data": {**t["data"], key: value}})
 
 
-# Issue 11.6: every refusal one CheckpointError naming the file; never a traceback, and
+# Every refusal one CheckpointError naming the file; never a traceback, and
 # nothing allocated from a size no check has passed.
 BOUNDED = {
     "invalid UTF-8 byte": (
@@ -495,7 +495,7 @@ def _safetensors(path, header: dict, data_bytes: int) -> None:
 
 
 def test_a_large_safetensors_file_is_judged_by_its_header(tmp_path):
-    """Issue 11.12: a 1.5 GB file whose header does not fit the model is refused after
+    """A 1.5 GB file whose header does not fit the model is refused after
     reading its header alone (tracemalloc sees every bytes object that a whole read makes)."""
     save(tmp_path / "run")
     weights = tmp_path / "run" / "model.safetensors"
@@ -559,7 +559,7 @@ def test_bad_safetensors_headers(tmp_path, change, match):
     ids=["onnx-file", "fifo", "missing"],
 )
 def test_a_path_of_the_wrong_kind_is_named_for_what_it_is(tmp_path, make, match):
-    """Issue 11.13: "not found" only for what is not there."""
+    """Only what is not there is called "not found"; the rest is named for what it is."""
     make(tmp_path / "m.onnx")
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(tmp_path / "m.onnx")
@@ -577,7 +577,7 @@ IDENTITY_CHANGES = {
 
 @pytest.mark.parametrize("change", IDENTITY_CHANGES)
 def test_the_identity_covers_everything_that_defines_the_model(tmp_path, change):
-    """Issue 11.10: reversed labels (same weights) are another model, with another identity."""
+    """Reversed labels (same weights) are another model, with another identity."""
     save(tmp_path / "run")
     before = load_checkpoint(tmp_path / "run")
     IDENTITY_CHANGES[change](tmp_path / "run")

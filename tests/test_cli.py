@@ -274,7 +274,7 @@ def _one_error_line(result, match: str) -> None:
 def test_train_options_out_of_bounds_exit_2_with_one_line(
     tmp_path, monkeypatch, option, value, match
 ):
-    """Issue 11.6: checked before any data is read or anything allocated."""
+    """Checked before any data is read or anything allocated."""
     monkeypatch.setattr(training, "load_dataset", lambda data: pytest.fail("read the data"))
     result = run("train", "--arch", "stacked", "--out", tmp_path / "run", option, value)
     _one_error_line(result, match)
@@ -291,7 +291,7 @@ def test_train_options_out_of_bounds_exit_2_with_one_line(
     ids=["file", "under-a-file", "proc"],
 )
 def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, monkeypatch, out, match):
-    """Issue 11.14: refused before an epoch is trained, with what the path is."""
+    """Refused before an epoch is trained, with what the path is."""
     if out.startswith("/proc") and not Path("/proc/self").is_dir():
         pytest.skip("needs Linux /proc")
     (tmp_path / "file").write_text("mine")
@@ -318,7 +318,7 @@ OUTPUTS = {
 def test_outputs_refuse_a_path_that_is_not_a_regular_file_or_folder(
     tmp_path, tiny_run_dir, monkeypatch, command, target
 ):
-    """Issue 11.2: a FIFO or a device is refused, never replaced (as root, convert --out
+    """A FIFO or a device is refused, never replaced (as root, convert --out
     /dev/null used to replace /dev/null by a file)."""
     from rnn_export import bench
 
@@ -336,7 +336,7 @@ def test_outputs_refuse_a_path_that_is_not_a_regular_file_or_folder(
 
 
 def test_train_data_that_is_a_class_file(tmp_path, data_dir):
-    """Issue 11.13: a file where a folder is expected says so, and names the folder."""
+    """A file where a folder is expected says so, and names the folder."""
     result = run(
         "train", "--arch", "cell", "--data", data_dir / "left.txt", "--out", tmp_path / "r"
     )
@@ -348,7 +348,7 @@ def test_train_data_that_is_a_class_file(tmp_path, data_dir):
 
 
 def test_a_diverging_run_stops_and_keeps_the_earlier_run(tmp_path, data_dir, monkeypatch):
-    """Issue 11.1: a NaN loss stops the run at once (exit 2, one line); the earlier run at
+    """A NaN loss stops the run at once (exit 2, one line); the earlier run at
     --out stays as it was."""
     out = tmp_path / "run"
     assert (
@@ -379,7 +379,7 @@ def test_a_diverging_run_stops_and_keeps_the_earlier_run(tmp_path, data_dir, mon
 
 
 def test_redirected_progress_is_one_line_per_epoch(tmp_path, data_dir):
-    """Issue 11.15: no progress bar when stderr is not a terminal (CliRunner's is not)."""
+    """No progress bar when stderr is not a terminal (CliRunner's is not)."""
     result = run(
         "train", "--arch", "cell", "--data", data_dir, "--out", tmp_path / "run", "--epochs", 3,
         "--batch-size", 4,
@@ -392,7 +392,7 @@ def test_redirected_progress_is_one_line_per_epoch(tmp_path, data_dir):
 
 
 def test_verify_refuses_a_bad_data_spec_when_it_loads_the_checkpoint(tmp_path, tiny_run_dir):
-    """Issue 11.6: train.json's data spec is checked as the checkpoint loads, not later."""
+    """The data spec in train.json is checked as the checkpoint loads, not later."""
     import shutil
 
     from rnn_export.export import export_onnx

@@ -167,7 +167,10 @@ def test_vocabulary_from_training_split_with_unk():
         ({"tokens": ["ab", "cd"]}, "a vocabulary token must be one character; got 'cd'"),
         ({"tokens": [UNK]}, "at least one character token; got none"),
         ({"tokens": ["a", "b"], "unk_id": -1}, r"unk_id must be an integer in 0 .. 1 .* got -1"),
-        ({"tokens": ["a"], "unk_id": None, "size": 3}, r"keys tokens, unk_id, text; got also \['size'\]"),
+        (
+            {"tokens": ["a"], "unk_id": None, "size": 3},
+            r"keys tokens, unk_id, text; got also \['size'\]",
+        ),
         ({"tokens": [UNK, "ab"]}, "a vocabulary token must be one character; got 'ab'"),
         ({"tokens": [UNK, "a", "a"]}, "distinct; repeated: \\['a'\\]"),
         ({"tokens": [UNK, "a"], "unk_id": 2}, r"unk_id must be an integer in 0 .. 1 .*; got 2"),
@@ -217,7 +220,7 @@ def test_names_data(names_dir):
 
 
 def test_a_class_file_given_as_the_folder(tmp_path):
-    """Issue 11.13: a file where the folder is expected: said, with the folder to pass."""
+    """A file where the folder is expected: said, with the folder to pass."""
     folder = write_folder(tmp_path / "names", {"Arabic.txt": "x\n", "Greek.txt": "y\n"})
     match = (
         r"Arabic\.txt: expected a folder with one \.txt file per class; it is a file \(one "

@@ -19,7 +19,7 @@ from torch.autograd import Variable
 from rnn_export.cli import main
 from rnn_export.importing import ImportWeightsError, import_weights, read_state_dict
 
-# The project's parity tolerance (issue 4).
+# The project's parity tolerance, float32 against PyTorch (tests/runtime/reference.py).
 ATOL, RTOL = 1e-5, 1e-4
 CHARS = "abcdefgh"
 

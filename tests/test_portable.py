@@ -14,7 +14,7 @@ from rnn_export.export import ExportError, build_onnx
 from rnn_export.models import model_state
 from rnn_runtime import open_model
 
-# Constructs other runtimes compute wrongly or cannot run (issue 15).
+# Constructs other runtimes compute wrongly or cannot run (the tables of docs/runtimes.md).
 AVOIDED = {"RNN", "If", "ScatterElements", "Split", "TopK"}
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -150,6 +150,10 @@ def test_features_runtime_streams_pools_and_predicts_as_pytorch(arch, tmp_path):
     [
         (np.zeros(F - 1), r"a frame has shape \(4,\); this model expects \(5,\)"),
         (np.array([0, 0, np.nan, 0, 0]), r"1 values that are not finite .* first at \(2,\)"),
+        (  # float32 (F,): the fast path's shape, refused by its finiteness check
+            np.array([0, np.inf, 0, 0, 0], np.float32),
+            r"1 values that are not finite .* first at \(1,\)",
+        ),
         (np.full(F, 1e39), r"5 values that are not finite"),
         ("a", r"reads float frames of 5 values; got a str"),
         (np.array(["x"] * F), r"must hold real numbers; got dtype <U1"),
@@ -211,7 +215,9 @@ def test_bad_stage_configs_are_refused(fields, message):
 
 
 def _weight_bytes(proto) -> int:
-    return sum(onnx.numpy_helper.to_array(i).nbytes for i in proto.graph.initializer)
+    """The float32 weights' bytes (the graphs' int64 shape constants are not weights)."""
+    arrays = (onnx.numpy_helper.to_array(i) for i in proto.graph.initializer)
+    return sum(a.nbytes for a in arrays if a.dtype == np.float32)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

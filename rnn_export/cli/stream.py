@@ -108,8 +108,10 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 def _warn_unknown(lines, tokenizer):
     """The lines unchanged, with a warning on stderr before each one that holds
     characters outside the vocabulary."""
+    from rnn_runtime.stream import line_text
+
     for n, line in enumerate(lines, 1):
-        warn_unknown(f"line {n}", line.rstrip("\r\n"), tokenizer)
+        warn_unknown(f"line {n}", line_text(line), tokenizer)
         yield line
 
 

@@ -7,8 +7,8 @@ backend needs no knowledge of how many states a model has.
 
     onnxruntime     the runtime's own session (rnn_runtime.session.open_session)
     openvino        OpenVINO's CPU plugin at INFERENCE_PRECISION_HINT f32 unless asked
-                    otherwise: on a CPU with AMX its default is bf16 (errors of 0.02
-                    to 2.4 on these models, issue 15)
+                    otherwise: on a CPU with AMX its default is bf16 (8 significant
+                    bits against float32's 24: no float32 allowance admits it)
     tract           tract's ONNX loader (the `tract` package), the model typed and
                     optimised once for symbolic B and T
     onnx-reference  onnx.reference.ReferenceEvaluator: the ONNX specification in numpy

@@ -26,8 +26,8 @@ from rnn_export.parity.compare import CaseFailure, check_shape, compare, error_r
 from rnn_export.parity.results import LOCAL, CaseResult
 
 BATCH_SIZES = (1, 8, 17)
-# A traced export fixes T to its example's length (7 tokens in the first issue's
-# example); the whole runs try that length, 16 times it, 1000 and 1.
+# A traced export fixes T to its example's length (a word-sized example of 7 tokens
+# here); the whole runs try that length, 16 times it, 1000 and 1.
 EXAMPLE_LENGTH = 7
 LONG_LENGTH = 1000
 HORIZON = 4  # steps from each start state

@@ -41,7 +41,7 @@ Keys (all values are JSON text):
                            its first axis when that state is (L, B, H), the state itself
                            when it is (B, H). The runtime steps through it on the CPU: at
                            batch 1 every onnxruntime node costs about as much as its math,
-                           and this graph has the fewest nodes (issue 6 has the figures).
+                           and this graph has the fewest nodes (docs/benchmarks.md).
                            A step file (`convert --step-only`) has {"in_file": true} in place
                            of "sha256" and "onnx_base64": its own graph is the step model
                            and it has no main graph (io.tokens and io.lengths then name the
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -73,6 +72,10 @@ from rnn_runtime.records import (  # noqa: F401 (check_signature, ORT_DTYPES: re
     StateSpec,
     StepSpec,
     TensorSpec,
+    _expect,
+    _is_float,
+    _is_int,
+    _repeated,
     check_signature,
     sha256_hex,
 )
@@ -315,21 +318,6 @@ def _load(props: Mapping[str, str], key: str):
     return value
 
 
-def _expect(cond: bool, what: str, got) -> None:
-    if not cond:
-        raise MetadataError(f"metadata: expected {what}; got {got!r:.200}")
-
-
-def _is_int(x, minimum: int = 0) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
-
-
-def _repeated(items: list) -> list:
-    """The items that occur more than once (first occurrences order), for messages."""
-    seen: set = set()
-    return list(dict.fromkeys(x for x in items if x in seen or seen.add(x)))
-
-
 def _shape(raw, where: str) -> tuple:
     _expect(isinstance(raw, list) and len(raw) <= MAX_RANK, f"{where}.shape of rank <= 8", raw)
     for d in raw:
@@ -536,10 +524,6 @@ def _stages(model: dict, version: int) -> dict:
         "head_steps": steps,
         "normalization": normalization,
     }
-
-
-def _is_float(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _vocab(vocab, vocab_size: int) -> tuple[list, int | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import NamedTuple
 
 from rnn_runtime.errors import MetadataError
@@ -180,3 +181,23 @@ def check_signature(meta, inputs, outputs) -> None:
     check_sizes(
         meta, "the graph", meta.log_probs.shape[-1], [(s.output, s.shape) for s in meta.states]
     )
+
+
+# The checks every reader of the contract makes (metadata.py), each a MetadataError.
+def _expect(cond: bool, what: str, got) -> None:
+    if not cond:
+        raise MetadataError(f"metadata: expected {what}; got {got!r:.200}")
+
+
+def _is_int(x, minimum: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+def _repeated(items: list) -> list:
+    """The items that occur more than once (first occurrences order), for messages."""
+    seen: set = set()
+    return list(dict.fromkeys(x for x in items if x in seen or seen.add(x)))
+
+
+def _is_float(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

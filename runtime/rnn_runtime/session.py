@@ -217,11 +217,12 @@ def bound_run(session: ort.InferenceSession, binding: ort.IOBinding) -> Callable
 
     onnxruntime's Python InferenceSession.run_with_iobinding checks on every call
     whether the binding belongs to the session and whether WebGPU graph capture is on,
-    then calls its C++ session; that is 0.3 to 0.4 us of a 5 us step of a small model
-    (docs/benchmarks.md). Where the wrapper has its usual C++ session (`_sess`) and
-    binding (`_iobinding`) and capture is off, the call goes to them directly, with the
-    check of the session done once here; otherwise through the public method. The
-    binding must be kept alive by the caller (its arrays and OrtValues with it).
+    then calls its C++ session; that is 0.3 to 0.6 us of a step of a few microseconds
+    (docs/design.md, "Where the time goes"). Where the wrapper has its usual C++ session
+    (`_sess`) and binding (`_iobinding`) and capture is off, the call goes to them
+    directly, with the check of the session done once here; otherwise through the public
+    method (tests/runtime/test_private_paths.py fails if the steps stop going direct).
+    The binding must be kept alive by the caller (its arrays and OrtValues with it).
     """
     c_session = getattr(session, "_sess", None)
     c_binding = getattr(binding, "_iobinding", None)

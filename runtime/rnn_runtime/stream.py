@@ -122,6 +122,8 @@ class StreamSession:
         plain = tokenizer is not None and not tokenizer.prepares
         self._char_ids = tokenizer.char_ids if plain else {}
         self._vocab_size = 0 if tokenizer is None else tokenizer.vocab_size
+        # A features model's fast path: a float32 (F,) array (None: a model of characters).
+        self._frame_shape = None if tokenizer is not None else model.reader.step_shape
         self._pool = None
         self._zeros = model.initial_state(1)
         self._last: np.ndarray | None = None
@@ -172,6 +174,13 @@ class StreamSession:
                 self._token[0] = self._char_ids[token]
             elif type(token) is int and 0 <= token < self._vocab_size:
                 self._token[0] = token
+            elif (
+                type(token) is np.ndarray
+                and token.dtype == _FLOAT32
+                and token.shape == self._frame_shape
+                and np.isfinite(token).all()
+            ):
+                self._token[0] = token  # copied into the bound input; checked in full above
             else:
                 self._token[0] = self.model.step_input(token, strict=self.strict)
             # StepBindings.advance, inlined.
@@ -340,11 +349,22 @@ class StreamSession:
             self._pool = None
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 def _blown_up(what: str) -> StreamError:
     return StreamError(
         f"{what} gives a state or log-probabilities that are not finite (NaN or infinity: "
         "the state blew up); the stream is left as it was before it"
     )
+
+
+def line_text(line: str) -> str:
+    """A line without its end: one "\n", then one "\r" before it (a line ends at "\n" or
+    "\r\n", as score and predict read files); any other "\r" is the text's."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    return line[:-1] if line.endswith("\r") else line
 
 
 def stream_lines(
@@ -373,7 +393,7 @@ def stream_lines(
         and the current prediction (none unless carry).
     """
     for n, line in enumerate(lines, 1):
-        text = line.rstrip("\r\n")
+        text = line_text(line)
         if not carry:
             stream.reset()
         if every_step:

@@ -515,3 +515,71 @@ def write_fake(src: Path, dst: Path, make, *args) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
     return dst
+
+
+# --- the input stage's faults ---------------------------------------------------------------
+
+
+def _edit_everywhere(model: onnx.ModelProto, edit) -> onnx.ModelProto:
+    """edit(values, name) -> new values (or None: unchanged) applied to every initializer
+    of the main graph and of the embedded step model."""
+
+    def apply(proto):
+        proto = copy.deepcopy(proto)
+        for init in proto.graph.initializer:
+            new = edit(numpy_helper.to_array(init).copy(), init.name)
+            if new is not None:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(new, np.float32), init.name))
+        return proto
+
+    return _map_step_model(apply(model), apply)
+
+
+def skip_normalization(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A features file that feeds raw frames to layer 0: mean 0 and scale 1 in every
+    graph (the training split's normalization forgotten)."""
+    zeros = {"in_mean": np.zeros_like, "in_scale": np.ones_like}
+    return _edit_everywhere(model, lambda v, name: zeros[name](v) if name in zeros else None)
+
+
+# Layer 0's input weights of a features file, (rows, F) or the operator's (1, rows, F).
+_FRAME_WEIGHTS = ("W0", "Wg0", "Wc0", "op_W0")
+
+
+def swap_features(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A features file that reads a frame's first two values in the other order (their
+    weights, mean and scale swapped in every graph)."""
+
+    def edit(values, name):
+        if name in _FRAME_WEIGHTS:
+            values[..., [0, 1]] = values[..., [1, 0]]
+            return values
+        if name in ("in_mean", "in_scale"):
+            values[[0, 1]] = values[[1, 0]]
+            return values
+        return None
+
+    return _edit_everywhere(model, edit)
+
+
+def shift_onehot_table(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A one-hot file whose table is one row off (token v reads row v + 1), in every graph:
+    the folded tables' rows and the gated operator's input weight's columns."""
+
+    def edit(values, name):
+        if name in ("table", "table_g", "table_c"):
+            return np.roll(values, 1, axis=0)
+        if name == "op_W0":
+            return np.roll(values, 1, axis=-1)
+        return None
+
+    return _edit_everywhere(model, edit)
+
+
+INPUT_BROKEN = {
+    "features": {
+        "normalization-not-applied": skip_normalization,
+        "features-swapped": swap_features,
+    },
+    "onehot": {"onehot-table-off-by-one-row": shift_onehot_table},
+}

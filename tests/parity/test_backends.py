@@ -91,7 +91,7 @@ def test_reference_refuses_the_default_graph_of_a_relu_rnn(files):
 
 @_installed("openvino")
 def test_openvino_fails_the_default_graph_on_sequence_lens(files):
-    """OpenVINO with dynamic shapes ignores the RNN operator's sequence_lens (issue 15): the
+    """OpenVINO with dynamic shapes ignores the RNN operator's sequence_lens (docs/runtimes.md): the
     B=1 path of the default graph is wrong for a row shorter than T, and verify says so."""
     run_dir, paths = files("stacked", "relu")
     with pytest.raises(ParityError) as info:

@@ -36,7 +36,7 @@ def rt_model(exported):
 def growing(exported, tmp_path_factory):
     """A relu model of the same arch whose state grows about H-fold a step, so that it
     overflows float32 after some 30 steps from zero, or at once from a huge state
-    (a diverged model, as the issue found): StreamModel opened on it."""
+    (a diverged model, as training with relu can make): StreamModel opened on it."""
     import torch
 
     from rnn_export.config import ModelConfig

@@ -433,7 +433,7 @@ def test_a_run_that_onnxruntime_fails_is_a_stream_error(rt_model, monkeypatch):
     assert pool.prediction_of(member) is None
 
 
-# --- the embedded step model (issue 6) ---------------------------------------------------
+# --- the embedded step model ------------------------------------------------------------
 
 
 def test_streams_step_through_the_embedded_step_model(exported, rt_model):

@@ -80,3 +80,11 @@ def test_a_bad_contract_in_a_file_is_refused(contract_model, tmp_path):
     onnx.save(proto, tmp_path / "bad.onnx")
     with pytest.raises(MetadataError, match=r"expected text to be \{\"unicode\": one of"):
         rnn_runtime.open_model(tmp_path / "bad.onnx")
+
+
+def test_a_line_ends_at_newline_or_crlf_only_in_stream_as_in_score():
+    from rnn_runtime.stream import line_text
+
+    assert line_text("ab\r\r\n") == "ab\r"  # score and predict read "ab\r" too
+    assert line_text("ab\r\n") == line_text("ab\n") == line_text("ab") == "ab"
+    assert line_text("a\fb\u2028c\n") == "a\fb\u2028c"  # not a line end
