@@ -41,6 +41,7 @@ FORMATS = {
     "jsonl": (".jsonl", ".ndjson"),
     "csv": (".csv",),
     "parquet": (".parquet", ".pq"),
+    "npz": (".npz",),  # frames, for a features model (rnn_export.frame_corpus)
 }
 MAX_TEXT_CHARS = 1 << 24  # characters per text (16,777,216): what one text may hold in memory
 MAX_LINE_BYTES = 1 << 26  # bytes per line of a text or JSONL file (64 MiB: 4 per character)

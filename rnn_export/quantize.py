@@ -316,7 +316,7 @@ def verify_quantized(path: str | Path, checkpoint, data: dict | None = None) -> 
     import torch
 
     from rnn_export.parity.results import ParityUsageError
-    from rnn_export.parity.verify import _load_checkpoint, _validation_split
+    from rnn_export.parity.verify import _load_checkpoint
     from rnn_runtime.model import open_model
 
     started = time.perf_counter()
@@ -324,23 +324,12 @@ def verify_quantized(path: str | Path, checkpoint, data: dict | None = None) -> 
     model = open_model(path)
     if model.metadata.checkpoint_sha256 != ckpt.sha256:
         raise ParityUsageError(ckpt.mismatch(model.metadata.checkpoint_sha256, Path(path)))
-    validation = _validation_split(ckpt, data)
-    labels = None
-    if validation:
-        texts = [model.encode(text) for text, _ in validation]
-        labels = np.array([label_id for _, label_id in validation])
-        source = "validation split"
-    else:
-        rng = np.random.default_rng(0)
-        V = ckpt.config.vocab_size
-        texts = [rng.integers(0, V, size=int(n)) for n in rng.integers(5, 41, GENERATED_TEXTS)]
-        source = "generated"
-    texts = [ids for ids in texts if ids.size]
+    texts, labels, source = _validation_inputs(ckpt, model, data)
     torch_model = ckpt.model.eval()
     want, got = [], []
-    for ids in texts:
+    for ids in texts:  # token ids (T,), or a features model's raw frames (T, F)
         with torch.inference_mode():
-            lp, _ = torch_model(torch.from_numpy(ids[None].astype(np.int64)))
+            lp, _ = torch_model(torch.from_numpy(ids[None]))
         want.append(lp[0].numpy())
         stream = model.stream()
         got.append(stream.feed(ids).log_probs)
@@ -365,3 +354,57 @@ def verify_quantized(path: str | Path, checkpoint, data: dict | None = None) -> 
         accuracy_int8=accuracy.get("accuracy_int8"),
         wall_s=time.perf_counter() - started,
     )
+
+
+def _validation_inputs(ckpt, model, data: dict | None):
+    """The inputs verify_quantized runs: (inputs, labels or None, source).
+
+    Each input is one sequence: int64 (T,) token ids, or for a features model float32
+    (T, F) raw frames. The validation split of data (else of the checkpoint's own) where
+    there is one; else GENERATED_TEXTS generated ones of 5 to 40 steps: random token ids,
+    or frames around the training data (the file's normalization: mean + scale * a
+    standard normal, per feature), so that int8 is checked on the inputs it will see.
+    """
+    from rnn_export.parity.verify import _validation_split
+
+    if ckpt.config.reads_tokens:
+        validation = _validation_split(ckpt, data)
+    else:
+        validation = _validation_frames(ckpt, data)
+    if validation:
+        if ckpt.config.reads_tokens:
+            inputs = [model.encode(text) for text, _ in validation]
+        else:
+            inputs = [model.sequence(frames) for frames, _ in validation]
+        labels = np.array([label_id for _, label_id in validation])
+        keep = [i for i, x in enumerate(inputs) if len(x)]
+        return [inputs[i] for i in keep], labels[keep], "validation split"
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 41, GENERATED_TEXTS)
+    if ckpt.config.reads_tokens:
+        V = ckpt.config.vocab_size
+        return [rng.integers(0, V, size=int(n)) for n in lengths], None, "generated"
+    reader = model.reader  # the file's normalization, as its graph applies it
+    inputs = [
+        (reader.mean + reader.scale * rng.standard_normal((int(n), reader.size))).astype(np.float32)
+        for n in lengths
+    ]
+    return inputs, None, "generated"
+
+
+def _validation_frames(ckpt, data: dict | None):
+    """A features model's validation split as [(frames (T, F), label id)], from data or
+    the checkpoint's own frames data spec; None where there is none."""
+    spec = ckpt.data if data is None else data
+    if spec is None:
+        return None
+    from rnn_export.data import DataError
+    from rnn_export.frames import load_frames  # the frames data of `train --input features`
+    from rnn_export.parity.results import ParityUsageError
+
+    try:
+        val = load_frames(spec).val
+    except DataError as e:
+        source = ckpt.run_dir if data is None else spec.get("path")
+        raise ParityUsageError(f"cannot rebuild the validation split of {source}: {e}") from None
+    return [(x[:n], int(y)) for x, n, y in zip(val.x, val.lengths, val.labels, strict=True)]

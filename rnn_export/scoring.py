@@ -12,6 +12,11 @@ tokens once padded (rows x its longest text), and a text longer than that runs a
 chunk at a time, through a stream on the same main graph (the reader refuses texts of
 more than rnn_export.corpus.MAX_TEXT_CHARS characters).
 
+A features model scores sequences of float frames (rnn_export.frame_corpus: .npz or a
+Parquet list column) the same way: a batch holds at most MAX_PADDED steps and at most
+MAX_PADDED_VALUES float32 values once padded (rows x its longest x F), and a longer
+sequence runs alone through a stream, a bounded piece at a time.
+
 A character outside the model's vocabulary is read as the unknown token and counted
 (the summary says how many texts had one); with strict, or for a model without an
 unknown token, it is an error that names the line or row.
@@ -34,8 +39,15 @@ from rnn_export.corpus import (
     format_of,
 )
 from rnn_export.errors import InputError
+from rnn_export.frame_corpus import (
+    DEFAULT_FRAMES,
+    FrameCorpusReader,
+    check_input_kind,
+    output_format,
+)
 
 MAX_PADDED = 1 << 16  # tokens of one padded batch (rows x longest): 512 KiB of int64 ids
+MAX_PADDED_VALUES = 1 << 17  # float32 frame values of one padded batch: the same 512 KiB
 
 
 class ScoreError(InputError):
@@ -55,6 +67,7 @@ class ScoreJob:
             input has one, else the line or row number.
         top_k: (label, probability) pairs per record.
         strict: a character outside the vocabulary is an error, not the unknown token.
+        frames_field: a features model's Parquet list column of frames.
     """
 
     model: Path
@@ -65,6 +78,7 @@ class ScoreJob:
     id_field: str | None = None
     top_k: int = 1
     strict: bool = False
+    frames_field: str = DEFAULT_FRAMES
 
     def checked(self) -> ScoreJob:
         """This job with its format resolved, once the paths are checked.
@@ -83,7 +97,7 @@ class ScoreJob:
                 f"{self.input}: expected the {fmt} file to score; "
                 + ("it does not exist" if kind is None else f"it is {kind}")
             )
-        check_output_format(Path(self.output), fmt)
+        check_output_format(Path(self.output), output_format(Path(self.output), fmt))
         atomic.check_file_output(self.output, "the predictions file")
         for what, path in (("the input", self.input), ("the model file", self.model)):
             if atomic.same_file(self.output, path):
@@ -97,7 +111,8 @@ class ScoreSummary:
 
     output: Path
     engine: str
-    texts: int = 0
+    texts: int = 0  # texts, or sequences of frames (what)
+    what: str = "texts"
     empty: int = 0  # texts without a prediction (empty)
     unknown: int = 0  # texts with characters outside the vocabulary
     seconds: float = 0.0
@@ -129,8 +144,9 @@ class ScoreSummary:
         if engine != "local":
             engine += f", {self.workers} worker" + ("s" if self.workers > 1 else "")
         return (
-            f"scored {self.texts:,} texts in {self.seconds:.1f} s ({self.texts_per_s:,.0f} "
-            f"texts/s, {engine}) -> {self.output}" + (f" ({'; '.join(notes)})" if notes else "")
+            f"scored {self.texts:,} {self.what} in {self.seconds:.1f} s "
+            f"({self.texts_per_s:,.0f} {self.what}/s, {engine}) -> {self.output}"
+            + (f" ({'; '.join(notes)})" if notes else "")
         )
 
 
@@ -150,13 +166,14 @@ def prediction_columns(predictions, top_k: int) -> dict[str, list]:
     return columns
 
 
-def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
+def predict_texts(model, texts: list, *, strict: bool = False) -> list:
     """model.predict(texts), in batches whose padded size is bounded, not their count.
 
-    Texts are sorted by length; a batch takes the next ones while rows x longest stays
-    within MAX_PADDED (and rows within the model's PREDICT_BATCH_SIZE). A text longer
-    than MAX_PADDED runs alone through a stream fed MAX_CHUNK characters at a time: the
-    main graph's chunks, as predict runs a lone text, without its ids held whole.
+    Texts (or a features model's (T, F) frame arrays) are sorted by length; a batch takes
+    the next ones while rows x longest stays within padded_steps(model) (and rows within
+    the model's PREDICT_BATCH_SIZE). A longer one runs alone through a stream fed a
+    bounded piece at a time: the main graph's chunks, as predict runs a lone text, without
+    its ids held whole.
 
     Returns:
         One Prediction (None for an empty text) per text, in order.
@@ -164,15 +181,15 @@ def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
     Raises:
         StreamError: as model.predict, naming the text's index in texts.
     """
-    import re
-
     from rnn_runtime import StreamError
     from rnn_runtime.model import PREDICT_BATCH_SIZE
     from rnn_runtime.stream import MAX_CHUNK
 
     results: list = [None] * len(texts)
-    order = sorted((i for i, text in enumerate(texts) if text), key=lambda i: len(texts[i]))
+    order = sorted((i for i, text in enumerate(texts) if len(text)), key=lambda i: len(texts[i]))
     batch: list[int] = []
+    budget = padded_steps(model)
+    piece = min(MAX_CHUNK, budget)
 
     def run(rows: list[int]) -> None:
         try:
@@ -180,31 +197,50 @@ def predict_texts(model, texts: list[str], *, strict: bool = False) -> list:
                 [texts[i] for i in rows], strict=strict, batch_size=len(rows)
             )
         except StreamError as e:  # "texts[k]: ..." names k of the batch: name it in texts
-            found = re.match(r"texts\[(\d+)\]: ", str(e))
-            if found is None:
+            k, why = text_index(e)
+            if k is None:
                 raise
-            raise type(e)(f"texts[{rows[int(found[1])]}]: {str(e)[found.end() :]}") from None
+            raise type(e)(f"texts[{rows[k]}]: {why}") from None
         for i, prediction in zip(rows, predictions, strict=True):
             results[i] = prediction
 
     for i in order:
         n = len(texts[i])
-        if n > MAX_PADDED:
+        if n > budget:
             stream = model.stream(strict=strict)
             try:
-                for start in range(0, n, MAX_CHUNK):
-                    stream.feed(texts[i][start : start + MAX_CHUNK])
+                for start in range(0, n, piece):
+                    stream.feed(texts[i][start : start + piece])
             except StreamError as e:
                 raise type(e)(f"texts[{i}]: {e}") from None
             results[i] = stream.prediction
             continue
-        if batch and ((len(batch) + 1) * n > MAX_PADDED or len(batch) == PREDICT_BATCH_SIZE):
+        if batch and ((len(batch) + 1) * n > budget or len(batch) == PREDICT_BATCH_SIZE):
             run(batch)
             batch = []
         batch.append(i)
     if batch:
         run(batch)
     return results
+
+
+def text_index(error: Exception) -> tuple[int | None, str]:
+    """(k, the rest) of model.predict's message "texts[k]: ..."; (None, message) else."""
+    import re
+
+    found = re.match(r"texts\[(\d+)\]: ", str(error))
+    if found is None:
+        return None, str(error)
+    return int(found[1]), str(error)[found.end() :]
+
+
+def padded_steps(model) -> int:
+    """The steps (rows x longest) one padded batch of model.predict may hold: MAX_PADDED
+    token ids, or for a features model as many frames as MAX_PADDED_VALUES values hold
+    (at least one)."""
+    if model.tokenizer is not None:
+        return MAX_PADDED
+    return max(1, min(MAX_PADDED, MAX_PADDED_VALUES // model.metadata.input_size))
 
 
 def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
@@ -221,6 +257,8 @@ def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
             without an unknown token (naming the text's place).
     """
     tokenizer = model.tokenizer
+    if tokenizer is None:
+        return prediction_columns(predict_frames(model, texts, where), top_k), 0
     refuse = strict or tokenizer.unk_id is None
     unknown = 0
     for i, text in enumerate(texts):
@@ -234,6 +272,27 @@ def score_texts(model, texts: list[str], where, top_k: int, strict: bool):
                     f"vocabulary; {why}"
                 )
     return prediction_columns(predict_texts(model, texts), top_k), unknown
+
+
+def predict_frames(model, sequences: list, where) -> list:
+    """predict_texts of a features model's (T, F) frame arrays, a refused one named by
+    its place.
+
+    Args:
+        where: position -> the sequence's place for messages ("in.npz row 7").
+
+    Raises:
+        ScoreError: frames the model's FrameReader refuses (not finite...).
+    """
+    from rnn_runtime import StreamError
+
+    try:
+        return predict_texts(model, sequences)
+    except StreamError as e:
+        k, why = text_index(e)
+        if k is None:
+            raise
+        raise ScoreError(f"{where(k)}: {why}") from None
 
 
 def score_file(
@@ -260,13 +319,16 @@ def score_file(
 
     job = job.checked()
     model = rnn_runtime.open_model(job.model, providers=providers, threads=threads)
-    reader = CorpusReader(job.input, job.fmt, job.text_field, job.id_field)
+    reader = open_reader(job, model)
     summary = ScoreSummary(Path(job.output), "local")
+    if model.tokenizer is None:
+        summary.what = "sequences"
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=reader.total, unit=reader.unit, unit_scale=True, disable=not show, leave=False)
     with bar, atomic.replacing(job.output) as f:
-        writer = CorpusWriter(f, job.fmt, reader.key_name, job.top_k, reader.key_type)
+        out_fmt = output_format(job.output, job.fmt)
+        writer = CorpusWriter(f, out_fmt, reader.key_name, job.top_k, reader.key_type)
         for chunk in reader:
             keys = chunk.keys
 
@@ -284,3 +346,18 @@ def score_file(
         writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def open_reader(job: ScoreJob, model):
+    """The reader of job.input for this model: texts (CorpusReader) or, for a features
+    model, sequences of frames (FrameCorpusReader).
+
+    Raises:
+        CorpusError: an input of the other kind than the model reads, or a bad one.
+    """
+    column = job.text_field if model.tokenizer is not None else job.frames_field
+    check_input_kind(model, job.input, job.fmt, column)
+    if model.tokenizer is None:
+        size = model.metadata.input_size
+        return FrameCorpusReader(job.input, job.fmt, size, job.frames_field, job.id_field)
+    return CorpusReader(job.input, job.fmt, job.text_field, job.id_field)

@@ -158,7 +158,12 @@ def score_file_on_ray(
 
     ray = import_ray()
     job = job.checked()
-    rnn_runtime.open_model(job.model, providers=providers, threads=threads)  # fail here first
+    model = rnn_runtime.open_model(job.model, providers=providers, threads=threads)
+    if model.tokenizer is None:  # fail here first
+        raise ScoreError(
+            f"{job.model}: a features model (float frames of F = {model.metadata.input_size}); "
+            "--engine ray scores texts: score its frames with --engine local"
+        )
     # The reader checks the fields (header, first record) before any cluster starts.
     reader = CorpusReader(job.input, job.fmt, job.text_field, job.id_field)
     job = _with_fields(job, reader)

@@ -55,6 +55,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 TENSOR_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}")
 CONFIG_HEADER = "# Written by rnn-export triton"  # how write_repository knows its own folder
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+_ONNX_TYPES = {"float32": 1, "int64": 7}  # onnx.TensorProto.FLOAT, INT64
 
 
 class TritonError(InputError):
@@ -117,8 +118,8 @@ def build_variant(model_bytes: bytes, where: str = "the model file") -> tuple[by
     def tensor(name, dtype, shape):
         return helper.make_tensor_value_info(name, dtype, list(shape))
 
-    for spec in (meta.tokens, meta.lengths):
-        inputs.append(tensor(spec.name, TensorProto.INT64, spec.shape))
+    for spec in (meta.tokens, meta.lengths):  # token ids int64, or frames float32
+        inputs.append(tensor(spec.name, _ONNX_TYPES[spec.dtype], spec.shape))
         pre.append(helper.make_node("Identity", [spec.name], [PREFIX + spec.name]))
     for name, _, _ in CONTROLS:
         inputs.append(tensor(name, TensorProto.INT32, ("B", 1)))
@@ -165,7 +166,11 @@ def build_variant(model_bytes: bytes, where: str = "the model file") -> tuple[by
         "layout": "batch-first",
         "wraps": "the main graph of rnn_export.io, unchanged (names prefixed " + PREFIX + ")",
         "inputs": [
-            {"name": meta.tokens.name, "shape": list(meta.tokens.shape), "dtype": "int64"},
+            {
+                "name": meta.tokens.name,
+                "shape": list(meta.tokens.shape),
+                "dtype": meta.tokens.dtype,
+            },
             {"name": meta.lengths.name, "shape": list(meta.lengths.shape), "dtype": "int64"},
             *({"name": s.input, "shape": list(s.shape), "dtype": "float32"} for s in states),
             *({"name": n, "shape": ["B", 1], "dtype": "int32"} for n, _, _ in CONTROLS),
@@ -337,9 +342,13 @@ def model_config(name: str, contract: dict, meta, max_batch_size: int, instances
     ]
     model = f"{meta.arch} (H={meta.hidden_size}, L={meta.num_layers}, C={num_classes})"
     tokens, lengths = meta.tokens.name, meta.lengths.name
+    # The sequence's steps: token ids [T] int64, or a features model's frames [T, F] float32.
+    steps = dims(meta.tokens.shape)
+    what = "tokens" if meta.reads_tokens else f"frames of F = {meta.input_size} values"
     separator = ",\n"
     return f"""{CONFIG_HEADER}: stateful serving of {model}.
-# A request carries one sequence's next tokens: {tokens} [T] int64 and {lengths} [1] int64
+# A request carries one sequence's next {what}: {tokens} {steps.replace(" ", "")} \
+{meta.tokens.dtype} and {lengths} [1] int64
 # (1 <= length <= T). Triton keeps the state between requests (zeros at the sequence start)
 # and stacks requests of different sequences along axis 0: 1/model.onnx is batch-first.
 name: "{name}"
@@ -348,8 +357,8 @@ max_batch_size: {max_batch_size}
 input [
   {{
     name: "{meta.tokens.name}"
-    data_type: TYPE_INT64
-    dims: [ -1 ]
+    data_type: {_TRITON_TYPES[meta.tokens.dtype]}
+    dims: {steps}
   }},
   {{
     name: "{meta.lengths.name}"

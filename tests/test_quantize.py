@@ -294,3 +294,71 @@ def test_quantize_checks_its_output_before_writing(step_file, tmp_path, monkeypa
     with pytest.raises(QuantizeError, match="its int8 file would not open, so none was written"):
         quantize_file(step, out, "ort")
     assert out.read_bytes() == b"earlier"
+
+
+def test_a_features_model_is_checked_on_frames_around_its_training_data(tmp_path):
+    """Without validation data, the int8 rule runs on generated raw frames around the
+    file's normalization (far from it, every frame would look the same to the model)."""
+    import torch
+
+    from rnn_export.checkpoint import save_checkpoint
+    from rnn_export.config import ModelConfig
+    from rnn_export.models import build_model
+    from rnn_export.parity.verify import _load_checkpoint
+    from rnn_export.quantize import _validation_inputs
+
+    F = 6
+    torch.manual_seed(0)
+    config = ModelConfig(
+        "gru", 0, ("a", "b", "c"), hidden_size=16, input_kind="features", input_size=F
+    )
+    model = build_model(config).eval()
+    model.frames.mean.copy_(torch.linspace(-50.0, 50.0, F))
+    model.frames.scale.copy_(torch.linspace(0.5, 20.0, F))
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir, model, None, None, {"imported": {"source": "x"}}, {})
+    step = export_onnx(run_dir, tmp_path / "kws.step.onnx", graph="step")
+    out = quantize_file(step, tmp_path / "kws.int8.onnx").path
+    int8 = open_model(out)
+    inputs, labels, source = _validation_inputs(_load_checkpoint(run_dir), int8, None)
+    assert source == "generated" and labels is None and len(inputs) > 100
+    assert all(x.dtype == np.float32 and x.shape[1] == F and 5 <= len(x) <= 40 for x in inputs)
+    normalized = (np.concatenate(inputs) - model.frames.mean.numpy()) / model.frames.scale.numpy()
+    np.testing.assert_allclose(normalized.mean(0), 0, atol=0.1)  # a standard normal, per feature
+    np.testing.assert_allclose(normalized.std(0), 1, atol=0.1)
+    report = verify_quantized(out, run_dir)
+    assert report.texts == len(inputs) and report.source == "generated"
+    # The probabilities are int8's to hold; the decisions of an untrained model are not
+    # ruled on here: its top two classes are often closer than int8's error.
+    assert report.within >= MIN_WITHIN and report.max_prob_error < MAX_PROB_ERROR
+    assert report.mean_prob_error > 0 and report.accuracy_int8 is None
+
+
+def test_a_trained_features_model_is_checked_on_its_validation_frames(tmp_path):
+    """A features model trained on frames data: the int8 rule runs on its validation
+    split, each sequence's real frames and label."""
+    from rnn_export.frames import frames_embedded_spec, load_frames
+    from rnn_export.parity.verify import _load_checkpoint
+    from rnn_export.quantize import _validation_inputs
+    from rnn_export.training import train
+
+    spec = frames_embedded_spec(seed=2, size=120, features=4)
+    train(
+        "gru",
+        tmp_path / "run",
+        spec,
+        input_kind="features",
+        epochs=1,
+        hidden_size=8,
+        progress=False,
+    )
+    step = export_onnx(tmp_path / "run", tmp_path / "f.step.onnx", graph="step")
+    int8 = open_model(quantize_file(step, tmp_path / "f.int8.onnx").path)
+    inputs, labels, source = _validation_inputs(_load_checkpoint(tmp_path / "run"), int8, None)
+    val = load_frames(spec).val
+    assert source == "validation split" and labels.tolist() == val.labels.tolist()
+    for got, x, n in zip(inputs, val.x, val.lengths, strict=True):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, x[:n])
+    report = verify_quantized(tmp_path / "f.int8.onnx", tmp_path / "run")
+    assert report.texts == len(val) and report.accuracy_int8 is not None

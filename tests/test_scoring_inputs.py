@@ -332,6 +332,8 @@ def test_a_kill_half_way_leaves_what_ctrl_c_leaves(model_path, tmp_path, kind):
 class _RecordingModel:
     """A stand-in for StreamModel that records the batches predict_texts makes."""
 
+    tokenizer = object()  # a text model
+
     def __init__(self):
         self.batches, self.streamed = [], []
 

@@ -437,3 +437,50 @@ def test_config_is_checked_with_or_without_tritonclient(
             check_config(text, "m", contract, 5, 2)
     with pytest.raises(TritonError, match=r"max_batch_size must be an integer in 1 \.\. 65,536"):
         write_repository(path, tmp_path, max_batch_size=2**31)
+
+
+def test_a_features_model_serves_frames_of_f_values(tmp_path):
+    """A features model's config.pbtxt takes [-1, F] float32 frames; the variant computes
+    the main graph's numbers from raw frames."""
+    mc = pytest.importorskip(
+        "tritonclient.grpc.model_config_pb2",
+        reason="tritonclient[grpc] is not installed (the triton extra)",
+    )
+    import torch
+    from google.protobuf import text_format
+
+    from rnn_export.config import ModelConfig
+    from rnn_export.export import build_onnx
+    from rnn_export.models import build_model
+
+    F = 6
+    torch.manual_seed(0)
+    config = ModelConfig(
+        "gru", 0, ("a", "b", "c"), hidden_size=8, input_kind="features", input_size=F
+    )
+    model = build_model(config).eval()
+    model.frames.mean.copy_(torch.randn(F))
+    model.frames.scale.copy_(torch.rand(F) + 0.5)
+    path = tmp_path / "kws.onnx"
+    path.write_bytes(build_onnx(model, None, "c" * 64).data)
+    dest = write_repository(path, tmp_path / "repo", max_batch_size=4)
+    config_text = (dest.parent / "config.pbtxt").read_text()
+    parsed = text_format.Parse(config_text, mc.ModelConfig())
+    assert [i.name for i in parsed.input] == ["features", "lengths"]
+    assert parsed.input[0].data_type == mc.TYPE_FP32 and list(parsed.input[0].dims) == [-1, F]
+    assert parsed.input[1].data_type == mc.TYPE_INT64
+    session = ort.InferenceSession(str(dest / "model.onnx"))
+    graph_in = {a.name: a for a in session.get_inputs()}
+    assert graph_in["features"].type == "tensor(float)"
+    assert graph_in["features"].shape == ["B", "T", F]
+    rt = rnn_runtime.open_model(path)
+    frames = np.random.default_rng(3).normal(size=(2, 5, F)).astype(np.float32)
+    lengths = np.array([5, 3], np.int64)
+    want, _ = rt.run(frames, rt.initial_state(2), lengths)
+    served = served_states(rt.metadata)
+    feed = {"features": frames, "lengths": lengths, "START": np.ones((2, 1), np.int32)}
+    feed["READY"] = np.ones((2, 1), np.int32)
+    for s in served:
+        feed[s.input] = np.zeros([2 if d == "B" else d for d in s.shape], np.float32)
+    got = session.run(["log_probs"], feed)[0]
+    np.testing.assert_allclose(got, want, atol=ATOL)

@@ -18,7 +18,13 @@ from rnn_export.cli.stream import providers_option, threads_option, warn_unknown
     "text_file",
     type=click.Path(path_type=Path, allow_dash=True),
     help="Read the texts from this UTF-8 file, one per line ('-': stdin), instead of "
-    "TEXT arguments. A blank line has no prediction and prints '-'.",
+    "TEXT arguments. A blank line has no prediction and prints '-'. A features model "
+    "reads sequences of frames: an .npz (x, lengths) or a Parquet list column.",
+)
+@click.option(
+    "--column",
+    default=None,
+    help="A features model's Parquet --file: the list column of frames [default: frames].",
 )
 @click.option(
     "--top-k",
@@ -36,7 +42,9 @@ from rnn_export.cli.stream import providers_option, threads_option, warn_unknown
 )
 @threads_option
 @providers_option
-def predict_command(model_path, texts, text_file, top_k, as_json, strict, threads, providers):
+def predict_command(
+    model_path, texts, text_file, column, top_k, as_json, strict, threads, providers
+):
     """Print the model's prediction for each TEXT (or each line of --file).
 
     One output line per text, in order: the top labels and their probabilities, tab
@@ -48,11 +56,15 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
     a text holds at most 16,777,216 characters).
     A text with characters outside the vocabulary gets a warning on stderr with
     their count; --strict makes them an error (exit 2).
-    """
-    import json
 
+    A features model predicts sequences of float frames from --file: an .npz
+    with x (N, T, F) zero-padded, lengths (N,) and optional ids (N,), or a
+    Parquet list column (rnn-export score's inputs), a chunk of rows at a time;
+    --json records carry the "row" (or the ids) instead of "text".
+    """
     import rnn_runtime
     from rnn_export.corpus import check_text_size
+    from rnn_export.frame_corpus import DEFAULT_FRAMES
     from rnn_export.scoring import predict_texts
 
     if texts and text_file is not None:
@@ -64,6 +76,12 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
     if text_file is not None:
         blocks, where, key = read_blocks(text_file), "line", "line"
     model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
+    if model.tokenizer is None or _frames_suffix(text_file):
+        for head, prediction in predict_frame_file(
+            model, texts, text_file, column or DEFAULT_FRAMES
+        ):
+            echo_prediction(prediction, top_k, head if as_json else None)
+        return
     refuse = strict or model.tokenizer.unk_id is None
     why = "--strict refuses them" if strict else "this model has no unknown token"
     for first, block in blocks:
@@ -77,16 +95,65 @@ def predict_command(model_path, texts, text_file, top_k, as_json, strict, thread
                 )
         predictions = predict_texts(model, block)
         for n, (text, prediction) in enumerate(zip(block, predictions, strict=True), first):
-            if as_json:
-                record = {"label": None, "probability": None, "top_k": []}
-                if prediction is not None:
-                    record = prediction.to_dict(top_k)
-                click.echo(json.dumps({key: n, "text": text, **record}, ensure_ascii=False))
-            elif prediction is None:
-                click.echo("-")
-            else:
-                pairs = prediction.top_k(top_k)
-                click.echo("\t".join(f"{label}\t{p:.4f}" for label, p in pairs))
+            echo_prediction(prediction, top_k, {key: n, "text": text} if as_json else None)
+
+
+def echo_prediction(prediction, top_k: int, head: dict | None) -> None:
+    """Print one prediction: its top pairs tab separated ("-" for none) or, given the
+    record's head (its key, its text), one JSON object."""
+    import json
+
+    if head is not None:
+        record = {"label": None, "probability": None, "top_k": []}
+        if prediction is not None:
+            record = prediction.to_dict(top_k)
+        click.echo(json.dumps({**head, **record}, ensure_ascii=False))
+    elif prediction is None:
+        click.echo("-")
+    else:
+        pairs = prediction.top_k(top_k)
+        click.echo("\t".join(f"{label}\t{p:.4f}" for label, p in pairs))
+
+
+def _frames_suffix(path) -> bool:
+    return path is not None and Path(path).suffix.lower() in (".npz", ".parquet", ".pq")
+
+
+def predict_frame_file(model, texts, path, column: str):
+    """({key name: key}, Prediction or None) of each sequence of a frames --file, a
+    chunk at a time; frames for a text model, or text for a features model, refused.
+
+    Raises:
+        CorpusError: the input of the other kind, or a bad frames file (naming the row).
+    """
+    from rnn_export.corpus import CorpusError, format_of
+    from rnn_export.frame_corpus import FrameCorpusReader, check_input_kind
+    from rnn_export.scoring import predict_frames
+
+    F = model.metadata.input_size
+    if path is None or str(path) == "-":
+        got = "TEXT arguments" if texts else "stdin"
+        raise CorpusError(
+            f"this model reads float frames of F = {F} values a step, not text; got {got}: "
+            "give --file FRAMES.npz (x, lengths) or a Parquet file with a list column of frames"
+        )
+    fmt = format_of(Path(path))
+    check_input_kind(model, Path(path), fmt, column)
+    if model.tokenizer is not None:  # a Parquet file without frames, for a text model
+        raise CorpusError(
+            f"{path}: predict --file reads texts one per line; score a Parquet file of "
+            "texts with rnn-export score"
+        )
+    reader = FrameCorpusReader(Path(path), fmt, F, column)
+    for chunk in reader:
+        first = chunk.done - len(chunk.keys) + 1  # the chunk's first row
+
+        def where(i, first=first):
+            return reader.where(first + i)
+
+        predictions = predict_frames(model, chunk.texts, where)
+        for key, prediction in zip(chunk.keys, predictions, strict=True):
+            yield {reader.key_name: key}, prediction
 
 
 def read_blocks(path: Path):

@@ -17,19 +17,22 @@ from rnn_export.cli.stream import providers_option, threads_option
     "input_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="The texts: .txt (one per line), .jsonl (a text field), .csv or .parquet (a text column).",
+    help="The texts: .txt (one per line), .jsonl (a text field), .csv or .parquet (a text "
+    "column); for a features model, sequences of frames: .npz (x, lengths) or .parquet (a "
+    "list column).",
 )
 @click.option(
     "--output",
     "output_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="Where the predictions go, in the input's format family (written whole or not at all).",
+    help="Where the predictions go, in the input's format family (an .npz input: the "
+    "format its suffix names); written whole or not at all.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "jsonl", "csv", "parquet"]),
+    type=click.Choice(["text", "jsonl", "csv", "parquet", "npz"]),
     default=None,
     help="The input's format [default: from its suffix].",
 )
@@ -43,14 +46,16 @@ from rnn_export.cli.stream import providers_option, threads_option
     "--column",
     default="text",
     show_default=True,
-    help="CSV and Parquet: the column that holds the text.",
+    help="CSV and Parquet: the column that holds the text (a features model's Parquet "
+    "input: the list column of frames, 'frames' unless given).",
 )
 @click.option(
     "--id",
     "id_field",
     default=None,
-    help="The field or column copied to the output as each record's key [default: 'id' "
-    "where the input has it, else the line (text, JSONL) or row (CSV, Parquet) number].",
+    help="The field, column or .npz array copied to the output as each record's key "
+    "[default: 'id' ('ids' in an .npz) where the input has it, else the line (text, JSONL) "
+    "or row (CSV, Parquet, .npz) number].",
 )
 @click.option(
     "--top-k",
@@ -117,6 +122,13 @@ def score_command(
     summary line gives the throughput. Exit 2 for bad input, naming the line or
     row; the output is then left as it was, as after Ctrl-C, SIGTERM or SIGHUP
     (exit 130).
+
+    A features model scores sequences of float frames instead (--engine local):
+    an .npz with x (N, T, F) zero-padded, lengths (N,) and optional ids (N,),
+    or a Parquet list column of frames (each a list of F numbers, or one flat
+    list of T * F numbers); the predictions of an .npz go in the format the
+    output's suffix names. Text for a features model, or frames for a text
+    model, is refused (exit 2).
     """
     from rnn_export.scoring import ScoreJob
 
@@ -127,6 +139,8 @@ def score_command(
         p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
         for p in ("column", "text_field")
     }
+    if (given["column"] or given["text_field"]) and _format(input_path, fmt) == "npz":
+        raise click.UsageError("an .npz holds its frames in the array x; it takes no --column")
     if given["column"] and not table:
         raise click.UsageError("--column names a CSV or Parquet column; JSONL takes --text-field")
     if given["text_field"] and table:
@@ -140,6 +154,7 @@ def score_command(
         id_field=id_field,
         top_k=top_k,
         strict=strict,
+        **({"frames_field": column} if given["column"] else {}),
     )
     from rnn_export.atomic import terminations_as_interrupts
 
@@ -160,9 +175,14 @@ def score_command(
 def _is_table(path: Path, fmt: str | None) -> bool:
     """CSV or Parquet (a column) rather than JSONL (a field); an unknown suffix is
     reported by the scoring itself."""
+    return _format(path, fmt) in ("csv", "parquet")
+
+
+def _format(path: Path, fmt: str | None) -> str | None:
+    """The input's format, None where its suffix names none (the scoring reports it)."""
     from rnn_export.corpus import CorpusError, format_of
 
     try:
-        return format_of(path, fmt) in ("csv", "parquet")
+        return format_of(path, fmt)
     except CorpusError:
-        return False
+        return None

@@ -71,7 +71,8 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
 
     A line with characters outside the model's vocabulary gets a warning on
     stderr with their count (they are read as the unknown token); --strict
-    makes them an error.
+    makes them an error. A features model (float frames) reads no text: it is
+    refused (exit 2); predict its frames with predict --file.
     """
     import json
 
@@ -80,6 +81,12 @@ def stream_command(model_path, every_step, as_json, top_k, strict, carry, thread
     # A bad file, provider or thread count, or a bad character under --strict: exit 2
     # with one line (the group maps the runtime's errors).
     model = rnn_runtime.open_model(model_path, providers=providers, threads=threads)
+    if model.tokenizer is None:
+        raise rnn_runtime.StreamError(
+            f"{model_path}: reads float frames of F = {model.metadata.input_size} values a "
+            "step, and stream reads text lines: predict its frames with predict --file "
+            "FRAMES.npz, or stream them from Python (stream.step(frame), stream.feed(frames))"
+        )
     stdin = sys.stdin.buffer
     if stdin.isatty():
         click.echo(HINT, err=True)
