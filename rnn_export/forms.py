@@ -45,7 +45,7 @@ class ImportWeightsError(InputError):
 
 class Form(NamedTuple):
     """A state_dict recognized: the arch and input kind it is, its sizes, and its tensors
-    under the names of rnn_export.models (the input stage's under "input.weight")."""
+    under the names of rnn_export.models (the embedding under the file's own name)."""
 
     arch: str
     input_kind: str
@@ -56,6 +56,7 @@ class Form(NamedTuple):
     C: int
     tensors: dict
     notes: tuple[str, ...]  # what was recognized, for the report
+    embedding: str | None  # the embedding's name in the file ("tokens"), else None
 
 
 def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
@@ -78,18 +79,15 @@ def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
         arch = "stacked"
         notes.append("the tutorial's classic cell (i2h on x, h2h on h): nn.RNN with L=1")
     embeddings = ("embed.weight",) if arch == "cell" else ("embedding.weight", "embed.weight")
-    embedding = next((name for name in embeddings if name in tensors), embeddings[0])
-    if embedding in tensors:
-        tensors["input.weight"] = tensors.pop(embedding)
-    _NAMES["input.weight"] = embedding
+    embedding = next((name for name in embeddings if name in tensors), None)
     head = "h2o" if arch == "cell" else "fc"
     if arch != "cell":
         _find_recurrence(tensors, notes, path)
-        if "input.weight" not in tensors:
-            _find_embedding(tensors, notes)
+        if embedding is None:
+            embedding = _find_embedding(tensors, notes)
     _alias_head(tensors, head, "fc" if arch == "cell" else "h2o", notes)
     H, X, L = _recurrence_sizes(tensors, arch, path)
-    kind = _input_kind(tensors, input_kind, path)
+    kind = _input_kind(tensors, embedding, input_kind, path)
     head_w = tensors.get(f"{head}.weight")
     if head_w is None or head_w.dim() != 2:
         got = "missing" if head_w is None else f"of shape {tuple(head_w.shape)}"
@@ -100,7 +98,7 @@ def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
     C = int(head_w.shape[0])
     V = 0
     if kind == "tokens":
-        V, E = (int(d) for d in tensors["input.weight"].shape)
+        V, E = (int(d) for d in tensors[embedding].shape)
         if E != X:
             raise ImportWeightsError(
                 f"{path}: the embedding has shape {(V, E)}, so it gives E = {E} values a "
@@ -109,31 +107,33 @@ def recognize(tensors: dict, arch: str, input_kind: str | None, path) -> Form:
             )
     elif kind == "onehot":
         V = X
-    want = expected_shapes(arch, kind, V, X, H, L, C)
+    want = expected_shapes(arch, kind, V, X, H, L, C, embedding)
     missing = sorted(want.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - want.keys())
     if missing or unexpected:
         raise ImportWeightsError(
             f"{path}: the tensors do not match --arch {arch} with {kind} input (H={H}, "
-            f"X={X}, L={L}, C={C} from the shapes): missing {_shown(missing)}, unexpected "
-            f"{_shown(unexpected[:10])}; rename with --map OLD=NEW"
+            f"X={X}, L={L}, C={C} from the shapes): missing {missing}, unexpected "
+            f"{unexpected[:10]}; rename with --map OLD=NEW"
         )
     for name, shape in want.items():
         got = tuple(tensors[name].shape)
         if got != shape:
             raise ImportWeightsError(
-                f"{path}: tensor {_shown(name)!r} has shape {got}; --arch {arch} with H={H} "
+                f"{path}: tensor {name!r} has shape {got}; --arch {arch} with H={H} "
                 f"(from {_h_source(arch)}), input width X={X}, C={C} expects {shape}"
                 + _gates_hint(name, got, H)
             )
         if not torch.isfinite(tensors[name]).all():
-            raise ImportWeightsError(f"{path}: tensor {_shown(name)!r} holds NaN or infinity")
-    return Form(arch, kind, V, X, H, L, C, tensors, tuple(notes))
+            raise ImportWeightsError(f"{path}: tensor {name!r} holds NaN or infinity")
+    return Form(arch, kind, V, X, H, L, C, tensors, tuple(notes), embedding)
 
 
-def expected_shapes(arch: str, kind: str, V: int, X: int, H: int, L: int, C: int) -> dict:
-    """The tensors of a Form and their shapes (the input stage's as "input.weight")."""
-    shapes = {"input.weight": (V, X)} if kind == "tokens" else {}
+def expected_shapes(
+    arch: str, kind: str, V: int, X: int, H: int, L: int, C: int, embedding: str | None
+) -> dict:
+    """The tensors of a Form and their shapes (the embedding under its name in the file)."""
+    shapes = {embedding: (V, X)} if kind == "tokens" else {}
     if arch == "cell":
         return shapes | {
             "i2h.weight": (H, X + H),
@@ -154,9 +154,9 @@ def expected_shapes(arch: str, kind: str, V: int, X: int, H: int, L: int, C: int
 
 def model_state(form: Form, model) -> dict:
     """form's tensors under the model's own names (the input stage's by its attribute)."""
-    state = {k: v.to(torch.float32) for k, v in form.tensors.items() if k != "input.weight"}
-    if form.input_kind == "tokens":
-        state[f"{model.input_name}.weight"] = form.tensors["input.weight"].to(torch.float32)
+    state = {k: v.to(torch.float32) for k, v in form.tensors.items() if k != form.embedding}
+    if form.embedding is not None:
+        state[f"{model.input_name}.weight"] = form.tensors[form.embedding].to(torch.float32)
     return state
 
 
@@ -180,7 +180,7 @@ def _alias_head(tensors: dict, head: str, other: str, notes: list) -> None:
     if f"{head}.weight" in tensors:
         return
     if f"{other}.weight" not in tensors:
-        taken = ("rnn.", "i2h.", "h2h.", "input.")
+        taken = ("rnn.", "i2h.", "h2h.")
         linears = [
             k[: -len(".weight")]
             for k, v in tensors.items()
@@ -198,9 +198,9 @@ def _alias_head(tensors: dict, head: str, other: str, notes: list) -> None:
     notes.append(f"head {other}.* read as {head}.*")
 
 
-def _find_embedding(tensors: dict, notes: list) -> None:
+def _find_embedding(tensors: dict, notes: list) -> str | None:
     """An embedding under another name (emb, encoder, ...): the one 2-D weight without a
-    bias beside the recurrence (its width is then checked against layer 0's)."""
+    bias beside the recurrence (its width is then checked against layer 0's); None."""
     found = [
         k
         for k, v in tensors.items()
@@ -209,10 +209,10 @@ def _find_embedding(tensors: dict, notes: list) -> None:
         and v.dim() == 2
         and f"{k[: -len('.weight')]}.bias" not in tensors
     ]
-    if len(found) == 1:
-        tensors["input.weight"] = tensors.pop(found[0])
-        _NAMES["input.weight"] = found[0]
-        notes.append(f"embedding {found[0]} read as the input stage")
+    if len(found) != 1:
+        return None
+    notes.append(f"embedding {found[0]} read as the input stage")
+    return found[0]
 
 
 def _find_recurrence(tensors: dict, notes: list, path) -> None:
@@ -260,14 +260,15 @@ def _recurrence_sizes(tensors: dict, arch: str, path) -> tuple[int, int, int]:
     return int(hh.shape[1]), int(ih.shape[1]), L
 
 
-def _input_kind(tensors: dict, given: str | None, path) -> str:
-    has_embedding = "input.weight" in tensors
+def _input_kind(tensors: dict, embedding: str | None, given: str | None, path) -> str:
+    has_embedding = embedding is not None
     if given is None:
         return "tokens" if has_embedding else "onehot"
     if has_embedding and given != "tokens":
         raise ImportWeightsError(
-            f"{path}: the file holds an embedding {tuple(tensors['input.weight'].shape)}, so "
-            f"its input is token ids through it (--input tokens); got --input {given}"
+            f"{path}: the file holds an embedding {embedding} "
+            f"{tuple(tensors[embedding].shape)}, so its input is token ids through it "
+            f"(--input tokens); got --input {given}"
         )
     if given == "tokens" and not has_embedding:
         raise ImportWeightsError(
@@ -294,16 +295,6 @@ def _gates_hint(name: str, got: tuple, H: int) -> str:
     return f" ({got[0] // H} gate rows: the shape of --arch {others[0]})" if others else ""
 
 
-_NAMES = {"input.weight": "embedding.weight"}  # the embedding's name in the file read last
-
-
-def _shown(names):
-    """Tensor names as the user's file has them (the input stage as its embedding)."""
-    if isinstance(names, str):
-        return _NAMES.get(names, names)
-    return [_NAMES.get(n, n) for n in names]
-
-
 def names_text(tensors: dict) -> str:
-    items = [f"{_shown(k)} {tuple(v.shape)}" for k, v in sorted(tensors.items())]
+    items = [f"{k} {tuple(v.shape)}" for k, v in sorted(tensors.items())]
     return ", ".join(items[:12]) + (f" and {len(items) - 12} more" if len(items) > 12 else "")
