@@ -1,7 +1,7 @@
 """The JavaScript runtime (runtime/js) under Node's test runner, on models made here.
 
 The Python side makes the models and what the Python runtime makes of them
-(runtime/js/test/make_fixtures.py, on the session's tiny RUN_DIRs); `node --test` then
+(tests/js_fixtures.py, on the session's tiny RUN_DIRs); `node --test` then
 checks the JavaScript runtime against them, and the saved streams it writes back are
 restored here. The browser test drives the demo page in Debian's Chromium. Each skips
 with the reason where node, the npm packages (`python scripts/js_env.py`) or Chromium
@@ -38,7 +38,7 @@ def _node_or_skip() -> str:
 def js_fixtures(tiny_run_dir, tmp_path_factory) -> Path:
     _node_or_skip()
     spec = importlib.util.spec_from_file_location(
-        "make_fixtures", JS_DIR / "test" / "make_fixtures.py"
+        "js_fixtures", Path(__file__).with_name("js_fixtures.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

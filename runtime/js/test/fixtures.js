@@ -1,6 +1,6 @@
 // The models and Python results the tests compare against: from the folder named by
 // RNN_RUNTIME_JS_FIXTURES (the pytest wrapper makes it), else made once into
-// test/.fixtures by make_fixtures.py with the Python of $PYTHON (default "python"; it
+// test/.fixtures by the repository's tests/js_fixtures.py with the Python of $PYTHON (default "python"; it
 // needs rnn_export importable). Run the test files one at a time (npm test does) so that
 // only one of them makes it.
 
@@ -21,8 +21,11 @@ function makeFixtures() {
   if (existsSync(out)) return out;
   const building = mkdtempSync(join(here, '.fixtures-'));
   const python = process.env.PYTHON ?? 'python';
-  const done = spawnSync(python, [join(here, 'make_fixtures.py'), building], { stdio: 'inherit' });
-  if (done.status !== 0) throw new Error(`${python} make_fixtures.py failed (exit ${done.status})`);
+  // The maker trains and exports with torch, so it lives with the Python tests, not in
+  // the runtime's folder, which holds no torch.
+  const maker = join(here, '..', '..', '..', 'tests', 'js_fixtures.py');
+  const done = spawnSync(python, [maker, building], { stdio: 'inherit' });
+  if (done.status !== 0) throw new Error(`${python} ${maker} failed (exit ${done.status})`);
   renameSync(building, out);
   return out;
 }

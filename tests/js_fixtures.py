@@ -1,6 +1,6 @@
 """The Python side of the JavaScript runtime's tests: models and what Python makes of them.
 
-Usage: python make_fixtures.py OUT [ARCH=RUN_DIR ...]
+Usage: python tests/js_fixtures.py OUT [ARCH=RUN_DIR ...]
 
 For each default arch (a RUN_DIR given, else a tiny one trained here: one epoch, H = 16)
 it writes to OUT: ARCH.onnx (`convert`); ARCH.json (the stream's token ids and the Python
@@ -31,7 +31,7 @@ FRAMES = 40
 DEMO_TEXT = "a cat, a bat and a dog: ABBA DD"
 ARCHS = ("cell", "stacked", "gru", "lstm")
 # The real data lives next to the repository (../shared/data), never inside it.
-NAMES_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "names"
+NAMES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "names"
 
 
 def _model(arch: str, out: Path, run_dir: Path | None) -> Path:
